@@ -1,0 +1,7 @@
+/// (placeholder until this command is implemented)
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`bench` is not implemented yet")
+}

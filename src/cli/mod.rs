@@ -1,0 +1,83 @@
+//! Command-line definitions (clap derive). Each subcommand lives in its own file with its
+//! `Args` and a `run` that calls into the library.
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod convert;
+mod doctor;
+mod embed;
+mod evaluate;
+mod extract;
+mod frames;
+mod plot;
+mod predict;
+mod prepare;
+mod train;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "virnucpro",
+    version,
+    about = "Identify viral sequences in nucleotide FASTA (VirNucPro: DNABERT-S + ESM2/FastESM2 + MLP)",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Frames(frames::Args),
+    Embed(embed::Args),
+    Predict(predict::Args),
+    Convert(convert::Args),
+    Doctor(doctor::Args),
+    Bench(bench::Args),
+    Prepare(prepare::Args),
+    Extract(extract::Args),
+    Train(train::Args),
+    Evaluate(evaluate::Args),
+    Plot(plot::Args),
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Frames(a) => frames::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Doctor(a) => doctor::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Prepare(a) => prepare::run(a),
+        Command::Extract(a) => extract::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
+        Command::Plot(a) => plot::run(a),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level chosen by -v/-q.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("virnucpro={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,1 @@
+//! Device selection (`--device auto|cpu|cuda[:N]|metal`) and dtype choice.

@@ -1,0 +1,2 @@
+//! Hand-written CUDA kernels (fused attention, fused epilogues), compiled by `build.rs` with nvcc
+//! when the `cuda` feature is on.

@@ -1,0 +1,20 @@
+//! The `virnucpro` command line: parses arguments and calls the library.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(args.verbose, args.quiet);
+    match cli::run(args.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole context chain on one line: what failed, where, why.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Models: configuration, weights and tokenizers, one file per architecture.
+//!
+//! Every embedding model is an [`Encoder`] (token batch in, mean-pooled last hidden state out)
+//! paired with a [`SeqTokenizer`]; `pipeline::embed` does the length-sorted batching on top.
+
+pub mod classifier;
+pub mod config;
+pub mod dnabert;
+pub mod esm;
+pub mod hub;
+pub mod layers;
+pub mod pickle;
+pub mod tokenize;
+pub mod weights;
+
+use candle_core::Tensor;
+
+/// Right-padded token ids of one batch.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `batch * max_len` ids, row-major; positions past a row's length hold the pad id.
+    pub ids: Vec<u32>,
+    /// Real token count of each row, special tokens included.
+    pub lengths: Vec<usize>,
+    pub max_len: usize,
+}
+
+impl TokenBatch {
+    pub fn batch_size(&self) -> usize {
+        self.lengths.len()
+    }
+}
+
+/// A transformer encoder that returns one pooled vector per sequence.
+pub trait Encoder: Send + Sync {
+    fn hidden_size(&self) -> usize;
+    /// Mean-pooled last hidden state of every row of `batch`, `[batch, hidden]` f32, pooled by the
+    /// family's rule (PIPELINE.md §4); padding never changes a row's result.
+    fn forward_pooled(&self, batch: &TokenBatch) -> candle_core::Result<Tensor>;
+}
+
+/// Turns one sequence into token ids, special tokens included.
+pub trait SeqTokenizer: Send + Sync {
+    /// `id` is only used in error messages.
+    fn encode(&self, id: &str, seq: &[u8]) -> anyhow::Result<Vec<u32>>;
+    fn pad_id(&self) -> u32;
+}

@@ -1,0 +1,4 @@
+//! Output writers: atomic files, FASTA of kept frames, the published prediction files,
+//! the per-record summary and plots.
+
+pub mod atomic;

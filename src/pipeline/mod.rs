@@ -1,0 +1,1 @@
+//! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `train`.
