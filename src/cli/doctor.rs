@@ -1,7 +1,102 @@
-/// (placeholder until this command is implemented)
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+//! `virnucpro doctor`: GPU readiness checks and the fused-attention validation and timings.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`doctor` is not implemented yet")
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use virnucpro::pipeline::doctor::{self, DoctorOptions};
+
+/// Check that this build can use the GPU: build features, device, fused attention == materialized
+/// attention on random inputs, and the fused kernel's speed-up (ENV-01..05). Stops at the first
+/// failure and says what to do.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  virnucpro doctor\n  virnucpro doctor --device cuda:1 --json doctor.json\n  virnucpro doctor --shapes 64x168,4x2048 --repeats 50"
+)]
+pub struct Args {
+    /// CUDA device to check: cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Batch x length shapes for the attention timing, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1x502,64x168,8x1026,4x2048"
+    )]
+    pub shapes: Vec<String>,
+    /// Attention heads for the timing (head size is 64; 20 heads = FastESM2_650).
+    #[arg(long, default_value_t = 20)]
+    pub heads: usize,
+    /// Timed repeats per measurement (the median is reported).
+    #[arg(long, default_value_t = 30)]
+    pub repeats: usize,
+    /// Skip the timings (ENV-05).
+    #[arg(long)]
+    pub skip_bench: bool,
+    /// Also write the full report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_ordinal(device: &str) -> anyhow::Result<usize> {
+    let d = device.trim().to_ascii_lowercase();
+    match d.split_once(':') {
+        None if d == "cuda" || d == "gpu" => Ok(0),
+        Some(("cuda" | "gpu", n)) => n
+            .parse()
+            .with_context(|| format!("--device {device}: expected cuda or cuda:N")),
+        _ => bail!("--device {device}: doctor checks a CUDA device; use cuda or cuda:N"),
+    }
+}
+
+fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (b, t) = s
+        .trim()
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--shapes: `{s}` is not BATCHxLENGTH (e.g. 64x168)"))?;
+    let b: usize = b
+        .parse()
+        .with_context(|| format!("--shapes: bad batch in `{s}`"))?;
+    let t: usize = t
+        .parse()
+        .with_context(|| format!("--shapes: bad length in `{s}`"))?;
+    if b == 0 || t == 0 {
+        bail!("--shapes: `{s}`: batch and length must be positive");
+    }
+    Ok((b, t))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let opts = DoctorOptions {
+        ordinal: parse_ordinal(&args.device)?,
+        shapes: args
+            .shapes
+            .iter()
+            .map(|s| parse_shape(s))
+            .collect::<anyhow::Result<_>>()?,
+        heads: args.heads,
+        repeats: args.repeats.max(1),
+        skip_bench: args.skip_bench,
+    };
+    let report = doctor::run(&opts)?;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("doctor: all checks passed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_shapes_and_devices() {
+        assert_eq!(parse_shape("64x168").unwrap(), (64, 168));
+        assert!(parse_shape("64*168").is_err());
+        assert_eq!(parse_ordinal("cuda").unwrap(), 0);
+        assert_eq!(parse_ordinal("cuda:2").unwrap(), 2);
+        assert!(parse_ordinal("cpu").is_err());
+    }
 }

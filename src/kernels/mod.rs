@@ -1,2 +1,280 @@
-//! Hand-written CUDA kernels (fused attention, fused epilogues), compiled by `build.rs` with nvcc
-//! when the `cuda` feature is on.
+//! Hand-written CUDA kernels, compiled by `build.rs` with nvcc to PTX only when the `cuda` feature
+//! is on, and loaded at run time through candle's CUDA device (`get_or_load_custom_func`).
+//!
+//! # Fused attention
+//!
+//! [`fused_attention`] is a flash-attention style forward pass (online softmax, no score matrix in
+//! device memory, tensor cores) for head size 64 in f16 and bf16, with the two kinds of masking the
+//! embedding models need: a key-padding mask given as per-row lengths, and optional ALiBi slopes
+//! (bias `-slope_h * |i - j|`, DNABERT-S). Query rows past a row's length come out as zeros.
+//! [`fused_attention_varlen`] runs the same kernel on packed sequences (`cu_seqlens`), so that a
+//! batch of mixed lengths spends nothing on padding.
+//!
+//! Layout: inputs are `[batch, heads, len, 64]` in shape, with any strides as long as the head
+//! dimension is contiguous, so both a contiguous `[B, H, T, 64]` tensor and the free view
+//! `x.reshape((b, t, h, 64))?.transpose(1, 2)?` of a projection's `[B, T, H*64]` output work
+//! without a copy. The output is stored as `[B, T, H, 64]` (what the output projection reads) and
+//! returned as its `[B, H, T, 64]` view: `out.transpose(1, 2)?.reshape((b, t, h * 64))` is free.
+//!
+//! [`materialized_attention`] is the reference: `softmax(scale * Q K^T + bias + mask) V` with the
+//! scores in device memory, run through candle's ordinary ops on any device and dtype.
+
+#[cfg(feature = "cuda")]
+mod cuda;
+mod reference;
+pub mod selftest;
+
+pub use reference::{alibi_bias, alibi_slopes, key_padding_mask, materialized_attention, row_mask};
+
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+
+/// The only head size the fused kernel handles (every ESM2 from 150M up, DNABERT-S).
+pub const FUSED_HEAD_DIM: usize = 64;
+
+/// True when this binary was built with the `cuda` feature (the kernels are compiled in).
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Compute capability the kernels' PTX was generated for (`CUDA_COMPUTE_CAP` at build time), if
+/// the binary has them.
+pub fn kernels_compute_cap() -> Option<&'static str> {
+    #[cfg(feature = "cuda")]
+    {
+        Some(env!("VIRNUCPRO_CUDA_COMPUTE_CAP"))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        None
+    }
+}
+
+/// Whether [`fused_attention`] can run for this dtype, head size and device: a CUDA build, a CUDA
+/// device, head size 64, f16 or bf16. Callers fall back to [`materialized_attention`] otherwise.
+pub fn fused_attention_available(dtype: DType, head_dim: usize, device: &Device) -> bool {
+    CUDA_BUILT
+        && device.is_cuda()
+        && head_dim == FUSED_HEAD_DIM
+        && matches!(dtype, DType::F16 | DType::BF16)
+}
+
+/// Fused attention over right-padded rows.
+///
+/// * `q`, `k`, `v`: `[batch, heads, len, 64]`, f16 or bf16, same dtype, on one CUDA device; any
+///   strides with the last dimension contiguous and 16-byte aligned rows (see the module docs).
+/// * `key_lens`: u32 `[batch]` on the same device: keys at positions `>= key_lens[b]` are
+///   excluded, and query rows at those positions are written as zeros (a length of 0 gives an
+///   all-zero row, never NaN).
+/// * `alibi_slopes`: optional f32 `[heads]` on the same device: adds `-slope_h * |i - j|`.
+/// * `scale`: multiplies `q·k` (usually `1/sqrt(64)`).
+///
+/// Returns `[batch, heads, len, 64]` (a transposed view of `[batch, len, heads, 64]` storage).
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_lens: &Tensor,
+    alibi_slopes: Option<&Tensor>,
+    scale: f32,
+) -> Result<Tensor> {
+    let (b, _h, _t, _d) = q.dims4()?;
+    check_same_shape(q, k, v)?;
+    check_aux(key_lens, DType::U32, b, "key_lens", q.device())?;
+    let slopes = match alibi_slopes {
+        Some(s) => {
+            check_aux(s, DType::F32, q.dim(1)?, "alibi_slopes", q.device())?;
+            Some(s.contiguous()?)
+        }
+        None => None,
+    };
+    let op = FusedAttention {
+        lens: SeqLens::Padded(key_lens.contiguous()?),
+        slopes,
+        scale,
+        max_len: 0,
+        poison: false,
+    };
+    q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)
+}
+
+/// Fused attention over packed sequences: `q`, `k`, `v` are `[total_tokens, heads, 64]` (same
+/// stride rules as [`fused_attention`]), sequence `i` occupying rows
+/// `cu_seqlens[i] .. cu_seqlens[i + 1]` (u32 `[batch + 1]` on the device, non-decreasing);
+/// `max_len` must be at least the longest sequence. Returns `[total_tokens, heads, 64]`.
+pub fn fused_attention_varlen(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &Tensor,
+    max_len: usize,
+    alibi_slopes: Option<&Tensor>,
+    scale: f32,
+) -> Result<Tensor> {
+    let (_total, h, _d) = q.dims3()?;
+    check_same_shape(q, k, v)?;
+    let n = cu_seqlens.dims1()?;
+    if n < 2 {
+        candle_core::bail!("fused_attention_varlen: cu_seqlens needs at least 2 entries, got {n}");
+    }
+    check_aux(cu_seqlens, DType::U32, n, "cu_seqlens", q.device())?;
+    let slopes = match alibi_slopes {
+        Some(s) => {
+            check_aux(s, DType::F32, h, "alibi_slopes", q.device())?;
+            Some(s.contiguous()?)
+        }
+        None => None,
+    };
+    let op = FusedAttention {
+        lens: SeqLens::Packed(cu_seqlens.contiguous()?),
+        slopes,
+        scale,
+        max_len,
+        poison: false,
+    };
+    q.apply_op3_no_bwd(k, v, &op)
+}
+
+/// [`fused_attention`] with the output buffer filled with NaN before the kernel runs, so that a
+/// test can prove every element was written. For validation only.
+#[doc(hidden)]
+pub fn fused_attention_poisoned(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_lens: &Tensor,
+    alibi_slopes: Option<&Tensor>,
+    scale: f32,
+) -> Result<Tensor> {
+    check_same_shape(q, k, v)?;
+    let op = FusedAttention {
+        lens: SeqLens::Padded(key_lens.contiguous()?),
+        slopes: alibi_slopes.map(|s| s.contiguous()).transpose()?,
+        scale,
+        max_len: 0,
+        poison: true,
+    };
+    q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)
+}
+
+fn check_same_shape(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+    if q.dims() != k.dims() || q.dims() != v.dims() {
+        candle_core::bail!(
+            "fused attention: q {:?}, k {:?} and v {:?} must have the same shape",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if q.dtype() != k.dtype() || q.dtype() != v.dtype() {
+        candle_core::bail!(
+            "fused attention: q, k, v must share one dtype (got {:?}, {:?}, {:?})",
+            q.dtype(),
+            k.dtype(),
+            v.dtype()
+        );
+    }
+    Ok(())
+}
+
+fn check_aux(t: &Tensor, dtype: DType, len: usize, what: &str, device: &Device) -> Result<()> {
+    if t.dtype() != dtype || t.dims() != [len] {
+        candle_core::bail!(
+            "fused attention: {what} must be {dtype:?} [{len}], got {:?} {:?}",
+            t.dtype(),
+            t.dims()
+        );
+    }
+    if !t.device().same_device(device) {
+        candle_core::bail!("fused attention: {what} must be on the same device as q, k, v");
+    }
+    Ok(())
+}
+
+/// How the rows of a batch are delimited.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) enum SeqLens {
+    /// u32 `[batch]`, right-padded `[B, H, T, D]` inputs.
+    Padded(Tensor),
+    /// u32 `[batch + 1]` offsets into packed `[total, H, D]` inputs.
+    Packed(Tensor),
+}
+
+/// The candle op behind [`fused_attention`] / [`fused_attention_varlen`].
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct FusedAttention {
+    pub(crate) lens: SeqLens,
+    pub(crate) slopes: Option<Tensor>,
+    pub(crate) scale: f32,
+    /// Longest sequence (packed layout only).
+    pub(crate) max_len: usize,
+    /// Fill the output with NaN before the kernel (tests).
+    pub(crate) poison: bool,
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "virnucpro-fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!(
+            "fused attention needs CUDA: the tensors are on the CPU (use the materialized path, \
+             `--attention naive`, or run on a CUDA device)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        lq: &Layout,
+        k: &candle_core::CudaStorage,
+        lk: &Layout,
+        v: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward(self, q, lq, k, lk, v, lv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_is_unavailable_on_cpu() {
+        assert!(!fused_attention_available(DType::F16, 64, &Device::Cpu));
+    }
+
+    #[test]
+    fn fused_on_cpu_says_it_needs_cuda() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 1, 4, 64), DType::F16, &dev)?;
+        let lens = Tensor::new(&[4u32], &dev)?;
+        let err = fused_attention(&q, &q, &q, &lens, None, 0.125).unwrap_err();
+        assert!(err.to_string().contains("needs CUDA"), "{err}");
+        Ok(())
+    }
+
+    /// GPU check of the kernel against the materialized path (`cargo test --features cuda --
+    /// --ignored` on a machine with a CUDA GPU; `virnucpro doctor` runs the same cases).
+    #[cfg(feature = "cuda")]
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn fused_matches_materialized_on_gpu() -> anyhow::Result<()> {
+        let dev = Device::new_cuda(0)?;
+        for case in selftest::cases() {
+            let r = selftest::run_case(&case, &dev)?;
+            assert!(r.pass, "{}: {}", case.name, r.detail);
+        }
+        Ok(())
+    }
+}

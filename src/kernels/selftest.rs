@@ -1,0 +1,295 @@
+//! Checks of the fused attention kernel against the materialized path on fresh random inputs,
+//! shared by `virnucpro doctor` and the (ignored, GPU-only) unit test.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{
+    alibi_bias, alibi_slopes, fused_attention_poisoned, fused_attention_varlen, key_padding_mask,
+    materialized_attention, row_mask,
+};
+
+/// How q, k, v are laid out in memory for a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// Contiguous `[B, H, T, 64]`.
+    Bhtd,
+    /// `[B, T, H, 64]` storage seen through a transposed view (what a projection produces).
+    Bthd,
+    /// Packed `[total, H, 64]` with `cu_seqlens` (no padding).
+    Packed,
+}
+
+/// One validation case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub dtype: DType,
+    pub heads: usize,
+    /// Real length of every row; the padded length is the largest one plus `extra_pad`.
+    pub lens: Vec<u32>,
+    pub extra_pad: usize,
+    pub alibi: bool,
+    pub layout: QkvLayout,
+    /// Standard deviation of q (larger: sharper softmax).
+    pub q_std: f32,
+}
+
+/// Outcome of one case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub pass: bool,
+    /// ‖fused − reference‖ / ‖reference‖ over all rows.
+    pub rel_err: f64,
+    pub limit: f64,
+    pub detail: String,
+}
+
+/// Relative-error limit: f16 1e-2 (issue #5), bf16 2e-2 (3 fewer mantissa bits).
+pub fn limit_for(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 2e-2,
+        _ => 1e-2,
+    }
+}
+
+/// The validation cases: both dtypes, padding and none, ALiBi and none, several tiles, both
+/// memory layouts, the packed path, and a row of length 0.
+pub fn cases() -> Vec<Case> {
+    let c = |name: &str, dtype, heads, lens: &[u32], extra_pad, alibi, layout, q_std| Case {
+        name: name.to_string(),
+        dtype,
+        heads,
+        lens: lens.to_vec(),
+        extra_pad,
+        alibi,
+        layout,
+        q_std,
+    };
+    use QkvLayout::*;
+    vec![
+        c(
+            "f16 esm-like, padded rows",
+            DType::F16,
+            20,
+            &[200, 137, 1, 64],
+            0,
+            false,
+            Bhtd,
+            1.0,
+        ),
+        c(
+            "f16 one row 502",
+            DType::F16,
+            20,
+            &[502],
+            0,
+            false,
+            Bhtd,
+            1.0,
+        ),
+        c(
+            "f16 alibi, padded",
+            DType::F16,
+            12,
+            &[130, 65, 129],
+            3,
+            true,
+            Bhtd,
+            1.0,
+        ),
+        c(
+            "bf16 alibi, padded",
+            DType::BF16,
+            12,
+            &[300, 17],
+            0,
+            true,
+            Bhtd,
+            1.0,
+        ),
+        c(
+            "bf16 no alibi",
+            DType::BF16,
+            20,
+            &[168, 100],
+            0,
+            false,
+            Bhtd,
+            1.0,
+        ),
+        c(
+            "f16 [B,T,H,D] view",
+            DType::F16,
+            20,
+            &[168, 160, 33],
+            0,
+            false,
+            Bthd,
+            1.0,
+        ),
+        c(
+            "f16 sharp softmax",
+            DType::F16,
+            4,
+            &[1026, 777],
+            0,
+            false,
+            Bhtd,
+            4.0,
+        ),
+        c(
+            "f16 length-0 row",
+            DType::F16,
+            2,
+            &[70, 0],
+            0,
+            false,
+            Bhtd,
+            1.0,
+        ),
+        c(
+            "f16 packed varlen",
+            DType::F16,
+            20,
+            &[5, 64, 129, 300, 1],
+            0,
+            false,
+            Packed,
+            1.0,
+        ),
+        c(
+            "bf16 packed varlen alibi",
+            DType::BF16,
+            12,
+            &[65, 200, 7],
+            0,
+            true,
+            Packed,
+            1.0,
+        ),
+    ]
+}
+
+fn norm(t: &Tensor) -> candle_core::Result<f64> {
+    Ok(t.to_dtype(DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?
+        .sqrt())
+}
+
+/// Runs one case on `dev`: fused kernel (output poisoned with NaN first) vs the materialized path
+/// computed in f32 from the same half-precision inputs.
+pub fn run_case(case: &Case, dev: &Device) -> anyhow::Result<CaseResult> {
+    const D: usize = 64;
+    let b = case.lens.len();
+    let h = case.heads;
+    let t = case.lens.iter().copied().max().unwrap_or(0) as usize + case.extra_pad;
+    let t = t.max(1);
+    let scale = 1.0 / (D as f64).sqrt();
+    let gen = |std: f32| -> candle_core::Result<Tensor> {
+        // Generated as [B, T, H, D] storage; viewed as [B, H, T, D].
+        Tensor::randn(0f32, std, (b, t, h, D), dev)?
+            .to_dtype(case.dtype)?
+            .transpose(1, 2)
+    };
+    let (q, k, v) = (gen(case.q_std)?, gen(1.0)?, gen(1.0)?);
+    let (q, k, v) = if case.layout == QkvLayout::Bthd {
+        (q, k, v)
+    } else {
+        (q.contiguous()?, k.contiguous()?, v.contiguous()?)
+    };
+    let slopes = alibi_slopes(h);
+    let slopes_t = if case.alibi {
+        Some(Tensor::from_slice(&slopes, h, dev)?)
+    } else {
+        None
+    };
+
+    // Reference in f32 (every row needs a key: rows of length 0 use length 1 there, then masked).
+    let ref_lens: Vec<u32> = case.lens.iter().map(|&l| l.max(1)).collect();
+    let f = |x: &Tensor| x.to_dtype(DType::F32);
+    let bias = if case.alibi {
+        Some(alibi_bias(&slopes, t, DType::F32, dev)?)
+    } else {
+        None
+    };
+    let reference = materialized_attention(
+        &f(&q)?,
+        &f(&k)?,
+        &f(&v)?,
+        &key_padding_mask(&ref_lens, t, DType::F32, dev)?,
+        bias.as_ref(),
+        Some(&row_mask(&case.lens, t, DType::F32, dev)?),
+        scale,
+    )?; // [B, H, T, D]
+
+    let (got, want, pad_abs) = match case.layout {
+        QkvLayout::Bhtd | QkvLayout::Bthd => {
+            let lens_t = Tensor::from_slice(&case.lens, b, dev)?;
+            let out =
+                fused_attention_poisoned(&q, &k, &v, &lens_t, slopes_t.as_ref(), scale as f32)?
+                    .to_dtype(DType::F32)?;
+            // Padded rows must be exactly zero.
+            let pad = row_mask(&case.lens, t, DType::F32, dev)?.affine(-1.0, 1.0)?;
+            let pad_abs = out
+                .broadcast_mul(&pad)?
+                .abs()?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            (out, reference, pad_abs as f64)
+        }
+        QkvLayout::Packed => {
+            // Pack rows [0, len) of every sequence: [total, H, D].
+            let pack = |x: &Tensor| -> candle_core::Result<Tensor> {
+                let parts = case
+                    .lens
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &l)| l > 0)
+                    .map(|(i, &l)| x.get(i)?.narrow(1, 0, l as usize)?.transpose(0, 1))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)?.contiguous()
+            };
+            let mut cu = vec![0u32];
+            for &l in &case.lens {
+                cu.push(cu.last().unwrap() + l);
+            }
+            let cu_t = Tensor::from_slice(&cu, cu.len(), dev)?;
+            let max_len = case.lens.iter().copied().max().unwrap_or(0) as usize;
+            let out = fused_attention_varlen(
+                &pack(&q)?,
+                &pack(&k)?,
+                &pack(&v)?,
+                &cu_t,
+                max_len,
+                slopes_t.as_ref(),
+                scale as f32,
+            )?
+            .to_dtype(DType::F32)?;
+            (out, pack(&reference)?, 0.0)
+        }
+    };
+    let got_norm = norm(&got)?;
+    let ref_norm = norm(&want)?;
+    let err = norm(&(&got - &want)?)?;
+    let rel = if ref_norm > 0.0 { err / ref_norm } else { err };
+    let limit = limit_for(case.dtype);
+    let finite = got_norm.is_finite();
+    let pass = finite && rel <= limit && pad_abs == 0.0;
+    let detail = if !finite {
+        "output has NaN/inf (an element left unwritten or a masked row divided by zero)".to_string()
+    } else if pad_abs != 0.0 {
+        format!("padded query rows are not zero (sum |x| = {pad_abs:e})")
+    } else if rel > limit {
+        format!("relative error {rel:.2e} over the limit {limit:.0e}")
+    } else {
+        "ok".to_string()
+    };
+    Ok(CaseResult {
+        pass,
+        rel_err: rel,
+        limit,
+        detail,
+    })
+}
