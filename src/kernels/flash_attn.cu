@@ -24,9 +24,7 @@
 #include <stdint.h>
 
 #define HD 64        // head size
-#define BM 64        // query rows per block
 #define BN 64        // keys per tile
-#define NTHREADS 128 // 4 warps
 #define SROW 72      // shared-memory row pitch in elements: 144 bytes, ldmatrix without bank conflicts
 
 namespace {
@@ -92,15 +90,16 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
-// Copies rows [row0, row0 + 64) x 64 of a strided tensor into a shared tile; rows >= valid_rows
+// Copies rows [row0, row0 + ROWS) x 64 of a strided tensor into a shared tile; rows >= valid_rows
 // are zero-filled (never read from memory), so padding or the next sequence's rows never reach
 // the math (0 * garbage could be NaN).
-template <typename T>
+template <int ROWS, int NT, typename T>
 __device__ __forceinline__ void load_tile(T* smem, const T* base, long long row_stride, int row0,
                                           int valid_rows, int tid) {
+    static_assert((ROWS * HD / 8) % NT == 0, "tile chunks must divide among the threads");
 #pragma unroll
-    for (int i = 0; i < (BM * HD / 8) / NTHREADS; ++i) {
-        const int idx = tid + i * NTHREADS;  // 16-byte chunk index
+    for (int i = 0; i < (ROWS * HD / 8) / NT; ++i) {
+        const int idx = tid + i * NT;  // 16-byte chunk index
         const int r = idx >> 3;
         const int c = (idx & 7) * 8;
         const bool valid = row0 + r < valid_rows;
@@ -109,7 +108,10 @@ __device__ __forceinline__ void load_tile(T* smem, const T* base, long long row_
     }
 }
 
-template <typename T>
+// WARPS warps per block, each owning MT m-tiles of 16 query rows: BM = WARPS * 16 * MT query rows
+// per block. Shared memory: two buffers of (K tile, V tile); the Q tile is staged in the second
+// buffer before the loop (it lives in registers afterwards), so BM <= 2 * BN.
+template <typename T, int WARPS, int MT>
 __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k,
                                          const T* __restrict__ v, T* __restrict__ o,
                                          const uint32_t* __restrict__ key_lens,
@@ -120,9 +122,13 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
                                          long long v_sb, long long v_st, long long v_sh,
                                          long long o_sb, long long o_st, long long o_sh,
                                          float scale_log2) {
-    __shared__ __align__(128) T sQ[BM * SROW];
-    __shared__ __align__(128) T sK[2][BN * SROW];
-    __shared__ __align__(128) T sV[2][BN * SROW];
+    constexpr int NT = WARPS * 32;
+    constexpr int BM = WARPS * 16 * MT;
+    static_assert(BM <= 2 * BN, "the Q tile is staged in the second K/V buffer");
+    __shared__ __align__(128) T smem[4 * BN * SROW];
+    T* const sQ = smem + 2 * BN * SROW;
+    auto sK = [&](int buf) { return smem + buf * 2 * BN * SROW; };
+    auto sV = [&](int buf) { return smem + buf * 2 * BN * SROW + BN * SROW; };
 
     const int tid = threadIdx.x;
     const int warp = tid >> 5;
@@ -159,7 +165,7 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
     if (q0 >= len) {
         // The whole tile is padding: zeros, no math.
         const uint4 z = make_uint4(0, 0, 0, 0);
-        for (int idx = tid; idx < BM * HD / 8; idx += NTHREADS) {
+        for (int idx = tid; idx < BM * HD / 8; idx += NT) {
             const int r = idx >> 3;
             const int c = (idx & 7) * 8;
             if (q0 + r < rows) *reinterpret_cast<uint4*>(ob + (long long)(q0 + r) * o_st + c) = z;
@@ -170,120 +176,145 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
     const int n_tiles = (len + BN - 1) / BN;
     const float slope_log2 = slopes != nullptr ? slopes[h] * 1.4426950408889634f : 0.f;
 
-    load_tile(sQ, qb, q_st, q0, len, tid);
-    load_tile(sK[0], kb, k_st, 0, len, tid);
-    load_tile(sV[0], vb, v_st, 0, len, tid);
+    // Prologue: Q and the first K/V tile; Q goes to registers, freeing the second buffer.
+    load_tile<BM, NT>(sQ, qb, q_st, q0, len, tid);
+    load_tile<BN, NT>(sK(0), kb, k_st, 0, len, tid);
+    load_tile<BN, NT>(sV(0), vb, v_st, 0, len, tid);
     cp_async_commit();
-
-    uint32_t qf[4][4];  // this warp's 16 query rows as A fragments, 4 k-steps of 16 dims
-    float acc[8][4];    // 16 rows x 64 dims of output, 8 n-tiles of 8 dims
+    cp_async_wait<0>();
+    __syncthreads();
+    uint32_t qf[MT][4][4];  // A fragments: m-tile, k-step of 16 dims
 #pragma unroll
-    for (int i = 0; i < 8; ++i)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
-    float m_run[2] = {-INFINITY, -INFINITY};  // running max (log2 units), rows g and g + 8
-    float l_run[2] = {0.f, 0.f};              // running sum, this thread's columns only
+        for (int kk = 0; kk < 4; ++kk) {
+            const int r = (warp * MT + mt) * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+            const int c = kk * 16 + (lane >> 4) * 8;
+            ldsm_x4(qf[mt][kk], smem_u32(sQ + r * SROW + c));
+        }
+    __syncthreads();
 
-    const int qrow0 = q0 + warp * 16 + g;  // query position of fragment rows g and g + 8
+    float acc[MT][8][4];  // output: m-tile, n-tile of 8 dims, fragment
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][i][e] = 0.f;
+    float m_run[MT][2];  // running max (log2 units), rows g and g + 8
+    float l_run[MT][2];  // running sum, this thread's columns only
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m_run[mt][0] = m_run[mt][1] = -INFINITY;
+        l_run[mt][0] = l_run[mt][1] = 0.f;
+    }
 
     for (int j = 0; j < n_tiles; ++j) {
         const int buf = j & 1;
         if (j + 1 < n_tiles) {
-            load_tile(sK[buf ^ 1], kb, k_st, (j + 1) * BN, len, tid);
-            load_tile(sV[buf ^ 1], vb, v_st, (j + 1) * BN, len, tid);
+            load_tile<BN, NT>(sK(buf ^ 1), kb, k_st, (j + 1) * BN, len, tid);
+            load_tile<BN, NT>(sV(buf ^ 1), vb, v_st, (j + 1) * BN, len, tid);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
+        const T* Ks = sK(buf);
+        const T* Vs = sV(buf);
 
-        if (j == 0) {
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-                const int c = kk * 16 + (lane >> 4) * 8;
-                ldsm_x4(qf[kk], smem_u32(sQ + r * SROW + c));
-            }
-        }
-
-        // S = Q K^T for this warp's 16 rows x 64 keys.
-        float s[8][4];
+        // S = Q K^T: MT x 16 rows x 64 keys per warp; each K fragment feeds MT products.
+        float s[MT][8][4];
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
             uint32_t kf[2][4];
-            const T* krow = sK[buf] + (nt * 8 + (lane & 7)) * SROW + (lane >> 3) * 8;
+            const T* krow = Ks + (nt * 8 + (lane & 7)) * SROW + (lane >> 3) * 8;
             ldsm_x4(kf[0], smem_u32(krow));
             ldsm_x4(kf[1], smem_u32(krow + 32));
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-                Mma<T>::run(s[nt], qf[kk], kf[kk >> 1][(kk & 1) * 2], kf[kk >> 1][(kk & 1) * 2 + 1]);
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+#pragma unroll
+                for (int kk = 0; kk < 4; ++kk)
+                    Mma<T>::run(s[mt][nt], qf[mt][kk], kf[kk >> 1][(kk & 1) * 2],
+                                kf[kk >> 1][(kk & 1) * 2 + 1]);
+            }
         }
 
-        // Scale, bias, mask; row maxima.
-        float mx[2] = {-INFINITY, -INFINITY};
         const int key0 = j * BN;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
+        for (int mt = 0; mt < MT; ++mt) {
+            const int qrow = q0 + (warp * MT + mt) * 16 + g;  // position of fragment row g
+            // Scale, bias, mask; row maxima.
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = key0 + nt * 8 + tg * 2 + (e & 1);
-                const int qpos = qrow0 + (e >> 1) * 8;
-                float x = s[nt][e] * scale_log2;
-                if (slopes != nullptr) x -= slope_log2 * fabsf((float)(qpos - key));
-                if (key >= len) x = -INFINITY;
-                s[nt][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = key0 + nt * 8 + tg * 2 + (e & 1);
+                    const int qpos = qrow + (e >> 1) * 8;
+                    float x = s[mt][nt][e] * scale_log2;
+                    if (slopes != nullptr) x -= slope_log2 * fabsf((float)(qpos - key));
+                    if (key >= len) x = -INFINITY;
+                    s[mt][nt][e] = x;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                }
             }
-        }
-        float alpha[2], m_use[2];
+            float alpha[2], m_use[2];
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-            const float m_new = fmaxf(m_run[r], mx[r]);
-            m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // no (-inf) - (-inf)
-            alpha[r] = fast_exp2(m_run[r] - m_use[r]);
-            m_run[r] = m_new;
-        }
-        float rs[2] = {0.f, 0.f};
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = fast_exp2(s[nt][e] - m_use[e >> 1]);
-                s[nt][e] = p;
-                rs[e >> 1] += p;
+            for (int r = 0; r < 2; ++r) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+                const float m_new = fmaxf(m_run[mt][r], mx[r]);
+                m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // no (-inf) - (-inf)
+                alpha[r] = fast_exp2(m_run[mt][r] - m_use[r]);
+                m_run[mt][r] = m_new;
             }
-        }
+            float rs[2] = {0.f, 0.f};
 #pragma unroll
-        for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * alpha[r] + rs[r];
+            for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            acc[nt][0] *= alpha[0];
-            acc[nt][1] *= alpha[0];
-            acc[nt][2] *= alpha[1];
-            acc[nt][3] *= alpha[1];
+                for (int e = 0; e < 4; ++e) {
+                    const float p = fast_exp2(s[mt][nt][e] - m_use[e >> 1]);
+                    s[mt][nt][e] = p;
+                    rs[e >> 1] += p;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) l_run[mt][r] = l_run[mt][r] * alpha[r] + rs[r];
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+                acc[mt][nt][0] *= alpha[0];
+                acc[mt][nt][1] *= alpha[0];
+                acc[mt][nt][2] *= alpha[1];
+                acc[mt][nt][3] *= alpha[1];
+            }
         }
 
-        // O += P V: P straight from the score registers (C layout of two n-tiles == A layout).
+        // O += P V: P straight from the score registers (C layout of two n-tiles == A layout);
+        // each V fragment feeds MT products.
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
-            uint32_t pa[4];
-            pa[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            uint32_t pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                pa[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int nd = 0; nd < 4; ++nd) {
                 uint32_t vf[4];
                 const int r = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
                 const int c = nd * 16 + (lane >> 4) * 8;
-                ldsm_x4_t(vf, smem_u32(sV[buf] + r * SROW + c));
-                Mma<T>::run(acc[2 * nd], pa, vf[0], vf[1]);
-                Mma<T>::run(acc[2 * nd + 1], pa, vf[2], vf[3]);
+                ldsm_x4_t(vf, smem_u32(Vs + r * SROW + c));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    Mma<T>::run(acc[mt][2 * nd], pa[mt], vf[0], vf[1]);
+                    Mma<T>::run(acc[mt][2 * nd + 1], pa[mt], vf[2], vf[3]);
+                }
             }
         }
         __syncthreads();  // every warp is done with `buf` before it is refilled
@@ -291,18 +322,23 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
 
     // Normalise and write; padded query rows get zeros.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float l = l_run[r];
-        l += __shfl_xor_sync(0xffffffff, l, 1);
-        l += __shfl_xor_sync(0xffffffff, l, 2);
-        const int qpos = qrow0 + r * 8;
-        const float inv = (qpos < len && l > 0.f) ? 1.f / l : 0.f;
-        if (qpos < rows) {
-            T* orow = ob + (long long)qpos * o_st + tg * 2;
+    for (int mt = 0; mt < MT; ++mt) {
+        const int qrow = q0 + (warp * MT + mt) * 16 + g;
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                const uint32_t w = Mma<T>::pack(acc[nt][2 * r] * inv, acc[nt][2 * r + 1] * inv);
-                *reinterpret_cast<uint32_t*>(orow + nt * 8) = w;
+        for (int r = 0; r < 2; ++r) {
+            float l = l_run[mt][r];
+            l += __shfl_xor_sync(0xffffffff, l, 1);
+            l += __shfl_xor_sync(0xffffffff, l, 2);
+            const int qpos = qrow + r * 8;
+            const float inv = (qpos < len && l > 0.f) ? 1.f / l : 0.f;
+            if (qpos < rows) {
+                T* orow = ob + (long long)qpos * o_st + tg * 2;
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    const uint32_t w =
+                        Mma<T>::pack(acc[mt][nt][2 * r] * inv, acc[mt][nt][2 * r + 1] * inv);
+                    *reinterpret_cast<uint32_t*>(orow + nt * 8) = w;
+                }
             }
         }
     }
@@ -310,16 +346,24 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
 
 }  // namespace
 
-#define FLASH_ATTN_ENTRY(NAME, T)                                                               \
-    extern "C" __global__ void __launch_bounds__(NTHREADS)                                      \
+// Entry points: virnucpro_flash_attn_<dtype>_w<warps>m<m-tiles per warp>; all take the same
+// arguments, and the block size is 32 * warps threads, the grid (ceil(rows / BM), heads, batch)
+// with BM = 16 * warps * m-tiles.
+#define FLASH_ATTN_ENTRY(NAME, T, WARPS, MT)                                                    \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32)                                    \
         NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* key_lens,                \
              const uint32_t* cu_seqlens, const float* slopes, int t_rows, long long q_sb,       \
              long long q_st, long long q_sh, long long k_sb, long long k_st, long long k_sh,    \
              long long v_sb, long long v_st, long long v_sh, long long o_sb, long long o_st,    \
              long long o_sh, float scale_log2) {                                                \
-        attn_fwd<T>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb,   \
-                    k_st, k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2);                \
+        attn_fwd<T, WARPS, MT>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st,    \
+                               q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh,      \
+                               scale_log2);                                                     \
     }
 
-FLASH_ATTN_ENTRY(virnucpro_flash_attn_f16, __half)
-FLASH_ATTN_ENTRY(virnucpro_flash_attn_bf16, __nv_bfloat16)
+FLASH_ATTN_ENTRY(virnucpro_flash_attn_f16_w4m1, __half, 4, 1)
+FLASH_ATTN_ENTRY(virnucpro_flash_attn_bf16_w4m1, __nv_bfloat16, 4, 1)
+FLASH_ATTN_ENTRY(virnucpro_flash_attn_f16_w4m2, __half, 4, 2)
+FLASH_ATTN_ENTRY(virnucpro_flash_attn_bf16_w4m2, __nv_bfloat16, 4, 2)
+FLASH_ATTN_ENTRY(virnucpro_flash_attn_f16_w8m1, __half, 8, 1)
+FLASH_ATTN_ENTRY(virnucpro_flash_attn_bf16_w8m1, __nv_bfloat16, 8, 1)

@@ -75,12 +75,57 @@ pub fn fused_attention(
     alibi_slopes: Option<&Tensor>,
     scale: f32,
 ) -> Result<Tensor> {
-    let (b, _h, _t, _d) = q.dims4()?;
+    fused_padded(q, k, v, key_lens, alibi_slopes, scale, false, None)
+}
+
+/// Fused attention over packed sequences: `q`, `k`, `v` are `[total_tokens, heads, 64]` (same
+/// stride rules as [`fused_attention`]), sequence `i` occupying rows
+/// `cu_seqlens[i] .. cu_seqlens[i + 1]` (u32 `[batch + 1]` on the device, non-decreasing);
+/// `max_len` must be at least the longest sequence (rows past it stay zero). Returns
+/// `[total_tokens, heads, 64]`.
+pub fn fused_attention_varlen(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &Tensor,
+    max_len: usize,
+    alibi_slopes: Option<&Tensor>,
+    scale: f32,
+) -> Result<Tensor> {
+    fused_packed(
+        q,
+        k,
+        v,
+        cu_seqlens,
+        max_len,
+        alibi_slopes,
+        scale,
+        false,
+        None,
+    )
+}
+
+/// [`fused_attention`] with knobs for validation and benchmarks: `poison` fills the output with
+/// NaN before the kernel runs (a test can then prove every element was written), `variant` picks
+/// the tile shape.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_padded(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_lens: &Tensor,
+    alibi_slopes: Option<&Tensor>,
+    scale: f32,
+    poison: bool,
+    variant: Option<FaVariant>,
+) -> Result<Tensor> {
+    let (b, h, _t, _d) = q.dims4()?;
     check_same_shape(q, k, v)?;
     check_aux(key_lens, DType::U32, b, "key_lens", q.device())?;
     let slopes = match alibi_slopes {
         Some(s) => {
-            check_aux(s, DType::F32, q.dim(1)?, "alibi_slopes", q.device())?;
+            check_aux(s, DType::F32, h, "alibi_slopes", q.device())?;
             Some(s.contiguous()?)
         }
         None => None,
@@ -90,16 +135,16 @@ pub fn fused_attention(
         slopes,
         scale,
         max_len: 0,
-        poison: false,
+        poison,
+        variant,
     };
     q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)
 }
 
-/// Fused attention over packed sequences: `q`, `k`, `v` are `[total_tokens, heads, 64]` (same
-/// stride rules as [`fused_attention`]), sequence `i` occupying rows
-/// `cu_seqlens[i] .. cu_seqlens[i + 1]` (u32 `[batch + 1]` on the device, non-decreasing);
-/// `max_len` must be at least the longest sequence. Returns `[total_tokens, heads, 64]`.
-pub fn fused_attention_varlen(
+/// [`fused_attention_varlen`] with the knobs of [`fused_padded`].
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_packed(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -107,6 +152,8 @@ pub fn fused_attention_varlen(
     max_len: usize,
     alibi_slopes: Option<&Tensor>,
     scale: f32,
+    poison: bool,
+    variant: Option<FaVariant>,
 ) -> Result<Tensor> {
     let (_total, h, _d) = q.dims3()?;
     check_same_shape(q, k, v)?;
@@ -127,31 +174,10 @@ pub fn fused_attention_varlen(
         slopes,
         scale,
         max_len,
-        poison: false,
+        poison,
+        variant,
     };
     q.apply_op3_no_bwd(k, v, &op)
-}
-
-/// [`fused_attention`] with the output buffer filled with NaN before the kernel runs, so that a
-/// test can prove every element was written. For validation only.
-#[doc(hidden)]
-pub fn fused_attention_poisoned(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    key_lens: &Tensor,
-    alibi_slopes: Option<&Tensor>,
-    scale: f32,
-) -> Result<Tensor> {
-    check_same_shape(q, k, v)?;
-    let op = FusedAttention {
-        lens: SeqLens::Padded(key_lens.contiguous()?),
-        slopes: alibi_slopes.map(|s| s.contiguous()).transpose()?,
-        scale,
-        max_len: 0,
-        poison: true,
-    };
-    q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)
 }
 
 fn check_same_shape(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
@@ -188,6 +214,59 @@ fn check_aux(t: &Tensor, dtype: DType, len: usize, what: &str, device: &Device) 
     Ok(())
 }
 
+/// Tile shapes the kernel is compiled in: `w<warps>m<m-tiles of 16 query rows per warp>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum FaVariant {
+    /// 4 warps x 16 rows: 64 query rows per block (138 registers).
+    W4M1,
+    /// 4 warps x 32 rows: 128 query rows per block, each K/V fragment feeds two products.
+    W4M2,
+    /// 8 warps x 16 rows: 128 query rows per block sharing each K/V tile.
+    W8M1,
+}
+
+impl FaVariant {
+    pub const ALL: [FaVariant; 3] = [FaVariant::W4M1, FaVariant::W4M2, FaVariant::W8M1];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::W4M1 => "w4m1",
+            Self::W4M2 => "w4m2",
+            Self::W8M1 => "w8m1",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == s.trim())
+    }
+
+    /// Query rows per block.
+    pub fn block_m(self) -> usize {
+        match self {
+            Self::W4M1 => 64,
+            Self::W4M2 | Self::W8M1 => 128,
+        }
+    }
+
+    pub fn threads(self) -> u32 {
+        match self {
+            Self::W4M1 | Self::W4M2 => 128,
+            Self::W8M1 => 256,
+        }
+    }
+
+    /// The variant used when none is asked for: `VIRNUCPRO_FA_VARIANT` if set, else the default.
+    pub fn default_for_run() -> Self {
+        static V: std::sync::OnceLock<FaVariant> = std::sync::OnceLock::new();
+        *V.get_or_init(|| {
+            std::env::var("VIRNUCPRO_FA_VARIANT")
+                .ok()
+                .and_then(|s| Self::parse(&s))
+                .unwrap_or(Self::W4M1)
+        })
+    }
+}
+
 /// How the rows of a batch are delimited.
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -209,6 +288,8 @@ pub(crate) struct FusedAttention {
     pub(crate) max_len: usize,
     /// Fill the output with NaN before the kernel (tests).
     pub(crate) poison: bool,
+    /// Tile variant; `None`: [`FaVariant::default_for_run`].
+    pub(crate) variant: Option<FaVariant>,
 }
 
 impl CustomOp3 for FusedAttention {
@@ -271,9 +352,11 @@ mod tests {
     #[ignore = "needs a CUDA GPU"]
     fn fused_matches_materialized_on_gpu() -> anyhow::Result<()> {
         let dev = Device::new_cuda(0)?;
-        for case in selftest::cases() {
-            let r = selftest::run_case(&case, &dev)?;
-            assert!(r.pass, "{}: {}", case.name, r.detail);
+        for variant in FaVariant::ALL {
+            for case in selftest::cases() {
+                let r = selftest::run_case(&case, &dev, Some(variant))?;
+                assert!(r.pass, "{} ({}): {}", case.name, variant.name(), r.detail);
+            }
         }
         Ok(())
     }

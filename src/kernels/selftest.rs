@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{
-    alibi_bias, alibi_slopes, fused_attention_poisoned, fused_attention_varlen, key_padding_mask,
-    materialized_attention, row_mask,
+    alibi_bias, alibi_slopes, fused_packed, fused_padded, key_padding_mask, materialized_attention,
+    row_mask, FaVariant,
 };
 
 /// How q, k, v are laid out in memory for a case.
@@ -178,9 +178,14 @@ fn norm(t: &Tensor) -> candle_core::Result<f64> {
         .sqrt())
 }
 
-/// Runs one case on `dev`: fused kernel (output poisoned with NaN first) vs the materialized path
-/// computed in f32 from the same half-precision inputs.
-pub fn run_case(case: &Case, dev: &Device) -> anyhow::Result<CaseResult> {
+/// Runs one case on `dev` with the kernel's tile `variant` (`None`: the default): fused kernel
+/// (output poisoned with NaN first) vs the materialized path computed in f32 from the same
+/// half-precision inputs.
+pub fn run_case(
+    case: &Case,
+    dev: &Device,
+    variant: Option<FaVariant>,
+) -> anyhow::Result<CaseResult> {
     const D: usize = 64;
     let b = case.lens.len();
     let h = case.heads;
@@ -227,9 +232,17 @@ pub fn run_case(case: &Case, dev: &Device) -> anyhow::Result<CaseResult> {
     let (got, want, pad_abs) = match case.layout {
         QkvLayout::Bhtd | QkvLayout::Bthd => {
             let lens_t = Tensor::from_slice(&case.lens, b, dev)?;
-            let out =
-                fused_attention_poisoned(&q, &k, &v, &lens_t, slopes_t.as_ref(), scale as f32)?
-                    .to_dtype(DType::F32)?;
+            let out = fused_padded(
+                &q,
+                &k,
+                &v,
+                &lens_t,
+                slopes_t.as_ref(),
+                scale as f32,
+                true,
+                variant,
+            )?
+            .to_dtype(DType::F32)?;
             // Padded rows must be exactly zero.
             let pad = row_mask(&case.lens, t, DType::F32, dev)?.affine(-1.0, 1.0)?;
             let pad_abs = out
@@ -257,7 +270,7 @@ pub fn run_case(case: &Case, dev: &Device) -> anyhow::Result<CaseResult> {
             }
             let cu_t = Tensor::from_slice(&cu, cu.len(), dev)?;
             let max_len = case.lens.iter().copied().max().unwrap_or(0) as usize;
-            let out = fused_attention_varlen(
+            let out = fused_packed(
                 &pack(&q)?,
                 &pack(&k)?,
                 &pack(&v)?,
@@ -265,6 +278,8 @@ pub fn run_case(case: &Case, dev: &Device) -> anyhow::Result<CaseResult> {
                 max_len,
                 slopes_t.as_ref(),
                 scale as f32,
+                true,
+                variant,
             )?
             .to_dtype(DType::F32)?;
             (out, pack(&reference)?, 0.0)

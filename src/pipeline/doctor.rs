@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::kernels::{self, selftest};
+use crate::kernels::{self, selftest, FaVariant};
 use crate::pipeline::timing::{self, Timing};
 
 /// What `doctor` should do.
@@ -65,6 +65,7 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseLine {
     pub name: String,
+    pub variant: &'static str,
     pub rel_err: f64,
     pub limit: f64,
     pub pass: bool,
@@ -75,8 +76,12 @@ pub struct AttnRow {
     pub batch: usize,
     pub len: usize,
     pub heads: usize,
+    /// The default tile variant (what the models use).
+    pub variant: &'static str,
     pub fused: Timing,
     pub fused_alibi: Timing,
+    /// Every compiled tile variant, no ALiBi.
+    pub variants: Vec<(&'static str, Timing)>,
     pub materialized: Timing,
     /// materialized / fused.
     pub speedup: f64,
@@ -207,28 +212,35 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         ),
     }
 
-    // ENV-04
+    // ENV-04: every case with every compiled tile variant.
     let mut worst = 0f64;
     let mut failed = None;
-    for case in selftest::cases() {
-        let r = selftest::run_case(&case, &dev)
-            .with_context(|| format!("fused attention case `{}`", case.name))?;
-        println!(
-            "       {:<28} rel err {:>9.2e} (limit {:.0e}) {}",
-            case.name,
-            r.rel_err,
-            r.limit,
-            if r.pass { "ok" } else { "FAILED" }
-        );
-        worst = worst.max(r.rel_err);
-        rep.cases.push(CaseLine {
-            name: case.name.clone(),
-            rel_err: r.rel_err,
-            limit: r.limit,
-            pass: r.pass,
-        });
-        if !r.pass && failed.is_none() {
-            failed = Some((case.name.clone(), r.detail));
+    for variant in FaVariant::ALL {
+        for case in selftest::cases() {
+            let r = selftest::run_case(&case, &dev, Some(variant)).with_context(|| {
+                format!("fused attention case `{}` ({})", case.name, variant.name())
+            })?;
+            if variant == FaVariant::default_for_run() || !r.pass {
+                println!(
+                    "       {:<28} {} rel err {:>9.2e} (limit {:.0e}) {}",
+                    case.name,
+                    variant.name(),
+                    r.rel_err,
+                    r.limit,
+                    if r.pass { "ok" } else { "FAILED" }
+                );
+            }
+            worst = worst.max(r.rel_err);
+            rep.cases.push(CaseLine {
+                name: case.name.clone(),
+                variant: variant.name(),
+                rel_err: r.rel_err,
+                limit: r.limit,
+                pass: r.pass,
+            });
+            if !r.pass && failed.is_none() {
+                failed = Some((format!("{} ({})", case.name, variant.name()), r.detail));
+            }
         }
     }
     if let Some((name, detail)) = failed {
@@ -246,8 +258,10 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         "ENV-04",
         "PASS",
         format!(
-            "fused attention == materialized on {} random cases (worst ‖out−ref‖/‖ref‖ {worst:.2e})",
-            rep.cases.len()
+            "fused attention == materialized on {} random cases x {} tile variants (worst \
+             ‖out−ref‖/‖ref‖ {worst:.2e})",
+            selftest::cases().len(),
+            FaVariant::ALL.len()
         ),
     );
 
@@ -338,9 +352,20 @@ pub fn time_attention(
     let slopes = Tensor::from_slice(&kernels::alibi_slopes(heads), heads, dev)?;
     let key_mask = kernels::key_padding_mask(&lens, t, DType::F16, dev)?;
     let target_ms = 5.0;
-    let fused = timing::measure(dev, 3, repeats, target_ms, || {
-        kernels::fused_attention(&q, &k, &v, &lens_t, None, scale as f32).map(drop)
-    })?;
+    let default = FaVariant::default_for_run();
+    let mut variants = Vec::new();
+    for var in FaVariant::ALL {
+        let t = timing::measure(dev, 3, repeats, target_ms, || {
+            kernels::fused_padded(&q, &k, &v, &lens_t, None, scale as f32, false, Some(var))
+                .map(drop)
+        })?;
+        variants.push((var.name(), t));
+    }
+    let fused = variants
+        .iter()
+        .find(|(n, _)| *n == default.name())
+        .map(|(_, t)| *t)
+        .expect("the default variant is compiled");
     let fused_alibi = timing::measure(dev, 3, repeats, target_ms, || {
         kernels::fused_attention(&q, &k, &v, &lens_t, Some(&slopes), scale as f32).map(drop)
     })?;
@@ -352,6 +377,8 @@ pub fn time_attention(
         batch: b,
         len: t,
         heads,
+        variant: default.name(),
+        variants,
         speedup: materialized.median_ms / fused.median_ms,
         fused_tflops: flops / (fused.median_ms * 1e-3) / 1e12,
         fused,
@@ -363,16 +390,30 @@ pub fn time_attention(
 /// The timing table, one row per shape.
 pub fn attention_table(rows: &[AttnRow]) -> String {
     let mut s = String::new();
+    let variant = rows.first().map(|r| r.variant).unwrap_or("?");
     let _ = writeln!(
         s,
-        "       attention op, f16, head 64 (median ms per call, CUDA events)\n       \
-         {:>10} {:>5} {:>10} {:>9} {:>12} {:>14} {:>9}",
-        "B x T", "heads", "fused", "TFLOP/s", "fused+ALiBi", "materialized", "speed-up"
+        "       attention op, f16, head 64, median ms per call (CUDA events); fused = {variant}\n       \
+         {:>10} {:>5} {:>10} {:>8} {:>12} {:>13} {:>9} | {}",
+        "B x T",
+        "heads",
+        "fused",
+        "TFLOP/s",
+        "fused+ALiBi",
+        "materialized",
+        "speed-up",
+        FaVariant::ALL.map(|v| format!("{:>9}", v.name())).join(" ")
     );
     for r in rows {
+        let vars = r
+            .variants
+            .iter()
+            .map(|(_, t)| format!("{:>9.4}", t.median_ms))
+            .collect::<Vec<_>>()
+            .join(" ");
         let _ = writeln!(
             s,
-            "       {:>10} {:>5} {:>10.4} {:>9.1} {:>12.4} {:>14.4} {:>8.2}x",
+            "       {:>10} {:>5} {:>10.4} {:>8.1} {:>12.4} {:>13.4} {:>8.2}x | {vars}",
             format!("{}x{}", r.batch, r.len),
             r.heads,
             r.fused.median_ms,
