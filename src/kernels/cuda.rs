@@ -3,6 +3,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     result as drv, CudaSlice, CudaView, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -113,7 +114,7 @@ fn launch<T>(
     dtype: &str,
 ) -> Result<(CudaStorage, Shape)>
 where
-    T: candle_core::cuda_backend::CudaDType + DeviceRepr,
+    T: candle_core::cuda_backend::CudaDType + DeviceRepr + ValidAsZeroBits,
 {
     let dev: &CudaDevice = q.device();
     let packed = matches!(op.lens, SeqLens::Packed(_));
