@@ -111,7 +111,67 @@ __device__ __forceinline__ void load_tile(T* smem, const T* base, long long row_
 // WARPS warps per block, each owning MT m-tiles of 16 query rows: BM = WARPS * 16 * MT query rows
 // per block. Shared memory: two buffers of (K tile, V tile); the Q tile is staged in the second
 // buffer before the loop (it lives in registers afterwards), so BM <= 2 * BN.
-template <typename T, int WARPS, int MT>
+// Online-softmax update of one m-tile's scores `s` (16 rows x 64 keys, this thread's fragment):
+// ALIBI: add -slope * |i - j|; MASK: keys >= len get -inf (only the last key tile needs it).
+// Without ALiBi the running max is kept in raw score units and the scale is folded into one FFMA
+// per element (exp2(s * c - m * c)); with ALiBi the scores are moved to log2 units first.
+template <bool ALIBI, bool MASK>
+__device__ __forceinline__ void softmax_tile(float (&s)[8][4], float (&m_run)[2], float (&l_run)[2],
+                                             float (&acc)[8][4], int qrow, int key0, int tg,
+                                             int len, float scale_log2, float slope_log2) {
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = key0 + nt * 8 + tg * 2 + (e & 1);
+            float x = s[nt][e];
+            if (ALIBI) {
+                const int qpos = qrow + (e >> 1) * 8;
+                x = fmaf(x, scale_log2, -slope_log2 * fabsf((float)(qpos - key)));
+            }
+            if (MASK && key >= len) x = -INFINITY;
+            s[nt][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+    }
+    const float c = ALIBI ? 1.f : scale_log2;  // units of s -> log2 units
+    float alpha[2], mc[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+        const float m_new = fmaxf(m_run[r], mx[r]);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;  // no (-inf) - (-inf)
+        alpha[r] = fast_exp2((m_run[r] - m_use) * c);
+        m_run[r] = m_new;
+        mc[r] = m_use * c;
+    }
+    float rs[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float p = fast_exp2(fmaf(s[nt][e], c, -mc[e >> 1]));
+            s[nt][e] = p;
+            rs[e >> 1] += p;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l_run[r] = fmaf(l_run[r], alpha[r], rs[r]);
+    // Rescale the accumulators only when some row's maximum moved (rare after the first tiles).
+    if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            acc[nt][0] *= alpha[0];
+            acc[nt][1] *= alpha[0];
+            acc[nt][2] *= alpha[1];
+            acc[nt][3] *= alpha[1];
+        }
+    }
+}
+
+template <typename T, int WARPS, int MT, bool ALIBI>
 __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k,
                                          const T* __restrict__ v, T* __restrict__ o,
                                          const uint32_t* __restrict__ key_lens,
@@ -121,11 +181,10 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
                                          long long k_sb, long long k_st, long long k_sh,
                                          long long v_sb, long long v_st, long long v_sh,
                                          long long o_sb, long long o_st, long long o_sh,
-                                         float scale_log2) {
+                                         float scale_log2, T* smem) {
     constexpr int NT = WARPS * 32;
     constexpr int BM = WARPS * 16 * MT;
     static_assert(BM <= 2 * BN, "the Q tile is staged in the second K/V buffer");
-    __shared__ __align__(128) T smem[4 * BN * SROW];
     T* const sQ = smem + 2 * BN * SROW;
     auto sK = [&](int buf) { return smem + buf * 2 * BN * SROW; };
     auto sV = [&](int buf) { return smem + buf * 2 * BN * SROW + BN * SROW; };
@@ -174,7 +233,7 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
     }
 
     const int n_tiles = (len + BN - 1) / BN;
-    const float slope_log2 = slopes != nullptr ? slopes[h] * 1.4426950408889634f : 0.f;
+    const float slope_log2 = ALIBI ? slopes[h] * 1.4426950408889634f : 0.f;
 
     // Prologue: Q and the first K/V tile; Q goes to registers, freeing the second buffer.
     load_tile<BM, NT>(sQ, qb, q_st, q0, len, tid);
@@ -243,53 +302,16 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
         }
 
         const int key0 = j * BN;
+        const bool mask = key0 + BN > len;  // only the last tile has keys past the end
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             const int qrow = q0 + (warp * MT + mt) * 16 + g;  // position of fragment row g
-            // Scale, bias, mask; row maxima.
-            float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int key = key0 + nt * 8 + tg * 2 + (e & 1);
-                    const int qpos = qrow + (e >> 1) * 8;
-                    float x = s[mt][nt][e] * scale_log2;
-                    if (slopes != nullptr) x -= slope_log2 * fabsf((float)(qpos - key));
-                    if (key >= len) x = -INFINITY;
-                    s[mt][nt][e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
-                }
-            }
-            float alpha[2], m_use[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-                const float m_new = fmaxf(m_run[mt][r], mx[r]);
-                m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // no (-inf) - (-inf)
-                alpha[r] = fast_exp2(m_run[mt][r] - m_use[r]);
-                m_run[mt][r] = m_new;
-            }
-            float rs[2] = {0.f, 0.f};
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float p = fast_exp2(s[mt][nt][e] - m_use[e >> 1]);
-                    s[mt][nt][e] = p;
-                    rs[e >> 1] += p;
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < 2; ++r) l_run[mt][r] = l_run[mt][r] * alpha[r] + rs[r];
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                acc[mt][nt][0] *= alpha[0];
-                acc[mt][nt][1] *= alpha[0];
-                acc[mt][nt][2] *= alpha[1];
-                acc[mt][nt][3] *= alpha[1];
-            }
+            if (mask)
+                softmax_tile<ALIBI, true>(s[mt], m_run[mt], l_run[mt], acc[mt], qrow, key0, tg,
+                                          len, scale_log2, slope_log2);
+            else
+                softmax_tile<ALIBI, false>(s[mt], m_run[mt], l_run[mt], acc[mt], qrow, key0, tg,
+                                           len, scale_log2, slope_log2);
         }
 
         // O += P V: P straight from the score registers (C layout of two n-tiles == A layout);
@@ -356,9 +378,15 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
              long long q_st, long long q_sh, long long k_sb, long long k_st, long long k_sh,    \
              long long v_sb, long long v_st, long long v_sh, long long o_sb, long long o_st,    \
              long long o_sh, float scale_log2) {                                                \
-        attn_fwd<T, WARPS, MT>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st,    \
-                               q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh,      \
-                               scale_log2);                                                     \
+        __shared__ __align__(128) T smem[4 * BN * SROW];                                        \
+        if (slopes != nullptr)                                                                  \
+            attn_fwd<T, WARPS, MT, true>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, \
+                                         q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh, o_sb,   \
+                                         o_st, o_sh, scale_log2, smem);                          \
+        else                                                                                    \
+            attn_fwd<T, WARPS, MT, false>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows,     \
+                                          q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,  \
+                                          o_sb, o_st, o_sh, scale_log2, smem);                   \
     }
 
 FLASH_ATTN_ENTRY(virnucpro_flash_attn_f16_w4m1, __half, 4, 1)

@@ -122,6 +122,7 @@ pub fn fused_padded(
 ) -> Result<Tensor> {
     let (b, h, _t, _d) = q.dims4()?;
     check_same_shape(q, k, v)?;
+    check_scale(scale)?;
     check_aux(key_lens, DType::U32, b, "key_lens", q.device())?;
     let slopes = match alibi_slopes {
         Some(s) => {
@@ -157,6 +158,7 @@ pub fn fused_packed(
 ) -> Result<Tensor> {
     let (_total, h, _d) = q.dims3()?;
     check_same_shape(q, k, v)?;
+    check_scale(scale)?;
     let n = cu_seqlens.dims1()?;
     if n < 2 {
         candle_core::bail!("fused_attention_varlen: cu_seqlens needs at least 2 entries, got {n}");
@@ -178,6 +180,14 @@ pub fn fused_packed(
         variant,
     };
     q.apply_op3_no_bwd(k, v, &op)
+}
+
+/// The kernel keeps its running maximum in raw score units, which needs a positive scale.
+fn check_scale(scale: f32) -> Result<()> {
+    if !(scale > 0.0 && scale.is_finite()) {
+        candle_core::bail!("fused attention: scale must be positive and finite, got {scale}");
+    }
+    Ok(())
 }
 
 fn check_same_shape(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
