@@ -113,7 +113,10 @@ impl DnaBertConfig {
             );
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            bail!("layer_norm_eps must be a positive number, got {}", self.layer_norm_eps);
+            bail!(
+                "layer_norm_eps must be a positive number, got {}",
+                self.layer_norm_eps
+            );
         }
         if let Some(mt) = &self.model_type {
             if mt != "bert" {
@@ -323,11 +326,7 @@ impl DnaBertAttention {
         Ok(Self {
             wqkv: linear(vb.pp("self").pp("Wqkv"), h, 3 * h, true)?,
             output: linear(vb.pp("output").pp("dense"), h, h, true)?,
-            layer_norm: LayerNorm::load(
-                vb.pp("output").pp("LayerNorm"),
-                h,
-                cfg.layer_norm_eps,
-            )?,
+            layer_norm: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
         })
@@ -528,17 +527,16 @@ impl DnaBertTokenizer {
     /// `max_len`: the most tokens (special tokens included) a sequence may have, normally the
     /// model limit (`model_max_length` of `tokenizer_config.json`, 512 for DNABERT-S).
     pub fn from_file(path: &Path, max_len: usize) -> anyhow::Result<Self> {
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
-            anyhow::anyhow!("loading DNABERT-S tokenizer {}: {e}", path.display())
-        })?;
+        let mut inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("loading DNABERT-S tokenizer {}: {e}", path.display()))?;
         // Over-long input must be reported, never silently cut; padding is done by the batcher.
         inner
             .with_truncation(None)
             .map_err(|e| anyhow::anyhow!("disabling truncation: {e}"))?;
         inner.with_padding(None);
-        let pad_id = inner.token_to_id("[PAD]").with_context(|| {
-            format!("tokenizer {} has no [PAD] token", path.display())
-        })?;
+        let pad_id = inner
+            .token_to_id("[PAD]")
+            .with_context(|| format!("tokenizer {} has no [PAD] token", path.display()))?;
         if max_len < 2 {
             bail!("DNABERT-S max_len must leave room for [CLS] and [SEP], got {max_len}");
         }
@@ -555,7 +553,10 @@ impl DnaBertTokenizer {
         let ids = probe.get_ids();
         let cls = tok.inner.token_to_id("[CLS]");
         let sep = tok.inner.token_to_id("[SEP]");
-        if cls.is_none() || sep.is_none() || ids.first() != cls.as_ref() || ids.last() != sep.as_ref()
+        if cls.is_none()
+            || sep.is_none()
+            || ids.first() != cls.as_ref()
+            || ids.last() != sep.as_ref()
         {
             bail!(
                 "tokenizer {} does not add [CLS] ... [SEP] (post-processor missing?)",
@@ -626,8 +627,7 @@ mod tests {
     }
 
     fn model_max_length() -> usize {
-        let text =
-            std::fs::read_to_string(oracle().join("dnabert/tokenizer_config.json")).unwrap();
+        let text = std::fs::read_to_string(oracle().join("dnabert/tokenizer_config.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         v["model_max_length"].as_u64().unwrap() as usize
     }
@@ -710,7 +710,12 @@ mod tests {
         );
         // 12 heads (real DNABERT-S): 8-head list, then 16-head list entries 0, 2, 4, 6.
         let mut want: Vec<f64> = (1..=8).map(|h| 2f64.powi(-h)).collect();
-        want.extend([2f64.powf(-0.5), 2f64.powf(-1.5), 2f64.powf(-2.5), 2f64.powf(-3.5)]);
+        want.extend([
+            2f64.powf(-0.5),
+            2f64.powf(-1.5),
+            2f64.powf(-2.5),
+            2f64.powf(-3.5),
+        ]);
         eq(alibi_slopes(12), want);
         // Literal values of the 12-head case.
         let s12 = alibi_slopes(12);
@@ -771,7 +776,11 @@ mod tests {
             .unwrap();
         for (i, row) in out.iter().enumerate() {
             let e = rel_err(row, &want[i]);
-            assert!(e <= 1e-5, "{} (batched): relative error {e:e}", records[i].0);
+            assert!(
+                e <= 1e-5,
+                "{} (batched): relative error {e:e}",
+                records[i].0
+            );
             worst = worst.max(e);
         }
         eprintln!("DNABERT-S oracle: max relative error {worst:e}");
@@ -835,13 +844,18 @@ mod tests {
         let seq = b"TCAATGCTGCGAAGCTCCGTCGCCACGGGGCTTTGTCCGAGC";
         let upper = tok.encode("u", seq).unwrap();
         let lower = tok.encode("l", &seq.to_ascii_lowercase()).unwrap();
-        let mixed = tok.encode("m", b"TCAATGctgcgaagcTCCGTCGCCACGGGGCTTTGTCCGAGC").unwrap();
+        let mixed = tok
+            .encode("m", b"TCAATGctgcgaagcTCCGTCGCCACGGGGCTTTGTCCGAGC")
+            .unwrap();
         assert_eq!(upper, lower);
         assert_eq!(upper, mixed);
         // Without upper-casing, the raw tokenizer maps lower-case bases to [UNK] only.
         let raw = tok
             .inner
-            .encode(std::str::from_utf8(&seq.to_ascii_lowercase()).unwrap(), true)
+            .encode(
+                std::str::from_utf8(&seq.to_ascii_lowercase()).unwrap(),
+                true,
+            )
             .unwrap();
         let raw = raw.get_ids();
         assert!(raw[1..raw.len() - 1].iter().all(|&t| t == 0));
@@ -876,7 +890,10 @@ mod tests {
         let mut cfg = base.clone();
         cfg.intermediate_size = 512;
         let err = DnaBert::load(vb.clone(), &cfg).err().unwrap().to_string();
-        assert!(err.contains("encoder.layer.0.mlp.gated_layers.weight"), "{err}");
+        assert!(
+            err.contains("encoder.layer.0.mlp.gated_layers.weight"),
+            "{err}"
+        );
 
         let mut cfg = base.clone();
         cfg.num_hidden_layers = 3;
@@ -915,11 +932,17 @@ mod tests {
 
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("config.json");
-        std::fs::write(&p, r#"{"hidden_size": 100, "num_hidden_layers": 1,
-            "num_attention_heads": 3, "intermediate_size": 4, "vocab_size": 4}"#)
+        std::fs::write(
+            &p,
+            r#"{"hidden_size": 100, "num_hidden_layers": 1,
+            "num_attention_heads": 3, "intermediate_size": 4, "vocab_size": 4}"#,
+        )
         .unwrap();
         let err = format!("{:#}", DnaBertConfig::from_file(&p).unwrap_err());
-        assert!(err.contains("divisible") && err.contains("config.json"), "{err}");
+        assert!(
+            err.contains("divisible") && err.contains("config.json"),
+            "{err}"
+        );
     }
 
     /// Random weights for every checkpoint key of `cfg`.
@@ -931,8 +954,16 @@ mod tests {
             let t = Tensor::randn(0f32, std as f32, shape, &dev).unwrap();
             m.insert(name, t);
         };
-        put("embeddings.word_embeddings.weight".into(), &[cfg.vocab_size, h], 1.0);
-        put("embeddings.token_type_embeddings.weight".into(), &[cfg.type_vocab_size, h], 1.0);
+        put(
+            "embeddings.word_embeddings.weight".into(),
+            &[cfg.vocab_size, h],
+            1.0,
+        );
+        put(
+            "embeddings.token_type_embeddings.weight".into(),
+            &[cfg.type_vocab_size, h],
+            1.0,
+        );
         put("embeddings.LayerNorm.weight".into(), &[h], 1.0);
         put("embeddings.LayerNorm.bias".into(), &[h], 0.1);
         for l in 0..cfg.num_hidden_layers {
