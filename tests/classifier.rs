@@ -94,6 +94,40 @@ fn both_pth_formats_give_identical_weights() {
     }
 }
 
+/// Pickle protocol 4 (`torch.save(..., pickle_protocol=4)`) and a `DataParallel` wrapper, made
+/// from the oracle by `tests/data/classifier_extra/make.py`.
+#[test]
+fn pickle_variants_match_oracle() {
+    let reference = load("classifier/model_full.pth");
+    for rel in [
+        "../classifier_extra/model_full_proto4.pth",
+        "../classifier_extra/dataparallel.pth",
+    ] {
+        check_against_oracle(rel);
+        let c = load(rel);
+        for name in TENSOR_NAMES {
+            let a = reference.tensors()[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let b = c.tensors()[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(a, b, "{rel}: {name}");
+        }
+        assert_eq!(c.meta().bn_eps, 1e-5);
+    }
+    let dp = load("../classifier_extra/dataparallel.pth");
+    assert!(
+        dp.meta().source_format.contains("DataParallel"),
+        "{}",
+        dp.meta().source_format
+    );
+}
+
 #[test]
 fn forward_converts_dtype_and_rejects_wrong_width() {
     let c = load("classifier/model_full.pth");

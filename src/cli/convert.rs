@@ -72,8 +72,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.chunk_len.is_some() {
         meta.chunk_len = args.chunk_len;
     }
-    if meta.chunk_len == Some(0) {
-        bail!("--chunk-len must be above 0");
+    for (flag, value) in [
+        ("--dnabert-hidden", args.dnabert_hidden),
+        ("--esm-hidden", args.esm_hidden),
+        ("--chunk-len", args.chunk_len),
+    ] {
+        if value == Some(0) {
+            bail!("{flag} must be above 0");
+        }
     }
     // Fill hidden sizes: a well-known model's size first, else what the input size leaves over.
     if meta.dnabert_hidden.is_none() {
@@ -88,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         _ => {}
     }
     if let (Some(d), Some(e)) = (meta.dnabert_hidden, meta.esm_hidden) {
-        if d + e != input {
+        if d.saturating_add(e) != input {
             bail!(
                 "`{}` takes {input} input features, but nucleotide hidden {d}{} + protein hidden {e}{} = {}; \
                  give the models this classifier was trained with (--dnabert-model/--dnabert-hidden, \
@@ -96,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
                 args.classifier.display(),
                 meta.dnabert_model.as_deref().map(|m| format!(" (`{m}`)")).unwrap_or_default(),
                 meta.esm_model.as_deref().map(|m| format!(" (`{m}`)")).unwrap_or_default(),
-                d + e
+                d.saturating_add(e)
             );
         }
     }

@@ -131,7 +131,8 @@ impl ClassifierMeta {
         // `{}` of an f64 is the shortest text that parses back to the same value.
         m.insert("bn_eps".into(), format!("{}", self.bn_eps));
         let opt = |m: &mut HashMap<String, String>, k: &str, v: Option<String>| {
-            if let Some(v) = v {
+            // An empty value would read back as "unknown" anyway; leave the key out.
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
                 m.insert(k.to_owned(), v);
             }
         };
@@ -219,10 +220,10 @@ impl ClassifierMeta {
     /// The recorded hidden sizes must add up to the input size.
     fn hidden_sum_problem(&self) -> Option<String> {
         let (d, e) = (self.dnabert_hidden?, self.esm_hidden?);
-        (d + e != self.input_dim).then(|| {
+        (d.saturating_add(e) != self.input_dim).then(|| {
             format!(
                 "its metadata says nucleotide hidden {d} + protein hidden {e} = {}, but the classifier's input size is {}",
-                d + e,
+                d.saturating_add(e),
                 self.input_dim
             )
         })
@@ -714,7 +715,7 @@ impl Classifier {
         let m = &self.meta;
         let (dn_model, dn_hidden) = dnabert;
         let (esm_model, esm_hidden) = esm;
-        let sum = dn_hidden + esm_hidden;
+        let sum = dn_hidden.saturating_add(esm_hidden);
         let file = self
             .path
             .as_ref()
