@@ -59,13 +59,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         threads: args.threads,
     };
     let summary = frames::run(&args.inputs, &args.out_dir, &options)?;
-    if summary.records_without_frames > 0 {
-        let more = summary.records_without_frames as usize - summary.without_frames_examples.len();
-        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    let without = summary.records_without_frames;
+    if without > 0 {
+        let more = without as usize - summary.without_frames_examples.len();
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
         tracing::warn!(
-            "{} records have no kept frame (every frame has a stop codon or no complete codon) \
-             and will get no prediction: {}{more}",
-            summary.records_without_frames,
+            "{without} {} no kept frame (every frame has a stop codon or no complete codon) and \
+             will get no prediction: {}{more}",
+            if without == 1 {
+                "record has"
+            } else {
+                "records have"
+            },
             summary.without_frames_examples.join(", ")
         );
     }

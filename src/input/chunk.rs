@@ -58,13 +58,25 @@ impl Plan {
     fn new(len: usize, chunk_len: usize) -> Plan {
         let count = len.div_ceil(chunk_len);
         if count <= 1 {
-            return Plan { len, chunk_len, count, lo: 0, need: 0 };
+            return Plan {
+                len,
+                chunk_len,
+                count,
+                lo: 0,
+                need: 0,
+            };
         }
         // count*chunk_len < len + chunk_len <= 2*len here, so this cannot overflow.
         let overlap = count * chunk_len - len;
         let lo = overlap / count;
         let need = overlap - lo * (count - 1);
-        Plan { len, chunk_len, count, lo, need }
+        Plan {
+            len,
+            chunk_len,
+            count,
+            lo,
+            need,
+        }
     }
 
     fn span(&self, j: usize) -> (usize, usize) {

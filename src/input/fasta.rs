@@ -38,7 +38,11 @@ pub struct RecordLocation {
 
 impl fmt::Display for RecordLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}, record {} (line {})", self.input, self.record, self.line)
+        write!(
+            f,
+            "{}, line {} (record {})",
+            self.input, self.line, self.record
+        )
     }
 }
 
@@ -54,6 +58,9 @@ pub enum InputError {
 
     #[error("stdin (-) is given more than once as input; it can only be read once")]
     StdinTwice,
+
+    #[error("input {input} is given more than once; its records would all be duplicates")]
+    GivenTwice { input: String },
 
     #[error(
         "{input} is not FASTA or FASTQ: it starts with {found} where '>' (FASTA) or '@' (FASTQ) \
@@ -76,7 +83,9 @@ pub enum InputError {
         message: String,
     },
 
-    #[error("{location}: the header has no ID (nothing after '>' or '@'); give every record a name")]
+    #[error(
+        "{location}: the header has no ID (nothing after '>' or '@'); give every record a name"
+    )]
     EmptyId { location: RecordLocation },
 
     #[error("{location}: the record ID is not valid UTF-8")]
@@ -141,6 +150,7 @@ impl RecordReader {
     /// so that a typo in the last name fails before hours of work on the first.
     pub fn new(inputs: &[PathBuf]) -> Result<RecordReader, InputError> {
         let mut stdin_seen = false;
+        let mut files = std::collections::HashSet::new();
         for path in inputs {
             if path.as_os_str() == STDIN {
                 if stdin_seen {
@@ -150,6 +160,12 @@ impl RecordReader {
                 continue;
             }
             open_file(path)?;
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if !files.insert(canonical) {
+                return Err(InputError::GivenTwice {
+                    input: path.display().to_string(),
+                });
+            }
         }
         Ok(RecordReader {
             inputs: inputs.to_vec(),
@@ -182,13 +198,13 @@ impl RecordReader {
         while self.next_input < self.inputs.len() {
             let path = &self.inputs[self.next_input];
             self.next_input += 1;
-            let (name, stream): (Arc<str>, Box<dyn io::Read + Send>) =
-                if path.as_os_str() == STDIN {
-                    ("<stdin>".into(), Box::new(io::stdin()))
-                } else {
-                    let name = path.display().to_string();
-                    (name.into(), Box::new(open_file(path)?))
-                };
+            let (name, stream): (Arc<str>, Box<dyn io::Read + Send>) = if path.as_os_str() == STDIN
+            {
+                ("<stdin>".into(), Box::new(io::stdin()))
+            } else {
+                let name = path.display().to_string();
+                (name.into(), Box::new(open_file(path)?))
+            };
             match needletail::parse_fastx_reader(stream) {
                 Ok(parser) => {
                     return Ok(Some(OpenInput {
@@ -227,6 +243,21 @@ impl RecordReader {
                     self.current = None;
                     continue;
                 }
+                Some(Err(e))
+                    if e.kind == ParseErrorKind::UnexpectedEnd
+                        && e.format == Some(needletail::parser::Format::Fasta) =>
+                {
+                    // needletail's only FASTA "unexpected end" is a header with no sequence
+                    // line at the very end: an empty last record. Its ID is not available.
+                    tracing::warn!(
+                        "skipping the last record of {} (header at line {}): empty sequence",
+                        input.name,
+                        e.position.line
+                    );
+                    self.empty_skipped += 1;
+                    self.current = None;
+                    continue;
+                }
                 Some(Err(e)) => return Err(parse_error(&input.name, input.last.as_ref(), e)),
                 Some(Ok(record)) => record,
             };
@@ -250,7 +281,10 @@ impl RecordReader {
                 seen.insert(record.id.clone(), location.clone());
             }
             if record.seq.is_empty() {
-                tracing::warn!("skipping record '{}' ({location}): empty sequence", record.id);
+                tracing::warn!(
+                    "skipping record '{}' at {location}: empty sequence",
+                    record.id
+                );
                 self.empty_skipped += 1;
                 continue;
             }
@@ -290,7 +324,10 @@ fn open_file(path: &Path) -> Result<File, InputError> {
 }
 
 /// Builds a [`SeqRecord`]: ID = first word of the header, sequence without whitespace.
-fn convert(record: &SequenceRecord<'_>, location: &RecordLocation) -> Result<SeqRecord, InputError> {
+fn convert(
+    record: &SequenceRecord<'_>,
+    location: &RecordLocation,
+) -> Result<SeqRecord, InputError> {
     let header = record.id();
     let id = header
         .split(|b| b.is_ascii_whitespace())
@@ -303,14 +340,13 @@ fn convert(record: &SequenceRecord<'_>, location: &RecordLocation) -> Result<Seq
             location: location.clone(),
         })?
         .to_owned();
-    let seq = clean_sequence(record.seq().into_owned()).map_err(|(base, byte)| {
-        InputError::BadByte {
+    let seq =
+        clean_sequence(record.seq().into_owned()).map_err(|(base, byte)| InputError::BadByte {
             location: location.clone(),
             id: id.clone(),
             byte,
             base,
-        }
-    })?;
+        })?;
     Ok(SeqRecord { id, seq })
 }
 
@@ -368,15 +404,26 @@ fn parse_error(input: &str, last: Option<&(String, u64)>, e: ParseError) -> Inpu
             input: input.to_owned(),
             found: describe_first_byte(&e),
         },
-        _ => InputError::Parse {
-            input: input.to_owned(),
-            line: e.position.line,
-            message: format!(
-                "{} {}; the record is malformed",
-                e.msg.trim_end_matches('.'),
-                after()
-            ),
-        },
+        _ => {
+            let record = match &e.position.id {
+                Some(id) => format!(" '{id}'"),
+                None => String::new(),
+            };
+            let mut detail = e.msg.trim_end_matches('.').to_owned();
+            if let Some(first) = detail.get_mut(..1) {
+                first.make_ascii_lowercase();
+            }
+            let format = match e.format {
+                Some(needletail::parser::Format::Fastq) => "FASTQ ",
+                Some(needletail::parser::Format::Fasta) => "FASTA ",
+                None => "",
+            };
+            InputError::Parse {
+                input: input.to_owned(),
+                line: e.position.line,
+                message: format!("malformed {format}record{record}: {detail}"),
+            }
+        }
     }
 }
 
@@ -402,13 +449,18 @@ mod tests {
     #[test]
     fn ids_multi_line_crlf_spaces() {
         let records = read(b">a desc here\r\nAC GT\r\nac\r\n>b\tx\nNN\n\n>c\nT").unwrap();
-        assert_eq!(records, vec![rec("a", "ACGTac"), rec("b", "NN"), rec("c", "T")]);
+        assert_eq!(
+            records,
+            vec![rec("a", "ACGTac"), rec("b", "NN"), rec("c", "T")]
+        );
     }
 
     #[test]
     fn empty_records_are_skipped() {
         let records = read(b">a\n>b\nAC\n>c\n").unwrap();
         assert_eq!(records, vec![rec("b", "AC")]);
+        let records = read(b">a\nAC\n>c").unwrap();
+        assert_eq!(records, vec![rec("a", "AC")]);
     }
 
     #[test]
@@ -421,13 +473,19 @@ mod tests {
     fn duplicate_ids_name_both_records() {
         let err = read(b">a\nAC\n>b\nGG\n>a\nTT\n").unwrap_err().to_string();
         assert!(err.contains("duplicate record ID 'a'"), "{err}");
-        assert!(err.contains("record 1 (line 1)") && err.contains("record 3 (line 5)"), "{err}");
+        assert!(
+            err.contains("line 1 (record 1)") && err.contains("line 5 (record 3)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_inputs() {
         let err = read(b"hello\n").unwrap_err().to_string();
-        assert!(err.contains("is not FASTA or FASTQ") && err.contains("'h'"), "{err}");
+        assert!(
+            err.contains("is not FASTA or FASTQ") && err.contains("'h'"),
+            "{err}"
+        );
         let err = read(b">a\nAC\x00GT\n").unwrap_err().to_string();
         assert!(err.contains("record 'a'") && err.contains("0x00"), "{err}");
         let err = read(b">\nAC\n").unwrap_err().to_string();
@@ -438,8 +496,12 @@ mod tests {
 
     #[test]
     fn missing_file_fails_at_construction() {
-        let err = RecordReader::new(&["/nonexistent/x.fa".into()]).err().unwrap();
-        assert!(err.to_string().contains("cannot open input /nonexistent/x.fa"));
+        let err = RecordReader::new(&["/nonexistent/x.fa".into()])
+            .err()
+            .unwrap();
+        assert!(err
+            .to_string()
+            .contains("cannot open input /nonexistent/x.fa"));
         assert!(matches!(
             RecordReader::new(&["-".into(), "-".into()]),
             Err(InputError::StdinTwice)

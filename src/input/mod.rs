@@ -62,15 +62,28 @@ pub fn record_frames(record: &SeqRecord, chunk_len: usize) -> RecordFrames {
         .map(|(j, (start, end))| {
             let id = chunk::chunk_id(&record.id, j);
             let mut frames = Vec::new();
-            translate::for_each_kept_frame(&record.seq[start..end], &mut scratch, |tag, dna, protein| {
-                frames.push(Frame {
-                    id: format!("{id}{tag}"),
-                    dna: dna.to_vec(),
-                    protein: protein.to_vec(),
-                });
-            });
-            Chunk { id, start, end, frames }
+            translate::for_each_kept_frame(
+                &record.seq[start..end],
+                &mut scratch,
+                |tag, dna, protein| {
+                    frames.push(Frame {
+                        id: format!("{id}{tag}"),
+                        dna: dna.to_vec(),
+                        protein: protein.to_vec(),
+                    });
+                },
+            );
+            Chunk {
+                id,
+                start,
+                end,
+                frames,
+            }
         })
         .collect();
-    RecordFrames { id: record.id.clone(), len: record.seq.len(), chunks }
+    RecordFrames {
+        id: record.id.clone(),
+        len: record.seq.len(),
+        chunks,
+    }
 }

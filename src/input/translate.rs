@@ -86,7 +86,10 @@ pub fn translate(dna: &[u8]) -> Vec<u8> {
 /// Reverse complement as the reference computes it: A/C/G/T are complemented in either case
 /// (case kept), every other byte is kept as it is, and the order is reversed.
 pub fn reverse_complement(dna: &[u8]) -> Vec<u8> {
-    dna.iter().rev().map(|&b| COMPLEMENT[usize::from(b)]).collect()
+    dna.iter()
+        .rev()
+        .map(|&b| COMPLEMENT[usize::from(b)])
+        .collect()
 }
 
 /// Which strand a frame is read from.
@@ -109,12 +112,30 @@ pub struct FrameTag {
 impl FrameTag {
     /// The six frames in output order: F1, F2, F3, R1, R2, R3.
     pub const ALL: [FrameTag; 6] = [
-        FrameTag { strand: Strand::Forward, offset: 1 },
-        FrameTag { strand: Strand::Forward, offset: 2 },
-        FrameTag { strand: Strand::Forward, offset: 3 },
-        FrameTag { strand: Strand::Reverse, offset: 1 },
-        FrameTag { strand: Strand::Reverse, offset: 2 },
-        FrameTag { strand: Strand::Reverse, offset: 3 },
+        FrameTag {
+            strand: Strand::Forward,
+            offset: 1,
+        },
+        FrameTag {
+            strand: Strand::Forward,
+            offset: 2,
+        },
+        FrameTag {
+            strand: Strand::Forward,
+            offset: 3,
+        },
+        FrameTag {
+            strand: Strand::Reverse,
+            offset: 1,
+        },
+        FrameTag {
+            strand: Strand::Reverse,
+            offset: 2,
+        },
+        FrameTag {
+            strand: Strand::Reverse,
+            offset: 3,
+        },
     ];
 
     /// The two-byte suffix of a frame ID, e.g. `b"R2"`.
@@ -295,7 +316,9 @@ mod tests {
         let upper = kept(b"ATGGCCATTTGGN");
         let lower = kept(b"atggccatttggn");
         assert_eq!(upper, lower);
-        assert!(upper.iter().all(|(_, dna, _)| !dna.bytes().any(|b| b.is_ascii_lowercase())));
+        assert!(upper
+            .iter()
+            .all(|(_, dna, _)| !dna.bytes().any(|b| b.is_ascii_lowercase())));
     }
 
     #[test]

@@ -36,7 +36,9 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Locks the registry. A panic while it was held cannot leave it inconsistent (every update is
 /// a single insert or remove), so a poisoned lock is used as is.
 fn registry() -> MutexGuard<'static, Option<HashSet<PathBuf>>> {
-    LIVE_TEMPS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    LIVE_TEMPS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A file written under a temporary name and renamed to its target when complete.
@@ -244,7 +246,11 @@ mod tests {
         f.write_all(b"data").unwrap();
         assert!(!dir.path().join("a.txt").exists());
         let temp = f.temp_path().to_path_buf();
-        assert!(temp.file_name().unwrap().to_string_lossy().starts_with(".a.txt.tmp-"));
+        assert!(temp
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".a.txt.tmp-"));
         assert!(registry().as_ref().unwrap().contains(&temp));
         f.commit().unwrap();
         assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"data");
@@ -275,6 +281,9 @@ mod tests {
     #[test]
     fn missing_directory_is_reported() {
         let err = AtomicFile::create("/nonexistent-dir/out.txt").unwrap_err();
-        assert!(err.to_string().contains("/nonexistent-dir/.out.txt.tmp-"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent-dir/.out.txt.tmp-"),
+            "{err}"
+        );
     }
 }

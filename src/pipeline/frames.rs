@@ -65,11 +65,19 @@ impl fmt::Display for FramesSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} records ({} bases), {} chunks, {} frames kept, {} records with no kept frame",
-            self.records, self.bases, self.chunks, self.frames_kept, self.records_without_frames
+            "{} ({}), {}, {} kept, {} with no kept frame",
+            plural(self.records, "record"),
+            plural(self.bases, "base"),
+            plural(self.chunks, "chunk"),
+            plural(self.frames_kept, "frame"),
+            plural(self.records_without_frames, "record"),
         )?;
         if self.empty_records_skipped > 0 {
-            write!(f, ", {} empty records skipped", self.empty_records_skipped)?;
+            write!(
+                f,
+                ", {} skipped",
+                plural(self.empty_records_skipped, "empty record")
+            )?;
         }
         Ok(())
     }
@@ -78,8 +86,15 @@ impl fmt::Display for FramesSummary {
 /// Reads `inputs`, writes the kept frames to `out_dir/identified_nucleotide.fa` and
 /// `out_dir/identified_protein.faa` (creating `out_dir` if needed) and returns the summary.
 /// On error no output file is left behind.
-pub fn run(inputs: &[PathBuf], out_dir: &Path, options: &FramesOptions) -> anyhow::Result<FramesSummary> {
-    anyhow::ensure!(options.chunk_len > 0, "the chunk length must be greater than 0");
+pub fn run(
+    inputs: &[PathBuf],
+    out_dir: &Path,
+    options: &FramesOptions,
+) -> anyhow::Result<FramesSummary> {
+    anyhow::ensure!(
+        options.chunk_len > 0,
+        "the chunk length must be greater than 0"
+    );
     let reader = RecordReader::new(inputs)?.allow_duplicate_ids(options.allow_duplicate_ids);
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create output directory {}", out_dir.display()))?;
@@ -116,6 +131,15 @@ pub fn run(inputs: &[PathBuf], out_dir: &Path, options: &FramesOptions) -> anyho
     Ok(summary)
 }
 
+/// `1 record`, `2 records`.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn thread_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -140,7 +164,11 @@ fn work_units(batch: &[SeqRecord], chunk_len: usize) -> Vec<Unit> {
         let mut first = 0;
         while first < total {
             let count = per_unit.min(total - first);
-            units.push(Unit { record, first, count });
+            units.push(Unit {
+                record,
+                first,
+                count,
+            });
             first += count;
         }
     }
@@ -178,11 +206,12 @@ fn format_batch(batch: &[SeqRecord], chunk_len: usize) -> Vec<FormattedUnit> {
                 chunk_id.extend_from_slice(record.id.as_bytes());
                 chunk_id.extend_from_slice(b"_chunk_");
                 chunk_id.extend_from_slice((j + 1).to_string().as_bytes());
-                let kept = for_each_kept_frame(&record.seq[start..end], scratch, |tag, dna, protein| {
-                    let suffix = tag.suffix();
-                    push_record(&mut out.nucleotide, &[&chunk_id, &suffix], dna);
-                    push_record(&mut out.protein, &[&chunk_id, &suffix], protein);
-                });
+                let kept =
+                    for_each_kept_frame(&record.seq[start..end], scratch, |tag, dna, protein| {
+                        let suffix = tag.suffix();
+                        push_record(&mut out.nucleotide, &[&chunk_id, &suffix], dna);
+                        push_record(&mut out.protein, &[&chunk_id, &suffix], protein);
+                    });
                 out.frames += kept as u64;
             }
             out
@@ -214,7 +243,12 @@ pub fn translate_batch(batch: &[SeqRecord], chunk_len: usize) -> Vec<RecordFrame
                             protein: protein.to_vec(),
                         })
                     });
-                    Chunk { id, start, end, frames }
+                    Chunk {
+                        id,
+                        start,
+                        end,
+                        frames,
+                    }
                 })
                 .collect();
             (unit.record, chunks)
@@ -269,7 +303,10 @@ impl RecordBatches {
                             batch.push(record);
                             if bases >= batch_bases {
                                 bases = 0;
-                                if sender.send(Message::Batch(std::mem::take(&mut batch))).is_err() {
+                                if sender
+                                    .send(Message::Batch(std::mem::take(&mut batch)))
+                                    .is_err()
+                                {
                                     return; // the consumer is gone
                                 }
                             }
@@ -359,7 +396,9 @@ mod tests {
         (0..n)
             .map(|i| {
                 let len = (next() % 700) as usize;
-                let seq = (0..len).map(|_| b"ACGTacgtNR"[(next() % 10) as usize]).collect();
+                let seq = (0..len)
+                    .map(|_| b"ACGTacgtNR"[(next() % 10) as usize])
+                    .collect();
                 SeqRecord {
                     id: format!("r{i}"),
                     seq,
@@ -372,15 +411,26 @@ mod tests {
     fn batch_translation_matches_per_record() {
         let records = random_records(50, 7);
         for chunk_len in [1, 7, 60, 300, 100_000] {
-            let expected: Vec<RecordFrames> = records.iter().map(|r| record_frames(r, chunk_len)).collect();
-            assert_eq!(translate_batch(&records, chunk_len), expected, "L={chunk_len}");
+            let expected: Vec<RecordFrames> = records
+                .iter()
+                .map(|r| record_frames(r, chunk_len))
+                .collect();
+            assert_eq!(
+                translate_batch(&records, chunk_len),
+                expected,
+                "L={chunk_len}"
+            );
 
             let mut formatted = Vec::new();
             for unit in format_batch(&records, chunk_len) {
                 formatted.extend(unit.nucleotide);
             }
             let mut direct = Vec::new();
-            for frame in expected.iter().flat_map(|r| &r.chunks).flat_map(|c| &c.frames) {
+            for frame in expected
+                .iter()
+                .flat_map(|r| &r.chunks)
+                .flat_map(|c| &c.frames)
+            {
                 push_record(&mut direct, &[frame.id.as_bytes()], &frame.dna);
             }
             assert_eq!(formatted, direct, "L={chunk_len}");
