@@ -410,6 +410,10 @@ fn parse_error(input: &str, last: Option<&(String, u64)>, e: ParseError) -> Inpu
                 None => String::new(),
             };
             let mut detail = e.msg.trim_end_matches('.').to_owned();
+            // needletail leaves some quotes unclosed ("but found '-").
+            if detail.matches('\'').count() % 2 == 1 {
+                detail.push('\'');
+            }
             if let Some(first) = detail.get_mut(..1) {
                 first.make_ascii_lowercase();
             }

@@ -16,6 +16,7 @@
 //! [`AtomicFile`]: crate::output::atomic::AtomicFile
 
 use std::fmt;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -29,7 +30,7 @@ use crate::input::{chunk, Chunk, Frame, RecordFrames, SeqRecord};
 use crate::output::fasta::{push_record, FrameFastaWriter};
 
 /// Bases per batch of records handed from the reader thread to the workers.
-pub const BATCH_BASES: usize = 8 << 20;
+pub const BATCH_BASES: usize = 4 << 20;
 /// Bases per unit of parallel work (a run of chunks of one record).
 const UNIT_BASES: usize = 256 << 10;
 /// Batches read ahead of the workers.
@@ -98,19 +99,51 @@ pub fn run(
     let reader = RecordReader::new(inputs)?.allow_duplicate_ids(options.allow_duplicate_ids);
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create output directory {}", out_dir.display()))?;
-    let mut writer = FrameFastaWriter::create(out_dir)?;
-
+    let writer = FrameFastaWriter::create(out_dir)?;
     let pool = thread_pool(options.threads)?;
-    let mut batches = RecordBatches::spawn(reader, BATCH_BASES);
+    let batches = RecordBatches::spawn(reader, BATCH_BASES);
+
+    // A writer thread, so that formatting batch i+1 overlaps with writing batch i.
+    let (to_writer, formatted) = bounded::<Vec<FormattedUnit>>(1);
+    let writer_thread = std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || -> std::io::Result<FrameFastaWriter> {
+            let mut writer = writer;
+            for units in formatted {
+                for unit in units {
+                    writer.write_formatted(&unit.nucleotide, &unit.protein)?;
+                }
+            }
+            Ok(writer)
+        })
+        .context("cannot start the writer thread")?;
+
+    let translated = translate_into(batches, &pool, options.chunk_len, &to_writer);
+    drop(to_writer);
+    // The writer ends once its channel is closed; on any error it is dropped, which removes
+    // the temporary files.
+    let written = writer_thread
+        .join()
+        .map_err(|_| anyhow!("the writer thread panicked"))?;
+    let summary = translated?;
+    let writer = written.context("cannot write the frame files")?;
+    writer.commit().context("cannot save the frame files")?;
+    Ok(summary)
+}
+
+/// Translates and formats every batch and hands it to the writer; returns the summary.
+fn translate_into(
+    mut batches: RecordBatches,
+    pool: &rayon::ThreadPool,
+    chunk_len: usize,
+    to_writer: &crossbeam_channel::Sender<Vec<FormattedUnit>>,
+) -> anyhow::Result<FramesSummary> {
     let mut summary = FramesSummary::default();
     for batch in &mut batches {
         let batch = batch?;
-        let formatted = pool.install(|| format_batch(&batch, options.chunk_len));
+        let formatted = pool.install(|| format_batch(&batch, chunk_len));
         let mut frames_per_record = vec![0u64; batch.len()];
         for unit in &formatted {
-            writer
-                .write_formatted(&unit.nucleotide, &unit.protein)
-                .context("cannot write the frame files")?;
             frames_per_record[unit.record] += unit.frames;
             summary.chunks += unit.chunks;
             summary.frames_kept += unit.frames;
@@ -125,9 +158,12 @@ pub fn run(
                 }
             }
         }
+        if to_writer.send(formatted).is_err() {
+            // The writer stopped on an error; it is reported from its result.
+            return Ok(summary);
+        }
     }
     summary.empty_records_skipped = batches.empty_skipped();
-    writer.commit().context("cannot save the frame files")?;
     Ok(summary)
 }
 
@@ -205,7 +241,7 @@ fn format_batch(batch: &[SeqRecord], chunk_len: usize) -> Vec<FormattedUnit> {
                 chunk_id.clear();
                 chunk_id.extend_from_slice(record.id.as_bytes());
                 chunk_id.extend_from_slice(b"_chunk_");
-                chunk_id.extend_from_slice((j + 1).to_string().as_bytes());
+                write!(chunk_id, "{}", j + 1).expect("writing to a Vec cannot fail");
                 let kept =
                     for_each_kept_frame(&record.seq[start..end], scratch, |tag, dna, protein| {
                         let suffix = tag.suffix();
