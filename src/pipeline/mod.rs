@@ -1,1 +1,2 @@
 //! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `train`.
+pub mod frames;
