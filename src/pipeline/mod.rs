@@ -1,1 +1,3 @@
 //! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `train`.
+
+pub mod embed;
