@@ -82,7 +82,9 @@ pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
                 );
             }
             Device::new_metal(n).map_err(|e| {
-                anyhow::anyhow!("--device metal: cannot open Metal device {n}: {e}; use --device cpu")
+                anyhow::anyhow!(
+                    "--device metal: cannot open Metal device {n}: {e}; use --device cpu"
+                )
             })
         }
         DeviceSpec::Auto => {

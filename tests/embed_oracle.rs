@@ -59,12 +59,19 @@ fn check_against(model: &str, input: &str, expected: &str, batch_tokens: Option<
     let want = read_embeddings(&oracle(expected)).unwrap();
     assert_eq!(got.ids, want.ids, "same IDs in the same order");
     assert_eq!(got.pooling, want.pooling, "pooling description");
-    assert_eq!(got.model.as_deref(), Some(oracle(model).display().to_string().as_str()));
+    assert_eq!(
+        got.model.as_deref(),
+        Some(oracle(model).display().to_string().as_str())
+    );
     let errs = row_rel_errors(&got.embeddings, &want.embeddings);
     let max = errs.iter().cloned().fold(0.0, f64::max);
     let errs: Vec<String> = errs.iter().map(|e| format!("{e:.2e}")).collect();
     eprintln!("{model} vs {expected} (batch tokens {batch_tokens:?}): max row rel err {max:.3e}, rows {errs:?}");
-    for (id, e) in got.ids.iter().zip(row_rel_errors(&got.embeddings, &want.embeddings)) {
+    for (id, e) in got
+        .ids
+        .iter()
+        .zip(row_rel_errors(&got.embeddings, &want.embeddings))
+    {
         assert!(e <= 1e-5, "{model}: row {id} rel err {e:.3e} > 1e-5");
     }
     max
@@ -72,20 +79,40 @@ fn check_against(model: &str, input: &str, expected: &str, batch_tokens: Option<
 
 #[test]
 fn esm2_matches_reference() {
-    check_against("esm2", "inputs/proteins.fa", "expected/esm2.safetensors", None);
+    check_against(
+        "esm2",
+        "inputs/proteins.fa",
+        "expected/esm2.safetensors",
+        None,
+    );
     // Small budget: every sequence in its own batch, plus the longest forced alone.
-    check_against("esm2", "inputs/proteins.fa", "expected/esm2.safetensors", Some(64));
+    check_against(
+        "esm2",
+        "inputs/proteins.fa",
+        "expected/esm2.safetensors",
+        Some(64),
+    );
 }
 
 #[test]
 fn fastesm_matches_reference() {
-    check_against("fastesm", "inputs/proteins.fa", "expected/fastesm.safetensors", None);
+    check_against(
+        "fastesm",
+        "inputs/proteins.fa",
+        "expected/fastesm.safetensors",
+        None,
+    );
 }
 
 #[test]
 #[ignore = "needs dnabert.rs (DNABERT-S encoder from the dnabert branch)"]
 fn dnabert_matches_reference() {
-    check_against("dnabert", "inputs/dna.fa", "expected/dnabert.safetensors", None);
+    check_against(
+        "dnabert",
+        "inputs/dna.fa",
+        "expected/dnabert.safetensors",
+        None,
+    );
 }
 
 /// The token-dropout switch does matter (so the auto choice above is really tested).

@@ -24,7 +24,12 @@ pub struct Args {
     /// Model directory (config.json, weights, tokenizer) or Hugging Face Hub ID, e.g.
     /// Synthyra/FastESM2_650, facebook/esm2_t36_3B_UR50D, zhihan1996/DNABERT-S. Hub models come
     /// from the HF cache (HF_HOME), downloaded unless HF_HUB_OFFLINE=1.
-    #[arg(short, long, value_name = "DIR|HUB_ID", required_unless_present = "random_weights")]
+    #[arg(
+        short,
+        long,
+        value_name = "DIR|HUB_ID",
+        required_unless_present = "random_weights"
+    )]
     pub model: Option<String>,
 
     /// Output file (safetensors), written atomically.
@@ -32,12 +37,22 @@ pub struct Args {
     pub out: PathBuf,
 
     /// Where to run: auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_name = "DEVICE", help_heading = "Compute")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DEVICE",
+        help_heading = "Compute"
+    )]
     pub device: DeviceSpec,
 
     /// Compute precision: auto (f32 on CPU; f16 for ESM2, bf16 for DNABERT on CUDA), f32, f16,
     /// bf16. Embeddings are always written as f32.
-    #[arg(long, default_value = "auto", value_name = "DTYPE", help_heading = "Compute")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DTYPE",
+        help_heading = "Compute"
+    )]
     pub dtype: DTypeSpec,
 
     /// Padded tokens per forward pass (batch size x longest sequence); sequences are sorted by
@@ -48,7 +63,12 @@ pub struct Args {
 
     /// ESM2 token-dropout rescaling of the embeddings (x0.88): auto (on for model_type esm, off
     /// for fast_esm, as their reference code), on, off.
-    #[arg(long, default_value = "auto", value_name = "auto|on|off", help_heading = "Model")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|on|off",
+        help_heading = "Model"
+    )]
     pub esm_token_dropout: TokenDropout,
 
     /// Benchmarks only: random weights of a real model's shape (esm2-650m, esm2-3b, dnabert-s)

@@ -81,18 +81,15 @@ impl ModelConfig {
         let probe: ModelTypeOnly = serde_json::from_str(text)
             .with_context(|| format!("{origin} is not a valid model config.json"))?;
         let Some(model_type) = probe.model_type else {
-            bail!(
-                "{origin} has no `model_type`; supported model types: {SUPPORTED_MODEL_TYPES}"
-            );
+            bail!("{origin} has no `model_type`; supported model types: {SUPPORTED_MODEL_TYPES}");
         };
         match model_type.as_str() {
             "esm" | "fast_esm" => {
                 let cfg: EsmConfig = serde_json::from_str(text).with_context(|| {
                     format!("{origin}: invalid config for model_type \"{model_type}\"")
                 })?;
-                cfg.validate().map_err(|e| {
-                    anyhow::anyhow!("{origin}: unsupported ESM configuration: {e}")
-                })?;
+                cfg.validate()
+                    .map_err(|e| anyhow::anyhow!("{origin}: unsupported ESM configuration: {e}"))?;
                 Ok(Self::Esm(cfg))
             }
             "bert" => {
@@ -143,6 +140,9 @@ mod tests {
     fn missing_field_names_file() {
         let err = ModelConfig::from_json(r#"{"model_type": "esm"}"#, "x/config.json").unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("x/config.json") && msg.contains("vocab_size"), "{msg}");
+        assert!(
+            msg.contains("x/config.json") && msg.contains("vocab_size"),
+            "{msg}"
+        );
     }
 }

@@ -115,7 +115,9 @@ impl EsmConfig {
             }
         }
         if self.emb_layer_norm_before == Some(true) {
-            return Err("emb_layer_norm_before = true is not supported (ESM2 sets it false)".into());
+            return Err(
+                "emb_layer_norm_before = true is not supported (ESM2 sets it false)".into(),
+            );
         }
         match self.hidden_act.as_deref() {
             None | Some("gelu") => {}
@@ -266,7 +268,11 @@ impl EsmLayer {
     fn forward(&self, x: &Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
         let _enter = self.span.enter();
         let h = self.attention.forward(x, mask, rotary)?;
-        let ff = gelu(&self.intermediate.forward(&self.layer_norm.forward(&h, None)?)?)?;
+        let ff = gelu(
+            &self
+                .intermediate
+                .forward(&self.layer_norm.forward(&h, None)?)?,
+        )?;
         self.output.forward(&ff)? + h
     }
 }
@@ -357,7 +363,10 @@ impl Esm {
         let ids = Tensor::from_slice(&batch.ids, (b, l), &self.device)?;
         let factors = Tensor::from_vec(self.embedding_factors(batch), (b, l, 1), &self.device)?
             .to_dtype(self.dtype)?;
-        let mut x = self.word_embeddings.forward(&ids)?.broadcast_mul(&factors)?;
+        let mut x = self
+            .word_embeddings
+            .forward(&ids)?
+            .broadcast_mul(&factors)?;
         let mask = AttentionMask::new(&batch.lengths, l, self.dtype, &self.device)?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask, &self.rotary)?;

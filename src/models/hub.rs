@@ -50,18 +50,25 @@ pub struct HubOptions {
     pub offline: bool,
     /// `HF_ENDPOINT` override (mirrors, tests).
     pub endpoint: Option<String>,
+    /// `HF_TOKEN`; without it the token file of the cache (`huggingface-cli login`) is used.
+    pub token: Option<String>,
 }
 
 impl HubOptions {
-    /// From `HF_HUB_CACHE`, `HF_HOME`, `HOME`, `HF_HUB_OFFLINE` and `HF_ENDPOINT`, as the Python
-    /// `huggingface_hub` reads them.
+    /// From `HF_HUB_CACHE`, `HF_HOME`, `HOME`, `HF_HUB_OFFLINE`, `HF_ENDPOINT` and `HF_TOKEN`, as
+    /// the Python `huggingface_hub` reads them.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let cache_dir = var("HF_HUB_CACHE")
             .map(PathBuf::from)
             .or_else(|| var("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
             .or_else(|| {
-                var("HOME").map(|h| PathBuf::from(h).join(".cache").join("huggingface").join("hub"))
+                var("HOME").map(|h| {
+                    PathBuf::from(h)
+                        .join(".cache")
+                        .join("huggingface")
+                        .join("hub")
+                })
             });
         let offline = var("HF_HUB_OFFLINE")
             .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
@@ -70,6 +77,7 @@ impl HubOptions {
             cache_dir,
             offline,
             endpoint: var("HF_ENDPOINT"),
+            token: var("HF_TOKEN"),
         }
     }
 }
@@ -118,6 +126,8 @@ fn looks_like_hub_id(spec: &str) -> bool {
 trait FileSource {
     /// Local path of `name`, fetching it if needed; `None` when the source does not have it.
     fn fetch(&self, name: &str) -> anyhow::Result<Option<PathBuf>>;
+    /// Local path of `name` if it is already here (no network).
+    fn cached(&self, name: &str) -> Option<PathBuf>;
     /// Error for a required file that is not there.
     fn missing(&self, name: &str) -> anyhow::Error;
 }
@@ -126,8 +136,12 @@ struct LocalDir(PathBuf);
 
 impl FileSource for LocalDir {
     fn fetch(&self, name: &str) -> anyhow::Result<Option<PathBuf>> {
+        Ok(self.cached(name))
+    }
+
+    fn cached(&self, name: &str) -> Option<PathBuf> {
         let p = self.0.join(name);
-        Ok(p.is_file().then_some(p))
+        p.is_file().then_some(p)
     }
 
     fn missing(&self, name: &str) -> anyhow::Error {
@@ -166,6 +180,9 @@ impl HubRepo {
                 .with_progress(std::io::stderr().is_terminal());
             if let Some(endpoint) = &hub.endpoint {
                 builder = builder.with_endpoint(endpoint.clone());
+            }
+            if let Some(token) = &hub.token {
+                builder = builder.with_token(Some(token.clone()));
             }
             let api = builder
                 .build()
@@ -210,8 +227,12 @@ impl HubRepo {
 }
 
 impl FileSource for HubRepo {
+    fn cached(&self, name: &str) -> Option<PathBuf> {
+        self.cache.model(self.id.clone()).get(name)
+    }
+
     fn fetch(&self, name: &str) -> anyhow::Result<Option<PathBuf>> {
-        if let Some(p) = self.cache.model(self.id.clone()).get(name) {
+        if let Some(p) = self.cached(name) {
             return Ok(Some(p));
         }
         let Some(api) = &self.api else {
@@ -220,7 +241,10 @@ impl FileSource for HubRepo {
         if !self.listing(api)?.iter().any(|f| f == name) {
             return Ok(None);
         }
-        tracing::info!("downloading {name} of {} from the Hugging Face Hub", self.id);
+        tracing::info!(
+            "downloading {name} of {} from the Hugging Face Hub",
+            self.id
+        );
         let path = api.get(name).map_err(|e| {
             anyhow::anyhow!(
                 "cannot download {name} of `{}` from the Hugging Face Hub: {e}; {}",
@@ -269,7 +293,10 @@ fn resolve_from(spec: &str, src: &dyn FileSource) -> anyhow::Result<ModelFiles> 
     };
     let tokenizer = require(src, tokenizer_name)?;
     for extra in TOKENIZER_EXTRAS {
-        src.fetch(extra)?;
+        // Optional: a failure here must not stop a model whose required files are present.
+        if let Err(e) = src.fetch(extra) {
+            tracing::debug!("optional {extra} not fetched: {e:#}");
+        }
     }
     let weights = resolve_weights(src)?;
     Ok(ModelFiles {
@@ -281,22 +308,32 @@ fn resolve_from(spec: &str, src: &dyn FileSource) -> anyhow::Result<ModelFiles> 
     })
 }
 
+/// The first weight layout already present wins (no network); otherwise the first the source
+/// has, fetched.
 fn resolve_weights(src: &dyn FileSource) -> anyhow::Result<WeightFiles> {
-    for (name, format, is_index) in WEIGHT_CANDIDATES {
-        let Some(path) = src.fetch(name)? else {
-            continue;
-        };
-        let files = if is_index {
-            shard_names(&path)?
-                .iter()
-                .map(|s| require(src, s))
-                .collect::<anyhow::Result<Vec<_>>>()?
-        } else {
-            vec![path]
-        };
-        return Ok(WeightFiles { format, files });
+    let mut chosen = WEIGHT_CANDIDATES
+        .iter()
+        .find_map(|&c| src.cached(c.0).map(|p| (c, p)));
+    if chosen.is_none() {
+        for c in WEIGHT_CANDIDATES {
+            if let Some(p) = src.fetch(c.0)? {
+                chosen = Some((c, p));
+                break;
+            }
+        }
     }
-    Err(src.missing("model.safetensors (or pytorch_model.bin)"))
+    let Some(((_, format, is_index), path)) = chosen else {
+        return Err(src.missing("model.safetensors (or pytorch_model.bin)"));
+    };
+    let files = if is_index {
+        shard_names(&path)?
+            .iter()
+            .map(|s| require(src, s))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        vec![path]
+    };
+    Ok(WeightFiles { format, files })
 }
 
 #[cfg(test)]

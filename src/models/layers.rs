@@ -209,8 +209,7 @@ impl Rotary {
             let sin = self.sin.narrow(0, 0, len)?;
             candle_nn::rotary_emb::rope(&x, &cos, &sin)
         } else {
-            let (cos, sin) =
-                Self::tables(self.head_dim, self.base, len, x.dtype(), x.device())?;
+            let (cos, sin) = Self::tables(self.head_dim, self.base, len, x.dtype(), x.device())?;
             candle_nn::rotary_emb::rope(&x, &cos, &sin)
         }
     }
@@ -241,9 +240,7 @@ impl AttentionMask {
                 // -inf gives exactly 0 after exp, so a padded row matches the unpadded one.
                 m.extend((0..max_len).map(|j| if j < len { 0f32 } else { f32::NEG_INFINITY }));
             }
-            Some(
-                Tensor::from_vec(m, (lengths.len(), 1, 1, max_len), device)?.to_dtype(dtype)?,
-            )
+            Some(Tensor::from_vec(m, (lengths.len(), 1, 1, max_len), device)?.to_dtype(dtype)?)
         } else {
             None
         };
@@ -285,7 +282,13 @@ pub fn attention(
     if let Some(kp) = &mask.key_padding {
         scores = scores.broadcast_add(kp)?;
     }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = if scores.device().is_cpu() && scores.dtype() != DType::F32 {
+        // candle's CPU softmax sums in the storage dtype; in f16/bf16 that loses most of the
+        // mass over long rows. GPU kernels accumulate in f32 already.
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
     let out = probs.matmul(&v.contiguous()?)?;
     out.transpose(1, 2)?.reshape((b, l, h * d))
 }

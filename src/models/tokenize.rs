@@ -129,7 +129,11 @@ mod tests {
         assert_eq!(t.encode("a", b"LAJ").unwrap(), vec![0, 4, 5, 3, 2]);
         assert_eq!(t.encode("a", b"l").unwrap(), vec![0, 3, 2]);
         assert_eq!(t.pad_id(), 1);
-        assert!(t.encode("empty", b"").unwrap_err().to_string().contains("`empty`"));
+        assert!(t
+            .encode("empty", b"")
+            .unwrap_err()
+            .to_string()
+            .contains("`empty`"));
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub struct WeightFiles {
 /// Weight file names in order of preference; the `.index.json` ones list shards.
 pub const WEIGHT_CANDIDATES: [(&str, WeightsFormat, bool); 4] = [
     ("model.safetensors", WeightsFormat::Safetensors, false),
-    ("model.safetensors.index.json", WeightsFormat::Safetensors, true),
+    (
+        "model.safetensors.index.json",
+        WeightsFormat::Safetensors,
+        true,
+    ),
     ("pytorch_model.bin", WeightsFormat::Pytorch, false),
     ("pytorch_model.bin.index.json", WeightsFormat::Pytorch, true),
 ];
@@ -55,7 +59,10 @@ pub fn shard_names(index: &Path) -> anyhow::Result<Vec<String>> {
     for n in &names {
         // Shards sit beside the index; anything else would escape the model directory.
         if n.contains("..") || Path::new(n).is_absolute() {
-            bail!("{}: shard name `{n}` is not a plain file name", index.display());
+            bail!(
+                "{}: shard name `{n}` is not a plain file name",
+                index.display()
+            );
         }
     }
     if names.is_empty() {
@@ -101,7 +108,11 @@ impl WeightFiles {
     pub fn describe(&self) -> String {
         match self.files.as_slice() {
             [one] => one.display().to_string(),
-            [first, ..] => format!("{} (+{} more shards)", first.display(), self.files.len() - 1),
+            [first, ..] => format!(
+                "{} (+{} more shards)",
+                first.display(),
+                self.files.len() - 1
+            ),
             [] => "(no files)".into(),
         }
     }
@@ -204,6 +215,13 @@ impl Checkpoint {
         })
     }
 
+    /// Tensor names as stored (prefix included), sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Number of tensors in the checkpoint.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -246,7 +264,13 @@ impl Checkpoint {
         }
     }
 
-    fn load(&self, name: &str, expected: Option<&Shape>, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn load(
+        &self,
+        name: &str,
+        expected: Option<&Shape>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let Some(key) = self.key(name) else {
             return Err(candle_core::Error::Msg(format!(
                 "tensor `{}` is missing from {}; the weights do not match the architecture that \
@@ -288,7 +312,14 @@ impl Checkpoint {
 }
 
 impl SimpleBackend for Checkpoint {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.load(name, Some(&s), dtype, dev)
     }
 
@@ -333,7 +364,14 @@ fn fnv1a(s: &str) -> u64 {
 }
 
 impl SimpleBackend for RandomWeights {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let n = s.elem_count();
         let lower = name.to_ascii_lowercase();
         let is_norm = lower.contains("norm");
@@ -373,8 +411,14 @@ mod tests {
     #[test]
     fn random_weights_are_seeded() -> candle_core::Result<()> {
         let vb = RandomWeights { seed: 7 }.into_var_builder(DType::F32, &Device::Cpu);
-        let a = vb.get((4, 3), "x.weight")?.flatten_all()?.to_vec1::<f32>()?;
-        let b = vb.get((4, 3), "x.weight")?.flatten_all()?.to_vec1::<f32>()?;
+        let a = vb
+            .get((4, 3), "x.weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = vb
+            .get((4, 3), "x.weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(a, b);
         assert!(a.iter().all(|v| v.abs() < 0.035));
         let ln = vb.get(3, "LayerNorm.weight")?.to_vec1::<f32>()?;

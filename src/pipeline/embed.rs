@@ -241,9 +241,17 @@ pub fn random_embedding_model(
                 let dtype = resolve_dtype(dtype, ModelFamily::Esm, device);
                 let vb = RandomWeights { seed: SEED }.into_var_builder(dtype, device);
                 let (drop, why) = options.esm_token_dropout.resolve(&cfg);
-                tracing::info!("{source}: {}; token-dropout scaling {why}", esm_summary(&cfg));
+                tracing::info!(
+                    "{source}: {}; token-dropout scaling {why}",
+                    esm_summary(&cfg)
+                );
                 let enc = Esm::load(vb, &cfg, drop)?;
-                (ModelFamily::Esm, Box::new(enc), Box::new(EsmTokenizer::esm2()), dtype)
+                (
+                    ModelFamily::Esm,
+                    Box::new(enc),
+                    Box::new(EsmTokenizer::esm2()),
+                    dtype,
+                )
             }
             RandomModel::DnaBertS => {
                 let Some(spec) = tokenizer_from else {
@@ -259,8 +267,8 @@ pub fn random_embedding_model(
                         files.family()
                     );
                 }
-                let cfg: DnaBertConfig = serde_json::from_str(DNABERT_S_CONFIG)
-                    .context("built-in DNABERT-S config")?;
+                let cfg: DnaBertConfig =
+                    serde_json::from_str(DNABERT_S_CONFIG).context("built-in DNABERT-S config")?;
                 let dtype = resolve_dtype(dtype, ModelFamily::DnaBert, device);
                 let vb = RandomWeights { seed: SEED }.into_var_builder(dtype, device);
                 let enc = DnaBert::load(vb, &cfg)?;
@@ -358,9 +366,10 @@ where
         .enumerate()
         .map(|(i, (id, seq))| {
             let id = id.as_ref();
-            model.tokenizer.encode(id, seq.as_ref()).with_context(|| {
-                format!("cannot tokenize record `{id}` (#{} of the input)", i + 1)
-            })
+            model
+                .tokenizer
+                .encode(id, seq.as_ref())
+                .with_context(|| format!("cannot tokenize record `{id}` (#{} of the input)", i + 1))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let lengths: Vec<usize> = tokenized.iter().map(Vec::len).collect();
@@ -471,14 +480,18 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
     };
     let model = match (req.random_weights, &req.model) {
         (Some(kind), spec) => {
-            tracing::warn!("--random-weights {kind}: benchmark mode, the embeddings are meaningless");
+            tracing::warn!(
+                "--random-weights {kind}: benchmark mode, the embeddings are meaningless"
+            );
             random_embedding_model(kind, spec.as_deref(), &device, req.dtype, &options)?
         }
         (None, Some(spec)) => load_embedding_model(spec, &device, req.dtype, &options)?,
         (None, None) => bail!("--model is required (a model directory or a Hugging Face Hub ID)"),
     };
     warn_on_alphabet_mismatch(&model, &records);
-    let budget = req.batch_tokens.unwrap_or_else(|| model.default_batch_tokens());
+    let budget = req
+        .batch_tokens
+        .unwrap_or_else(|| model.default_batch_tokens());
 
     let progress = progress_bar(records.len() as u64);
     let result = embed_sequences_with(&model, &records, budget, &mut |done| {
@@ -492,7 +505,13 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
     let out = result?;
 
     let ids: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
-    write_embeddings(&req.out, &out.embeddings, &ids, &model.source, &model.pooling)?;
+    write_embeddings(
+        &req.out,
+        &out.embeddings,
+        &ids,
+        &model.source,
+        &model.pooling,
+    )?;
     let s = &out.stats;
     tracing::info!(
         "embedded {} sequences ({} tokens, {} batches) in {:.2}s: {:.1} sequences/s, {:.0} tokens/s -> {}",
@@ -527,7 +546,12 @@ fn warn_on_alphabet_mismatch(model: &EmbeddingModel, records: &[(String, Vec<u8>
         total += seq.len();
         nucleotide += seq
             .iter()
-            .filter(|b| matches!(b.to_ascii_uppercase(), b'A' | b'C' | b'G' | b'T' | b'U' | b'N'))
+            .filter(|b| {
+                matches!(
+                    b.to_ascii_uppercase(),
+                    b'A' | b'C' | b'G' | b'T' | b'U' | b'N'
+                )
+            })
             .count();
     }
     if total == 0 {
@@ -551,9 +575,15 @@ fn warn_on_alphabet_mismatch(model: &EmbeddingModel, records: &[(String, Vec<u8>
 /// Fails early, before any model is loaded, when the output cannot be written.
 fn check_output_path(out: &Path) -> anyhow::Result<()> {
     if out.is_dir() {
-        bail!("--out {} is a directory; give a file name such as embeddings.safetensors", out.display());
+        bail!(
+            "--out {} is a directory; give a file name such as embeddings.safetensors",
+            out.display()
+        );
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !parent.is_dir() {
         bail!(
             "cannot write {}: directory {} does not exist",
@@ -572,7 +602,10 @@ pub fn write_embeddings(
     model: &str,
     pooling: &str,
 ) -> anyhow::Result<()> {
-    let embeddings = embeddings.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
+    let embeddings = embeddings
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .contiguous()?;
     let metadata = HashMap::from([
         ("ids".to_string(), serde_json::to_string(ids)?),
         ("model".to_string(), model.to_string()),
@@ -596,8 +629,8 @@ pub struct EmbeddingFile {
 
 /// Reads an embeddings file written by `embed` (or a reference file of the same layout).
 pub fn read_embeddings(path: &Path) -> anyhow::Result<EmbeddingFile> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read embeddings {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read embeddings {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
@@ -605,7 +638,8 @@ pub fn read_embeddings(path: &Path) -> anyhow::Result<EmbeddingFile> {
     let view = st
         .tensor("embeddings")
         .with_context(|| format!("{} has no `embeddings` tensor", path.display()))?;
-    let embeddings = candle_core::safetensors::Load::load(&view, &Device::Cpu)?.to_dtype(DType::F32)?;
+    let embeddings =
+        candle_core::safetensors::Load::load(&view, &Device::Cpu)?.to_dtype(DType::F32)?;
     let ids: Vec<String> = match meta.get("ids") {
         Some(s) => serde_json::from_str(s)
             .with_context(|| format!("{}: metadata `ids` is not a JSON list", path.display()))?,
@@ -728,7 +762,10 @@ mod tests {
         let p = dir.join("a.fa");
         std::fs::write(&p, b">a desc\r\nAC\nGT\n\n>b\nMK\n").unwrap();
         let r = read_fasta_records(&p).unwrap();
-        assert_eq!(r, vec![("a".into(), b"ACGT".to_vec()), ("b".into(), b"MK".to_vec())]);
+        assert_eq!(
+            r,
+            vec![("a".into(), b"ACGT".to_vec()), ("b".into(), b"MK".to_vec())]
+        );
         std::fs::write(&p, b"ACGT\n>a\n").unwrap();
         let e = read_fasta_records(&p).unwrap_err().to_string();
         assert!(e.contains(":1:"), "{e}");
