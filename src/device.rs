@@ -1,1 +1,205 @@
-//! Device selection (`--device auto|cpu|cuda[:N]|metal`) and dtype choice.
+//! Device selection (`--device auto|cpu|cuda[:N]|metal[:N]`) and dtype choice
+//! (`--dtype auto|f32|f16|bf16`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::bail;
+use candle_core::{DType, Device};
+
+use crate::models::config::ModelFamily;
+
+/// What `--device` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// The first GPU this build supports and the machine has, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (kind, ordinal) = match lower.split_once(':') {
+            Some((k, n)) => {
+                let n = n.parse::<usize>().map_err(|_| {
+                    format!("`{s}`: the device number after `:` must be a non-negative integer")
+                })?;
+                (k, Some(n))
+            }
+            None => (lower.as_str(), None),
+        };
+        match (kind, ordinal) {
+            ("auto", None) => Ok(Self::Auto),
+            ("cpu", None) => Ok(Self::Cpu),
+            ("cuda" | "gpu", n) => Ok(Self::Cuda(n.unwrap_or(0))),
+            ("metal", n) => Ok(Self::Metal(n.unwrap_or(0))),
+            _ => Err(format!(
+                "`{s}` is not a device; use auto, cpu, cuda, cuda:N or metal"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Metal(n) => write!(f, "metal:{n}"),
+        }
+    }
+}
+
+/// Opens the device; a GPU this build cannot drive is an error that says how to get one.
+pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(n) => {
+            if !cfg!(feature = "cuda") {
+                bail!(
+                    "--device cuda: this virnucpro was built without CUDA support; rebuild with \
+                     `cargo build --release --features cuda`, or use --device cpu"
+                );
+            }
+            Device::new_cuda(n).map_err(|e| {
+                anyhow::anyhow!(
+                    "--device cuda:{n}: cannot open CUDA device {n}: {e}; check the driver and \
+                     `nvidia-smi`, or use --device cpu"
+                )
+            })
+        }
+        DeviceSpec::Metal(n) => {
+            if !cfg!(feature = "metal") {
+                bail!(
+                    "--device metal: this virnucpro was built without Metal support; rebuild with \
+                     `cargo build --release --features metal`, or use --device cpu"
+                );
+            }
+            Device::new_metal(n).map_err(|e| {
+                anyhow::anyhow!(
+                    "--device metal: cannot open Metal device {n}: {e}; use --device cpu"
+                )
+            })
+        }
+        DeviceSpec::Auto => {
+            if cfg!(feature = "cuda") {
+                match Device::new_cuda(0) {
+                    Ok(d) => return Ok(d),
+                    Err(e) => tracing::info!("no usable CUDA device ({e}); using the CPU"),
+                }
+            }
+            if cfg!(feature = "metal") {
+                match Device::new_metal(0) {
+                    Ok(d) => return Ok(d),
+                    Err(e) => tracing::info!("no usable Metal device ({e}); using the CPU"),
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+/// Short name of a device for logs and messages.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// What `--dtype` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypeSpec {
+    /// Per model family and device, see [`resolve_dtype`].
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FromStr for DTypeSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" | "float32" | "fp32" => Ok(Self::F32),
+            "f16" | "float16" | "fp16" | "half" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(format!("`{s}` is not a dtype; use auto, f32, f16 or bf16")),
+        }
+    }
+}
+
+impl fmt::Display for DTypeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// The compute dtype. `Auto`: f32 on the CPU (half precision is slow there and f32 is exact);
+/// on a GPU f16 for ESM2 (FastESM2 ships in f16) and bf16 for DNABERT on CUDA (MosaicBERT was
+/// trained in bf16, and its range avoids f16 overflow), f16 on Metal.
+pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> DType {
+    match spec {
+        DTypeSpec::F32 => DType::F32,
+        DTypeSpec::F16 => DType::F16,
+        DTypeSpec::Bf16 => DType::BF16,
+        DTypeSpec::Auto => match (device, family) {
+            (Device::Cpu, _) => DType::F32,
+            (Device::Cuda(_), ModelFamily::DnaBert) => DType::BF16,
+            _ => DType::F16,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert_eq!("CUDA:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(1)));
+        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("metal".parse::<DeviceSpec>(), Ok(DeviceSpec::Metal(0)));
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn gpu_without_feature_is_a_clear_error() {
+        if !cfg!(feature = "cuda") {
+            let err = select_device(DeviceSpec::Cuda(0)).unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+        if !cfg!(feature = "metal") {
+            let err = select_device(DeviceSpec::Metal(0)).unwrap_err().to_string();
+            assert!(err.contains("--features metal"), "{err}");
+        }
+    }
+
+    #[test]
+    fn auto_dtype() {
+        assert_eq!(
+            resolve_dtype(DTypeSpec::Auto, ModelFamily::Esm, &Device::Cpu),
+            DType::F32
+        );
+        assert_eq!(
+            resolve_dtype(DTypeSpec::Bf16, ModelFamily::Esm, &Device::Cpu),
+            DType::BF16
+        );
+    }
+}

@@ -1,7 +1,95 @@
-/// (placeholder until this command is implemented)
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+//! `virnucpro embed`: pooled embeddings of FASTA records with one model.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`embed` is not implemented yet")
+use std::path::PathBuf;
+
+use virnucpro::device::{DTypeSpec, DeviceSpec};
+use virnucpro::models::esm::TokenDropout;
+use virnucpro::pipeline::embed::{self, EmbedRequest, RandomModel};
+
+/// Embed sequences with an ESM2/FastESM2 or DNABERT model and write one vector per record.
+///
+/// Protein FASTA for ESM2-family models, DNA FASTA for DNABERT; every record is embedded as
+/// given (no chunking, no translation). The output is a safetensors file with tensor
+/// `embeddings` (f32, [records, hidden], input order) and metadata `ids`, `model`, `pooling`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  virnucpro embed --model Synthyra/FastESM2_650 proteins.faa --out prot.safetensors
+  virnucpro embed --model ./DNABERT-S frames.fna --out dna.safetensors --device cuda
+  HF_HUB_OFFLINE=1 virnucpro embed --model facebook/esm2_t36_3B_UR50D p.faa --out e.safetensors")]
+pub struct Args {
+    /// FASTA file(s) to embed, read in order (`-` for standard input; gzip is detected).
+    #[arg(value_name = "INPUT", required = true)]
+    pub inputs: Vec<PathBuf>,
+
+    /// Model directory (config.json, weights, tokenizer) or Hugging Face Hub ID, e.g.
+    /// Synthyra/FastESM2_650, facebook/esm2_t36_3B_UR50D, zhihan1996/DNABERT-S. Hub models come
+    /// from the HF cache (HF_HOME), downloaded unless HF_HUB_OFFLINE=1.
+    #[arg(
+        short,
+        long,
+        value_name = "DIR|HUB_ID",
+        required_unless_present = "random_weights"
+    )]
+    pub model: Option<String>,
+
+    /// Output file (safetensors), written atomically.
+    #[arg(short, long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+
+    /// Where to run: auto, cpu, cuda, cuda:N, metal.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DEVICE",
+        help_heading = "Compute"
+    )]
+    pub device: DeviceSpec,
+
+    /// Compute precision: auto (f32 on CPU; f16 for ESM2, bf16 for DNABERT on CUDA), f32, f16,
+    /// bf16. Embeddings are always written as f32.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DTYPE",
+        help_heading = "Compute"
+    )]
+    pub dtype: DTypeSpec,
+
+    /// Padded tokens per forward pass (batch size x longest sequence); sequences are sorted by
+    /// length first. Default: 4096 on CPU, 16384 on GPU. Lower it if a GPU runs out of memory.
+    #[arg(long, value_name = "N", help_heading = "Compute",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_tokens: Option<u64>,
+
+    /// ESM2 token-dropout rescaling of the embeddings (x0.88): auto (on for model_type esm, off
+    /// for fast_esm, as their reference code), on, off.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|on|off",
+        help_heading = "Model"
+    )]
+    pub esm_token_dropout: TokenDropout,
+
+    /// Benchmarks only: random weights of a real model's shape (esm2-650m, esm2-3b, dnabert-s)
+    /// instead of a checkpoint. dnabert-s takes its tokenizer from --model.
+    #[arg(long, value_name = "KIND", hide = true)]
+    pub random_weights: Option<RandomModel>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let batch_tokens = args
+        .batch_tokens
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let req = EmbedRequest {
+        model: args.model,
+        inputs: args.inputs,
+        out: args.out,
+        device: args.device,
+        dtype: args.dtype,
+        batch_tokens,
+        esm_token_dropout: args.esm_token_dropout,
+        random_weights: args.random_weights,
+    };
+    embed::run(&req).map(|_| ())
 }

@@ -21,3 +21,69 @@ pub struct Frame {
     pub dna: Vec<u8>,
     pub protein: Vec<u8>,
 }
+
+/// One chunk of a record with the frames kept from it (PIPELINE.md §2–3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// `<record id>_chunk_<j+1>`.
+    pub id: String,
+    /// Position in the record, half-open, 0-based.
+    pub start: usize,
+    pub end: usize,
+    /// Kept frames in the order F1, F2, F3, R1, R2, R3.
+    pub frames: Vec<Frame>,
+}
+
+/// A record cut into chunks with their kept frames: the unit of work of `frames` and `predict`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFrames {
+    pub id: String,
+    /// Record length in bases.
+    pub len: usize,
+    pub chunks: Vec<Chunk>,
+}
+
+impl RecordFrames {
+    /// Number of kept frames over all chunks; 0 means the record yields nothing to classify.
+    pub fn frame_count(&self) -> usize {
+        self.chunks.iter().map(|c| c.frames.len()).sum()
+    }
+}
+
+/// Cuts `record` into chunks of `chunk_len` and selects the frames of each, exactly as the
+/// reference prediction does. An empty record gives no chunks.
+///
+/// # Panics
+/// If `chunk_len` is 0.
+pub fn record_frames(record: &SeqRecord, chunk_len: usize) -> RecordFrames {
+    let mut scratch = translate::FrameScratch::new();
+    let chunks = chunk::chunk_spans(record.seq.len(), chunk_len)
+        .enumerate()
+        .map(|(j, (start, end))| {
+            let id = chunk::chunk_id(&record.id, j);
+            let mut frames = Vec::new();
+            translate::for_each_kept_frame(
+                &record.seq[start..end],
+                &mut scratch,
+                |tag, dna, protein| {
+                    frames.push(Frame {
+                        id: format!("{id}{tag}"),
+                        dna: dna.to_vec(),
+                        protein: protein.to_vec(),
+                    });
+                },
+            );
+            Chunk {
+                id,
+                start,
+                end,
+                frames,
+            }
+        })
+        .collect();
+    RecordFrames {
+        id: record.id.clone(),
+        len: record.seq.len(),
+        chunks,
+    }
+}

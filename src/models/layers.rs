@@ -1,1 +1,370 @@
-//! TODO
+//! Building blocks shared by the encoders: embedding lookup, linear, layer norm, exact GELU,
+//! rotary position embedding and masked attention.
+//!
+//! Every block is a struct with `load(vb, ..)` and `forward`, and the same code runs on CPU and
+//! GPU. [`attention`] is the one place where scores are computed, so that a fused kernel (flash
+//! attention, varlen) can be swapped in behind it without touching the models.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Token embedding table (`weight`: `[vocab, hidden]`).
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    weight: Tensor,
+    hidden: usize,
+}
+
+impl Embedding {
+    pub fn load(vb: VarBuilder, vocab: usize, hidden: usize) -> Result<Self> {
+        let weight = vb.get((vocab, hidden), "weight")?;
+        Ok(Self { weight, hidden })
+    }
+
+    /// `ids`: `[batch, len]` u32 -> `[batch, len, hidden]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        self.weight
+            .index_select(&flat, 0)?
+            .reshape((b, l, self.hidden))
+    }
+}
+
+/// `y = x W^T + b`, weights as stored by PyTorch (`[out, in]`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    span: tracing::Span,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            span: tracing::span!(tracing::Level::TRACE, "linear"),
+        }
+    }
+
+    /// Loads `weight` `[out, in]` and `bias` `[out]`.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = vb.get(out_dim, "bias")?;
+        Ok(Self::new(weight, Some(bias)))
+    }
+
+    /// Loads `weight` `[out, in]` without a bias.
+    pub fn load_no_bias(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        Ok(Self::new(weight, None))
+    }
+
+    /// Stacks several linears that read the same input (q, k, v) into one, so that one matmul
+    /// replaces three; the outputs come out concatenated in the order given.
+    pub fn load_fused(vbs: &[VarBuilder], in_dim: usize, out_dim: usize) -> Result<Self> {
+        let parts = vbs
+            .iter()
+            .map(|vb| Self::load(vb.clone(), in_dim, out_dim))
+            .collect::<Result<Vec<_>>>()?;
+        let weight = Tensor::cat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>(), 0)?;
+        let biases = parts
+            .iter()
+            .map(|p| p.bias.as_ref())
+            .collect::<Option<Vec<_>>>();
+        let bias = match biases {
+            Some(b) => Some(Tensor::cat(&b, 0)?),
+            None => None,
+        };
+        Ok(Self::new(weight, bias))
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+impl Module for Linear {
+    /// `x`: `[..., in]` -> `[..., out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / in_dim.max(1);
+        // One 2-D GEMM over all tokens instead of a batched one.
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.out_dim();
+        }
+        y.reshape(out_dims)
+    }
+}
+
+/// Layer normalisation over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+    span: tracing::Span,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` (`[hidden]`).
+    pub fn load(vb: VarBuilder, hidden: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get(hidden, "weight")?;
+        let bias = vb.get(hidden, "bias")?;
+        Ok(Self {
+            weight,
+            bias,
+            eps: eps as f32,
+            span: tracing::span!(tracing::Level::TRACE, "layer_norm"),
+        })
+    }
+
+    /// `LN(x + residual)` when a residual is given (the add happens once, here, so that a fused
+    /// kernel can later take both inputs).
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let x = match residual {
+            Some(r) => (x + r)?,
+            None => x.contiguous()?,
+        };
+        // Accumulates in f32 whatever the storage dtype.
+        candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// Exact (erf) GELU, as PyTorch's default `nn.GELU()` / `F.gelu`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// Rotary position embedding, rotate-half convention (first half / second half of each head,
+/// not interleaved), positions counted from 0 at the first token.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    head_dim: usize,
+    base: f64,
+}
+
+impl Rotary {
+    /// Precomputes the tables for `max_len` positions; longer inputs get tables on the fly.
+    pub fn new(
+        head_dim: usize,
+        base: f64,
+        max_len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (cos, sin) = Self::tables(head_dim, base, max_len, dtype, device)?;
+        Ok(Self {
+            cos,
+            sin,
+            head_dim,
+            base,
+        })
+    }
+
+    /// `cos`/`sin` of `[len, head_dim / 2]`, computed in f64 then cast once.
+    fn tables(
+        head_dim: usize,
+        base: f64,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / base.powf((2 * i) as f64 / head_dim as f64))
+            .collect();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for pos in 0..len {
+            for f in &inv_freq {
+                let angle = pos as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (len, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// `x`: `[batch, heads, len, head_dim]` -> same shape, rotated.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let len = x.dim(2)?;
+        let x = x.contiguous()?;
+        if len <= self.cos.dim(0)? {
+            let cos = self.cos.narrow(0, 0, len)?;
+            let sin = self.sin.narrow(0, 0, len)?;
+            candle_nn::rotary_emb::rope(&x, &cos, &sin)
+        } else {
+            let (cos, sin) = Self::tables(self.head_dim, self.base, len, x.dtype(), x.device())?;
+            candle_nn::rotary_emb::rope(&x, &cos, &sin)
+        }
+    }
+}
+
+/// Which keys each query may attend to, plus an optional additive score bias.
+///
+/// Carries the real row lengths so that a varlen kernel can run on the packed tokens; the padded
+/// path uses the additive key-padding mask built from them.
+#[derive(Debug, Clone)]
+pub struct AttentionMask {
+    /// Real token count of each row; keys at positions `>= lengths[b]` are padding.
+    pub lengths: Vec<usize>,
+    pub max_len: usize,
+    /// `[batch, 1, 1, max_len]`: 0 for real keys, -inf for padding. `None` when no row is padded.
+    key_padding: Option<Tensor>,
+    /// Added to the scores before the softmax, broadcastable to `[batch, heads, len, len]`
+    /// (e.g. ALiBi `[1, heads, len, len]`).
+    pub bias: Option<Tensor>,
+}
+
+impl AttentionMask {
+    pub fn new(lengths: &[usize], max_len: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let padded = lengths.iter().any(|&l| l < max_len);
+        let key_padding = if padded {
+            let mut m = Vec::with_capacity(lengths.len() * max_len);
+            for &len in lengths {
+                // -inf gives exactly 0 after exp, so a padded row matches the unpadded one.
+                m.extend((0..max_len).map(|j| if j < len { 0f32 } else { f32::NEG_INFINITY }));
+            }
+            Some(Tensor::from_vec(m, (lengths.len(), 1, 1, max_len), device)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            lengths: lengths.to_vec(),
+            max_len,
+            key_padding,
+            bias: None,
+        })
+    }
+
+    /// Adds an additive score bias (e.g. ALiBi) on top of the key-padding mask.
+    pub fn with_bias(mut self, bias: Tensor) -> Self {
+        self.bias = Some(bias);
+        self
+    }
+}
+
+/// Scaled dot-product attention.
+///
+/// `q`, `k`, `v`: `[batch, heads, len, head_dim]`; returns `[batch, len, heads * head_dim]`.
+/// Scores are `scale * q·k + bias`, padding keys masked out; every row has at least one real key,
+/// so the softmax is always defined.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    scale: f64,
+) -> Result<Tensor> {
+    let _enter = tracing::span!(tracing::Level::TRACE, "attention").entered();
+    let (b, h, l, d) = q.dims4()?;
+    // Scaling q (not the scores) keeps half-precision scores in range.
+    let q = (q * scale)?;
+    let mut scores = q.contiguous()?.matmul(&k.t()?)?;
+    if let Some(bias) = &mask.bias {
+        scores = scores.broadcast_add(bias)?;
+    }
+    if let Some(kp) = &mask.key_padding {
+        scores = scores.broadcast_add(kp)?;
+    }
+    let probs = if scores.device().is_cpu() && scores.dtype() != DType::F32 {
+        // candle's CPU softmax sums in the storage dtype; in f16/bf16 that loses most of the
+        // mass over long rows. GPU kernels accumulate in f32 already.
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    let out = probs.matmul(&v.contiguous()?)?;
+    out.transpose(1, 2)?.reshape((b, l, h * d))
+}
+
+/// Splits a fused `[batch, len, 3 * hidden]` projection into q, k, v of
+/// `[batch, heads, len, head_dim]` each (contiguous).
+pub fn split_qkv(qkv: &Tensor, heads: usize, head_dim: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, l, _) = qkv.dims3()?;
+    let qkv = qkv.reshape((b, l, 3, heads, head_dim))?;
+    let part = |i: usize| -> Result<Tensor> {
+        qkv.narrow(2, i, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    Ok((part(0)?, part(1)?, part(2)?))
+}
+
+/// Mean over the positions where `weights` is non-zero: `weights` is `[batch, len]` on the host
+/// (already divided by the count), `x` is `[batch, len, hidden]`; returns `[batch, hidden]` f32.
+pub fn weighted_pool(x: &Tensor, weights: Vec<f32>) -> Result<Tensor> {
+    let (b, l, _) = x.dims3()?;
+    let w = Tensor::from_vec(weights, (b, 1, l), x.device())?;
+    // Pool in f32 whatever the compute dtype.
+    let x = x.to_dtype(DType::F32)?;
+    w.matmul(&x)?.squeeze(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotary_matches_rotate_half_formula() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, h, l, d) = (1, 2, 5, 8);
+        let x = Tensor::randn(0f32, 1.0, (b, h, l, d), &dev)?;
+        let rot = Rotary::new(d, 10000.0, 3, DType::F32, &dev)?; // shorter table: on-the-fly path
+        let y = rot.forward(&x)?;
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let yv: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        for bh in 0..b * h {
+            for p in 0..l {
+                for i in 0..d {
+                    let half = d / 2;
+                    let f = 1.0 / 10000f64.powf((2 * (i % half)) as f64 / d as f64);
+                    let (c, s) = ((p as f64 * f).cos(), (p as f64 * f).sin());
+                    let base = (bh * l + p) * d;
+                    let xi = xv[base + i] as f64;
+                    let rot_half = if i < half {
+                        -(xv[base + i + half] as f64)
+                    } else {
+                        xv[base + i - half] as f64
+                    };
+                    let want = xi * c + rot_half * s;
+                    assert!((yv[base + i] as f64 - want).abs() < 1e-5);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn attention_ignores_padding_keys() -> Result<()> {
+        let dev = Device::Cpu;
+        let (h, d) = (2, 4);
+        let q = Tensor::randn(0f32, 1.0, (1, h, 5, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (1, h, 5, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (1, h, 5, d), &dev)?;
+        let full = AttentionMask::new(&[3], 5, DType::F32, &dev)?;
+        let padded = attention(&q, &k, &v, &full, 0.5)?.narrow(1, 0, 3)?;
+        let cut = |t: &Tensor| t.narrow(2, 0, 3);
+        let short = AttentionMask::new(&[3], 3, DType::F32, &dev)?;
+        let alone = attention(&cut(&q)?, &cut(&k)?, &cut(&v)?, &short, 0.5)?;
+        let diff = (padded - alone)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+        Ok(())
+    }
+}

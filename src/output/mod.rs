@@ -2,3 +2,5 @@
 //! the per-record summary and plots.
 
 pub mod atomic;
+pub mod fasta;
+pub mod predictions;

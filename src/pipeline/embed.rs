@@ -1,0 +1,774 @@
+//! Embedding: model loading ([`load_embedding_model`]), length-sorted token-budget batching
+//! ([`embed_sequences`]) and the `embed` command ([`run`]).
+//!
+//! The predict pipeline uses the first two:
+//!
+//! ```no_run
+//! use virnucpro::device::{DTypeSpec, select_device, DeviceSpec};
+//! use virnucpro::pipeline::embed::{embed_sequences, load_embedding_model, LoadOptions};
+//!
+//! let device = select_device(DeviceSpec::Auto)?;
+//! let model = load_embedding_model("Synthyra/FastESM2_650", &device, DTypeSpec::Auto,
+//!                                  &LoadOptions::default())?;
+//! let proteins = vec![("p1", b"MKV".to_vec()), ("p2", b"MSTNPKPQRK".to_vec())];
+//! let out = embed_sequences(&model, &proteins, model.default_batch_tokens())?;
+//! assert_eq!(out.embeddings.dims(), &[2, model.hidden_size]); // f32, on the CPU, input order
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use crate::device::{device_name, resolve_dtype, select_device, DTypeSpec, DeviceSpec};
+use crate::models::config::{ModelConfig, ModelFamily};
+use crate::models::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
+use crate::models::esm::{Esm, EsmConfig, TokenDropout};
+use crate::models::hub::{resolve_model, ModelFiles};
+use crate::models::tokenize::EsmTokenizer;
+use crate::models::weights::{Checkpoint, RandomWeights};
+use crate::models::{Encoder, SeqTokenizer, TokenBatch};
+
+/// Default `--batch-tokens` on the CPU (padded tokens per forward pass).
+pub const DEFAULT_BATCH_TOKENS_CPU: usize = 4096;
+/// Default `--batch-tokens` on a GPU.
+pub const DEFAULT_BATCH_TOKENS_GPU: usize = 16384;
+
+/// A loaded embedding model: encoder + tokenizer + what the output files record about it.
+pub struct EmbeddingModel {
+    pub encoder: Box<dyn Encoder>,
+    pub tokenizer: Box<dyn SeqTokenizer>,
+    pub family: ModelFamily,
+    pub hidden_size: usize,
+    /// The directory or Hub ID it came from (or `random-weights:<kind>`).
+    pub source: String,
+    /// The pooling rule, as written to embedding files.
+    pub pooling: String,
+    pub device: Device,
+    /// Compute dtype (embeddings are always returned in f32).
+    pub dtype: DType,
+}
+
+impl fmt::Debug for EmbeddingModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddingModel")
+            .field("family", &self.family)
+            .field("hidden_size", &self.hidden_size)
+            .field("source", &self.source)
+            .field("device", &device_name(&self.device))
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddingModel {
+    /// A token budget that suits the device.
+    pub fn default_batch_tokens(&self) -> usize {
+        if self.device.is_cpu() {
+            DEFAULT_BATCH_TOKENS_CPU
+        } else {
+            DEFAULT_BATCH_TOKENS_GPU
+        }
+    }
+}
+
+/// Options of [`load_embedding_model`] beyond device and dtype.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// ESM token-dropout rescaling (ignored for DNABERT).
+    pub esm_token_dropout: TokenDropout,
+}
+
+/// Loads an embedding model from a local directory or a Hugging Face Hub ID (see
+/// [`crate::models::hub`]): architecture from `config.json`, weights from safetensors or
+/// `pytorch_model.bin`, tokenizer from `vocab.txt` (ESM) or `tokenizer.json` (DNABERT).
+///
+/// `dtype` `Auto` resolves per family and device ([`crate::device::resolve_dtype`]).
+pub fn load_embedding_model(
+    spec: &str,
+    device: &Device,
+    dtype: DTypeSpec,
+    options: &LoadOptions,
+) -> anyhow::Result<EmbeddingModel> {
+    let files = resolve_model(spec)?;
+    load_from_files(files, device, dtype, options)
+        .with_context(|| format!("cannot load model `{spec}`"))
+}
+
+/// Builds the model from already resolved files.
+pub fn load_from_files(
+    files: ModelFiles,
+    device: &Device,
+    dtype: DTypeSpec,
+    options: &LoadOptions,
+) -> anyhow::Result<EmbeddingModel> {
+    let family = files.family();
+    let dtype = resolve_dtype(dtype, family, device);
+    let config_origin = files.config_path.display().to_string();
+    let checkpoint = Checkpoint::open(&files.weights, family.checkpoint_prefix(), &config_origin)?;
+    let vb = checkpoint.into_var_builder(dtype, device);
+    let started = Instant::now();
+    let (encoder, tokenizer, summary): (Box<dyn Encoder>, Box<dyn SeqTokenizer>, String) =
+        match &files.config {
+            ModelConfig::Esm(cfg) => {
+                let (drop, why) = options.esm_token_dropout.resolve(cfg);
+                let tokenizer = EsmTokenizer::from_file(&files.tokenizer)?;
+                check_esm_vocab(cfg, &tokenizer, &files.tokenizer)?;
+                let encoder = Esm::load(vb, cfg, drop)?;
+                (
+                    Box::new(encoder),
+                    Box::new(tokenizer),
+                    format!("{}; token-dropout scaling {why}", esm_summary(cfg)),
+                )
+            }
+            ModelConfig::DnaBert(cfg) => {
+                let tokenizer = DnaBertTokenizer::from_file(&files.tokenizer)?;
+                let encoder = DnaBert::load(vb, cfg)?;
+                (Box::new(encoder), Box::new(tokenizer), "DNABERT".into())
+            }
+        };
+    tracing::info!(
+        "model {} ({summary}) from {} on {} in {:?}, loaded in {:.1}s",
+        files.source,
+        files.weights.describe(),
+        device_name(device),
+        dtype,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(EmbeddingModel {
+        hidden_size: encoder.hidden_size(),
+        encoder,
+        tokenizer,
+        family,
+        source: files.source,
+        pooling: family.pooling().to_string(),
+        device: device.clone(),
+        dtype,
+    })
+}
+
+fn esm_summary(cfg: &EsmConfig) -> String {
+    format!(
+        "{}: {} layers, hidden {}, {} heads",
+        cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads
+    )
+}
+
+/// The vocabulary must fit the embedding table, or lookups would go out of range.
+fn check_esm_vocab(cfg: &EsmConfig, tok: &EsmTokenizer, path: &Path) -> anyhow::Result<()> {
+    if tok.vocab_size() > cfg.vocab_size {
+        bail!(
+            "{} has {} tokens but config.json says vocab_size {}; the tokenizer does not belong \
+             to this model",
+            path.display(),
+            tok.vocab_size(),
+            cfg.vocab_size
+        );
+    }
+    Ok(())
+}
+
+/// Real-size architectures with random weights, for benchmarks only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RandomModel {
+    /// ESM2-650M / FastESM2_650 shape: 33 layers, hidden 1280, 20 heads, FFN 5120.
+    Esm2_650m,
+    /// ESM2-3B shape: 36 layers, hidden 2560, 40 heads, FFN 10240.
+    Esm2_3b,
+    /// DNABERT-S shape: 12 layers, hidden 768, 12 heads, intermediate 3072, vocab 4096.
+    DnaBertS,
+}
+
+impl FromStr for RandomModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "esm2-650m" => Ok(Self::Esm2_650m),
+            "esm2-3b" => Ok(Self::Esm2_3b),
+            "dnabert-s" => Ok(Self::DnaBertS),
+            _ => Err(format!("`{s}` is not one of esm2-650m, esm2-3b, dnabert-s")),
+        }
+    }
+}
+
+impl fmt::Display for RandomModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Esm2_650m => "esm2-650m",
+            Self::Esm2_3b => "esm2-3b",
+            Self::DnaBertS => "dnabert-s",
+        })
+    }
+}
+
+/// `config.json` of zhihan1996/DNABERT-S, for the random-weight model.
+const DNABERT_S_CONFIG: &str = r#"{
+  "model_type": "bert", "architectures": ["BertModel"], "alibi_starting_size": 512,
+  "attention_probs_dropout_prob": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+  "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+  "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "num_attention_heads": 12,
+  "num_hidden_layers": 12, "pad_token_id": 0, "position_embedding_type": "absolute",
+  "type_vocab_size": 2, "vocab_size": 4096
+}"#;
+
+/// A model of real shape with seeded random weights (benchmarks only: its embeddings mean
+/// nothing). ESM kinds use the built-in ESM2 alphabet; `dnabert-s` needs `tokenizer_from`, a
+/// DNABERT model directory or Hub ID whose `tokenizer.json` it uses.
+pub fn random_embedding_model(
+    kind: RandomModel,
+    tokenizer_from: Option<&str>,
+    device: &Device,
+    dtype: DTypeSpec,
+    options: &LoadOptions,
+) -> anyhow::Result<EmbeddingModel> {
+    const SEED: u64 = 0x5eed;
+    let source = format!("random-weights:{kind}");
+    let (family, encoder, tokenizer, dtype): (_, Box<dyn Encoder>, Box<dyn SeqTokenizer>, _) =
+        match kind {
+            RandomModel::Esm2_650m | RandomModel::Esm2_3b => {
+                let cfg = if kind == RandomModel::Esm2_650m {
+                    EsmConfig::esm2_650m()
+                } else {
+                    EsmConfig::esm2_3b()
+                };
+                let dtype = resolve_dtype(dtype, ModelFamily::Esm, device);
+                let vb = RandomWeights { seed: SEED }.into_var_builder(dtype, device);
+                let (drop, why) = options.esm_token_dropout.resolve(&cfg);
+                tracing::info!(
+                    "{source}: {}; token-dropout scaling {why}",
+                    esm_summary(&cfg)
+                );
+                let enc = Esm::load(vb, &cfg, drop)?;
+                (
+                    ModelFamily::Esm,
+                    Box::new(enc),
+                    Box::new(EsmTokenizer::esm2()),
+                    dtype,
+                )
+            }
+            RandomModel::DnaBertS => {
+                let Some(spec) = tokenizer_from else {
+                    bail!(
+                        "--random-weights dnabert-s needs a tokenizer: pass --model with a DNABERT \
+                         directory or Hub ID (its tokenizer.json is used, its weights are not)"
+                    );
+                };
+                let files = resolve_model(spec)?;
+                if files.family() != ModelFamily::DnaBert {
+                    bail!(
+                        "--random-weights dnabert-s: `{spec}` is a {} model, not DNABERT",
+                        files.family()
+                    );
+                }
+                let cfg: DnaBertConfig =
+                    serde_json::from_str(DNABERT_S_CONFIG).context("built-in DNABERT-S config")?;
+                let dtype = resolve_dtype(dtype, ModelFamily::DnaBert, device);
+                let vb = RandomWeights { seed: SEED }.into_var_builder(dtype, device);
+                let enc = DnaBert::load(vb, &cfg)?;
+                let tok = DnaBertTokenizer::from_file(&files.tokenizer)?;
+                (ModelFamily::DnaBert, Box::new(enc), Box::new(tok), dtype)
+            }
+        };
+    Ok(EmbeddingModel {
+        hidden_size: encoder.hidden_size(),
+        encoder,
+        tokenizer,
+        family,
+        source,
+        pooling: family.pooling().to_string(),
+        device: device.clone(),
+        dtype,
+    })
+}
+
+/// Counters of one [`embed_sequences`] run.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedStats {
+    pub sequences: usize,
+    /// Real tokens, special tokens included.
+    pub tokens: usize,
+    /// Tokens computed, padding included (`sum of batch * max_len`).
+    pub padded_tokens: usize,
+    pub batches: usize,
+    pub seconds: f64,
+}
+
+/// Embeddings in input order plus counters.
+#[derive(Debug)]
+pub struct Embeddings {
+    /// `[N, hidden]` f32 on the CPU, row `i` = input `i`.
+    pub embeddings: Tensor,
+    pub stats: EmbedStats,
+}
+
+/// Groups rows into batches under a padded-token budget: `lengths` are visited longest first
+/// (ties in input order) and a batch grows while `rows * longest <= budget`; a row longer than
+/// the budget gets a batch of its own. Returns indices into `lengths`.
+pub fn plan_batches(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        let longest = current.first().map_or(lengths[i], |&f| lengths[f]);
+        if !current.is_empty() && (current.len() + 1) * longest > budget {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// Tokenizes `items` (`(id, sequence)`), runs them through the encoder in length-sorted batches
+/// of at most `batch_tokens` padded tokens, and returns the pooled embeddings in input order.
+///
+/// Batching never changes a result: padding is masked out of attention and pooling. Errors name
+/// the record that could not be tokenized (e.g. DNA longer than the tokenizer's limit).
+pub fn embed_sequences<I, S>(
+    model: &EmbeddingModel,
+    items: &[(I, S)],
+    batch_tokens: usize,
+) -> anyhow::Result<Embeddings>
+where
+    I: AsRef<str> + Sync,
+    S: AsRef<[u8]> + Sync,
+{
+    embed_sequences_with(model, items, batch_tokens, &mut |_| {})
+}
+
+/// [`embed_sequences`] with a callback after each batch, given the number of sequences done.
+pub fn embed_sequences_with<I, S>(
+    model: &EmbeddingModel,
+    items: &[(I, S)],
+    batch_tokens: usize,
+    on_batch: &mut dyn FnMut(usize),
+) -> anyhow::Result<Embeddings>
+where
+    I: AsRef<str> + Sync,
+    S: AsRef<[u8]> + Sync,
+{
+    let started = Instant::now();
+    if batch_tokens == 0 {
+        bail!("the token budget per batch must be positive");
+    }
+    let tokenized = items
+        .par_iter()
+        .enumerate()
+        .map(|(i, (id, seq))| {
+            let id = id.as_ref();
+            model
+                .tokenizer
+                .encode(id, seq.as_ref())
+                .with_context(|| format!("cannot tokenize record `{id}` (#{} of the input)", i + 1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let lengths: Vec<usize> = tokenized.iter().map(Vec::len).collect();
+    let hidden = model.hidden_size;
+    let mut out = vec![0f32; items.len() * hidden];
+    let mut stats = EmbedStats {
+        sequences: items.len(),
+        tokens: lengths.iter().sum(),
+        ..Default::default()
+    };
+    let pad = model.tokenizer.pad_id();
+    let mut done = 0;
+    for rows in plan_batches(&lengths, batch_tokens) {
+        let max_len = rows.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * max_len);
+        for &i in &rows {
+            ids.extend_from_slice(&tokenized[i]);
+            ids.resize(ids.len() + max_len - lengths[i], pad);
+        }
+        let batch = TokenBatch {
+            ids,
+            lengths: rows.iter().map(|&i| lengths[i]).collect(),
+            max_len,
+        };
+        let pooled = model
+            .encoder
+            .forward_pooled(&batch)
+            .and_then(|t| t.to_dtype(DType::F32)?.to_device(&Device::Cpu))
+            .and_then(|t| t.to_vec2::<f32>())
+            .with_context(|| {
+                format!(
+                    "{} forward pass failed on a batch of {} sequences of up to {max_len} tokens \
+                     (first: `{}`); on a GPU out of memory, lower --batch-tokens",
+                    model.family,
+                    rows.len(),
+                    items[rows[0]].0.as_ref()
+                )
+            })?;
+        for (row, &i) in pooled.iter().zip(&rows) {
+            if row.len() != hidden {
+                bail!(
+                    "encoder returned {} values per sequence, expected {hidden}",
+                    row.len()
+                );
+            }
+            out[i * hidden..(i + 1) * hidden].copy_from_slice(row);
+        }
+        stats.batches += 1;
+        stats.padded_tokens += rows.len() * max_len;
+        done += rows.len();
+        tracing::debug!(
+            "batch {}: {} sequences x {max_len} tokens ({done}/{} done)",
+            stats.batches,
+            rows.len(),
+            items.len()
+        );
+        on_batch(done);
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    let embeddings = Tensor::from_vec(out, (items.len(), hidden), &Device::Cpu)?;
+    Ok(Embeddings { embeddings, stats })
+}
+
+/// Everything the `embed` command needs (the CLI fills it from its flags).
+#[derive(Debug, Clone)]
+pub struct EmbedRequest {
+    /// Model directory or Hub ID; optional with `random_weights` of an ESM kind.
+    pub model: Option<String>,
+    /// FASTA files (`-` = standard input), read in order.
+    pub inputs: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub device: DeviceSpec,
+    pub dtype: DTypeSpec,
+    /// Padded tokens per batch; `None`: per device.
+    pub batch_tokens: Option<usize>,
+    pub esm_token_dropout: TokenDropout,
+    pub random_weights: Option<RandomModel>,
+}
+
+/// Runs `embed`: reads the FASTA inputs, embeds every record as given (no chunking), writes
+/// `embeddings` `[N, hidden]` f32 with metadata `ids`, `model`, `pooling` (docs/FORMATS.md).
+pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
+    check_output_path(&req.out)?;
+    if req.inputs.is_empty() {
+        bail!("no input files given");
+    }
+    let mut records = Vec::new();
+    for input in &req.inputs {
+        let before = records.len();
+        records.extend(read_fasta_records(input)?);
+        if records.len() == before {
+            tracing::warn!("{} holds no FASTA records", input.display());
+        }
+    }
+    if records.is_empty() {
+        bail!(
+            "no sequences to embed: {} hold(s) no FASTA records",
+            req.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let device = select_device(req.device)?;
+    let options = LoadOptions {
+        esm_token_dropout: req.esm_token_dropout,
+    };
+    let model = match (req.random_weights, &req.model) {
+        (Some(kind), spec) => {
+            tracing::warn!(
+                "--random-weights {kind}: benchmark mode, the embeddings are meaningless"
+            );
+            random_embedding_model(kind, spec.as_deref(), &device, req.dtype, &options)?
+        }
+        (None, Some(spec)) => load_embedding_model(spec, &device, req.dtype, &options)?,
+        (None, None) => bail!("--model is required (a model directory or a Hugging Face Hub ID)"),
+    };
+    warn_on_alphabet_mismatch(&model, &records);
+    let budget = req
+        .batch_tokens
+        .unwrap_or_else(|| model.default_batch_tokens());
+
+    let progress = progress_bar(records.len() as u64);
+    let result = embed_sequences_with(&model, &records, budget, &mut |done| {
+        if let Some(p) = &progress {
+            p.set_position(done as u64);
+        }
+    });
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    let out = result?;
+
+    let ids: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
+    write_embeddings(
+        &req.out,
+        &out.embeddings,
+        &ids,
+        &model.source,
+        &model.pooling,
+    )?;
+    let s = &out.stats;
+    tracing::info!(
+        "embedded {} sequences ({} tokens, {} batches) in {:.2}s: {:.1} sequences/s, {:.0} tokens/s -> {}",
+        s.sequences,
+        s.tokens,
+        s.batches,
+        s.seconds,
+        s.sequences as f64 / s.seconds.max(1e-9),
+        s.tokens as f64 / s.seconds.max(1e-9),
+        req.out.display()
+    );
+    Ok(out.stats)
+}
+
+fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || !tracing::enabled!(tracing::Level::INFO) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} sequences ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// A DNA file given to a protein model (or the reverse) still runs; say so.
+fn warn_on_alphabet_mismatch(model: &EmbeddingModel, records: &[(String, Vec<u8>)]) {
+    let (mut nucleotide, mut total) = (0usize, 0usize);
+    for (_, seq) in records.iter().take(1000) {
+        total += seq.len();
+        nucleotide += seq
+            .iter()
+            .filter(|b| {
+                matches!(
+                    b.to_ascii_uppercase(),
+                    b'A' | b'C' | b'G' | b'T' | b'U' | b'N'
+                )
+            })
+            .count();
+    }
+    if total == 0 {
+        return;
+    }
+    let looks_dna = nucleotide as f64 / total as f64 > 0.95;
+    match (model.family, looks_dna) {
+        (ModelFamily::Esm, true) => tracing::warn!(
+            "the input looks like nucleotides but {} is a protein model; translate first \
+             (`virnucpro frames`) or use a DNABERT model",
+            model.source
+        ),
+        (ModelFamily::DnaBert, false) => tracing::warn!(
+            "the input does not look like DNA but {} is a nucleotide model",
+            model.source
+        ),
+        _ => {}
+    }
+}
+
+/// Fails early, before any model is loaded, when the output cannot be written.
+fn check_output_path(out: &Path) -> anyhow::Result<()> {
+    if out.is_dir() {
+        bail!(
+            "--out {} is a directory; give a file name such as embeddings.safetensors",
+            out.display()
+        );
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist",
+            out.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes an embeddings file (docs/FORMATS.md) atomically.
+pub fn write_embeddings(
+    out: &Path,
+    embeddings: &Tensor,
+    ids: &[&str],
+    model: &str,
+    pooling: &str,
+) -> anyhow::Result<()> {
+    let embeddings = embeddings
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .contiguous()?;
+    let metadata = HashMap::from([
+        ("ids".to_string(), serde_json::to_string(ids)?),
+        ("model".to_string(), model.to_string()),
+        ("pooling".to_string(), pooling.to_string()),
+    ]);
+    let bytes = safetensors::serialize([("embeddings", &embeddings)], Some(metadata))
+        .context("cannot serialize embeddings")?;
+    write_atomically(out, &bytes)
+}
+
+/// An embeddings file read back (docs/FORMATS.md).
+#[derive(Debug)]
+pub struct EmbeddingFile {
+    /// `[N, hidden]` f32 on the CPU.
+    pub embeddings: Tensor,
+    pub ids: Vec<String>,
+    /// `model` metadata (absent in some reference files).
+    pub model: Option<String>,
+    pub pooling: Option<String>,
+}
+
+/// Reads an embeddings file written by `embed` (or a reference file of the same layout).
+pub fn read_embeddings(path: &Path) -> anyhow::Result<EmbeddingFile> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read embeddings {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let view = st
+        .tensor("embeddings")
+        .with_context(|| format!("{} has no `embeddings` tensor", path.display()))?;
+    let embeddings =
+        candle_core::safetensors::Load::load(&view, &Device::Cpu)?.to_dtype(DType::F32)?;
+    let ids: Vec<String> = match meta.get("ids") {
+        Some(s) => serde_json::from_str(s)
+            .with_context(|| format!("{}: metadata `ids` is not a JSON list", path.display()))?,
+        None => bail!("{} has no `ids` metadata", path.display()),
+    };
+    if embeddings.dims().first() != Some(&ids.len()) {
+        bail!(
+            "{}: {} ids for embeddings of shape {:?}",
+            path.display(),
+            ids.len(),
+            embeddings.dims()
+        );
+    }
+    Ok(EmbeddingFile {
+        embeddings,
+        ids,
+        model: meta.get("model").cloned(),
+        pooling: meta.get("pooling").cloned(),
+    })
+}
+
+/// TEMPORARY: replaced by `crate::output::atomic` at merge. Writes a temporary file beside
+/// `path` and renames it over, so readers never see a half-written file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// TEMPORARY minimal FASTA reader, to be replaced by `crate::input::fasta` at merge.
+/// Reads a whole (optionally gzipped) FASTA file: ID = first word of the header, sequence lines
+/// joined with whitespace removed, case kept. `-` reads standard input.
+fn read_fasta_records(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut raw = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_end(&mut raw)
+            .context("cannot read standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut raw))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut text = Vec::new();
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut text)
+            .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+        raw = text;
+    }
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    for (n, line) in raw.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(header) = line.strip_prefix(b">") {
+            let header = String::from_utf8_lossy(header);
+            let Some(id) = header.split_whitespace().next() else {
+                bail!("{}:{}: FASTA header without an ID", path.display(), n + 1);
+            };
+            records.push((id.to_string(), Vec::new()));
+        } else if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        } else if let Some((_, seq)) = records.last_mut() {
+            seq.extend(line.iter().filter(|b| !b.is_ascii_whitespace()));
+        } else {
+            let hint = if line.starts_with(b"@") {
+                " (this looks like FASTQ; embed reads FASTA)"
+            } else {
+                ""
+            };
+            bail!(
+                "{}:{}: sequence data before the first FASTA header `>`{hint}",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_budget_and_cover_all() {
+        let lengths = [5, 100, 7, 7, 50, 3, 200];
+        let batches = plan_batches(&lengths, 120);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        for b in &batches {
+            let max = b.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(b.len() == 1 || b.len() * max <= 120, "{b:?}");
+        }
+        // Longest first; the one over budget alone.
+        assert_eq!(batches[0], vec![6]);
+        assert_eq!(batches[1], vec![1]);
+    }
+
+    #[test]
+    fn fasta_reader_basics() {
+        let dir = std::env::temp_dir().join(format!("vnp-fa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.fa");
+        std::fs::write(&p, b">a desc\r\nAC\nGT\n\n>b\nMK\n").unwrap();
+        let r = read_fasta_records(&p).unwrap();
+        assert_eq!(
+            r,
+            vec![("a".into(), b"ACGT".to_vec()), ("b".into(), b"MK".to_vec())]
+        );
+        std::fs::write(&p, b"ACGT\n>a\n").unwrap();
+        let e = read_fasta_records(&p).unwrap_err().to_string();
+        assert!(e.contains(":1:"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
