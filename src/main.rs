@@ -9,6 +9,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.quiet);
+    virnucpro::kernels::set_attention_impl(args.attention);
     match cli::run(args.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,7 +1,92 @@
-/// (placeholder until this command is implemented)
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+//! `virnucpro bench`: embedding throughput (tokens/s, sequences/s) of one model.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`bench` is not implemented yet")
+use anyhow::Context;
+
+use virnucpro::device::{select_device, DTypeSpec, DeviceSpec};
+use virnucpro::kernels::{attention_impl, AttentionImpl};
+use virnucpro::pipeline::bench::{self, BenchOptions};
+
+/// Measure embedding throughput on synthetic batches: a model directory / Hub ID, or a real
+/// architecture with random weights (esm2-650m, esm2-3b, dnabert-s).
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  virnucpro bench --model esm2-650m --device cuda --shapes 512x168,2x1024,1x2048
+  virnucpro bench --model dnabert-s --device cuda --shapes 256x128 --compare-attention
+  virnucpro bench --model ./FastESM2_650 --device cuda --ragged --json")]
+pub struct Args {
+    /// esm2-650m, esm2-3b, dnabert-s (random weights of that shape), or a model directory /
+    /// Hugging Face Hub ID.
+    #[arg(short, long, default_value = "esm2-650m")]
+    pub model: String,
+    /// Where to run: auto, cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Compute precision: auto (f32 on CPU; f16 for ESM2, bf16 for DNABERT on CUDA), f32, f16,
+    /// bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeSpec,
+    /// Batch x padded length shapes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "512x168,2x1024,1x2048")]
+    pub shapes: Vec<String>,
+    /// Rows of random length between T/2 and T (padded to T) instead of all T.
+    #[arg(long)]
+    pub ragged: bool,
+    /// Time both the fused and the materialized attention (else only --attention's choice).
+    #[arg(long)]
+    pub compare_attention: bool,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (b, t) = s
+        .trim()
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--shapes: `{s}` is not BATCHxLENGTH (e.g. 512x168)"))?;
+    let b: usize = b
+        .parse()
+        .with_context(|| format!("--shapes: bad batch in `{s}`"))?;
+    let t: usize = t
+        .parse()
+        .with_context(|| format!("--shapes: bad length in `{s}`"))?;
+    if b == 0 || t < 3 {
+        anyhow::bail!("--shapes: `{s}`: batch must be positive and length at least 3");
+    }
+    Ok((b, t))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = select_device(args.device)?;
+    let attention = if args.compare_attention {
+        vec![AttentionImpl::Fused, AttentionImpl::Naive]
+    } else {
+        vec![attention_impl()]
+    };
+    let opts = BenchOptions {
+        model: args.model,
+        dtype: args.dtype,
+        shapes: args
+            .shapes
+            .iter()
+            .map(|s| parse_shape(s))
+            .collect::<anyhow::Result<_>>()?,
+        ragged: args.ragged,
+        warmup: args.warmup,
+        repeats: args.repeats.max(1),
+        attention,
+    };
+    let report = bench::run(&opts, &device)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", bench::table(&report));
+    }
+    Ok(())
 }

@@ -33,6 +33,15 @@ pub struct Args {
     /// Skip the timings (ENV-05).
     #[arg(long)]
     pub skip_bench: bool,
+    /// Skip the model checks (ENV-03) and the whole-model timings.
+    #[arg(long)]
+    pub skip_models: bool,
+    /// Whole-model timing shapes of the FastESM2_650-shape model (random weights, f16).
+    #[arg(long, value_delimiter = ',', default_value = "512x168,2x1024,1x2048")]
+    pub esm_shapes: Vec<String>,
+    /// Whole-model timing shapes of the DNABERT-S-shape model (random weights, bf16).
+    #[arg(long, value_delimiter = ',', default_value = "256x128")]
+    pub dnabert_shapes: Vec<String>,
     /// Also write the full report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -77,6 +86,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         heads: args.heads,
         repeats: args.repeats.max(1),
         skip_bench: args.skip_bench,
+        skip_models: args.skip_models,
+        esm_shapes: args
+            .esm_shapes
+            .iter()
+            .map(|s| parse_shape(s))
+            .collect::<anyhow::Result<_>>()?,
+        dnabert_shapes: args
+            .dnabert_shapes
+            .iter()
+            .map(|s| parse_shape(s))
+            .collect::<anyhow::Result<_>>()?,
     };
     let report = doctor::run(&opts)?;
     if let Some(path) = &args.json {

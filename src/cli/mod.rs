@@ -29,6 +29,15 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Attention implementation of the encoders: auto (the fused CUDA kernel where it applies:
+    /// CUDA build and device, head size 64, f16/bf16; else materialized), fused, naive.
+    #[arg(
+        long,
+        global = true,
+        default_value = "auto",
+        value_name = "auto|fused|naive"
+    )]
+    pub attention: virnucpro::kernels::AttentionImpl,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -47,6 +47,91 @@ pub fn kernels_compute_cap() -> Option<&'static str> {
     }
 }
 
+/// Which attention implementation the encoders use (`--attention auto|fused|naive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum AttentionImpl {
+    /// The fused kernel where it applies (CUDA build and device, head size 64, f16/bf16), else
+    /// the materialized path.
+    #[default]
+    Auto,
+    /// The fused kernel; an error where it cannot run.
+    Fused,
+    /// The materialized path everywhere.
+    Naive,
+}
+
+impl std::str::FromStr for AttentionImpl {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "fused" | "flash" => Ok(Self::Fused),
+            "naive" | "materialized" => Ok(Self::Naive),
+            _ => Err(format!(
+                "`{s}` is not an attention implementation; use auto, fused or naive"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AttentionImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Fused => "fused",
+            Self::Naive => "naive",
+        })
+    }
+}
+
+static ATTENTION_IMPL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets the process-wide attention implementation (the `--attention` option).
+pub fn set_attention_impl(imp: AttentionImpl) {
+    let v = match imp {
+        AttentionImpl::Auto => 0,
+        AttentionImpl::Fused => 1,
+        AttentionImpl::Naive => 2,
+    };
+    ATTENTION_IMPL.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The process-wide attention implementation.
+pub fn attention_impl() -> AttentionImpl {
+    match ATTENTION_IMPL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => AttentionImpl::Fused,
+        2 => AttentionImpl::Naive,
+        _ => AttentionImpl::Auto,
+    }
+}
+
+/// Whether an encoder's attention should take the fused kernel, per [`attention_impl`]; with
+/// `--attention fused` where the kernel cannot run, an error that says why.
+pub fn use_fused(dtype: DType, head_dim: usize, device: &Device) -> Result<bool> {
+    match attention_impl() {
+        AttentionImpl::Naive => Ok(false),
+        AttentionImpl::Auto => Ok(fused_attention_available(dtype, head_dim, device)),
+        AttentionImpl::Fused => {
+            if fused_attention_available(dtype, head_dim, device) {
+                Ok(true)
+            } else if !CUDA_BUILT {
+                candle_core::bail!(
+                    "--attention fused: this binary was built without CUDA support; rebuild with \
+                     `cargo build --release --features cuda` (see docs/GPU.md), or use \
+                     --attention auto"
+                )
+            } else {
+                candle_core::bail!(
+                    "--attention fused needs a CUDA device, head size {FUSED_HEAD_DIM} and f16 or \
+                     bf16 (here: {:?}, head size {head_dim}, {dtype:?}); use --attention auto or \
+                     naive",
+                    device.location()
+                )
+            }
+        }
+    }
+}
+
 /// Whether [`fused_attention`] can run for this dtype, head size and device: a CUDA build, a CUDA
 /// device, head size 64, f16 or bf16. Callers fall back to [`materialized_attention`] otherwise.
 pub fn fused_attention_available(dtype: DType, head_dim: usize, device: &Device) -> bool {

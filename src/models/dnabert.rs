@@ -175,11 +175,27 @@ pub(crate) struct AttentionBias {
     pub key_lengths: Vec<usize>,
     /// One ALiBi slope per head.
     pub slopes: Vec<f32>,
-    /// `[batch, heads, L, L]`: `-slope_h * |i - j|`, and `-inf` on padded keys.
+    /// `[batch, heads, L, L]`: `-slope_h * |i - j|`, and `-inf` on padded keys (f32). Empty
+    /// (`[0]`) when the fused kernel is used.
     pub dense: Tensor,
+    /// For the fused kernel: lengths (u32 `[batch]`) and slopes (f32 `[heads]`) on the device.
+    pub fused: Option<(Tensor, Tensor)>,
 }
 
 impl AttentionBias {
+    /// What the fused kernel takes: no dense bias is built.
+    fn for_fused(slopes: &[f32], key_lengths: &[usize], device: &Device) -> Result<Self> {
+        let lens: Vec<u32> = key_lengths.iter().map(|&l| l as u32).collect();
+        let lens_t = Tensor::from_vec(lens, key_lengths.len(), device)?;
+        let slopes_t = Tensor::from_slice(slopes, slopes.len(), device)?;
+        Ok(Self {
+            key_lengths: key_lengths.to_vec(),
+            slopes: slopes.to_vec(),
+            dense: Tensor::zeros(0, DType::F32, device)?,
+            fused: Some((lens_t, slopes_t)),
+        })
+    }
+
     fn new(slopes: &[f32], key_lengths: &[usize], max_len: usize, device: &Device) -> Result<Self> {
         let n_heads = slopes.len();
         let l = max_len;
@@ -203,6 +219,7 @@ impl AttentionBias {
             key_lengths: key_lengths.to_vec(),
             slopes: slopes.to_vec(),
             dense,
+            fused: None,
         })
     }
 }
@@ -228,8 +245,17 @@ pub(crate) fn attention(
             bias.slopes.len()
         );
     }
+    if let Some((lens, slopes)) = &bias.fused {
+        // Fused kernel: ALiBi and the key mask applied on chip; [b, heads, L, d] view.
+        return crate::kernels::fused_attention(q, k, v, lens, Some(slopes), scale as f32);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?;
-    let scores = scores.broadcast_add(&bias.dense)?;
+    let dense = if bias.dense.dtype() == scores.dtype() {
+        bias.dense.clone()
+    } else {
+        bias.dense.to_dtype(scores.dtype())?
+    };
+    let scores = scores.broadcast_add(&dense)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     probs.matmul(v)
 }
@@ -341,9 +367,16 @@ impl DnaBertAttention {
         let qkv = qkv
             .reshape((b, l, 3, self.num_heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
+        let (q, k, v) = if bias.fused.is_some() {
+            // The fused kernel reads the strided views: no copies.
+            (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?)
+        } else {
+            (
+                qkv.get(0)?.contiguous()?,
+                qkv.get(1)?.contiguous()?,
+                qkv.get(2)?.contiguous()?,
+            )
+        };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let ctx = attention(&q, &k, &v, bias, scale)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
@@ -413,6 +446,8 @@ pub struct DnaBert {
     slopes: Vec<f32>,
     cfg: DnaBertConfig,
     device: Device,
+    /// Compute dtype of the weights.
+    dtype: DType,
 }
 
 impl DnaBert {
@@ -433,6 +468,7 @@ impl DnaBert {
             slopes: alibi_slopes(cfg.num_attention_heads),
             cfg: cfg.clone(),
             device: vb.device().clone(),
+            dtype: vb.dtype(),
         })
     }
 
@@ -447,7 +483,12 @@ impl DnaBert {
         self.check_batch(batch)?;
         let (b, l) = (batch.batch_size(), batch.max_len);
         let ids = Tensor::from_slice(&batch.ids, (b, l), &self.device)?;
-        let bias = AttentionBias::new(&self.slopes, &batch.lengths, l, &self.device)?;
+        let fused = crate::kernels::use_fused(self.dtype, self.cfg.head_dim(), &self.device)?;
+        let bias = if fused {
+            AttentionBias::for_fused(&self.slopes, &batch.lengths, &self.device)?
+        } else {
+            AttentionBias::new(&self.slopes, &batch.lengths, l, &self.device)?
+        };
         let mut x = self.embeddings.forward(&ids)?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias)?;

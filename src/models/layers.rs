@@ -229,6 +229,8 @@ pub struct AttentionMask {
     /// Added to the scores before the softmax, broadcastable to `[batch, heads, len, len]`
     /// (e.g. ALiBi `[1, heads, len, len]`).
     pub bias: Option<Tensor>,
+    /// `lengths` as u32 `[batch]` on the device, for the fused kernel (CUDA devices only).
+    key_lens: Option<Tensor>,
 }
 
 impl AttentionMask {
@@ -244,11 +246,18 @@ impl AttentionMask {
         } else {
             None
         };
+        let key_lens = if device.is_cuda() {
+            let l: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
+            Some(Tensor::from_vec(l, lengths.len(), device)?)
+        } else {
+            None
+        };
         Ok(Self {
             lengths: lengths.to_vec(),
             max_len,
             key_padding,
             bias: None,
+            key_lens,
         })
     }
 
@@ -264,6 +273,12 @@ impl AttentionMask {
 /// `q`, `k`, `v`: `[batch, heads, len, head_dim]`; returns `[batch, len, heads * head_dim]`.
 /// Scores are `scale * q·k + bias`, padding keys masked out; every row has at least one real key,
 /// so the softmax is always defined.
+///
+/// Takes the fused kernel ([`crate::kernels::fused_attention`]: no score matrix in memory, key
+/// tiles past a row's length skipped) when `--attention` allows it and it applies (CUDA, head
+/// size 64, f16/bf16, no extra additive bias); padded query rows then come out as zeros instead
+/// of meaningless finite values (pooling ignores them either way). Otherwise the materialized
+/// path below.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -273,6 +288,18 @@ pub fn attention(
 ) -> Result<Tensor> {
     let _enter = tracing::span!(tracing::Level::TRACE, "attention").entered();
     let (b, h, l, d) = q.dims4()?;
+    if mask.bias.is_none() && crate::kernels::use_fused(q.dtype(), d, q.device())? {
+        let lens = match &mask.key_lens {
+            Some(t) => t.clone(),
+            None => {
+                let l: Vec<u32> = mask.lengths.iter().map(|&l| l as u32).collect();
+                Tensor::from_vec(l, b, q.device())?
+            }
+        };
+        let out = crate::kernels::fused_attention(q, k, v, &lens, None, scale as f32)?;
+        // [b, h, l, d] view of [b, l, h, d] storage: this transpose is free.
+        return out.transpose(1, 2)?.reshape((b, l, h * d));
+    }
     // Scaling q (not the scores) keeps half-precision scores in range.
     let q = (q * scale)?;
     let mut scores = q.contiguous()?.matmul(&k.t()?)?;

@@ -129,7 +129,7 @@ pub fn load_from_files(
                 )
             }
             ModelConfig::DnaBert(cfg) => {
-                let tokenizer = DnaBertTokenizer::from_file(&files.tokenizer)?;
+                let tokenizer = DnaBertTokenizer::from_file(&files.tokenizer, 512)?;
                 let encoder = DnaBert::load(vb, cfg)?;
                 (Box::new(encoder), Box::new(tokenizer), "DNABERT".into())
             }
@@ -209,7 +209,7 @@ impl fmt::Display for RandomModel {
 }
 
 /// `config.json` of zhihan1996/DNABERT-S, for the random-weight model.
-const DNABERT_S_CONFIG: &str = r#"{
+pub const DNABERT_S_CONFIG: &str = r#"{
   "model_type": "bert", "architectures": ["BertModel"], "alibi_starting_size": 512,
   "attention_probs_dropout_prob": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
   "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
@@ -272,7 +272,7 @@ pub fn random_embedding_model(
                 let dtype = resolve_dtype(dtype, ModelFamily::DnaBert, device);
                 let vb = RandomWeights { seed: SEED }.into_var_builder(dtype, device);
                 let enc = DnaBert::load(vb, &cfg)?;
-                let tok = DnaBertTokenizer::from_file(&files.tokenizer)?;
+                let tok = DnaBertTokenizer::from_file(&files.tokenizer, 512)?;
                 (ModelFamily::DnaBert, Box::new(enc), Box::new(tok), dtype)
             }
         };
