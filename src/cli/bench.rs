@@ -31,7 +31,8 @@ pub struct Args {
     /// Rows of random length between T/2 and T (padded to T) instead of all T.
     #[arg(long)]
     pub ragged: bool,
-    /// Time both the fused and the materialized attention (else only --attention's choice).
+    /// Time both the fused and the materialized attention (else only --attention's choice;
+    /// on a CPU only the materialized one exists).
     #[arg(long)]
     pub compare_attention: bool,
     /// Untimed runs first.
@@ -43,6 +44,10 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of whole forward passes, time the building blocks of one layer of the named
+    /// shape (matmuls, bias add, layer norm, GELU, rotary, attention) at the first --shapes.
+    #[arg(long)]
+    pub ops: bool,
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -64,7 +69,7 @@ fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = select_device(args.device)?;
-    let attention = if args.compare_attention {
+    let attention = if args.compare_attention && device.is_cuda() {
         vec![AttentionImpl::Fused, AttentionImpl::Naive]
     } else {
         vec![attention_impl()]
@@ -82,6 +87,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         repeats: args.repeats.max(1),
         attention,
     };
+    if args.ops {
+        let dims = bench::layer_dims(&opts.model)?;
+        let family = if opts.model.eq_ignore_ascii_case("dnabert-s") {
+            virnucpro::models::config::ModelFamily::DnaBert
+        } else {
+            virnucpro::models::config::ModelFamily::Esm
+        };
+        let dtype = virnucpro::device::resolve_dtype(opts.dtype, family, &device);
+        let rows = bench::op_profile(&device, dtype, opts.shapes[0], dims, opts.repeats)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            println!(
+                "ops of one {} layer at {}x{} in {dtype:?}",
+                opts.model, opts.shapes[0].0, opts.shapes[0].1
+            );
+            print!("{}", bench::op_table(&rows));
+        }
+        return Ok(());
+    }
     let report = bench::run(&opts, &device)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

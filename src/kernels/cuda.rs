@@ -91,7 +91,12 @@ pub(super) fn forward(
     v: &CudaStorage,
     lv: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
-    let variant = op.variant.unwrap_or_else(FaVariant::default_for_run);
+    let rows = if matches!(op.lens, SeqLens::Packed(_)) {
+        op.max_len
+    } else {
+        lq.dims()[2]
+    };
+    let variant = op.variant.unwrap_or_else(|| FaVariant::for_len(rows));
     match q.dtype() {
         DType::F16 => launch::<f16>(op, q, lq, k, lk, v, lv, variant, "f16"),
         DType::BF16 => launch::<bf16>(op, q, lq, k, lk, v, lv, variant, "bf16"),

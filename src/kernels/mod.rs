@@ -350,15 +350,26 @@ impl FaVariant {
         }
     }
 
-    /// The variant used when none is asked for: `VIRNUCPRO_FA_VARIANT` if set, else the default.
-    pub fn default_for_run() -> Self {
-        static V: std::sync::OnceLock<FaVariant> = std::sync::OnceLock::new();
+    /// The variant forced by `VIRNUCPRO_FA_VARIANT` (benchmarks), if set.
+    pub fn forced() -> Option<Self> {
+        static V: std::sync::OnceLock<Option<FaVariant>> = std::sync::OnceLock::new();
         *V.get_or_init(|| {
             std::env::var("VIRNUCPRO_FA_VARIANT")
                 .ok()
                 .and_then(|s| Self::parse(&s))
-                .unwrap_or(Self::W4M1)
         })
+    }
+
+    /// The variant for rows of `len` tokens: w4m1 for short rows (more blocks, 3 per SM), w4m2
+    /// from 768 on (each K/V fragment feeds two products; 10-12% faster at 2048 on an H100,
+    /// BENCHMARKS.md runs 1-2), unless `VIRNUCPRO_FA_VARIANT` says otherwise.
+    pub fn for_len(len: usize) -> Self {
+        Self::forced().unwrap_or(if len >= 768 { Self::W4M2 } else { Self::W4M1 })
+    }
+
+    /// The variant doctor's per-case lines show (w4m1, or the forced one).
+    pub fn default_for_run() -> Self {
+        Self::forced().unwrap_or(Self::W4M1)
     }
 }
 

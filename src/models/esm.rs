@@ -51,8 +51,10 @@ fn default_layer_norm_eps() -> f64 {
     1e-12
 }
 
-/// Longest row the rotary tables are precomputed for: 1024 residues + `<cls>` + `<eos>`.
-const PRECOMPUTED_POSITIONS: usize = 1026;
+/// Longest row the rotary tables are precomputed for (ESM2 was trained on 1024 residues +
+/// `<cls>` + `<eos>`; longer rows also occur). Longer still computes the tables on the host at
+/// every call, which made a 1 x 2048 batch 7x slower than 2 x 1024 on an H100 (BENCHMARKS.md).
+const PRECOMPUTED_POSITIONS: usize = 4098;
 /// `<mask>` in the ESM alphabet, when config.json does not say.
 const DEFAULT_MASK_TOKEN_ID: u32 = 32;
 

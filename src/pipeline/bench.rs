@@ -244,6 +244,200 @@ pub fn run_model(
     })
 }
 
+/// One operation of an encoder layer, timed alone at a model's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpRow {
+    pub op: String,
+    pub time: Timing,
+    /// Achieved rate: TFLOP/s for matmuls and attention, GB/s (read + written) otherwise.
+    pub rate: f64,
+    pub unit: &'static str,
+}
+
+/// Layer sizes of a named architecture: (hidden, heads, FFN rows of the first MLP matmul, FFN
+/// width of the second).
+pub fn layer_dims(model: &str) -> Result<(usize, usize, usize, usize)> {
+    match model.parse::<RandomModel>() {
+        Ok(RandomModel::Esm2_650m) => Ok((1280, 20, 5120, 5120)),
+        Ok(RandomModel::Esm2_3b) => Ok((2560, 40, 10240, 10240)),
+        // Gated MLP: 2 x 3072 rows in, 3072 out.
+        Ok(RandomModel::DnaBertS) => Ok((768, 12, 6144, 3072)),
+        Err(e) => bail!("--ops needs a named shape: {e}"),
+    }
+}
+
+/// Times the building blocks of one encoder layer separately at `b x t` tokens: where the time of
+/// a forward pass goes.
+pub fn op_profile(
+    device: &Device,
+    dtype: DType,
+    (b, t): (usize, usize),
+    (hidden, heads, ffn_in, ffn_out): (usize, usize, usize, usize),
+    repeats: usize,
+) -> Result<Vec<OpRow>> {
+    use crate::models::layers::{split_qkv, AttentionMask, Rotary};
+    let n = b * t;
+    let d = hidden / heads;
+    let es = dtype.size_in_bytes() as f64;
+    let rnd = |shape: &[usize]| -> candle_core::Result<candle_core::Tensor> {
+        candle_core::Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)
+    };
+    let x = rnd(&[n, hidden])?;
+    let w_qkv = rnd(&[3 * hidden, hidden])?;
+    let bias_qkv = rnd(&[3 * hidden])?;
+    let w_out = rnd(&[hidden, hidden])?;
+    let w1 = rnd(&[ffn_in, hidden])?;
+    let w2 = rnd(&[hidden, ffn_out])?;
+    let h1 = rnd(&[n, ffn_out])?;
+    let ln_w = rnd(&[hidden])?;
+    let ln_b = rnd(&[hidden])?;
+    let qkv = x.matmul(&w_qkv.t()?)?.reshape((b, t, 3 * hidden))?;
+    let (q, k, v) = split_qkv(&qkv, heads, d)?;
+    let rotary = Rotary::new(d, 10000.0, t, dtype, device)?;
+    let lens: Vec<usize> = vec![t; b];
+    let mask = AttentionMask::new(&lens, t, dtype, device)?;
+    let mut rows = Vec::new();
+    let mut time = |name: &str,
+                    work: f64,
+                    unit: &'static str,
+                    f: &mut dyn FnMut() -> candle_core::Result<()>|
+     -> Result<()> {
+        let tm = timing::measure(device, 2, repeats, 2.0, f)
+            .with_context(|| format!("timing op `{name}`"))?;
+        let rate = if unit == "TFLOP/s" {
+            work / (tm.median_ms * 1e-3) / 1e12
+        } else {
+            work / (tm.median_ms * 1e-3) / 1e9
+        };
+        eprintln!("op {name}: {:.3} ms, {rate:.0} {unit}", tm.median_ms);
+        rows.push(OpRow {
+            op: name.to_string(),
+            time: tm,
+            rate,
+            unit,
+        });
+        Ok(())
+    };
+    let mm = |m: usize, k: usize, nn: usize| 2.0 * (m * k * nn) as f64;
+    let bytes = |elems: usize| elems as f64 * es;
+    time(
+        "matmul qkv [N,H]x[H,3H]",
+        mm(n, hidden, 3 * hidden),
+        "TFLOP/s",
+        &mut || x.matmul(&w_qkv.t()?).map(drop),
+    )?;
+    time(
+        "bias add [N,3H]",
+        bytes(2 * n * 3 * hidden),
+        "GB/s",
+        &mut || qkv.broadcast_add(&bias_qkv).map(drop),
+    )?;
+    time(
+        "split_qkv (3 copies)",
+        bytes(2 * n * 3 * hidden),
+        "GB/s",
+        &mut || split_qkv(&qkv, heads, d).map(drop),
+    )?;
+    time("rotary (q)", bytes(2 * n * hidden), "GB/s", &mut || {
+        rotary.forward(&q).map(drop)
+    })?;
+    let flops = 4.0 * (b * heads * t * t * d) as f64;
+    let imp = kernels::attention_impl();
+    kernels::set_attention_impl(AttentionImpl::Fused);
+    let r = if kernels::fused_attention_available(dtype, d, device) {
+        time(
+            "attention fused (+out layout)",
+            flops,
+            "TFLOP/s",
+            &mut || {
+                crate::models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
+                    .map(drop)
+            },
+        )
+    } else {
+        Ok(())
+    };
+    kernels::set_attention_impl(AttentionImpl::Naive);
+    let r2 = time(
+        "attention naive (+out layout)",
+        flops,
+        "TFLOP/s",
+        &mut || {
+            crate::models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt()).map(drop)
+        },
+    );
+    kernels::set_attention_impl(imp);
+    r?;
+    r2?;
+    time(
+        "matmul out [N,H]x[H,H]",
+        mm(n, hidden, hidden),
+        "TFLOP/s",
+        &mut || x.matmul(&w_out.t()?).map(drop),
+    )?;
+    time(
+        "residual add [N,H]",
+        bytes(3 * n * hidden),
+        "GB/s",
+        &mut || (&x + &x).map(drop),
+    )?;
+    time(
+        "layer_norm [N,H] (candle op)",
+        bytes(2 * n * hidden),
+        "GB/s",
+        &mut || candle_nn::ops::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
+    )?;
+    time(
+        "layer_norm [N,H] (10 ops)",
+        bytes(2 * n * hidden),
+        "GB/s",
+        &mut || {
+            let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+            let inv = (var + 1e-12)?.sqrt()?.recip()?;
+            xc.broadcast_mul(&inv)?
+                .broadcast_mul(&ln_w)?
+                .broadcast_add(&ln_b)
+                .map(drop)
+        },
+    )?;
+    time(
+        "matmul ffn1 [N,H]x[H,F]",
+        mm(n, hidden, ffn_in),
+        "TFLOP/s",
+        &mut || x.matmul(&w1.t()?).map(drop),
+    )?;
+    time(
+        "gelu_erf [N,F]",
+        bytes(2 * n * ffn_out),
+        "GB/s",
+        &mut || h1.gelu_erf().map(drop),
+    )?;
+    time(
+        "matmul ffn2 [N,F]x[F,H]",
+        mm(n, ffn_out, hidden),
+        "TFLOP/s",
+        &mut || h1.matmul(&w2.t()?).map(drop),
+    )?;
+    Ok(rows)
+}
+
+/// The op profile as a table.
+pub fn op_table(rows: &[OpRow]) -> String {
+    let mut s = format!("{:<34} {:>10} {:>10}\n", "op", "ms", "rate");
+    let mut total = 0.0;
+    for r in rows {
+        total += r.time.median_ms;
+        s.push_str(&format!(
+            "{:<34} {:>10.3} {:>7.0} {}\n",
+            r.op, r.time.median_ms, r.rate, r.unit
+        ));
+    }
+    s.push_str(&format!("{:<34} {:>10.3}\n", "sum", total));
+    s
+}
+
 /// The report as an aligned table.
 pub fn table(rep: &BenchReport) -> String {
     let mut s = format!(

@@ -497,7 +497,7 @@ pub fn time_attention(
     let slopes = Tensor::from_slice(&kernels::alibi_slopes(heads), heads, dev)?;
     let key_mask = kernels::key_padding_mask(&lens, t, DType::F16, dev)?;
     let target_ms = 5.0;
-    let default = FaVariant::default_for_run();
+    let default = FaVariant::for_len(t);
     let mut variants = Vec::new();
     for var in FaVariant::ALL {
         let t = timing::measure(dev, 3, repeats, target_ms, || {
@@ -535,14 +535,15 @@ pub fn time_attention(
 /// The timing table, one row per shape.
 pub fn attention_table(rows: &[AttnRow]) -> String {
     let mut s = String::new();
-    let variant = rows.first().map(|r| r.variant).unwrap_or("?");
     let _ = writeln!(
         s,
-        "       attention op, f16, head 64, median ms per call (CUDA events); fused = {variant}\n       \
-         {:>10} {:>5} {:>10} {:>8} {:>12} {:>13} {:>9} | {}",
+        "       attention op, f16, head 64, median ms per call (CUDA events); fused = the tile \
+         variant chosen for the length\n       \
+         {:>10} {:>5} {:>10} {:>5} {:>8} {:>12} {:>13} {:>9} | {}",
         "B x T",
         "heads",
         "fused",
+        "var",
         "TFLOP/s",
         "fused+ALiBi",
         "materialized",
@@ -558,10 +559,11 @@ pub fn attention_table(rows: &[AttnRow]) -> String {
             .join(" ");
         let _ = writeln!(
             s,
-            "       {:>10} {:>5} {:>10.4} {:>8.1} {:>12.4} {:>13.4} {:>8.2}x | {vars}",
+            "       {:>10} {:>5} {:>10.4} {:>5} {:>8.1} {:>12.4} {:>13.4} {:>8.2}x | {vars}",
             format!("{}x{}", r.batch, r.len),
             r.heads,
             r.fused.median_ms,
+            r.variant,
             r.fused_tflops,
             r.fused_alibi.median_ms,
             r.materialized.median_ms,
