@@ -373,6 +373,85 @@ impl FaVariant {
     }
 }
 
+/// Activation of [`bias_act`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Identity,
+    /// Exact (erf) GELU.
+    GeluErf,
+}
+
+/// `act(x + bias)`, or `x + bias + residual` (with `act` = identity): the epilogue of a linear
+/// layer in one pass over memory on CUDA (f16/bf16/f32, contiguous `x` whose last dimension is a
+/// multiple of 8), with candle's ordinary ops elsewhere. `bias`: `[cols]`; `residual`: shape of
+/// `x`. Computed in f32 on CUDA.
+pub fn bias_act(x: &Tensor, bias: &Tensor, act: Act, residual: Option<&Tensor>) -> Result<Tensor> {
+    if residual.is_some() && act != Act::Identity {
+        candle_core::bail!("bias_act: a residual goes with the identity activation only");
+    }
+    let cols = x.dims().last().copied().unwrap_or(0);
+    let fast = CUDA_BUILT
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::F16 | DType::BF16 | DType::F32)
+        && bias.dtype() == x.dtype()
+        && bias.dims() == [cols]
+        && cols % 8 == 0
+        && x.elem_count() / 4 < u32::MAX as usize
+        && residual.is_none_or(|r| r.dims() == x.dims() && r.dtype() == x.dtype());
+    if fast {
+        let x = x.contiguous()?;
+        let op = BiasAct {
+            act,
+            residual: residual.map(|r| r.contiguous()).transpose()?,
+        };
+        return x.apply_op2_no_bwd(&bias.contiguous()?, &op);
+    }
+    let y = x.broadcast_add(bias)?;
+    let y = match act {
+        Act::Identity => y,
+        Act::GeluErf => y.gelu_erf()?,
+    };
+    match residual {
+        Some(r) => y + r,
+        None => Ok(y),
+    }
+}
+
+/// The candle op behind [`bias_act`].
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct BiasAct {
+    pub(crate) act: Act,
+    pub(crate) residual: Option<Tensor>,
+}
+
+impl candle_core::CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "virnucpro-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("bias_act's fused op needs CUDA (the caller falls back to candle ops)")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::bias_act(self, x, lx, b, lb)
+    }
+}
+
 /// How the rows of a batch are delimited.
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

@@ -308,3 +308,48 @@ pub fn run_case(
         detail,
     })
 }
+
+/// Checks [`super::bias_act`]'s fused CUDA pass against candle's ops computed in f32: every
+/// activation/residual combination in f16, bf16 and f32. Returns (name, relative error, limit).
+pub fn check_bias_act(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    use super::{bias_act, Act};
+    let mut out = Vec::new();
+    for dtype in [DType::F16, DType::BF16, DType::F32] {
+        for (act, res) in [
+            (Act::Identity, false),
+            (Act::GeluErf, false),
+            (Act::Identity, true),
+        ] {
+            let (rows, cols) = (333, 1280);
+            let x = Tensor::randn(0f32, 2.0, (3, rows / 3, cols), dev)?.to_dtype(dtype)?;
+            let b = Tensor::randn(0f32, 1.0, cols, dev)?.to_dtype(dtype)?;
+            let r = Tensor::randn(0f32, 1.0, (3, rows / 3, cols), dev)?.to_dtype(dtype)?;
+            let got = bias_act(&x, &b, act, res.then_some(&r))?.to_dtype(DType::F32)?;
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let mut want = f(&x)?.broadcast_add(&f(&b)?)?;
+            if act == Act::GeluErf {
+                want = want.gelu_erf()?;
+            }
+            if res {
+                want = (want + f(&r)?)?;
+            }
+            let rel = norm(&(&got - &want)?)? / norm(&want)?;
+            let limit = match dtype {
+                DType::F32 => 1e-5,
+                DType::BF16 => 1e-2,
+                _ => 2e-3,
+            };
+            let name = format!(
+                "bias{}{} {dtype:?}",
+                if act == Act::GeluErf { "+gelu" } else { "" },
+                if res { "+residual" } else { "" }
+            );
+            out.push((
+                name,
+                if rel.is_finite() { rel } else { f64::INFINITY },
+                limit,
+            ));
+        }
+    }
+    Ok(out)
+}

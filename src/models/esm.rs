@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::layers::{
-    attention, gelu, split_qkv, weighted_pool, AttentionMask, Embedding, LayerNorm, Linear, Rotary,
+    attention, split_qkv, weighted_pool, Act, AttentionMask, Embedding, LayerNorm, Linear, Rotary,
 };
 use super::{Encoder, TokenBatch};
 
@@ -241,7 +241,7 @@ impl EsmAttention {
         let q = rotary.forward(&q)?;
         let k = rotary.forward(&k)?;
         let ctx = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
-        self.out.forward(&ctx)? + x
+        self.out.forward_with(&ctx, Act::Identity, Some(x))
     }
 }
 
@@ -270,12 +270,12 @@ impl EsmLayer {
     fn forward(&self, x: &Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
         let _enter = self.span.enter();
         let h = self.attention.forward(x, mask, rotary)?;
-        let ff = gelu(
-            &self
-                .intermediate
-                .forward(&self.layer_norm.forward(&h, None)?)?,
+        let ff = self.intermediate.forward_with(
+            &self.layer_norm.forward(&h, None)?,
+            Act::GeluErf,
+            None,
         )?;
-        self.output.forward(&ff)? + h
+        self.output.forward_with(&ff, Act::Identity, Some(&h))
     }
 }
 

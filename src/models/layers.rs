@@ -6,6 +6,8 @@
 //! attention, varlen) can be swapped in behind it without touching the models.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
+
+pub use crate::kernels::Act;
 use candle_nn::VarBuilder;
 
 /// Token embedding table (`weight`: `[vocab, hidden]`).
@@ -85,24 +87,42 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    /// `x`: `[..., in]` -> `[..., out]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `act(x W^T + b)`, or `x W^T + b + residual`: the bias, activation and residual add run as
+    /// one fused pass on CUDA ([`crate::kernels::bias_act`]; candle's broadcast add alone ran at
+    /// ~200 GB/s on an H100, the fused pass near memory speed), candle ops elsewhere.
+    pub fn forward_with(&self, x: &Tensor, act: Act, residual: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
         // One 2-D GEMM over all tokens instead of a batched one.
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
             *last = self.out_dim();
         }
-        y.reshape(out_dims)
+        let y = y.reshape(out_dims)?;
+        match &self.bias {
+            Some(b) => crate::kernels::bias_act(&y, b, act, residual),
+            None => {
+                let y = match act {
+                    Act::Identity => y,
+                    Act::GeluErf => y.gelu_erf()?,
+                };
+                match residual {
+                    Some(r) => y + r,
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
+impl Module for Linear {
+    /// `x`: `[..., in]` -> `[..., out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Act::Identity, None)
     }
 }
 

@@ -319,6 +319,25 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
             }
         }
     }
+    let epilogues = selftest::check_bias_act(&dev).context("fused bias/GELU/residual check")?;
+    let worst_epi = epilogues.iter().map(|e| e.1).fold(0f64, f64::max);
+    if let Some((name, rel, limit)) = epilogues.iter().find(|e| e.1.is_nan() || e.1 > e.2) {
+        rep.line(
+            "ENV-04",
+            "FAIL",
+            format!(
+                "fused linear epilogue `{name}` differs from candle ops: {rel:.2e} > {limit:.0e}"
+            ),
+        );
+        bail!(
+            "the fused bias/GELU/residual kernel is wrong on this GPU; report the doctor output as \
+             a bug"
+        );
+    }
+    println!(
+        "       fused linear epilogues (bias, bias+GELU, bias+residual; f16/bf16/f32): worst rel \
+         err {worst_epi:.2e} ok"
+    );
     if let Some((name, detail)) = failed {
         rep.line(
             "ENV-04",
