@@ -13,7 +13,8 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::layers::{
-    attention, split_qkv, weighted_pool, Act, AttentionMask, Embedding, LayerNorm, Linear, Rotary,
+    attention, split_qkv, split_qkv_views, weighted_pool, Act, AttentionMask, Embedding, LayerNorm,
+    Linear, Rotary,
 };
 use super::{Encoder, TokenBatch};
 
@@ -237,7 +238,14 @@ impl EsmAttention {
         let _enter = self.span.enter();
         let normed = self.layer_norm.forward(x, None)?;
         let qkv = self.qkv.forward(&normed)?;
-        let (q, k, v) = split_qkv(&qkv, self.heads, self.head_dim)?;
+        let fused = crate::kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
+        let (q, k, v) = if fused {
+            // Strided [b, heads, l, d] views: rotary copies q and k once anyway, and the fused
+            // kernel reads v in place (one copy of the projection saved per layer).
+            split_qkv_views(&qkv, self.heads, self.head_dim)?
+        } else {
+            split_qkv(&qkv, self.heads, self.head_dim)?
+        };
         let q = rotary.forward(&q)?;
         let k = rotary.forward(&k)?;
         let ctx = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;

@@ -340,6 +340,19 @@ pub fn attention(
     out.transpose(1, 2)?.reshape((b, l, h * d))
 }
 
+/// Like [`split_qkv`] but without copies: strided `[batch, heads, len, head_dim]` views of the
+/// projection (for the fused attention kernel, which reads any row stride).
+pub fn split_qkv_views(
+    qkv: &Tensor,
+    heads: usize,
+    head_dim: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, l, _) = qkv.dims3()?;
+    let qkv = qkv.reshape((b, l, 3, heads, head_dim))?;
+    let part = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2) };
+    Ok((part(0)?, part(1)?, part(2)?))
+}
+
 /// Splits a fused `[batch, len, 3 * hidden]` projection into q, k, v of
 /// `[batch, heads, len, head_dim]` each (contiguous).
 pub fn split_qkv(qkv: &Tensor, heads: usize, head_dim: usize) -> Result<(Tensor, Tensor, Tensor)> {
