@@ -333,6 +333,12 @@ pub fn op_profile(
         &mut || qkv.broadcast_add(&bias_qkv).map(drop),
     )?;
     time(
+        "bias add fused [N,3H]",
+        bytes(2 * n * 3 * hidden),
+        "GB/s",
+        &mut || kernels::bias_act(&qkv, &bias_qkv, kernels::Act::Identity, None).map(drop),
+    )?;
+    time(
         "split_qkv (3 copies)",
         bytes(2 * n * 3 * hidden),
         "GB/s",
@@ -413,6 +419,13 @@ pub fn op_profile(
         bytes(2 * n * ffn_out),
         "GB/s",
         &mut || h1.gelu_erf().map(drop),
+    )?;
+    let b1 = rnd(&[ffn_out])?;
+    time(
+        "bias+gelu fused [N,F]",
+        bytes(2 * n * ffn_out),
+        "GB/s",
+        &mut || kernels::bias_act(&h1, &b1, kernels::Act::GeluErf, None).map(drop),
     )?;
     time(
         "matmul ffn2 [N,F]x[F,H]",
