@@ -2,3 +2,4 @@
 //! the per-record summary and plots.
 
 pub mod atomic;
+pub mod plots;

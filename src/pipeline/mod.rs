@@ -1,1 +1,8 @@
 //! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `train`.
+
+pub mod evaluate;
+pub mod features;
+pub mod metrics;
+pub mod prepare;
+pub mod rng;
+pub mod train;

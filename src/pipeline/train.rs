@@ -1,0 +1,707 @@
+//! `train`: the VirNucPro MLP on a feature directory, written as a format-v1 classifier.
+//!
+//! `Linear(D, H) -> BatchNorm1d -> ReLU -> Dropout -> Linear(H, 2)`, cross-entropy, SGD with
+//! momentum, StepLR, a seeded train/validation split and early stopping on validation loss,
+//! matching the published `train.py` with PyTorch's semantics for each piece. Everything random
+//! comes from [`Rng`] streams of one seed, and training runs on the CPU, so a seed gives
+//! bit-identical weights.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use super::features::{read_features, write_atomic, FeatureManifest, FeatureSet};
+use super::metrics::{binary_metrics, Metrics};
+use super::rng::Rng;
+
+pub const CLASSIFIER_FORMAT: &str = "virnucpro-classifier";
+pub const CLASSIFIER_FORMAT_VERSION: u32 = 1;
+pub const BN_EPS: f64 = 1e-5;
+/// PyTorch's BatchNorm1d default: running = (1 - m) * running + m * batch statistic.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+// Independent random streams of one seed (see `Rng::new`).
+const STREAM_SPLIT: u64 = 1;
+const STREAM_INIT: u64 = 2;
+const STREAM_SHUFFLE: u64 = 3;
+const STREAM_DROPOUT: u64 = 4;
+
+/// Hyper-parameters; the defaults are the published training's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub hidden: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub batch_size: usize,
+    /// Maximum number of epochs (early stopping usually ends sooner).
+    pub epochs: usize,
+    /// Epochs without a lower validation loss before stopping.
+    pub patience: usize,
+    /// StepLR: multiply the learning rate by `gamma` every `step_size` epochs.
+    pub step_size: usize,
+    pub gamma: f64,
+    pub dropout: f64,
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            hidden: 512,
+            lr: 2e-4,
+            momentum: 0.9,
+            batch_size: 32,
+            epochs: 200,
+            patience: 5,
+            step_size: 10,
+            gamma: 0.85,
+            dropout: 0.5,
+            val_fraction: 0.1,
+            seed: 42,
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.hidden > 0, "--hidden must be positive");
+        ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "--lr must be positive"
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.momentum),
+            "--momentum must be in [0, 1)"
+        );
+        ensure!(
+            self.batch_size >= 2,
+            "--batch-size must be at least 2 (BatchNorm needs two rows for batch statistics)"
+        );
+        ensure!(self.epochs >= 1, "--epochs must be at least 1");
+        ensure!(self.step_size >= 1, "--step-size must be at least 1");
+        ensure!(
+            self.gamma > 0.0 && self.gamma <= 1.0,
+            "--gamma must be in (0, 1]"
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "--dropout must be in [0, 1)"
+        );
+        ensure!(
+            self.val_fraction > 0.0 && self.val_fraction < 1.0,
+            "--val-fraction must be in (0, 1): early stopping needs a validation set"
+        );
+        Ok(())
+    }
+
+    /// StepLR's learning rate during 0-based `epoch`.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        self.lr * self.gamma.powi((epoch / self.step_size) as i32)
+    }
+}
+
+/// The classifier's parameters, row-major, PyTorch layouts (`weight` is [out, in]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpWeights {
+    pub input_dim: usize,
+    pub hidden_dim: usize,
+    pub bn_eps: f64,
+    pub hidden_weight: Vec<f32>,
+    pub hidden_bias: Vec<f32>,
+    pub bn_weight: Vec<f32>,
+    pub bn_bias: Vec<f32>,
+    pub bn_running_mean: Vec<f32>,
+    pub bn_running_var: Vec<f32>,
+    pub output_weight: Vec<f32>,
+    pub output_bias: Vec<f32>,
+}
+
+impl MlpWeights {
+    /// `(name, shape, values)` per tensor, names as in the published PyTorch module.
+    pub fn tensors(&self) -> [(&'static str, Vec<usize>, &[f32]); 8] {
+        let (d, h) = (self.input_dim, self.hidden_dim);
+        [
+            ("hidden_layer.weight", vec![h, d], &self.hidden_weight),
+            ("hidden_layer.bias", vec![h], &self.hidden_bias),
+            ("bn1.weight", vec![h], &self.bn_weight),
+            ("bn1.bias", vec![h], &self.bn_bias),
+            ("bn1.running_mean", vec![h], &self.bn_running_mean),
+            ("bn1.running_var", vec![h], &self.bn_running_var),
+            ("output_layer.weight", vec![2, h], &self.output_weight),
+            ("output_layer.bias", vec![2], &self.output_bias),
+        ]
+    }
+
+    /// Softmax probabilities (score1 = others, score2 = virus) for row-major `features`,
+    /// inference mode (running statistics, no dropout).
+    pub fn predict_proba(&self, features: &[f32]) -> Result<Vec<[f32; 2]>> {
+        EvalMlp::new(self)?.predict_proba(features)
+    }
+}
+
+/// The eval-mode network as tensors, built once per weight set.
+struct EvalMlp {
+    input_dim: usize,
+    w1t: Tensor,
+    b1: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    w2t: Tensor,
+    b2: Tensor,
+}
+
+impl EvalMlp {
+    fn new(w: &MlpWeights) -> Result<Self> {
+        let dev = Device::Cpu;
+        let (d, h) = (w.input_dim, w.hidden_dim);
+        // BatchNorm at inference is an affine map: fold it into one scale and one shift.
+        let scale: Vec<f32> = (0..h)
+            .map(|j| {
+                (w.bn_weight[j] as f64 / (w.bn_running_var[j] as f64 + w.bn_eps).sqrt()) as f32
+            })
+            .collect();
+        let shift: Vec<f32> = (0..h)
+            .map(|j| w.bn_bias[j] - w.bn_running_mean[j] * scale[j])
+            .collect();
+        Ok(EvalMlp {
+            input_dim: d,
+            w1t: Tensor::from_slice(&w.hidden_weight, (h, d), &dev)?
+                .t()?
+                .contiguous()?,
+            b1: Tensor::from_slice(&w.hidden_bias, h, &dev)?,
+            scale: Tensor::from_vec(scale, h, &dev)?,
+            shift: Tensor::from_vec(shift, h, &dev)?,
+            w2t: Tensor::from_slice(&w.output_weight, (2, h), &dev)?
+                .t()?
+                .contiguous()?,
+            b2: Tensor::from_slice(&w.output_bias, 2, &dev)?,
+        })
+    }
+
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let h = x.matmul(&self.w1t)?.broadcast_add(&self.b1)?;
+        let h = h
+            .broadcast_mul(&self.scale)?
+            .broadcast_add(&self.shift)?
+            .relu()?;
+        Ok(h.matmul(&self.w2t)?.broadcast_add(&self.b2)?)
+    }
+
+    fn predict_proba(&self, features: &[f32]) -> Result<Vec<[f32; 2]>> {
+        let d = self.input_dim;
+        ensure!(
+            features.len() % d == 0,
+            "{} feature values are not whole rows of {d}",
+            features.len()
+        );
+        let mut out = Vec::with_capacity(features.len() / d);
+        for block in features.chunks(4096 * d) {
+            let x = Tensor::from_slice(block, (block.len() / d, d), &Device::Cpu)?;
+            let p = candle_nn::ops::softmax_last_dim(&self.logits(&x)?)?;
+            out.extend(p.to_vec2::<f32>()?.into_iter().map(|r| [r[0], r[1]]));
+        }
+        Ok(out)
+    }
+
+    /// Mean cross-entropy and the probabilities of `rows` of `data`.
+    fn evaluate(&self, data: &FeatureSet, rows: &[usize]) -> Result<(f64, Vec<[f32; 2]>)> {
+        let d = self.input_dim;
+        let mut loss = 0.0f64;
+        let mut probs = Vec::with_capacity(rows.len());
+        for block in rows.chunks(4096) {
+            let x = gather_rows(data, block);
+            let x = Tensor::from_vec(x, (block.len(), d), &Device::Cpu)?;
+            let logp = candle_nn::ops::log_softmax(&self.logits(&x)?, 1)?;
+            for (r, &i) in logp.to_vec2::<f32>()?.iter().zip(block) {
+                loss -= r[data.labels[i] as usize] as f64;
+                probs.push([r[0].exp(), r[1].exp()]);
+            }
+        }
+        Ok((loss / rows.len() as f64, probs))
+    }
+}
+
+fn gather_rows(data: &FeatureSet, rows: &[usize]) -> Vec<f32> {
+    let mut x = Vec::with_capacity(rows.len() * data.dim);
+    for &i in rows {
+        x.extend_from_slice(data.row(i));
+    }
+    x
+}
+
+/// One epoch's numbers, as logged and written to `<out>.log.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochLog {
+    /// 1-based.
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val: Metrics,
+    pub seconds: f64,
+    /// Training samples per second (forward + backward + update), this epoch.
+    pub samples_per_s: f64,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub train_rows: usize,
+    pub val_rows: usize,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub stopped_early: bool,
+    pub epochs: Vec<EpochLog>,
+    /// Mean training throughput over all epochs.
+    pub samples_per_s: f64,
+}
+
+impl TrainReport {
+    pub fn best(&self) -> &EpochLog {
+        &self.epochs[self.best_epoch - 1]
+    }
+}
+
+/// Trainable parameters and SGD momentum buffers.
+struct Trainer {
+    params: Vec<Var>,
+    velocity: Vec<Option<Tensor>>,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+const W1: usize = 0;
+const B1: usize = 1;
+const GAMMA: usize = 2;
+const BETA: usize = 3;
+const W2: usize = 4;
+const B2: usize = 5;
+
+impl Trainer {
+    /// PyTorch's default init: Linear weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    /// BatchNorm weight 1, bias 0, running mean 0, running var 1.
+    fn new(d: usize, h: usize, rng: &mut Rng) -> Result<Self> {
+        let dev = Device::Cpu;
+        let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            (0..n)
+                .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
+                .collect()
+        };
+        let w1 = uniform(h * d, d);
+        let b1 = uniform(h, d);
+        let w2 = uniform(2 * h, h);
+        let b2 = uniform(2, h);
+        let params = vec![
+            Var::from_vec(w1, (h, d), &dev)?,
+            Var::from_vec(b1, h, &dev)?,
+            Var::ones(h, DType::F32, &dev)?,
+            Var::zeros(h, DType::F32, &dev)?,
+            Var::from_vec(w2, (2, h), &dev)?,
+            Var::from_vec(b2, 2, &dev)?,
+        ];
+        Ok(Trainer {
+            velocity: vec![None; params.len()],
+            params,
+            running_mean: Tensor::zeros(h, DType::F32, &dev)?,
+            running_var: Tensor::ones(h, DType::F32, &dev)?,
+        })
+    }
+
+    /// One SGD step on a batch; returns the batch's mean loss.
+    fn step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        dropout_mask: Option<&Tensor>,
+        lr: f64,
+        momentum: f64,
+    ) -> Result<f64> {
+        let p = &self.params;
+        let n = x.dim(0)?;
+        let h = x
+            .matmul(&p[W1].as_tensor().t()?)?
+            .broadcast_add(p[B1].as_tensor())?;
+        // BatchNorm1d, training mode: normalise with the batch's mean and biased variance.
+        let mean = h.mean_keepdim(0)?;
+        let centred = h.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(0)?;
+        let normed = centred.broadcast_div(&(var.clone() + BN_EPS)?.sqrt()?)?;
+        let mut a = normed
+            .broadcast_mul(p[GAMMA].as_tensor())?
+            .broadcast_add(p[BETA].as_tensor())?
+            .relu()?;
+        if let Some(mask) = dropout_mask {
+            a = (a * mask)?;
+        }
+        let logits = a
+            .matmul(&p[W2].as_tensor().t()?)?
+            .broadcast_add(p[B2].as_tensor())?;
+        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
+        let grads = loss.backward()?;
+        // SGD with momentum, PyTorch semantics: v = mu * v + g (v = g at the first step),
+        // p -= lr * v.
+        for (i, var) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let v = match &self.velocity[i] {
+                Some(v) => ((v * momentum)? + g)?,
+                None => g.clone(),
+            };
+            var.set(&(var.as_tensor() - (&v * lr)?)?)?;
+            self.velocity[i] = Some(v);
+        }
+        // Running statistics use the unbiased batch variance, as PyTorch does.
+        let m = BN_MOMENTUM;
+        let mean = mean.squeeze(0)?.detach();
+        let var_unbiased = (var.squeeze(0)?.detach() * (n as f64 / (n as f64 - 1.0)))?;
+        self.running_mean = ((&self.running_mean * (1.0 - m))? + (mean * m)?)?;
+        self.running_var = ((&self.running_var * (1.0 - m))? + (var_unbiased * m)?)?;
+        Ok(loss.to_scalar::<f32>()? as f64)
+    }
+
+    /// A deep copy of the current weights.
+    fn snapshot(&self, d: usize, h: usize) -> Result<MlpWeights> {
+        let v = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let p = &self.params;
+        Ok(MlpWeights {
+            input_dim: d,
+            hidden_dim: h,
+            bn_eps: BN_EPS,
+            hidden_weight: v(p[W1].as_tensor())?,
+            hidden_bias: v(p[B1].as_tensor())?,
+            bn_weight: v(p[GAMMA].as_tensor())?,
+            bn_bias: v(p[BETA].as_tensor())?,
+            bn_running_mean: v(&self.running_mean)?,
+            bn_running_var: v(&self.running_var)?,
+            output_weight: v(p[W2].as_tensor())?,
+            output_bias: v(p[B2].as_tensor())?,
+        })
+    }
+}
+
+/// The seeded train/validation split: `(train rows, validation rows)`, each sorted.
+pub fn split_rows(n: usize, val_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed, STREAM_SPLIT).shuffle(&mut order);
+    let n_val = ((n as f64 * val_fraction).round() as usize).clamp(1, n.saturating_sub(1));
+    let mut val = order[..n_val].to_vec();
+    let mut train = order[n_val..].to_vec();
+    val.sort_unstable();
+    train.sort_unstable();
+    (train, val)
+}
+
+/// Trains on `data`; `on_epoch` sees each epoch's log as it finishes. Returns the weights of the
+/// epoch with the lowest validation loss.
+pub fn train(
+    data: &FeatureSet,
+    opts: &TrainOptions,
+    mut on_epoch: impl FnMut(&EpochLog),
+) -> Result<(MlpWeights, TrainReport)> {
+    opts.validate()?;
+    let [host, viral] = data.label_counts();
+    ensure!(
+        host > 0 && viral > 0,
+        "the feature set has {viral} viral and {host} host rows: training needs both classes"
+    );
+    ensure!(
+        data.len() >= 3,
+        "the feature set has {} rows: too few to train and validate",
+        data.len()
+    );
+    let (d, h) = (data.dim, opts.hidden);
+    let (train_rows, val_rows) = split_rows(data.len(), opts.val_fraction, opts.seed);
+    ensure!(
+        train_rows.len() >= 2,
+        "only {} training rows after the validation split: lower --val-fraction or add data",
+        train_rows.len()
+    );
+    let mut trainer = Trainer::new(d, h, &mut Rng::new(opts.seed, STREAM_INIT))?;
+    let mut shuffle_rng = Rng::new(opts.seed, STREAM_SHUFFLE);
+    let mut dropout_rng = Rng::new(opts.seed, STREAM_DROPOUT);
+    let keep_scale = 1.0 / (1.0 - opts.dropout as f32);
+
+    let mut epochs: Vec<EpochLog> = Vec::new();
+    let mut best: Option<(f64, usize, MlpWeights)> = None;
+    let mut since_best = 0;
+    let mut stopped_early = false;
+    let mut order = train_rows.clone();
+    let (mut total_samples, mut total_secs) = (0usize, 0.0f64);
+    for epoch in 0..opts.epochs {
+        let lr = opts.lr_at(epoch);
+        shuffle_rng.shuffle(&mut order);
+        let started = Instant::now();
+        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+        for batch in order.chunks(opts.batch_size) {
+            // PyTorch refuses BatchNorm training on one row; a last batch of one is skipped.
+            if batch.len() < 2 {
+                continue;
+            }
+            let x = Tensor::from_vec(gather_rows(data, batch), (batch.len(), d), &Device::Cpu)?;
+            let y: Vec<u32> = batch.iter().map(|&i| data.labels[i] as u32).collect();
+            let y = Tensor::from_vec(y, batch.len(), &Device::Cpu)?;
+            let mask = if opts.dropout > 0.0 {
+                let m: Vec<f32> = (0..batch.len() * h)
+                    .map(|_| {
+                        if dropout_rng.next_f32() < opts.dropout as f32 {
+                            0.0
+                        } else {
+                            keep_scale
+                        }
+                    })
+                    .collect();
+                Some(Tensor::from_vec(m, (batch.len(), h), &Device::Cpu)?)
+            } else {
+                None
+            };
+            let loss = trainer.step(&x, &y, mask.as_ref(), lr, opts.momentum)?;
+            ensure!(
+                loss.is_finite(),
+                "training diverged at epoch {} (loss {loss}): lower --lr",
+                epoch + 1
+            );
+            loss_sum += loss * batch.len() as f64;
+            seen += batch.len();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        total_samples += seen;
+        total_secs += secs;
+
+        let weights = trainer.snapshot(d, h)?;
+        let (val_loss, probs) = EvalMlp::new(&weights)?.evaluate(data, &val_rows)?;
+        let val_labels: Vec<u8> = val_rows.iter().map(|&i| data.labels[i]).collect();
+        let log = EpochLog {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            val_loss,
+            val: binary_metrics(&val_labels, &probs),
+            seconds: secs,
+            samples_per_s: seen as f64 / secs.max(1e-9),
+        };
+        on_epoch(&log);
+        epochs.push(log);
+        if best.as_ref().is_none_or(|(l, _, _)| val_loss < *l) {
+            best = Some((val_loss, epoch + 1, weights));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= opts.patience {
+                stopped_early = true;
+                break;
+            }
+        }
+    }
+    let (_, best_epoch, weights) = best.context("no epoch was run")?;
+    let report = TrainReport {
+        train_rows: train_rows.len(),
+        val_rows: val_rows.len(),
+        best_epoch,
+        epochs_run: epochs.len(),
+        stopped_early,
+        epochs,
+        samples_per_s: total_samples as f64 / total_secs.max(1e-9),
+    };
+    Ok((weights, report))
+}
+
+/// Format-v1 metadata besides the sizes (docs/FORMATS.md); `None` fields are left out.
+#[derive(Debug, Clone, Default)]
+pub struct ClassifierMeta {
+    pub dnabert_model: Option<String>,
+    pub dnabert_hidden: Option<usize>,
+    pub esm_model: Option<String>,
+    pub esm_hidden: Option<usize>,
+    pub chunk_len: Option<usize>,
+    /// The `training` JSON object.
+    pub training: Option<serde_json::Value>,
+}
+
+impl ClassifierMeta {
+    pub fn from_manifest(m: &FeatureManifest) -> Self {
+        ClassifierMeta {
+            dnabert_model: m.info.dnabert_model.clone(),
+            dnabert_hidden: m.info.dnabert_hidden,
+            esm_model: m.info.esm_model.clone(),
+            esm_hidden: m.info.esm_hidden,
+            chunk_len: m.info.chunk_len,
+            training: None,
+        }
+    }
+}
+
+/// Writes a classifier in safetensors format v1 (atomically).
+// merge: the loader is models::classifier::Classifier::load; keep the two in step.
+pub fn write_classifier(path: &Path, w: &MlpWeights, meta: &ClassifierMeta) -> Result<()> {
+    let bytes: Vec<(&str, Vec<usize>, Vec<u8>)> = w
+        .tensors()
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let n: usize = shape.iter().product();
+            assert_eq!(
+                n,
+                values.len(),
+                "{name}: shape {shape:?} for {} values",
+                values.len()
+            );
+            (
+                name,
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, b)| Ok((*name, TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut md: HashMap<String, String> = HashMap::new();
+    md.insert("format".into(), CLASSIFIER_FORMAT.into());
+    md.insert(
+        "format_version".into(),
+        CLASSIFIER_FORMAT_VERSION.to_string(),
+    );
+    md.insert("input_dim".into(), w.input_dim.to_string());
+    md.insert("hidden_dim".into(), w.hidden_dim.to_string());
+    md.insert("bn_eps".into(), format!("{:e}", w.bn_eps));
+    let opt = |md: &mut HashMap<String, String>, k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            md.insert(k.to_string(), v);
+        }
+    };
+    opt(&mut md, "dnabert_model", meta.dnabert_model.clone());
+    opt(
+        &mut md,
+        "dnabert_hidden",
+        meta.dnabert_hidden.map(|v| v.to_string()),
+    );
+    opt(&mut md, "esm_model", meta.esm_model.clone());
+    opt(
+        &mut md,
+        "esm_hidden",
+        meta.esm_hidden.map(|v| v.to_string()),
+    );
+    opt(&mut md, "chunk_len", meta.chunk_len.map(|v| v.to_string()));
+    opt(
+        &mut md,
+        "training",
+        meta.training.as_ref().map(|v| v.to_string()),
+    );
+    let file = safetensors::tensor::serialize(views, Some(md))
+        .with_context(|| format!("cannot serialize classifier {}", path.display()))?;
+    write_atomic(path, &file)
+}
+
+/// The CSV log written next to the model: one row per epoch.
+pub fn log_csv(epochs: &[EpochLog]) -> String {
+    let mut s = String::from(
+        "epoch,lr,train_loss,val_loss,val_accuracy,val_precision,val_recall,val_f1,val_auroc,seconds,samples_per_s\n",
+    );
+    for e in epochs {
+        let auroc = e.val.auroc.map(|a| a.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{},{:.3},{:.1}",
+            e.epoch,
+            e.lr,
+            e.train_loss,
+            e.val_loss,
+            e.val.accuracy,
+            e.val.precision,
+            e.val.recall,
+            e.val.f1,
+            auroc,
+            e.seconds,
+            e.samples_per_s
+        );
+    }
+    s
+}
+
+/// `<out>.log.csv` for a model path.
+pub fn log_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".log.csv");
+    PathBuf::from(s)
+}
+
+/// `virnucpro train`: reads `features_dir`, trains, writes the model and its CSV log.
+pub fn train_to_file(features_dir: &Path, out: &Path, opts: &TrainOptions) -> Result<TrainReport> {
+    opts.validate()?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure!(
+            parent.is_dir(),
+            "output directory {} does not exist",
+            parent.display()
+        );
+    }
+    let data = read_features(features_dir)?;
+    let [host, viral] = data.label_counts();
+    tracing::info!(
+        "{}: {} rows ({viral} viral, {host} host), {} features",
+        features_dir.display(),
+        data.len(),
+        data.dim
+    );
+    let csv = log_path(out);
+    let mut so_far: Vec<EpochLog> = Vec::new();
+    let (weights, report) = train(&data, opts, |e| {
+        tracing::info!(
+            "epoch {:>3}  lr {:.3e}  train loss {:.5}  val loss {:.5}  val acc {:.4}  F1 {:.4}  \
+             ({:.0} samples/s)",
+            e.epoch,
+            e.lr,
+            e.train_loss,
+            e.val_loss,
+            e.val.accuracy,
+            e.val.f1,
+            e.samples_per_s
+        );
+        so_far.push(e.clone());
+        // Rewritten each epoch so a long run can be followed; atomic, never half a line.
+        if let Err(err) = write_atomic(&csv, log_csv(&so_far).as_bytes()) {
+            tracing::warn!("cannot update {}: {err:#}", csv.display());
+        }
+    })?;
+    let best = report.best();
+    let training = serde_json::json!({
+        "virnucpro_version": env!("CARGO_PKG_VERSION"),
+        "seed": opts.seed,
+        "options": opts,
+        "data": {
+            "features_dir": features_dir.display().to_string(),
+            "source": data.manifest.info.source,
+            "rows": data.len(),
+            "viral": viral,
+            "host": host,
+            "feature_dim": data.dim,
+            "train_rows": report.train_rows,
+            "val_rows": report.val_rows,
+        },
+        "best_epoch": report.best_epoch,
+        "epochs_run": report.epochs_run,
+        "stopped_early": report.stopped_early,
+        "metrics": {
+            "train_loss": best.train_loss,
+            "val_loss": best.val_loss,
+            "val": best.val,
+        },
+        "samples_per_s": report.samples_per_s,
+    });
+    let meta = ClassifierMeta {
+        training: Some(training),
+        ..ClassifierMeta::from_manifest(&data.manifest)
+    };
+    write_classifier(out, &weights, &meta)?;
+    write_atomic(&csv, log_csv(&report.epochs).as_bytes())?;
+    Ok(report)
+}
