@@ -207,8 +207,13 @@ impl Plot for HistogramPlot<'_> {
             .build_cartesian_2d(0f64..1f64, 0f64..y_max)
             .map_err(draw_err)?;
         let mut mesh = chart.configure_mesh();
+        let count_label = |v: &f64| format!("{v:.0}");
         if text {
-            mesh.x_desc(self.x_desc).y_desc("Frames");
+            mesh.x_desc(self.x_desc)
+                .y_desc("Frames")
+                .y_label_formatter(&count_label)
+                .label_style((FONT, 14))
+                .axis_desc_style((FONT, 16));
         } else {
             mesh.x_labels(0).y_labels(0);
         }
@@ -238,7 +243,7 @@ impl Plot for HistogramPlot<'_> {
         if text {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperMiddle)
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .label_font((FONT, 16))
@@ -327,4 +332,71 @@ pub fn plot_predictions(results: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> 
         &series,
         50,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a usable font the plots are still drawn (no text at all).
+    #[test]
+    fn draws_without_text() {
+        let plot = HistogramPlot {
+            title: "t",
+            x_desc: "x",
+            series: &[ScoreSeries {
+                name: "a".into(),
+                scores: vec![0.1, 0.5, 0.5, 1.0],
+            }],
+            bins: 10,
+        };
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            plot.draw(&root, false).unwrap();
+            root.present().unwrap();
+        }
+        assert!(svg.contains("<svg") && !svg.contains("<text"), "{svg}");
+        let curves = [RocCurve {
+            name: "c".into(),
+            points: vec![(0.0, 0.0), (0.5, 1.0), (1.0, 1.0)],
+            auroc: Some(0.75),
+        }];
+        let mut buf = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+            RocPlot {
+                title: "r",
+                curves: &curves,
+            }
+            .draw(&root, false)
+            .unwrap();
+            root.present().unwrap();
+        }
+        assert!(buf.iter().any(|&b| b != 255), "something was drawn");
+    }
+
+    #[test]
+    fn reads_prediction_scores_with_line_numbers_in_errors() {
+        let dir = std::env::temp_dir().join(format!("vnp-pred-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("prediction_results.txt");
+        fs::write(
+            &p,
+            "Sequence_ID\tPrediction\tscore1\tscore2\na_chunk_1F1\tvirus\t0.25\t0.75\n",
+        )
+        .unwrap();
+        assert_eq!(read_prediction_scores(&p).unwrap(), vec![0.75]);
+        fs::write(
+            &p,
+            "Sequence_ID\tPrediction\tscore1\tscore2\na\tvirus\t0.25\tx\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", read_prediction_scores(&p).unwrap_err());
+        assert!(err.contains("prediction_results.txt:2"), "{err}");
+        fs::write(&p, "id\tscore\n").unwrap();
+        let err = format!("{:#}", read_prediction_scores(&p).unwrap_err());
+        assert!(err.contains("no `score2` column"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

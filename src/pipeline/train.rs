@@ -705,3 +705,215 @@ pub fn train_to_file(features_dir: &Path, out: &Path, opts: &TrainOptions) -> Re
     write_atomic(&csv, log_csv(&report.epochs).as_bytes())?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flat f64 parameters in `Trainer::params` order.
+    type Params = Vec<Vec<f64>>;
+
+    /// The training-mode loss in f64, written out directly from the definitions.
+    fn reference_loss(p: &Params, x: &[f64], y: &[usize], mask: &[f64], d: usize, h: usize) -> f64 {
+        let n = y.len();
+        let mut pre = vec![0.0; n * h];
+        for i in 0..n {
+            for j in 0..h {
+                pre[i * h + j] =
+                    p[B1][j] + (0..d).map(|k| x[i * d + k] * p[W1][j * d + k]).sum::<f64>();
+            }
+        }
+        let mut act = vec![0.0; n * h];
+        for j in 0..h {
+            let mean = (0..n).map(|i| pre[i * h + j]).sum::<f64>() / n as f64;
+            let var = (0..n).map(|i| (pre[i * h + j] - mean).powi(2)).sum::<f64>() / n as f64;
+            for i in 0..n {
+                let z = (pre[i * h + j] - mean) / (var + BN_EPS).sqrt() * p[GAMMA][j] + p[BETA][j];
+                act[i * h + j] = z.max(0.0) * mask[i * h + j];
+            }
+        }
+        let mut loss = 0.0;
+        for i in 0..n {
+            let l: Vec<f64> = (0..2)
+                .map(|c| {
+                    p[B2][c]
+                        + (0..h)
+                            .map(|j| act[i * h + j] * p[W2][c * h + j])
+                            .sum::<f64>()
+                })
+                .collect();
+            let m = l[0].max(l[1]);
+            let lse = m + ((l[0] - m).exp() + (l[1] - m).exp()).ln();
+            loss += lse - l[y[i]];
+        }
+        loss / n as f64
+    }
+
+    fn numeric_grad(
+        p: &Params,
+        x: &[f64],
+        y: &[usize],
+        mask: &[f64],
+        d: usize,
+        h: usize,
+    ) -> Params {
+        let mut g = p.clone();
+        for t in 0..p.len() {
+            for e in 0..p[t].len() {
+                let mut q = p.clone();
+                let step = 1e-6;
+                q[t][e] += step;
+                let up = reference_loss(&q, x, y, mask, d, h);
+                q[t][e] -= 2.0 * step;
+                let down = reference_loss(&q, x, y, mask, d, h);
+                g[t][e] = (up - down) / (2.0 * step);
+            }
+        }
+        g
+    }
+
+    /// Two SGD-momentum steps of the candle trainer against the f64 reference: gradients by
+    /// finite differences, PyTorch's update rule, and BatchNorm running statistics with momentum
+    /// 0.1 and the unbiased batch variance.
+    #[test]
+    fn steps_match_reference_math() {
+        let (n, d, h) = (6, 4, 3);
+        let mut rng = Rng::new(5, 0);
+        let mut trainer = Trainer::new(d, h, &mut rng).unwrap();
+        // Non-trivial BatchNorm affine parameters.
+        trainer.params[GAMMA]
+            .set(&Tensor::new(&[0.8f32, 1.3, 1.1], &Device::Cpu).unwrap())
+            .unwrap();
+        trainer.params[BETA]
+            .set(&Tensor::new(&[0.2f32, -0.1, 0.05], &Device::Cpu).unwrap())
+            .unwrap();
+        let to_f64 = |t: &Tensor| -> Vec<f64> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        };
+        let mut p: Params = trainer
+            .params
+            .iter()
+            .map(|v| to_f64(v.as_tensor()))
+            .collect();
+        let (lr, mu) = (0.5, 0.9);
+        let mut velocity: Option<Params> = None;
+        let mut running = (vec![0.0f64; h], vec![1.0f64; h]);
+        for step in 0..2 {
+            let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+            let y: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+            let mask: Vec<f32> = (0..n * h)
+                .map(|i| if (i + step) % 4 == 0 { 0.0 } else { 2.0 })
+                .collect();
+            let xt = Tensor::from_slice(&x, (n, d), &Device::Cpu).unwrap();
+            let yt = Tensor::from_slice(&y, n, &Device::Cpu).unwrap();
+            let mt = Tensor::from_slice(&mask, (n, h), &Device::Cpu).unwrap();
+            let loss = trainer.step(&xt, &yt, Some(&mt), lr, mu).unwrap();
+
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let y64: Vec<usize> = y.iter().map(|&v| v as usize).collect();
+            let m64: Vec<f64> = mask.iter().map(|&v| v as f64).collect();
+            let want_loss = reference_loss(&p, &x64, &y64, &m64, d, h);
+            assert!(
+                (loss - want_loss).abs() < 1e-5,
+                "loss {loss} vs {want_loss}"
+            );
+            // Running statistics from the pre-update parameters.
+            for j in 0..h {
+                let pre: Vec<f64> = (0..n)
+                    .map(|i| {
+                        p[B1][j]
+                            + (0..d)
+                                .map(|k| x64[i * d + k] * p[W1][j * d + k])
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let mean = pre.iter().sum::<f64>() / n as f64;
+                let var_u = pre.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
+                running.0[j] = 0.9 * running.0[j] + 0.1 * mean;
+                running.1[j] = 0.9 * running.1[j] + 0.1 * var_u;
+            }
+            let g = numeric_grad(&p, &x64, &y64, &m64, d, h);
+            let v = match velocity {
+                None => g,
+                Some(v) => v
+                    .iter()
+                    .zip(&g)
+                    .map(|(v, g)| v.iter().zip(g).map(|(v, g)| mu * v + g).collect())
+                    .collect(),
+            };
+            for (pt, vt) in p.iter_mut().zip(&v) {
+                for (pe, ve) in pt.iter_mut().zip(vt) {
+                    *pe -= lr * ve;
+                }
+            }
+            velocity = Some(v);
+            for (t, var) in trainer.params.iter().enumerate() {
+                for (got, want) in to_f64(var.as_tensor()).iter().zip(&p[t]) {
+                    assert!(
+                        (got - want).abs() < 2e-4,
+                        "step {step} param {t}: {got} vs {want}"
+                    );
+                }
+            }
+            for (got, want) in to_f64(&trainer.running_mean).iter().zip(&running.0) {
+                assert!((got - want).abs() < 1e-5, "running mean {got} vs {want}");
+            }
+            for (got, want) in to_f64(&trainer.running_var).iter().zip(&running.1) {
+                assert!((got - want).abs() < 1e-5, "running var {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn step_lr_schedule() {
+        let o = TrainOptions::default();
+        assert_eq!(o.lr_at(0), 2e-4);
+        assert_eq!(o.lr_at(9), 2e-4);
+        assert!((o.lr_at(10) - 2e-4 * 0.85).abs() < 1e-12);
+        assert!((o.lr_at(25) - 2e-4 * 0.85 * 0.85).abs() < 1e-12);
+    }
+
+    #[test]
+    fn split_is_seeded_and_disjoint() {
+        let (t, v) = split_rows(100, 0.1, 3);
+        assert_eq!((t.len(), v.len()), (90, 10));
+        assert!(v.iter().all(|i| !t.contains(i)));
+        assert_eq!(split_rows(100, 0.1, 3), (t, v.clone()));
+        assert_ne!(split_rows(100, 0.1, 4).1, v);
+    }
+
+    /// Inference folds BatchNorm into a scale and shift; check it against the formula.
+    #[test]
+    fn predict_proba_matches_formula() {
+        let w = MlpWeights {
+            input_dim: 2,
+            hidden_dim: 2,
+            bn_eps: 1e-5,
+            hidden_weight: vec![1.0, -1.0, 0.5, 2.0],
+            hidden_bias: vec![0.1, -0.2],
+            bn_weight: vec![1.5, 0.5],
+            bn_bias: vec![0.0, 0.3],
+            bn_running_mean: vec![0.2, -0.1],
+            bn_running_var: vec![4.0, 0.25],
+            output_weight: vec![1.0, -1.0, -0.5, 2.0],
+            output_bias: vec![0.05, -0.05],
+        };
+        let x = [0.3f32, -0.7];
+        let h0 = 0.3 * 1.0 + -0.7 * -1.0 + 0.1;
+        let h1 = 0.3 * 0.5 + -0.7 * 2.0 - 0.2;
+        let a0 = f64::max(0.0, (h0 - 0.2) / (4.0f64 + 1e-5).sqrt() * 1.5);
+        let a1 = f64::max(0.0, (h1 + 0.1) / (0.25f64 + 1e-5).sqrt() * 0.5 + 0.3);
+        let l0 = a0 - a1 + 0.05;
+        let l1 = -0.5 * a0 + 2.0 * a1 - 0.05;
+        let p1 = 1.0 / (1.0 + (l0 - l1).exp());
+        let got = w.predict_proba(&x).unwrap();
+        assert!((got[0][1] as f64 - p1).abs() < 1e-6, "{got:?} vs {p1}");
+        assert!((got[0][0] as f64 - (1.0 - p1)).abs() < 1e-6);
+    }
+}
