@@ -602,4 +602,54 @@ mod tests {
         assert!(err.contains("checksum"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// `labels` may also be i64 (what a PyTorch-side writer produces naturally).
+    #[test]
+    fn reads_i64_labels() {
+        let dir = std::env::temp_dir().join(format!("vnp-features-i64-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let feats = f32_bytes(&[1.0, 2.0, 3.0, 4.0]);
+        let labels: Vec<u8> = [1i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let md: HashMap<String, String> = [("ids".to_string(), r#"["a","b"]"#.to_string())].into();
+        let bytes = safetensors::tensor::serialize(
+            vec![
+                (
+                    "features",
+                    TensorView::new(Dtype::F32, vec![2, 2], &feats).unwrap(),
+                ),
+                (
+                    "labels",
+                    TensorView::new(Dtype::I64, vec![2], &labels).unwrap(),
+                ),
+            ],
+            Some(md),
+        )
+        .unwrap();
+        fs::write(dir.join("shard-00000.safetensors"), &bytes).unwrap();
+        let manifest = FeatureManifest {
+            format: FEATURES_FORMAT.into(),
+            format_version: 1,
+            feature_dim: 2,
+            rows: 2,
+            info: FeatureInfo::default(),
+            shards: vec![ShardEntry {
+                file: "shard-00000.safetensors".into(),
+                rows: 2,
+                bytes: bytes.len() as u64,
+                fnv1a64: Fnv1a64::hex(&bytes),
+            }],
+            virnucpro_version: String::new(),
+        };
+        fs::write(
+            dir.join(MANIFEST_FILE),
+            serde_json::to_string(&manifest).unwrap(),
+        )
+        .unwrap();
+        let set = read_features(&dir).unwrap();
+        assert_eq!(set.labels, [1, 0]);
+        assert_eq!(set.ids, ["a", "b"]);
+        assert_eq!(set.row(1), &[3.0, 4.0]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -269,26 +269,45 @@ impl TrainReport {
     }
 }
 
-/// Trainable parameters and SGD momentum buffers.
+/// Trainable parameters, SGD momentum buffers and BatchNorm running statistics.
+///
+/// Forward and backward are written out by hand: the two large products (`x · W1ᵀ` and
+/// `xᵀ · dz`) go to candle's matmul, everything else is O(batch × hidden) and runs as plain
+/// loops. Against candle's autograd this avoids a dozen tensor allocations and thread-pool
+/// round trips per step, which dominated at batch 32 (measured ~3x slower; docs/BENCHMARKS.md).
+/// `steps_match_reference_math` checks the result against the textbook formulas.
 struct Trainer {
-    params: Vec<Var>,
-    velocity: Vec<Option<Tensor>>,
-    running_mean: Tensor,
-    running_var: Tensor,
+    d: usize,
+    h: usize,
+    /// `W1T` is the hidden weight transposed, [D, H]; `W2T` likewise [H, 2].
+    params: [Vec<f32>; 6],
+    velocity: [Vec<f32>; 6],
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
 }
 
-const W1: usize = 0;
+const W1T: usize = 0;
 const B1: usize = 1;
 const GAMMA: usize = 2;
 const BETA: usize = 3;
-const W2: usize = 4;
+const W2T: usize = 4;
 const B2: usize = 5;
+
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
 
 impl Trainer {
     /// PyTorch's default init: Linear weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-    /// BatchNorm weight 1, bias 0, running mean 0, running var 1.
-    fn new(d: usize, h: usize, rng: &mut Rng) -> Result<Self> {
-        let dev = Device::Cpu;
+    /// BatchNorm weight 1, bias 0, running mean 0, running var 1. Weights are drawn in PyTorch's
+    /// [out, in] order.
+    fn new(d: usize, h: usize, rng: &mut Rng) -> Self {
         let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
             let bound = 1.0 / (fan_in as f32).sqrt();
             (0..n)
@@ -299,92 +318,197 @@ impl Trainer {
         let b1 = uniform(h, d);
         let w2 = uniform(2 * h, h);
         let b2 = uniform(2, h);
-        let params = vec![
-            Var::from_vec(w1, (h, d), &dev)?,
-            Var::from_vec(b1, h, &dev)?,
-            Var::ones(h, DType::F32, &dev)?,
-            Var::zeros(h, DType::F32, &dev)?,
-            Var::from_vec(w2, (2, h), &dev)?,
-            Var::from_vec(b2, 2, &dev)?,
+        let params = [
+            transpose(&w1, h, d),
+            b1,
+            vec![1.0; h],
+            vec![0.0; h],
+            transpose(&w2, 2, h),
+            b2,
         ];
-        Ok(Trainer {
-            velocity: vec![None; params.len()],
+        let velocity = params.clone().map(|p| vec![0.0; p.len()]);
+        Trainer {
+            d,
+            h,
             params,
-            running_mean: Tensor::zeros(h, DType::F32, &dev)?,
-            running_var: Tensor::ones(h, DType::F32, &dev)?,
-        })
+            velocity,
+            running_mean: vec![0.0; h],
+            running_var: vec![1.0; h],
+        }
     }
 
-    /// One SGD step on a batch; returns the batch's mean loss.
+    /// One SGD step on a batch (`x` row-major [n, D], labels 0/1, dropout mask [n, H] already
+    /// scaled by 1/(1-p)); returns the batch's mean cross-entropy.
     fn step(
         &mut self,
-        x: &Tensor,
-        y: &Tensor,
-        dropout_mask: Option<&Tensor>,
-        lr: f64,
-        momentum: f64,
+        x: &[f32],
+        y: &[u8],
+        mask: Option<&[f32]>,
+        lr: f32,
+        momentum: f32,
     ) -> Result<f64> {
-        let p = &self.params;
-        let n = x.dim(0)?;
-        let h = x
-            .matmul(&p[W1].as_tensor().t()?)?
-            .broadcast_add(p[B1].as_tensor())?;
-        // BatchNorm1d, training mode: normalise with the batch's mean and biased variance.
-        let mean = h.mean_keepdim(0)?;
-        let centred = h.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(0)?;
-        let normed = centred.broadcast_div(&(var.clone() + BN_EPS)?.sqrt()?)?;
-        let mut a = normed
-            .broadcast_mul(p[GAMMA].as_tensor())?
-            .broadcast_add(p[BETA].as_tensor())?
-            .relu()?;
-        if let Some(mask) = dropout_mask {
-            a = (a * mask)?;
+        let (d, h, n) = (self.d, self.h, y.len());
+        let nf = n as f32;
+        let [w1t, b1, gamma, beta, w2t, b2] = &self.params;
+        let dev = Device::Cpu;
+        let xt = Tensor::from_slice(x, (n, d), &dev)?;
+        let mut z = xt
+            .matmul(&Tensor::from_slice(w1t, (d, h), &dev)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for row in z.chunks_exact_mut(h) {
+            for (v, b) in row.iter_mut().zip(b1) {
+                *v += b;
+            }
         }
-        let logits = a
-            .matmul(&p[W2].as_tensor().t()?)?
-            .broadcast_add(p[B2].as_tensor())?;
-        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        let grads = loss.backward()?;
-        // SGD with momentum, PyTorch semantics: v = mu * v + g (v = g at the first step),
-        // p -= lr * v.
-        for (i, var) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
+        // BatchNorm1d, training mode: the batch's mean and biased variance.
+        let mut mean = vec![0.0f32; h];
+        for row in z.chunks_exact(h) {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= nf);
+        let mut var = vec![0.0f32; h];
+        for row in z.chunks_exact(h) {
+            for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
+                *s += (v - m) * (v - m);
+            }
+        }
+        var.iter_mut().for_each(|s| *s /= nf);
+        let inv_std: Vec<f32> = var
+            .iter()
+            .map(|v| 1.0 / (v + BN_EPS as f32).sqrt())
+            .collect();
+        // zhat (normalised), pre (before ReLU) and a (after ReLU and dropout), all [n, H].
+        let mut zhat = z;
+        let mut pre = vec![0.0f32; n * h];
+        let mut a = vec![0.0f32; n * h];
+        for i in 0..n {
+            for j in 0..h {
+                let k = i * h + j;
+                zhat[k] = (zhat[k] - mean[j]) * inv_std[j];
+                pre[k] = gamma[j] * zhat[k] + beta[j];
+                a[k] = pre[k].max(0.0) * mask.map_or(1.0, |m| m[k]);
+            }
+        }
+        // Output layer, softmax cross-entropy and its gradient (softmax - onehot) / n.
+        let mut loss = 0.0f64;
+        let mut dlogit = vec![0.0f32; n * 2];
+        for i in 0..n {
+            let row = &a[i * h..(i + 1) * h];
+            let mut l = [b2[0], b2[1]];
+            for (j, &v) in row.iter().enumerate() {
+                l[0] += v * w2t[2 * j];
+                l[1] += v * w2t[2 * j + 1];
+            }
+            let m = l[0].max(l[1]);
+            let e = [(l[0] - m).exp(), (l[1] - m).exp()];
+            let sum = e[0] + e[1];
+            let label = y[i] as usize;
+            loss += f64::from(m + sum.ln() - l[label]);
+            for c in 0..2 {
+                dlogit[2 * i + c] = (e[c] / sum - f32::from(c == label)) / nf;
+            }
+        }
+        // Gradients of the small parameters; W1T's comes from the matmul below.
+        let mut grad: [Vec<f32>; 6] = std::array::from_fn(|t| {
+            if t == W1T {
+                Vec::new()
+            } else {
+                vec![0.0; self.params[t].len()]
+            }
+        });
+        let mut dpre = vec![0.0f32; n * h];
+        for i in 0..n {
+            let dl = [dlogit[2 * i], dlogit[2 * i + 1]];
+            grad[B2][0] += dl[0];
+            grad[B2][1] += dl[1];
+            for j in 0..h {
+                let k = i * h + j;
+                grad[W2T][2 * j] += a[k] * dl[0];
+                grad[W2T][2 * j + 1] += a[k] * dl[1];
+                // Back through dropout and ReLU (gradient only where the ReLU passed).
+                if pre[k] > 0.0 {
+                    let da = dl[0] * w2t[2 * j] + dl[1] * w2t[2 * j + 1];
+                    dpre[k] = da * mask.map_or(1.0, |m| m[k]);
+                }
+            }
+        }
+        // Back through BatchNorm: dz = inv_std / n * (n*dzhat - sum(dzhat) - zhat*sum(dzhat*zhat)).
+        let mut sum_dzhat = vec![0.0f32; h];
+        let mut sum_dzhat_zhat = vec![0.0f32; h];
+        for i in 0..n {
+            for j in 0..h {
+                let k = i * h + j;
+                grad[GAMMA][j] += dpre[k] * zhat[k];
+                grad[BETA][j] += dpre[k];
+                let dzhat = dpre[k] * gamma[j];
+                sum_dzhat[j] += dzhat;
+                sum_dzhat_zhat[j] += dzhat * zhat[k];
+            }
+        }
+        let mut dz = dpre;
+        for i in 0..n {
+            for j in 0..h {
+                let k = i * h + j;
+                let dzhat = dz[k] * gamma[j];
+                dz[k] = inv_std[j] / nf * (nf * dzhat - sum_dzhat[j] - zhat[k] * sum_dzhat_zhat[j]);
+                grad[B1][j] += dz[k];
+            }
+        }
+        let g_w1t = xt
+            .t()?
+            .matmul(&Tensor::from_vec(dz, (n, h), &dev)?)?
+            .contiguous()?;
+        // SGD with momentum, PyTorch semantics: v = mu * v + g (v starts at 0, so the first
+        // step's v is g, as PyTorch's buffer clone), p -= lr * v.
+        let sgd = |p: &mut [f32], v: &mut [f32], g: &[f32]| {
+            for ((p, v), g) in p.iter_mut().zip(v.iter_mut()).zip(g) {
+                *v = momentum * *v + g;
+                *p -= lr * *v;
+            }
+        };
+        {
+            // Read the [D, H] gradient in place: no 4 MB copy per step.
+            let (storage, layout) = g_w1t.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else {
+                bail!("internal error: training runs on the CPU");
             };
-            let v = match &self.velocity[i] {
-                Some(v) => ((v * momentum)? + g)?,
-                None => g.clone(),
-            };
-            var.set(&(var.as_tensor() - (&v * lr)?)?)?;
-            self.velocity[i] = Some(v);
+            let start = layout.start_offset();
+            let g = &cpu.as_slice::<f32>()?[start..start + d * h];
+            sgd(&mut self.params[W1T], &mut self.velocity[W1T], g);
+        }
+        for t in [B1, GAMMA, BETA, W2T, B2] {
+            sgd(&mut self.params[t], &mut self.velocity[t], &grad[t]);
         }
         // Running statistics use the unbiased batch variance, as PyTorch does.
-        let m = BN_MOMENTUM;
-        let mean = mean.squeeze(0)?.detach();
-        let var_unbiased = (var.squeeze(0)?.detach() * (n as f64 / (n as f64 - 1.0)))?;
-        self.running_mean = ((&self.running_mean * (1.0 - m))? + (mean * m)?)?;
-        self.running_var = ((&self.running_var * (1.0 - m))? + (var_unbiased * m)?)?;
-        Ok(loss.to_scalar::<f32>()? as f64)
+        let m = BN_MOMENTUM as f32;
+        let unbias = nf / (nf - 1.0);
+        for j in 0..h {
+            self.running_mean[j] = (1.0 - m) * self.running_mean[j] + m * mean[j];
+            self.running_var[j] = (1.0 - m) * self.running_var[j] + m * var[j] * unbias;
+        }
+        Ok(loss / n as f64)
     }
 
-    /// A deep copy of the current weights.
-    fn snapshot(&self, d: usize, h: usize) -> Result<MlpWeights> {
-        let v = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+    /// The current weights in PyTorch layouts.
+    fn snapshot(&self) -> MlpWeights {
+        let (d, h) = (self.d, self.h);
         let p = &self.params;
-        Ok(MlpWeights {
+        MlpWeights {
             input_dim: d,
             hidden_dim: h,
             bn_eps: BN_EPS,
-            hidden_weight: v(p[W1].as_tensor())?,
-            hidden_bias: v(p[B1].as_tensor())?,
-            bn_weight: v(p[GAMMA].as_tensor())?,
-            bn_bias: v(p[BETA].as_tensor())?,
-            bn_running_mean: v(&self.running_mean)?,
-            bn_running_var: v(&self.running_var)?,
-            output_weight: v(p[W2].as_tensor())?,
-            output_bias: v(p[B2].as_tensor())?,
-        })
+            hidden_weight: transpose(&p[W1T], d, h),
+            hidden_bias: p[B1].clone(),
+            bn_weight: p[GAMMA].clone(),
+            bn_bias: p[BETA].clone(),
+            bn_running_mean: self.running_mean.clone(),
+            bn_running_var: self.running_var.clone(),
+            output_weight: transpose(&p[W2T], h, 2),
+            output_bias: p[B2].clone(),
+        }
     }
 }
 
@@ -425,7 +549,7 @@ pub fn train(
         "only {} training rows after the validation split: lower --val-fraction or add data",
         train_rows.len()
     );
-    let mut trainer = Trainer::new(d, h, &mut Rng::new(opts.seed, STREAM_INIT))?;
+    let mut trainer = Trainer::new(d, h, &mut Rng::new(opts.seed, STREAM_INIT));
     let mut shuffle_rng = Rng::new(opts.seed, STREAM_SHUFFLE);
     let mut dropout_rng = Rng::new(opts.seed, STREAM_DROPOUT);
     let keep_scale = 1.0 / (1.0 - opts.dropout as f32);
@@ -446,11 +570,10 @@ pub fn train(
             if batch.len() < 2 {
                 continue;
             }
-            let x = Tensor::from_vec(gather_rows(data, batch), (batch.len(), d), &Device::Cpu)?;
-            let y: Vec<u32> = batch.iter().map(|&i| data.labels[i] as u32).collect();
-            let y = Tensor::from_vec(y, batch.len(), &Device::Cpu)?;
-            let mask = if opts.dropout > 0.0 {
-                let m: Vec<f32> = (0..batch.len() * h)
+            let x = gather_rows(data, batch);
+            let y: Vec<u8> = batch.iter().map(|&i| data.labels[i]).collect();
+            let mask: Option<Vec<f32>> = (opts.dropout > 0.0).then(|| {
+                (0..batch.len() * h)
                     .map(|_| {
                         if dropout_rng.next_f32() < opts.dropout as f32 {
                             0.0
@@ -458,12 +581,9 @@ pub fn train(
                             keep_scale
                         }
                     })
-                    .collect();
-                Some(Tensor::from_vec(m, (batch.len(), h), &Device::Cpu)?)
-            } else {
-                None
-            };
-            let loss = trainer.step(&x, &y, mask.as_ref(), lr, opts.momentum)?;
+                    .collect()
+            });
+            let loss = trainer.step(&x, &y, mask.as_deref(), lr as f32, opts.momentum as f32)?;
             ensure!(
                 loss.is_finite(),
                 "training diverged at epoch {} (loss {loss}): lower --lr",
@@ -476,7 +596,7 @@ pub fn train(
         total_samples += seen;
         total_secs += secs;
 
-        let weights = trainer.snapshot(d, h)?;
+        let weights = trainer.snapshot();
         let (val_loss, probs) = EvalMlp::new(&weights)?.evaluate(data, &val_rows)?;
         let val_labels: Vec<u8> = val_rows.iter().map(|&i| data.labels[i]).collect();
         let log = EpochLog {
@@ -710,8 +830,25 @@ pub fn train_to_file(features_dir: &Path, out: &Path, opts: &TrainOptions) -> Re
 mod tests {
     use super::*;
 
-    /// Flat f64 parameters in `Trainer::params` order.
+    /// Flat f64 parameters in PyTorch layout and `MlpWeights` order.
     type Params = Vec<Vec<f64>>;
+    const W1: usize = 0;
+    const W2: usize = 4;
+
+    fn params_of(t: &Trainer) -> Params {
+        let w = t.snapshot();
+        [
+            w.hidden_weight,
+            w.hidden_bias,
+            w.bn_weight,
+            w.bn_bias,
+            w.output_weight,
+            w.output_bias,
+        ]
+        .iter()
+        .map(|v| v.iter().map(|&x| x as f64).collect())
+        .collect()
+    }
 
     /// The training-mode loss in f64, written out directly from the definitions.
     fn reference_loss(p: &Params, x: &[f64], y: &[usize], mask: &[f64], d: usize, h: usize) -> f64 {
@@ -779,28 +916,11 @@ mod tests {
     fn steps_match_reference_math() {
         let (n, d, h) = (6, 4, 3);
         let mut rng = Rng::new(5, 0);
-        let mut trainer = Trainer::new(d, h, &mut rng).unwrap();
+        let mut trainer = Trainer::new(d, h, &mut rng);
         // Non-trivial BatchNorm affine parameters.
-        trainer.params[GAMMA]
-            .set(&Tensor::new(&[0.8f32, 1.3, 1.1], &Device::Cpu).unwrap())
-            .unwrap();
-        trainer.params[BETA]
-            .set(&Tensor::new(&[0.2f32, -0.1, 0.05], &Device::Cpu).unwrap())
-            .unwrap();
-        let to_f64 = |t: &Tensor| -> Vec<f64> {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|&v| v as f64)
-                .collect()
-        };
-        let mut p: Params = trainer
-            .params
-            .iter()
-            .map(|v| to_f64(v.as_tensor()))
-            .collect();
+        trainer.params[GAMMA] = vec![0.8, 1.3, 1.1];
+        trainer.params[BETA] = vec![0.2, -0.1, 0.05];
+        let mut p = params_of(&trainer);
         let (lr, mu) = (0.5, 0.9);
         let mut velocity: Option<Params> = None;
         let mut running = (vec![0.0f64; h], vec![1.0f64; h]);
@@ -810,10 +930,10 @@ mod tests {
             let mask: Vec<f32> = (0..n * h)
                 .map(|i| if (i + step) % 4 == 0 { 0.0 } else { 2.0 })
                 .collect();
-            let xt = Tensor::from_slice(&x, (n, d), &Device::Cpu).unwrap();
-            let yt = Tensor::from_slice(&y, n, &Device::Cpu).unwrap();
-            let mt = Tensor::from_slice(&mask, (n, h), &Device::Cpu).unwrap();
-            let loss = trainer.step(&xt, &yt, Some(&mt), lr, mu).unwrap();
+            let y8: Vec<u8> = y.iter().map(|&v| v as u8).collect();
+            let loss = trainer
+                .step(&x, &y8, Some(&mask), lr as f32, mu as f32)
+                .unwrap();
 
             let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
             let y64: Vec<usize> = y.iter().map(|&v| v as usize).collect();
@@ -853,18 +973,17 @@ mod tests {
                 }
             }
             velocity = Some(v);
-            for (t, var) in trainer.params.iter().enumerate() {
-                for (got, want) in to_f64(var.as_tensor()).iter().zip(&p[t]) {
-                    assert!(
-                        (got - want).abs() < 2e-4,
-                        "step {step} param {t}: {got} vs {want}"
-                    );
+            for (t, (got, want)) in params_of(&trainer).iter().zip(&p).enumerate() {
+                for (g, w) in got.iter().zip(want) {
+                    assert!((g - w).abs() < 2e-4, "step {step} param {t}: {g} vs {w}");
                 }
             }
-            for (got, want) in to_f64(&trainer.running_mean).iter().zip(&running.0) {
+            for (got, want) in trainer.running_mean.iter().zip(&running.0) {
+                let got = *got as f64;
                 assert!((got - want).abs() < 1e-5, "running mean {got} vs {want}");
             }
-            for (got, want) in to_f64(&trainer.running_var).iter().zip(&running.1) {
+            for (got, want) in trainer.running_var.iter().zip(&running.1) {
+                let got = *got as f64;
                 assert!((got - want).abs() < 1e-5, "running var {got} vs {want}");
             }
         }
