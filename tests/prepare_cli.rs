@@ -143,6 +143,15 @@ HOST1.1_chunk_1F2\t0\thost\tTGGCTAAAGAATTCGGTCATTGGCCAGA\tWLKNSVIGQ
 HOST1.1_chunk_1R1\t0\thost\tGTCTGGCCAATGACCGAATTCTTTAGCCAT\tVWPMTEFFSH
 ";
     assert_eq!(frames, expected);
+    // The reader `extract` uses sees the same rows.
+    let rows: Vec<_> = virnucpro::pipeline::prepare::FramesReader::open(&out.join("frames.tsv"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(rows[1].id, "V1.1_chunk_1R1");
+    assert_eq!((rows[1].label, rows[1].group.as_str()), (1, "viral"));
+    assert_eq!(rows[5].protein, "VWPMTEFFSH");
 
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
