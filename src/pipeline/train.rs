@@ -139,6 +139,25 @@ impl MlpWeights {
         ]
     }
 
+    /// Checks every tensor's length against `input_dim` and `hidden_dim`.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.input_dim > 0 && self.hidden_dim > 0,
+            "classifier sizes must be positive (input {}, hidden {})",
+            self.input_dim,
+            self.hidden_dim
+        );
+        for (name, shape, values) in self.tensors() {
+            let n: usize = shape.iter().product();
+            ensure!(
+                n == values.len(),
+                "classifier tensor {name}: {} values for shape {shape:?}",
+                values.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Softmax probabilities (score1 = others, score2 = virus) for row-major `features`,
     /// inference mode (running statistics, no dropout).
     pub fn predict_proba(&self, features: &[f32]) -> Result<Vec<[f32; 2]>> {
@@ -159,6 +178,7 @@ struct EvalMlp {
 
 impl EvalMlp {
     fn new(w: &MlpWeights) -> Result<Self> {
+        w.validate()?;
         let dev = Device::Cpu;
         let (d, h) = (w.input_dim, w.hidden_dim);
         // BatchNorm at inference is an affine map: fold it into one scale and one shift.
@@ -662,17 +682,11 @@ impl ClassifierMeta {
 /// Writes a classifier in safetensors format v1 (atomically).
 // merge: the loader is models::classifier::Classifier::load; keep the two in step.
 pub fn write_classifier(path: &Path, w: &MlpWeights, meta: &ClassifierMeta) -> Result<()> {
+    w.validate()?;
     let bytes: Vec<(&str, Vec<usize>, Vec<u8>)> = w
         .tensors()
         .into_iter()
         .map(|(name, shape, values)| {
-            let n: usize = shape.iter().product();
-            assert_eq!(
-                n,
-                values.len(),
-                "{name}: shape {shape:?} for {} values",
-                values.len()
-            );
             (
                 name,
                 shape,
