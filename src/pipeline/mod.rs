@@ -1,4 +1,10 @@
 //! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `train`.
 
 pub mod embed;
+pub mod evaluate;
+pub mod features;
 pub mod frames;
+pub mod metrics;
+pub mod prepare;
+pub mod rng;
+pub mod train;
