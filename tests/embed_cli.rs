@@ -261,3 +261,40 @@ fn output_directory_must_exist() {
         .failure()
         .stderr(predicate::str::contains("does not exist"));
 }
+
+#[test]
+#[ignore = "needs dnabert.rs (DNABERT-S encoder and tokenizer from the dnabert branch)"]
+fn dnabert_input_over_tokenizer_limit_names_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let fa = dir.path().join("long.fa");
+    // Far beyond the tiny tokenizer's 512-token limit, whatever the merges.
+    let long: String = "ACGTTGCA".repeat(2000);
+    std::fs::write(&fa, format!(">short\nACGTACGT\n>too_long_one\n{long}\n")).unwrap();
+    embed()
+        .arg("--model")
+        .arg(oracle("dnabert"))
+        .arg(&fa)
+        .arg("--out")
+        .arg(dir.path().join("o.safetensors"))
+        .args(["--device", "cpu"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("too_long_one"));
+}
+
+#[test]
+#[ignore = "needs dnabert.rs (DNABERT-S encoder and tokenizer from the dnabert branch)"]
+fn random_weight_dnabert_has_the_real_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    embed()
+        .args(["--random-weights", "dnabert-s", "--model"])
+        .arg(oracle("dnabert"))
+        .arg(oracle("inputs/dna.fa"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--device", "cpu"])
+        .assert()
+        .success();
+    assert_eq!(read_embeddings(&out).unwrap().embeddings.dims(), &[5, 768]);
+}

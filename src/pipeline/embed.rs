@@ -755,6 +755,26 @@ mod tests {
         assert_eq!(batches[1], vec![1]);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn batch_plan_properties(
+            lengths in proptest::collection::vec(1usize..600, 0..60),
+            budget in 1usize..3000,
+        ) {
+            let batches = plan_batches(&lengths, budget);
+            let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+            seen.sort();
+            proptest::prop_assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+            let mut prev_max = usize::MAX;
+            for b in &batches {
+                let max = b.iter().map(|&i| lengths[i]).max().unwrap();
+                proptest::prop_assert!(b.len() == 1 || b.len() * max <= budget);
+                proptest::prop_assert!(max <= prev_max, "longest first");
+                prev_max = max;
+            }
+        }
+    }
+
     #[test]
     fn fasta_reader_basics() {
         let dir = std::env::temp_dir().join(format!("vnp-fa-{}", std::process::id()));
