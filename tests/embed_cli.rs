@@ -263,7 +263,6 @@ fn output_directory_must_exist() {
 }
 
 #[test]
-#[ignore = "needs dnabert.rs (DNABERT-S encoder and tokenizer from the dnabert branch)"]
 fn dnabert_input_over_tokenizer_limit_names_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let fa = dir.path().join("long.fa");
@@ -283,7 +282,6 @@ fn dnabert_input_over_tokenizer_limit_names_the_record() {
 }
 
 #[test]
-#[ignore = "needs dnabert.rs (DNABERT-S encoder and tokenizer from the dnabert branch)"]
 fn random_weight_dnabert_has_the_real_width() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.safetensors");

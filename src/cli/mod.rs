@@ -49,6 +49,8 @@ pub enum Command {
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
+    // Every command may leave temporary outputs; Ctrl-C must remove them.
+    virnucpro::output::atomic::install_interrupt_handler()?;
     match command {
         Command::Frames(a) => frames::run(a),
         Command::Embed(a) => embed::run(a),

@@ -5,6 +5,7 @@ pub mod evaluate;
 pub mod features;
 pub mod frames;
 pub mod metrics;
+pub mod predict;
 pub mod prepare;
 pub mod rng;
 pub mod train;
