@@ -126,7 +126,7 @@ pub fn run(
         .join()
         .map_err(|_| anyhow!("the writer thread panicked"))?;
     let summary = translated?;
-    let writer = written.context("cannot write the frame files")?;
+    let writer = written?;
     writer.commit().context("cannot save the frame files")?;
     Ok(summary)
 }
