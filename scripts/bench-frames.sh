@@ -34,10 +34,11 @@ for len in "${lens[@]}"; do
         out="$work/out$len"
         rm -rf "$out"
         start=$(date +%s.%N)
-        /usr/bin/time -f "%M" -o "$work/rss" "$bin" -q frames "$genome" --chunk-len "$len" --out-dir "$out"
+        /usr/bin/time -f "%M %U %S" -o "$work/time" "$bin" -q frames "$genome" --chunk-len "$len" --out-dir "$out"
         end=$(date +%s.%N)
-        awk -v b="$bytes" -v s="$start" -v e="$end" -v l="$len" -v r="$run" -v rss="$(cat "$work/rss")" \
-            'BEGIN { printf "chunk-len %s run %s: %.2f s, %.0f MB/s, max RSS %.0f MB\n", l, r, e - s, b / (e - s) / 1e6, rss / 1024 }'
+        read -r rss user sys < "$work/time"
+        awk -v b="$bytes" -v s="$start" -v e="$end" -v l="$len" -v r="$run" -v rss="$rss" -v cpu="$(awk -v u="$user" -v k="$sys" 'BEGIN { print u + k }')" \
+            'BEGIN { printf "chunk-len %s run %s: %.2f s wall, %.0f MB/s, %.2f CPU s (user+sys), max RSS %.0f MB\n", l, r, e - s, b / (e - s) / 1e6, cpu, rss / 1024 }'
     done
     echo "output:  $(du -sh "$out" | cut -f1) in $out"
 done

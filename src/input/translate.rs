@@ -107,6 +107,22 @@ fn is_stop(codon: usize) -> bool {
     codon < 64 && (STOP_BITS >> codon) & 1 == 1
 }
 
+/// Translates `codons` into `protein` (at least as long as the frame), dropping codons with
+/// invalid bases: the protein length, or `None` at the first stop codon.
+#[inline(always)]
+fn translate_open(codons: impl Iterator<Item = usize>, protein: &mut [u8]) -> Option<usize> {
+    let mut len = 0;
+    for codon in codons {
+        if is_stop(codon) {
+            return None;
+        }
+        // Written unconditionally, kept only for a valid codon: no branch on N.
+        protein[len] = STANDARD_CODE[codon & 63];
+        len += usize::from(codon < 64);
+    }
+    Some(len)
+}
+
 /// Appends the amino acids of `codons` to `protein`, dropping codons with invalid bases.
 #[inline(always)]
 fn push_amino_acids(codons: impl Iterator<Item = usize>, protein: &mut Vec<u8>) {
@@ -222,27 +238,23 @@ where
     let mut kept = 0;
     for tag in FrameTag::ALL {
         let offset = usize::from(tag.offset - 1);
-        // Most frames of non-coding sequence hit a stop within a few dozen codons: look for
-        // one first, without building the protein.
-        scratch.protein.clear();
-        match tag.strand {
-            Strand::Forward => {
-                if forward_codons(chunk, offset).any(is_stop) {
-                    continue;
-                }
-                push_amino_acids(forward_codons(chunk, offset), &mut scratch.protein);
-            }
-            Strand::Reverse => {
-                if reverse_codons(chunk, offset).any(is_stop) {
-                    continue;
-                }
-                push_amino_acids(reverse_codons(chunk, offset), &mut scratch.protein);
-            }
+        // One pass that gives up at the first stop: most frames of non-coding sequence hit one
+        // within a few dozen codons. The protein buffer is sized once for the longest frame so
+        // that the loop does no capacity checks.
+        let codons = chunk.len().saturating_sub(offset) / 3;
+        if scratch.protein.len() < codons {
+            scratch.protein.resize(codons, 0);
         }
-        if scratch.protein.is_empty() {
-            continue;
-        }
-        let end = (offset + 3 * scratch.protein.len() + 1).min(chunk.len());
+        let translated = match tag.strand {
+            Strand::Forward => translate_open(forward_codons(chunk, offset), &mut scratch.protein),
+            Strand::Reverse => translate_open(reverse_codons(chunk, offset), &mut scratch.protein),
+        };
+        let protein_len = match translated {
+            Some(len) if len > 0 => len,
+            _ => continue,
+        };
+        let protein = &scratch.protein[..protein_len];
+        let end = (offset + 3 * protein_len + 1).min(chunk.len());
         scratch.dna.clear();
         match tag.strand {
             Strand::Forward => scratch
@@ -259,7 +271,7 @@ where
                 );
             }
         }
-        keep(tag, &scratch.dna, &scratch.protein);
+        keep(tag, &scratch.dna, protein);
         kept += 1;
     }
     kept
