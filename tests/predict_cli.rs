@@ -23,7 +23,13 @@ fn predict(input: &Path, esm: &str, classifier: &Path, out: &Path) -> Command {
     cmd.arg("predict")
         .arg(input)
         .args(["--chunk-len", "60", "--dnabert", &format!("{O}/dnabert")])
-        .args(["--esm", &format!("{O}/{esm}"), "--device", "cpu", "--classifier"])
+        .args([
+            "--esm",
+            &format!("{O}/{esm}"),
+            "--device",
+            "cpu",
+            "--classifier",
+        ])
         .arg(classifier)
         .arg("--out-dir")
         .arg(out);
@@ -93,11 +99,25 @@ fn state_dict_and_converted_classifier_give_the_same_results() {
     let tmp = tempfile::tempdir().unwrap();
     let converted = tmp.path().join("clf.safetensors");
     Command::new(BIN)
-        .args(["convert", "--classifier", &format!("{O}/classifier/model_full.pth")])
+        .args([
+            "convert",
+            "--classifier",
+            &format!("{O}/classifier/model_full.pth"),
+        ])
         .arg("--out")
         .arg(&converted)
-        .args(["--dnabert-model", &format!("{O}/dnabert"), "--dnabert-hidden", "128"])
-        .args(["--esm-model", &format!("{O}/fastesm"), "--esm-hidden", "128"])
+        .args([
+            "--dnabert-model",
+            &format!("{O}/dnabert"),
+            "--dnabert-hidden",
+            "128",
+        ])
+        .args([
+            "--esm-model",
+            &format!("{O}/fastesm"),
+            "--esm-hidden",
+            "128",
+        ])
         .args(["--chunk-len", "60"])
         .assert()
         .success();
@@ -121,11 +141,16 @@ fn summary_and_kept_frames() {
     text.push_str(">stops\nAC\n");
     fs::write(&input, text).unwrap();
     let out = tmp.path().join("out");
-    predict(&input, "fastesm", &Path::new(O).join("classifier/model_full.pth"), &out)
-        .arg("--keep-frames")
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("8 records"));
+    predict(
+        &input,
+        "fastesm",
+        &Path::new(O).join("classifier/model_full.pth"),
+        &out,
+    )
+    .arg("--keep-frames")
+    .assert()
+    .success()
+    .stderr(predicate::str::contains("8 records"));
     assert_eq!(
         fs::read_to_string(out.join("identified_protein.faa")).unwrap(),
         fs::read_to_string(Path::new(O).join("e2e_fastesm/identified_protein.faa")).unwrap()
@@ -140,7 +165,10 @@ fn summary_and_kept_frames() {
         ids,
         ["g_exact", "g_plus1", "g_short", "g_long", "g_lower", "g_ambig", "g_one", "stops"]
     );
-    assert_eq!(summary[8][1..].join("\t"), "2\t1\t0\t0\t0\tNA\tNA\tno_frames");
+    assert_eq!(
+        summary[8][1..].join("\t"),
+        "2\t1\t0\t0\t0\tNA\tNA\tno_frames"
+    );
 
     // Cross-check every summary row against the two published files.
     let results = rows(&out.join(RESULTS));
@@ -244,7 +272,13 @@ fn wrong_model_kinds_are_refused() {
     cmd.arg("predict")
         .arg(genomes())
         .args(["--chunk-len", "60", "--dnabert", &format!("{O}/fastesm")])
-        .args(["--esm", &format!("{O}/fastesm"), "--device", "cpu", "--classifier"])
+        .args([
+            "--esm",
+            &format!("{O}/fastesm"),
+            "--device",
+            "cpu",
+            "--classifier",
+        ])
         .arg(&clf)
         .arg("--out-dir")
         .arg(tmp.path().join("o"));
@@ -259,7 +293,11 @@ fn bad_input_leaves_no_output() {
     let tmp = tempfile::tempdir().unwrap();
     let clf = Path::new(O).join("classifier/model_full.pth");
     let cases: [(&str, &[u8], &str); 3] = [
-        ("not_fasta.txt", b"hello world\nthis is not a sequence file\n", "not_fasta.txt"),
+        (
+            "not_fasta.txt",
+            b"hello world\nthis is not a sequence file\n",
+            "not_fasta.txt",
+        ),
         (
             "dup.fa",
             b">a\nACGTACGTACGTACGTACGTACGTACGT\n>a\nACGTACGTACGTACGTACGTACGTACGT\n",
@@ -283,7 +321,11 @@ fn bad_input_leaves_no_output() {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::default());
         for i in 0..400 {
-            writeln!(enc, ">r{i}\nACGTTGCATGCATGCAAGCTAGCTAGGATCCGATCGATCGTAGCTAGCTAGCTAGCATGC").unwrap();
+            writeln!(
+                enc,
+                ">r{i}\nACGTTGCATGCATGCAAGCTAGCTAGGATCCGATCGATCGTAGCTAGCTAGCTAGCATGC"
+            )
+            .unwrap();
         }
         enc.finish().unwrap();
     }
@@ -306,7 +348,9 @@ fn interrupted_run_leaves_no_output() {
     for i in 0..3000 {
         text.push_str(&format!(">r{i}\n"));
         for _ in 0..600 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             text.push(b"ACGT"[(x >> 62) as usize] as char);
         }
         text.push('\n');
@@ -317,7 +361,13 @@ fn interrupted_run_leaves_no_output() {
         .arg("predict")
         .arg(&input)
         .args(["--chunk-len", "60", "--dnabert", &format!("{O}/dnabert")])
-        .args(["--esm", &format!("{O}/fastesm"), "--device", "cpu", "--classifier"])
+        .args([
+            "--esm",
+            &format!("{O}/fastesm"),
+            "--device",
+            "cpu",
+            "--classifier",
+        ])
         .arg(Path::new(O).join("classifier/model_full.pth"))
         .arg("--out-dir")
         .arg(&out)
@@ -330,7 +380,10 @@ fn interrupted_run_leaves_no_output() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!entries(&out).is_empty(), "the run never started writing");
-    assert!(child.try_wait().unwrap().is_none(), "the run finished too early for this test");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished too early for this test"
+    );
     unsafe_kill(child.id());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));

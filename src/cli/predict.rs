@@ -59,7 +59,12 @@ pub struct Args {
     pub esm: String,
 
     /// ESM2 token-dropout rescaling: auto (on for model_type esm, off for fast_esm), on, off.
-    #[arg(long, default_value = "auto", value_name = "auto|on|off", help_heading = "Models")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|on|off",
+        help_heading = "Models"
+    )]
     pub esm_token_dropout: TokenDropout,
 
     /// Refuse to run when the classifier's metadata names other models or another chunk length
@@ -68,11 +73,21 @@ pub struct Args {
     pub strict: bool,
 
     /// Where to run: auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto", value_name = "DEVICE", help_heading = "Compute")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DEVICE",
+        help_heading = "Compute"
+    )]
     pub device: DeviceSpec,
 
     /// Compute precision: auto (f32 on CPU, f16/bf16 on GPU), f32, f16, bf16.
-    #[arg(long, default_value = "auto", value_name = "DTYPE", help_heading = "Compute")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DTYPE",
+        help_heading = "Compute"
+    )]
     pub dtype: DTypeSpec,
 
     /// Padded tokens per forward pass (default: 4096 on CPU, 16384 on GPU).

@@ -27,9 +27,8 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::input::fasta::RecordReader;
-use crate::output::atomic::AtomicFile;
 use crate::device::{device_name, resolve_dtype, select_device, DTypeSpec, DeviceSpec};
+use crate::input::fasta::RecordReader;
 use crate::models::config::{ModelConfig, ModelFamily};
 use crate::models::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
 use crate::models::esm::{Esm, EsmConfig, TokenDropout};
@@ -37,6 +36,7 @@ use crate::models::hub::{resolve_model, ModelFiles};
 use crate::models::tokenize::EsmTokenizer;
 use crate::models::weights::{Checkpoint, RandomWeights};
 use crate::models::{Encoder, SeqTokenizer, TokenBatch};
+use crate::output::atomic::AtomicFile;
 
 /// Default `--batch-tokens` on the CPU (padded tokens per forward pass).
 pub const DEFAULT_BATCH_TOKENS_CPU: usize = 4096;
@@ -306,7 +306,7 @@ fn dnabert_token_limit(tokenizer_json: &Path, cfg: &DnaBertConfig) -> usize {
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|text| serde_json::from_str::<TokenizerConfig>(&text).ok())
         .and_then(|c| c.model_max_length)
-        .filter(|&n| n >= 1.0 && n < 1e7)
+        .filter(|n| (1.0..1e7).contains(n))
         .map(|n| n as usize);
     from_tokenizer.unwrap_or(cfg.max_position_embeddings)
 }
@@ -632,7 +632,8 @@ pub fn write_embeddings(
     ]);
     let bytes = safetensors::serialize([("embeddings", &embeddings)], Some(metadata))
         .context("cannot serialize embeddings")?;
-    let mut file = AtomicFile::create(out).with_context(|| format!("cannot write {}", out.display()))?;
+    let mut file =
+        AtomicFile::create(out).with_context(|| format!("cannot write {}", out.display()))?;
     file.write_all(&bytes)
         .and_then(|()| file.commit())
         .with_context(|| format!("cannot write {}", out.display()))

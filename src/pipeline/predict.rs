@@ -138,13 +138,22 @@ struct Models {
 
 impl Models {
     /// Embeds and scores `frames`, in order.
-    fn score(&self, frames: &[&Frame], batch_tokens: Option<usize>) -> anyhow::Result<Vec<FrameScore>> {
+    fn score(
+        &self,
+        frames: &[&Frame],
+        batch_tokens: Option<usize>,
+    ) -> anyhow::Result<Vec<FrameScore>> {
         if frames.is_empty() {
             return Ok(Vec::new());
         }
-        let dna: Vec<(&str, &[u8])> = frames.iter().map(|f| (f.id.as_str(), f.dna.as_slice())).collect();
-        let protein: Vec<(&str, &[u8])> =
-            frames.iter().map(|f| (f.id.as_str(), f.protein.as_slice())).collect();
+        let dna: Vec<(&str, &[u8])> = frames
+            .iter()
+            .map(|f| (f.id.as_str(), f.dna.as_slice()))
+            .collect();
+        let protein: Vec<(&str, &[u8])> = frames
+            .iter()
+            .map(|f| (f.id.as_str(), f.protein.as_slice()))
+            .collect();
         let dna = embed_sequences(
             &self.dnabert,
             &dna,
@@ -156,7 +165,8 @@ impl Models {
             batch_tokens.unwrap_or_else(|| self.esm.default_batch_tokens()),
         )?;
         // Merged feature = [nucleotide | protein] (PIPELINE.md §4).
-        let features = Tensor::cat(&[&dna.embeddings, &protein.embeddings], 1)?.to_device(&self.device)?;
+        let features =
+            Tensor::cat(&[&dna.embeddings, &protein.embeddings], 1)?.to_device(&self.device)?;
         let probs = self
             .classifier
             .forward(&features)
@@ -209,7 +219,11 @@ impl Outputs {
 
     fn commit(self) -> anyhow::Result<()> {
         let highest_file = self.highest.write(self.highest_file)?;
-        let mut files = vec![self.results.into_inner(), self.summary.into_inner(), highest_file];
+        let mut files = vec![
+            self.results.into_inner(),
+            self.summary.into_inner(),
+            highest_file,
+        ];
         if let Some(frames) = self.frames {
             files.extend(frames.into_files());
         }
@@ -224,7 +238,10 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
         bail!("--chunk-len must be at least 1");
     }
     if !(0.0..=1.0).contains(&req.min_viral_fraction) {
-        bail!("--min-viral-fraction must be between 0 and 1, not {}", req.min_viral_fraction);
+        bail!(
+            "--min-viral-fraction must be between 0 and 1, not {}",
+            req.min_viral_fraction
+        );
     }
 
     // 1. Cheap checks first: classifier, model configs, the dimension guard.
@@ -320,7 +337,8 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
                     w.write_frame(frame)?;
                 }
             }
-            let summary = RecordSummary::from_scores(&record.id, record.len, record.chunks.len(), mine);
+            let summary =
+                RecordSummary::from_scores(&record.id, record.len, record.chunks.len(), mine);
             outputs.summary.write(&summary)?;
             report.records += 1;
             report.chunks += record.chunks.len() as u64;
