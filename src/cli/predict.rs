@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use virnucpro::device::{DTypeSpec, DeviceSpec};
 use virnucpro::models::esm::TokenDropout;
 use virnucpro::models::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
+use virnucpro::pipeline::embed::RandomModel;
 use virnucpro::pipeline::predict::{self, PredictRequest};
 
 const EXAMPLES: &str = "\
@@ -42,8 +43,13 @@ pub struct Args {
 
     /// Classifier: this project's .safetensors, a published VirNucPro .pth (pickled module), or a
     /// PyTorch state dict.
-    #[arg(short, long, value_name = "FILE")]
-    pub classifier: PathBuf,
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "random_weights"
+    )]
+    pub classifier: Option<PathBuf>,
 
     /// Output directory (created if missing; existing files are replaced only on success).
     #[arg(short, long, value_name = "DIR")]
@@ -102,13 +108,18 @@ pub struct Args {
     /// A record is called `virus` when at least this fraction of its scored chunks is viral.
     #[arg(long, value_name = "F", default_value_t = 0.5, help_heading = "Output")]
     pub min_viral_fraction: f64,
+
+    /// Benchmarks only: random weights of the real DNABERT-S shape and of this protein-model
+    /// shape (esm2-650m, esm2-3b) plus a random classifier; the scores are meaningless.
+    #[arg(long, value_name = "SHAPE", hide = true)]
+    pub random_weights: Option<RandomModel>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let req = PredictRequest {
         inputs: args.inputs,
         chunk_len: usize::try_from(args.chunk_len)?,
-        classifier: args.classifier,
+        classifier: args.classifier.unwrap_or_default(),
         dnabert: args.dnabert,
         esm: args.esm,
         out_dir: args.out_dir,
@@ -120,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         min_viral_fraction: args.min_viral_fraction,
         strict: args.strict,
         progress: tracing::enabled!(tracing::Level::INFO),
+        random_weights: args.random_weights,
     };
     let report = predict::run(&req)?;
     eprintln!("{report}; results in {}", req.out_dir.display());

@@ -31,7 +31,10 @@ use crate::output::predictions::{
     FrameScore, HighestScores, RecordSummary, ResultsWriter, SummaryWriter, HIGHEST_SCORE_FILE,
     RESULTS_FILE, SUMMARY_FILE,
 };
-use crate::pipeline::embed::{embed_sequences, load_from_files, EmbeddingModel, LoadOptions};
+use crate::pipeline::embed::{
+    embed_sequences, load_from_files, random_embedding_model, EmbeddingModel, LoadOptions,
+    RandomModel,
+};
 use crate::pipeline::frames::{translate_batch, RecordBatches};
 
 /// Bases read per work unit on a CPU: small enough for a lively progress bar.
@@ -65,6 +68,10 @@ pub struct PredictRequest {
     pub strict: bool,
     /// Show a progress bar (the CLI turns it on for a terminal).
     pub progress: bool,
+    /// Benchmarks only: random weights of the real DNABERT-S shape and of this protein-model
+    /// shape, and a random classifier that fits them (`classifier` is not read; the DNABERT
+    /// tokenizer still comes from `dnabert`). The scores are meaningless.
+    pub random_weights: Option<RandomModel>,
 }
 
 /// Counters of a finished run.
@@ -231,22 +238,10 @@ impl Outputs {
     }
 }
 
-/// Runs the whole pipeline; outputs appear in `out_dir` only when everything succeeded.
-pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
-    let started = Instant::now();
-    if req.chunk_len == 0 {
-        bail!("--chunk-len must be at least 1");
-    }
-    if !(0.0..=1.0).contains(&req.min_viral_fraction) {
-        bail!(
-            "--min-viral-fraction must be between 0 and 1, not {}",
-            req.min_viral_fraction
-        );
-    }
-
-    // 1. Cheap checks first: classifier, model configs, the dimension guard.
-    let device = select_device(req.device)?;
-    let classifier = Classifier::load(&req.classifier, &device)
+/// The real start-up: cheap checks first (classifier, model configs, the dimension guard), then
+/// the inputs are opened (a missing file fails before the slow model loading), then the models.
+fn load_checked(req: &PredictRequest, device: &Device) -> anyhow::Result<(Models, RecordReader)> {
+    let classifier = Classifier::load(&req.classifier, device)
         .with_context(|| format!("cannot load the classifier {}", req.classifier.display()))?;
     let dnabert_files = resolve_family(&req.dnabert, ModelFamily::DnaBert, "--dnabert")?;
     let esm_files = resolve_family(&req.esm, ModelFamily::Esm, "--esm")?;
@@ -260,16 +255,14 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
         tracing::warn!("{w}");
     }
 
-    // 2. Inputs open (missing files fail here, before the slow model loading).
     let reader = RecordReader::new(&req.inputs)?;
 
-    // 3. Models.
     let options = LoadOptions {
         esm_token_dropout: req.esm_token_dropout,
     };
-    let dnabert = load_from_files(dnabert_files, &device, req.dtype, &options)
+    let dnabert = load_from_files(dnabert_files, device, req.dtype, &options)
         .with_context(|| format!("cannot load the nucleotide model `{}`", req.dnabert))?;
-    let esm = load_from_files(esm_files, &device, req.dtype, &options)
+    let esm = load_from_files(esm_files, device, req.dtype, &options)
         .with_context(|| format!("cannot load the protein model `{}`", req.esm))?;
     tracing::info!(
         "models: {} ({}, {:?}) + {} ({}, {:?}) -> classifier {} ({} inputs) on {}",
@@ -281,13 +274,97 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
         esm.dtype,
         req.classifier.display(),
         classifier.input_dim(),
-        device_name(&device)
+        device_name(device)
     );
     let models = Models {
         dnabert,
         esm,
         classifier,
         device: device.clone(),
+    };
+    Ok((models, reader))
+}
+
+/// Benchmark start-up: random weights of the real shapes (see [`PredictRequest::random_weights`]).
+fn load_random(
+    req: &PredictRequest,
+    protein: RandomModel,
+    device: &Device,
+) -> anyhow::Result<(Models, RecordReader)> {
+    if protein == RandomModel::DnaBertS {
+        bail!("--random-weights takes the protein model's shape: esm2-650m or esm2-3b");
+    }
+    tracing::warn!("--random-weights: benchmark mode, random models, meaningless scores");
+    let reader = RecordReader::new(&req.inputs)?;
+    let options = LoadOptions {
+        esm_token_dropout: req.esm_token_dropout,
+    };
+    let dnabert = random_embedding_model(
+        RandomModel::DnaBertS,
+        Some(&req.dnabert),
+        device,
+        req.dtype,
+        &options,
+    )?;
+    let esm = random_embedding_model(protein, None, device, req.dtype, &options)?;
+    let classifier = random_classifier(dnabert.hidden_size + esm.hidden_size, device)?;
+    let models = Models {
+        dnabert,
+        esm,
+        classifier,
+        device: device.clone(),
+    };
+    Ok((models, reader))
+}
+
+/// A classifier of the published shape (hidden 512) with seeded random weights.
+fn random_classifier(input: usize, device: &Device) -> anyhow::Result<Classifier> {
+    let hidden = 512;
+    let mut rng = crate::pipeline::rng::Rng::new(7, 0);
+    let mut t = |shape: &[usize], scale: f32, offset: f32| -> anyhow::Result<Tensor> {
+        let n = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|_| offset + scale * (rng.next_f32() * 2.0 - 1.0))
+            .collect();
+        Ok(Tensor::from_vec(data, shape, device)?)
+    };
+    let w = 1.0 / (input as f32).sqrt();
+    let tensors = std::collections::HashMap::from([
+        (
+            "hidden_layer.weight".to_string(),
+            t(&[hidden, input], w, 0.0)?,
+        ),
+        ("hidden_layer.bias".to_string(), t(&[hidden], w, 0.0)?),
+        ("bn1.weight".to_string(), t(&[hidden], 0.1, 1.0)?),
+        ("bn1.bias".to_string(), t(&[hidden], 0.1, 0.0)?),
+        ("bn1.running_mean".to_string(), t(&[hidden], 0.1, 0.0)?),
+        ("bn1.running_var".to_string(), t(&[hidden], 0.1, 1.0)?),
+        (
+            "output_layer.weight".to_string(),
+            t(&[2, hidden], 0.05, 0.0)?,
+        ),
+        ("output_layer.bias".to_string(), t(&[2], 0.05, 0.0)?),
+    ]);
+    Classifier::from_tensors(tensors, Default::default())
+}
+
+/// Runs the whole pipeline; outputs appear in `out_dir` only when everything succeeded.
+pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
+    let started = Instant::now();
+    if req.chunk_len == 0 {
+        bail!("--chunk-len must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&req.min_viral_fraction) {
+        bail!(
+            "--min-viral-fraction must be between 0 and 1, not {}",
+            req.min_viral_fraction
+        );
+    }
+
+    let device = select_device(req.device)?;
+    let (models, reader) = match req.random_weights {
+        None => load_checked(req, &device)?,
+        Some(kind) => load_random(req, kind, &device)?,
     };
 
     // 4. Stream.
