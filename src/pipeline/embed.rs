@@ -129,7 +129,7 @@ pub fn load_from_files(
                 )
             }
             ModelConfig::DnaBert(cfg) => {
-                let tokenizer = DnaBertTokenizer::from_file(&files.tokenizer)?;
+                let tokenizer = DnaBertTokenizer::from_file(&files.tokenizer, 512)?;
                 let encoder = DnaBert::load(vb, cfg)?;
                 (Box::new(encoder), Box::new(tokenizer), "DNABERT".into())
             }
@@ -272,7 +272,7 @@ pub fn random_embedding_model(
                 let dtype = resolve_dtype(dtype, ModelFamily::DnaBert, device);
                 let vb = RandomWeights { seed: SEED }.into_var_builder(dtype, device);
                 let enc = DnaBert::load(vb, &cfg)?;
-                let tok = DnaBertTokenizer::from_file(&files.tokenizer)?;
+                let tok = DnaBertTokenizer::from_file(&files.tokenizer, 512)?;
                 (ModelFamily::DnaBert, Box::new(enc), Box::new(tok), dtype)
             }
         };
