@@ -300,6 +300,9 @@ mod tests {
         let mut w = SummaryWriter::new(Vec::new(), 0.5).unwrap();
         w.write(&none).unwrap();
         let text = String::from_utf8(w.into_inner()).unwrap();
-        assert!(text.ends_with("e\t10\t1\t0\t0\t0\tNA\tNA\tno_frames\n"), "{text}");
+        assert!(
+            text.ends_with("e\t10\t1\t0\t0\t0\tNA\tNA\tno_frames\n"),
+            "{text}"
+        );
     }
 }

@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
+
+use crate::output::atomic::write_atomic;
 
 pub const FEATURES_FORMAT: &str = "virnucpro-features";
 pub const FEATURES_FORMAT_VERSION: u32 = 1;
@@ -37,6 +38,21 @@ pub struct FeatureInfo {
     /// Where the frames came from (e.g. a prepared `frames.tsv`), for the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+}
+
+impl FeatureInfo {
+    /// Both hidden sizes, when recorded, must add up to the feature dimension: the classifier
+    /// written from these features records them and its format requires the same.
+    pub fn check_dim(&self, dim: usize) -> Result<()> {
+        if let (Some(d), Some(e)) = (self.dnabert_hidden, self.esm_hidden) {
+            ensure!(
+                d.checked_add(e) == Some(dim),
+                "nucleotide hidden size {d} + protein hidden size {e} is not the feature \
+                 dimension {dim}"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One shard as listed in the manifest; `bytes` and `fnv1a64` catch truncated or swapped files.
@@ -125,78 +141,6 @@ impl Fnv1a64 {
     }
 }
 
-// merge: replace with output::atomic
-/// A file written under a temporary name in the target's directory and renamed over the target
-/// on [`AtomicFile::commit`]; dropped without commit, the temporary file is removed.
-pub(crate) struct AtomicFile {
-    target: PathBuf,
-    tmp: PathBuf,
-    writer: Option<BufWriter<fs::File>>,
-}
-
-impl AtomicFile {
-    pub(crate) fn create(target: &Path) -> Result<Self> {
-        let name = target
-            .file_name()
-            .with_context(|| format!("{} is not a file path", target.display()))?;
-        let tmp = target.with_file_name(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = fs::File::create(&tmp).with_context(|| {
-            format!(
-                "cannot create {} (is the directory writable?)",
-                tmp.display()
-            )
-        })?;
-        Ok(AtomicFile {
-            target: target.to_path_buf(),
-            tmp,
-            writer: Some(BufWriter::with_capacity(1 << 20, file)),
-        })
-    }
-
-    pub(crate) fn writer(&mut self) -> &mut BufWriter<fs::File> {
-        self.writer.as_mut().expect("AtomicFile used after commit")
-    }
-
-    pub(crate) fn commit(mut self) -> Result<()> {
-        let writer = self.writer.take().expect("AtomicFile committed twice");
-        let file = writer
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        drop(file);
-        fs::rename(&self.tmp, &self.target).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                self.tmp.display(),
-                self.target.display()
-            )
-        })
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.writer.take().is_some() {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// Writes `bytes` to `path` atomically.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = AtomicFile::create(path)?;
-    f.writer()
-        .write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.commit()
-}
-
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
     for v in values {
@@ -257,7 +201,7 @@ pub fn write_shard(
     .collect();
     let bytes = safetensors::tensor::serialize(tensors, Some(metadata))
         .with_context(|| format!("cannot serialize shard {}", path.display()))?;
-    write_atomic(path, &bytes)?;
+    write_atomic(path, &bytes).with_context(|| format!("cannot write shard {}", path.display()))?;
     Ok(ShardEntry {
         file: path
             .file_name()
@@ -294,6 +238,7 @@ impl ShardWriter {
     ) -> Result<Self> {
         ensure!(dim > 0, "feature dimension must be positive");
         ensure!(rows_per_shard > 0, "rows per shard must be positive");
+        info.check_dim(dim)?;
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create feature directory {}", dir.display()))?;
         let manifest = dir.join(MANIFEST_FILE);
@@ -362,10 +307,17 @@ impl ShardWriter {
             shards: std::mem::take(&mut self.shards),
             virnucpro_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let json = serde_json::to_string_pretty(&manifest)?;
-        write_atomic(&self.dir.join(MANIFEST_FILE), json.as_bytes())?;
+        write_manifest(&self.dir, &manifest)?;
         Ok(manifest)
     }
+}
+
+/// Writes `DIR/manifest.json` atomically. Call it last: its presence marks the set complete.
+pub fn write_manifest(dir: &Path, manifest: &FeatureManifest) -> Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    let json = serde_json::to_string_pretty(manifest)?;
+    write_atomic(&path, json.as_bytes())
+        .with_context(|| format!("cannot write the feature manifest {}", path.display()))
 }
 
 /// Reads and checks `DIR/manifest.json`.
@@ -401,6 +353,12 @@ pub fn read_manifest(dir: &Path) -> Result<FeatureManifest> {
         FEATURES_FORMAT_VERSION
     );
     ensure!(m.feature_dim > 0, "{}: feature_dim is 0", path.display());
+    m.info.check_dim(m.feature_dim).with_context(|| {
+        format!(
+            "{}: the manifest contradicts itself; re-run `virnucpro extract`",
+            path.display()
+        )
+    })?;
     let sum: usize = m.shards.iter().map(|s| s.rows).sum();
     ensure!(
         sum == m.rows,
@@ -438,7 +396,7 @@ fn labels_from_view(view: &TensorView<'_>, path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Reads one shard file into the given buffers, checking it against its manifest entry.
-fn read_shard(
+pub(crate) fn read_shard(
     dir: &Path,
     entry: &ShardEntry,
     dim: usize,
@@ -600,6 +558,37 @@ mod tests {
         fs::write(&p, b).unwrap();
         let err = format!("{:#}", read_features(&dir).unwrap_err());
         assert!(err.contains("checksum"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Hidden sizes that do not add up to the feature dimension would make a classifier whose
+    /// metadata contradicts its weights: refused when writing and when reading.
+    #[test]
+    fn hidden_sizes_must_add_up() {
+        let dir = std::env::temp_dir().join(format!("vnp-features-dims-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let info = FeatureInfo {
+            dnabert_hidden: Some(768),
+            esm_hidden: Some(1280),
+            ..Default::default()
+        };
+        let err = ShardWriter::create(&dir, 12, info.clone(), 2)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("768 + protein hidden size 1280"),
+            "{err:#}"
+        );
+        let mut w = ShardWriter::create(&dir, 12, FeatureInfo::default(), 2).unwrap();
+        w.push("a", 1, &[0.5; 12]).unwrap();
+        let mut m = w.finish().unwrap();
+        m.info = info;
+        fs::write(dir.join(MANIFEST_FILE), serde_json::to_string(&m).unwrap()).unwrap();
+        let err = format!("{:#}", read_features(&dir).unwrap_err());
+        assert!(
+            err.contains("contradicts itself") && err.contains("dimension 12"),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
