@@ -4,7 +4,7 @@
 //! `features` f32 [n, D], tensor `labels` u8 [n], metadata `ids`) and a `manifest.json` written
 //! last: a directory without a manifest is an interrupted extraction, never a smaller data set.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -141,12 +141,41 @@ impl Fnv1a64 {
     }
 }
 
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+/// `shard-NNNNN.safetensors`, the name of shard `index` (0-based) of a feature directory.
+pub fn shard_file_name(index: usize) -> String {
+    format!("shard-{index:05}.safetensors")
+}
+
+/// A shard as safetensors bytes. The header is written here rather than by
+/// `safetensors::serialize`, whose metadata map comes out in random order: the same rows must
+/// give the same bytes, so that a recomputed shard has the checksum of the one it replaces.
+fn shard_bytes(features: &[f32], dim: usize, labels: &[u8], ids: &[String]) -> Result<Vec<u8>> {
+    let n = labels.len();
+    let feature_len = features.len() * 4;
+    let metadata: BTreeMap<&str, String> = [
+        ("format", FEATURES_FORMAT.to_string()),
+        ("format_version", FEATURES_FORMAT_VERSION.to_string()),
+        ("ids", serde_json::to_string(ids)?),
+    ]
+    .into();
+    let mut header = format!(
+        "{{\"__metadata__\":{},\"features\":{{\"dtype\":\"F32\",\"shape\":[{n},{dim}],\
+         \"data_offsets\":[0,{feature_len}]}},\"labels\":{{\"dtype\":\"U8\",\"shape\":[{n}],\
+         \"data_offsets\":[{feature_len},{}]}}}}",
+        serde_json::to_string(&metadata)?,
+        feature_len + n
+    )
+    .into_bytes();
+    // The data starts 8-byte aligned, as safetensors writes it (spaces pad the JSON).
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut bytes = Vec::with_capacity(8 + header.len() + feature_len + n);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    for v in features {
+        bytes.extend_from_slice(&v.to_le_bytes());
     }
-    out
+    bytes.extend_from_slice(labels);
+    Ok(bytes)
 }
 
 /// Writes one shard (atomically) and returns its manifest entry. `features` is row-major
@@ -181,26 +210,7 @@ pub fn write_shard(
             labels[bad]
         );
     }
-    let feat_bytes = f32_bytes(features);
-    let tensors = vec![
-        (
-            "features",
-            TensorView::new(Dtype::F32, vec![n, dim], &feat_bytes)?,
-        ),
-        ("labels", TensorView::new(Dtype::U8, vec![n], labels)?),
-    ];
-    let metadata: HashMap<String, String> = [
-        ("format".to_string(), FEATURES_FORMAT.to_string()),
-        (
-            "format_version".to_string(),
-            FEATURES_FORMAT_VERSION.to_string(),
-        ),
-        ("ids".to_string(), serde_json::to_string(ids)?),
-    ]
-    .into_iter()
-    .collect();
-    let bytes = safetensors::tensor::serialize(tensors, Some(metadata))
-        .with_context(|| format!("cannot serialize shard {}", path.display()))?;
+    let bytes = shard_bytes(features, dim, labels, ids)?;
     write_atomic(path, &bytes).with_context(|| format!("cannot write shard {}", path.display()))?;
     Ok(ShardEntry {
         file: path
@@ -283,9 +293,7 @@ impl ShardWriter {
         if self.labels.is_empty() {
             return Ok(());
         }
-        let path = self
-            .dir
-            .join(format!("shard-{:05}.safetensors", self.shards.len()));
+        let path = self.dir.join(shard_file_name(self.shards.len()));
         let entry = write_shard(&path, &self.features, self.dim, &self.labels, &self.ids)?;
         self.rows += entry.rows;
         self.shards.push(entry);
@@ -428,9 +436,23 @@ pub(crate) fn read_shard(
         path.display(),
         entry.fnv1a64
     );
-    let st = SafeTensors::deserialize(&bytes)
+    parse_shard(&path, &bytes, entry.rows, dim, features, labels, ids)
+}
+
+/// The contents of a shard file (`bytes`, read from `path`) appended to the buffers, after
+/// checking that it holds `rows` rows of `dim` features, labels and IDs.
+pub(crate) fn parse_shard(
+    path: &Path,
+    bytes: &[u8],
+    rows: usize,
+    dim: usize,
+    features: &mut Vec<f32>,
+    labels: &mut Vec<u8>,
+    ids: &mut Vec<String>,
+) -> Result<()> {
+    let st = SafeTensors::deserialize(bytes)
         .with_context(|| format!("shard {} is not a valid safetensors file", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)?;
     let feat = st
         .tensor("features")
         .with_context(|| format!("shard {} has no tensor `features`", path.display()))?;
@@ -441,21 +463,19 @@ pub(crate) fn read_shard(
         feat.dtype()
     );
     ensure!(
-        feat.shape() == [entry.rows, dim],
-        "shard {}: `features` has shape {:?}, expected [{}, {dim}] from the manifest",
+        feat.shape() == [rows, dim],
+        "shard {}: `features` has shape {:?}, expected [{rows}, {dim}]",
         path.display(),
-        feat.shape(),
-        entry.rows
+        feat.shape()
     );
     let lab = st
         .tensor("labels")
         .with_context(|| format!("shard {} has no tensor `labels`", path.display()))?;
     ensure!(
-        lab.shape() == [entry.rows],
-        "shard {}: `labels` has shape {:?}, expected [{}]",
+        lab.shape() == [rows],
+        "shard {}: `labels` has shape {:?}, expected [{rows}]",
         path.display(),
-        lab.shape(),
-        entry.rows
+        lab.shape()
     );
     let shard_ids: Vec<String> = meta
         .metadata()
@@ -471,18 +491,18 @@ pub(crate) fn read_shard(
             })
         })?;
     ensure!(
-        shard_ids.len() == entry.rows,
+        shard_ids.len() == rows,
         "shard {}: {} ids for {} rows",
         path.display(),
         shard_ids.len(),
-        entry.rows
+        rows
     );
     features.extend(
         feat.data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
     );
-    labels.extend(labels_from_view(&lab, &path)?);
+    labels.extend(labels_from_view(&lab, path)?);
     ids.extend(shard_ids);
     Ok(())
 }
@@ -517,7 +537,36 @@ pub fn read_features(dir: &Path) -> Result<FeatureSet> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    fn f32_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// The same rows give the same file, and safetensors reads it with its metadata.
+    #[test]
+    fn shard_bytes_are_deterministic_safetensors() {
+        let ids: Vec<String> = (0..3).map(|i| format!("id{i}")).collect();
+        let feats = [0.5f32, -1.0, 2.0, 3.5, 1e-3, -7.0];
+        let a = shard_bytes(&feats, 2, &[1, 0, 1], &ids).unwrap();
+        for _ in 0..5 {
+            assert_eq!(shard_bytes(&feats, 2, &[1, 0, 1], &ids).unwrap(), a);
+        }
+        let n = u64::from_le_bytes(a[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let st = SafeTensors::deserialize(&a).unwrap();
+        let f = st.tensor("features").unwrap();
+        assert_eq!((f.dtype(), f.shape()), (Dtype::F32, &[3, 2][..]));
+        assert_eq!(f.data(), &f32_bytes(&feats)[..]);
+        assert_eq!(st.tensor("labels").unwrap().data(), &[1, 0, 1]);
+        let (_, meta) = SafeTensors::read_metadata(&a).unwrap();
+        let md = meta.metadata().clone().unwrap();
+        assert_eq!(md["format"], FEATURES_FORMAT);
+        assert_eq!(md["format_version"], "1");
+        assert_eq!(md["ids"], r#"["id0","id1","id2"]"#);
+    }
 
     #[test]
     fn fnv_known_values() {
