@@ -370,12 +370,14 @@ fn prepare_extract_resume_train_evaluate() {
     let training: serde_json::Value = serde_json::from_str(&md["training"]).unwrap();
     assert_eq!(training["data"]["rows"], 80);
 
-    // evaluate prints the metrics table.
+    // evaluate prints the metrics table; beside the trained model, the oracle's pickled PyTorch
+    // classifier of the same size (256 inputs) is read as it is.
     let table = vnp()
         .args(["evaluate", "--features"])
         .arg(&run.features)
         .arg("--classifier")
         .arg(&model)
+        .arg(oracle("classifier/model_full.pth"))
         .assert()
         .success()
         .get_output()
@@ -393,8 +395,14 @@ fn prepare_extract_resume_train_evaluate() {
     ] {
         assert!(table.contains(key), "{table}");
     }
+    let header = table.lines().nth(1).unwrap();
+    assert!(
+        header.contains("model") && header.contains("model_full"),
+        "{table}"
+    );
     let frames_line = table.lines().find(|l| l.starts_with("frames")).unwrap();
-    assert!(frames_line.ends_with(" 80"), "{table}");
+    let counts: Vec<&str> = frames_line.split_whitespace().skip(1).collect();
+    assert_eq!(counts, ["80", "80"], "{table}");
 
     // Another shard size re-plans every shard; stale shard 3 is removed.
     let (stdout, _) = output(&extract(&run, "30").success());
