@@ -1,22 +1,26 @@
 //! `virnucpro train` / `evaluate` on synthetic feature shards: two Gaussians with different means.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
 use assert_cmd::Command;
+use candle_core::Device;
 use predicates::prelude::*;
-use virnucpro::pipeline::evaluate::read_classifier;
+use virnucpro::models::classifier::Classifier;
 use virnucpro::pipeline::features::{read_features, FeatureInfo, ShardWriter};
 use virnucpro::pipeline::rng::Rng;
 use virnucpro::pipeline::train::{train, TrainOptions};
 
 /// `n` rows of `dim` features; viral rows centred at +shift, host rows at -shift, unit variance.
+/// The manifest names the real models with made-up hidden sizes that add up to `dim`
+/// (2/3 nucleotide, the rest protein), as the format requires.
 fn write_gaussians(dir: &Path, n: usize, dim: usize, shift: f64, seed: u64) {
     let info = FeatureInfo {
         dnabert_model: Some("zhihan1996/DNABERT-S".into()),
-        dnabert_hidden: Some(768),
+        dnabert_hidden: Some(dim * 2 / 3),
         esm_model: Some("Synthyra/FastESM2_650".into()),
-        esm_hidden: Some(1280),
+        esm_hidden: Some(dim - dim * 2 / 3),
         chunk_len: Some(300),
         source: Some("synthetic".into()),
     };
@@ -29,6 +33,13 @@ fn write_gaussians(dir: &Path, n: usize, dim: usize, shift: f64, seed: u64) {
         w.push(&format!("frame{i}"), label, &row).unwrap();
     }
     w.finish().unwrap();
+}
+
+/// The safetensors `__metadata__` exactly as stored.
+fn raw_metadata(path: &Path) -> HashMap<String, String> {
+    let bytes = fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    header.metadata().clone().unwrap()
 }
 
 fn vnp() -> Command {
@@ -106,19 +117,19 @@ fn cli_writes_model_log_and_evaluates_with_plots() {
         .stderr(predicate::str::contains("val acc"));
 
     // The model is format v1 with provenance from the manifest and the training record.
-    let c = read_classifier(&model).unwrap();
-    assert_eq!(c.weights.input_dim, 12);
-    assert_eq!(c.weights.hidden_dim, 32);
-    let md = &c.metadata;
+    let c = Classifier::load(&model, &Device::Cpu).unwrap();
+    assert_eq!(c.input_dim(), 12);
+    assert_eq!(c.meta().hidden_dim, 32);
+    let md = raw_metadata(&model);
     assert_eq!(md["format"], "virnucpro-classifier");
     assert_eq!(md["format_version"], "1");
     assert_eq!(md["input_dim"], "12");
     assert_eq!(md["hidden_dim"], "32");
     assert_eq!(md["bn_eps"].parse::<f64>().unwrap(), 1e-5);
     assert_eq!(md["dnabert_model"], "zhihan1996/DNABERT-S");
-    assert_eq!(md["dnabert_hidden"], "768");
+    assert_eq!(md["dnabert_hidden"], "8");
     assert_eq!(md["esm_model"], "Synthyra/FastESM2_650");
-    assert_eq!(md["esm_hidden"], "1280");
+    assert_eq!(md["esm_hidden"], "4");
     assert_eq!(md["chunk_len"], "300");
     let training: serde_json::Value = serde_json::from_str(&md["training"]).unwrap();
     assert_eq!(training["seed"], 5);

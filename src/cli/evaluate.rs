@@ -18,7 +18,7 @@ pub struct Args {
     /// Feature directory (`manifest.json` + `shard-*.safetensors`) with labels.
     #[arg(long, value_name = "DIR")]
     pub features: PathBuf,
-    /// Classifier file(s) in safetensors format v1.
+    /// Classifier file(s): safetensors format v1 (`train`, `convert`) or a published .pth.
     #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
     pub classifier: Vec<PathBuf>,
     /// Write ROC curves and score histograms (PNG and SVG) into this directory.

@@ -180,6 +180,15 @@ pub fn commit_all(mut files: Vec<AtomicFile>) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` atomically: a whole file or none (one [`AtomicFile`], committed).
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> io::Result<()> {
+    let path = path.as_ref();
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes)
+        .map_err(|e| annotate(e, "cannot write", path))?;
+    file.commit()
+}
+
 /// Makes the renames durable. Best effort: not every platform or file system allows it.
 fn sync_dir(dir: &Path) {
     let dir = if dir.as_os_str().is_empty() {

@@ -96,7 +96,7 @@ fn render<P: Plot>(plot: &P, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
             .with_context(|| format!("cannot draw {}", svg.display()))?;
         root.present().map_err(draw_err)?;
     }
-    crate::pipeline::features::write_atomic(&svg, buf.as_bytes())?;
+    super::atomic::write_atomic(&svg, buf.as_bytes())?;
     Ok(vec![png, svg])
 }
 

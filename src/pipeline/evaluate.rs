@@ -1,17 +1,16 @@
 //! `evaluate`: metrics of one or more classifiers on a labelled feature directory, side by side,
 //! with optional ROC and score-histogram plots.
 
-use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors};
+use anyhow::{ensure, Context, Result};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use super::features::{read_features, FeatureSet};
 use super::metrics::{binary_metrics, roc_curve, Metrics};
-use super::train::{MlpWeights, BN_EPS, CLASSIFIER_FORMAT};
+use super::train::MlpWeights;
+use crate::models::classifier::Classifier;
 use crate::output::plots::{write_roc, write_score_histogram, RocCurve, ScoreSeries};
 
 /// Anything that turns feature rows into (score1, score2) probabilities; lets `evaluate` score
@@ -32,109 +31,33 @@ impl FrameScorer for MlpWeights {
     }
 }
 
-/// A classifier file read by [`read_classifier`].
-#[derive(Debug, Clone)]
-pub struct ClassifierFile {
-    pub path: PathBuf,
-    pub weights: MlpWeights,
-    /// The safetensors metadata as stored (all strings).
-    pub metadata: HashMap<String, String>,
+impl FrameScorer for Classifier {
+    fn input_dim(&self) -> usize {
+        Classifier::input_dim(self)
+    }
+
+    fn predict_proba(&self, features: &[f32]) -> Result<Vec<[f32; 2]>> {
+        let d = Classifier::input_dim(self);
+        ensure!(
+            d > 0 && features.len() % d == 0,
+            "{} feature values are not whole rows of {d}",
+            features.len()
+        );
+        let mut out = Vec::with_capacity(features.len() / d);
+        // Blocks bound the hidden activations ([rows, hidden] f32) whatever the set's size.
+        for block in features.chunks(4096 * d) {
+            let x = Tensor::from_slice(block, (block.len() / d, d), &Device::Cpu)?;
+            let p = self.forward(&x)?.to_vec2::<f32>()?;
+            out.extend(p.into_iter().map(|r| [r[0], r[1]]));
+        }
+        Ok(out)
+    }
 }
 
-fn parse_meta_usize(md: &HashMap<String, String>, key: &str, path: &Path) -> Result<Option<usize>> {
-    md.get(key)
-        .map(|v| {
-            v.parse::<usize>().with_context(|| {
-                format!(
-                    "{}: metadata {key} = {v:?} is not a whole number",
-                    path.display()
-                )
-            })
-        })
-        .transpose()
-}
-
-// merge: replace with models::classifier::Classifier::load
-/// Minimal reader of classifier format v1 (docs/FORMATS.md): checks format, version, tensor
-/// names, dtypes and shapes against `input_dim`/`hidden_dim`.
-pub fn read_classifier(path: &Path) -> Result<ClassifierFile> {
-    let bytes =
-        fs::read(path).with_context(|| format!("cannot read classifier {}", path.display()))?;
-    let hint = "expected a classifier in virnucpro's safetensors format v1 (from `virnucpro \
-                train`, or `virnucpro convert` for a published .pth)";
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("{} is not a safetensors file; {hint}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
-    let md = meta.metadata().clone().unwrap_or_default();
-    match md.get("format") {
-        Some(f) if f == CLASSIFIER_FORMAT => {}
-        other => bail!(
-            "{}: metadata format is {other:?}, not {CLASSIFIER_FORMAT:?}; {hint}",
-            path.display()
-        ),
-    }
-    match md.get("format_version").map(String::as_str) {
-        Some("1") => {}
-        other => bail!(
-            "{}: classifier format version {other:?} is not supported (this virnucpro reads 1)",
-            path.display()
-        ),
-    }
-    let input_dim = parse_meta_usize(&md, "input_dim", path)?
-        .with_context(|| format!("{}: metadata has no input_dim", path.display()))?;
-    let hidden_dim = parse_meta_usize(&md, "hidden_dim", path)?
-        .with_context(|| format!("{}: metadata has no hidden_dim", path.display()))?;
-    let bn_eps = match md.get("bn_eps") {
-        Some(v) => v.parse::<f64>().with_context(|| {
-            format!(
-                "{}: metadata bn_eps = {v:?} is not a number",
-                path.display()
-            )
-        })?,
-        None => BN_EPS,
-    };
-    let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let t = st
-            .tensor(name)
-            .with_context(|| format!("{}: tensor {name} is missing", path.display()))?;
-        ensure!(
-            t.dtype() == Dtype::F32,
-            "{}: tensor {name} is {:?}, expected F32",
-            path.display(),
-            t.dtype()
-        );
-        ensure!(
-            t.shape() == shape,
-            "{}: tensor {name} has shape {:?}, expected {shape:?} (input_dim {input_dim}, \
-             hidden_dim {hidden_dim})",
-            path.display(),
-            t.shape()
-        );
-        Ok(t.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect())
-    };
-    let (d, h) = (input_dim, hidden_dim);
-    let weights = MlpWeights {
-        input_dim: d,
-        hidden_dim: h,
-        bn_eps,
-        hidden_weight: tensor("hidden_layer.weight", &[h, d])?,
-        hidden_bias: tensor("hidden_layer.bias", &[h])?,
-        bn_weight: tensor("bn1.weight", &[h])?,
-        bn_bias: tensor("bn1.bias", &[h])?,
-        bn_running_mean: tensor("bn1.running_mean", &[h])?,
-        bn_running_var: tensor("bn1.running_var", &[h])?,
-        output_weight: tensor("output_layer.weight", &[2, h])?,
-        output_bias: tensor("output_layer.bias", &[2])?,
-    };
-    Ok(ClassifierFile {
-        path: path.to_path_buf(),
-        weights,
-        metadata: md,
-    })
+/// A classifier loaded for evaluation, with the path it came from.
+struct LoadedClassifier {
+    path: PathBuf,
+    classifier: Classifier,
 }
 
 /// One classifier's results.
@@ -214,16 +137,25 @@ fn file_safe(name: &str) -> String {
 }
 
 /// Warns when a classifier's recorded provenance differs from the feature set's.
-fn check_provenance(c: &ClassifierFile, data: &FeatureSet) {
+fn check_provenance(c: &LoadedClassifier, data: &FeatureSet) {
     let info = &data.manifest.info;
+    let meta = c.classifier.meta();
     let pairs = [
-        ("chunk_len", info.chunk_len.map(|v| v.to_string())),
-        ("dnabert_model", info.dnabert_model.clone()),
-        ("esm_model", info.esm_model.clone()),
+        (
+            "chunk_len",
+            meta.chunk_len.map(|v| v.to_string()),
+            info.chunk_len.map(|v| v.to_string()),
+        ),
+        (
+            "dnabert_model",
+            meta.dnabert_model.clone(),
+            info.dnabert_model.clone(),
+        ),
+        ("esm_model", meta.esm_model.clone(), info.esm_model.clone()),
     ];
-    for (key, ours) in pairs {
-        if let (Some(theirs), Some(ours)) = (c.metadata.get(key), ours) {
-            if *theirs != ours {
+    for (key, theirs, ours) in pairs {
+        if let (Some(theirs), Some(ours)) = (theirs, ours) {
+            if theirs != ours {
                 tracing::warn!(
                     "{}: trained with {key} {theirs} but the features have {key} {ours}; the \
                      metrics may not mean what you expect",
@@ -244,7 +176,12 @@ pub fn evaluate(
     // Read all classifiers first: a bad file fails before minutes of scoring.
     let files = classifiers
         .iter()
-        .map(|p| read_classifier(p))
+        .map(|p| {
+            Ok(LoadedClassifier {
+                path: p.clone(),
+                classifier: Classifier::load(p, &Device::Cpu)?,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let data = read_features(features_dir)?;
     ensure!(
@@ -257,7 +194,7 @@ pub fn evaluate(
     let mut evals = Vec::new();
     for (file, name) in files.iter().zip(&names) {
         check_provenance(file, &data);
-        let (metrics, probs) = evaluate_scorer(&file.weights, &data).with_context(|| {
+        let (metrics, probs) = evaluate_scorer(&file.classifier, &data).with_context(|| {
             format!(
                 "cannot evaluate {} on {}",
                 file.path.display(),

@@ -4,14 +4,15 @@
 //! `features` f32 [n, D], tensor `labels` u8 [n], metadata `ids`) and a `manifest.json` written
 //! last: a directory without a manifest is an interrupted extraction, never a smaller data set.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
+
+use crate::output::atomic::write_atomic;
 
 pub const FEATURES_FORMAT: &str = "virnucpro-features";
 pub const FEATURES_FORMAT_VERSION: u32 = 1;
@@ -37,6 +38,21 @@ pub struct FeatureInfo {
     /// Where the frames came from (e.g. a prepared `frames.tsv`), for the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+}
+
+impl FeatureInfo {
+    /// Both hidden sizes, when recorded, must add up to the feature dimension: the classifier
+    /// written from these features records them and its format requires the same.
+    pub fn check_dim(&self, dim: usize) -> Result<()> {
+        if let (Some(d), Some(e)) = (self.dnabert_hidden, self.esm_hidden) {
+            ensure!(
+                d.checked_add(e) == Some(dim),
+                "nucleotide hidden size {d} + protein hidden size {e} is not the feature \
+                 dimension {dim}"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One shard as listed in the manifest; `bytes` and `fnv1a64` catch truncated or swapped files.
@@ -125,84 +141,41 @@ impl Fnv1a64 {
     }
 }
 
-// merge: replace with output::atomic
-/// A file written under a temporary name in the target's directory and renamed over the target
-/// on [`AtomicFile::commit`]; dropped without commit, the temporary file is removed.
-pub(crate) struct AtomicFile {
-    target: PathBuf,
-    tmp: PathBuf,
-    writer: Option<BufWriter<fs::File>>,
+/// `shard-NNNNN.safetensors`, the name of shard `index` (0-based) of a feature directory.
+pub fn shard_file_name(index: usize) -> String {
+    format!("shard-{index:05}.safetensors")
 }
 
-impl AtomicFile {
-    pub(crate) fn create(target: &Path) -> Result<Self> {
-        let name = target
-            .file_name()
-            .with_context(|| format!("{} is not a file path", target.display()))?;
-        let tmp = target.with_file_name(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = fs::File::create(&tmp).with_context(|| {
-            format!(
-                "cannot create {} (is the directory writable?)",
-                tmp.display()
-            )
-        })?;
-        Ok(AtomicFile {
-            target: target.to_path_buf(),
-            tmp,
-            writer: Some(BufWriter::with_capacity(1 << 20, file)),
-        })
+/// A shard as safetensors bytes. The header is written here rather than by
+/// `safetensors::serialize`, whose metadata map comes out in random order: the same rows must
+/// give the same bytes, so that a recomputed shard has the checksum of the one it replaces.
+fn shard_bytes(features: &[f32], dim: usize, labels: &[u8], ids: &[String]) -> Result<Vec<u8>> {
+    let n = labels.len();
+    let feature_len = features.len() * 4;
+    let metadata: BTreeMap<&str, String> = [
+        ("format", FEATURES_FORMAT.to_string()),
+        ("format_version", FEATURES_FORMAT_VERSION.to_string()),
+        ("ids", serde_json::to_string(ids)?),
+    ]
+    .into();
+    let mut header = format!(
+        "{{\"__metadata__\":{},\"features\":{{\"dtype\":\"F32\",\"shape\":[{n},{dim}],\
+         \"data_offsets\":[0,{feature_len}]}},\"labels\":{{\"dtype\":\"U8\",\"shape\":[{n}],\
+         \"data_offsets\":[{feature_len},{}]}}}}",
+        serde_json::to_string(&metadata)?,
+        feature_len + n
+    )
+    .into_bytes();
+    // The data starts 8-byte aligned, as safetensors writes it (spaces pad the JSON).
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut bytes = Vec::with_capacity(8 + header.len() + feature_len + n);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    for v in features {
+        bytes.extend_from_slice(&v.to_le_bytes());
     }
-
-    pub(crate) fn writer(&mut self) -> &mut BufWriter<fs::File> {
-        self.writer.as_mut().expect("AtomicFile used after commit")
-    }
-
-    pub(crate) fn commit(mut self) -> Result<()> {
-        let writer = self.writer.take().expect("AtomicFile committed twice");
-        let file = writer
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        drop(file);
-        fs::rename(&self.tmp, &self.target).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                self.tmp.display(),
-                self.target.display()
-            )
-        })
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.writer.take().is_some() {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// Writes `bytes` to `path` atomically.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = AtomicFile::create(path)?;
-    f.writer()
-        .write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.commit()
-}
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
+    bytes.extend_from_slice(labels);
+    Ok(bytes)
 }
 
 /// Writes one shard (atomically) and returns its manifest entry. `features` is row-major
@@ -237,27 +210,8 @@ pub fn write_shard(
             labels[bad]
         );
     }
-    let feat_bytes = f32_bytes(features);
-    let tensors = vec![
-        (
-            "features",
-            TensorView::new(Dtype::F32, vec![n, dim], &feat_bytes)?,
-        ),
-        ("labels", TensorView::new(Dtype::U8, vec![n], labels)?),
-    ];
-    let metadata: HashMap<String, String> = [
-        ("format".to_string(), FEATURES_FORMAT.to_string()),
-        (
-            "format_version".to_string(),
-            FEATURES_FORMAT_VERSION.to_string(),
-        ),
-        ("ids".to_string(), serde_json::to_string(ids)?),
-    ]
-    .into_iter()
-    .collect();
-    let bytes = safetensors::tensor::serialize(tensors, Some(metadata))
-        .with_context(|| format!("cannot serialize shard {}", path.display()))?;
-    write_atomic(path, &bytes)?;
+    let bytes = shard_bytes(features, dim, labels, ids)?;
+    write_atomic(path, &bytes).with_context(|| format!("cannot write shard {}", path.display()))?;
     Ok(ShardEntry {
         file: path
             .file_name()
@@ -294,6 +248,7 @@ impl ShardWriter {
     ) -> Result<Self> {
         ensure!(dim > 0, "feature dimension must be positive");
         ensure!(rows_per_shard > 0, "rows per shard must be positive");
+        info.check_dim(dim)?;
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create feature directory {}", dir.display()))?;
         let manifest = dir.join(MANIFEST_FILE);
@@ -338,9 +293,7 @@ impl ShardWriter {
         if self.labels.is_empty() {
             return Ok(());
         }
-        let path = self
-            .dir
-            .join(format!("shard-{:05}.safetensors", self.shards.len()));
+        let path = self.dir.join(shard_file_name(self.shards.len()));
         let entry = write_shard(&path, &self.features, self.dim, &self.labels, &self.ids)?;
         self.rows += entry.rows;
         self.shards.push(entry);
@@ -362,10 +315,17 @@ impl ShardWriter {
             shards: std::mem::take(&mut self.shards),
             virnucpro_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let json = serde_json::to_string_pretty(&manifest)?;
-        write_atomic(&self.dir.join(MANIFEST_FILE), json.as_bytes())?;
+        write_manifest(&self.dir, &manifest)?;
         Ok(manifest)
     }
+}
+
+/// Writes `DIR/manifest.json` atomically. Call it last: its presence marks the set complete.
+pub fn write_manifest(dir: &Path, manifest: &FeatureManifest) -> Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    let json = serde_json::to_string_pretty(manifest)?;
+    write_atomic(&path, json.as_bytes())
+        .with_context(|| format!("cannot write the feature manifest {}", path.display()))
 }
 
 /// Reads and checks `DIR/manifest.json`.
@@ -401,6 +361,12 @@ pub fn read_manifest(dir: &Path) -> Result<FeatureManifest> {
         FEATURES_FORMAT_VERSION
     );
     ensure!(m.feature_dim > 0, "{}: feature_dim is 0", path.display());
+    m.info.check_dim(m.feature_dim).with_context(|| {
+        format!(
+            "{}: the manifest contradicts itself; re-run `virnucpro extract`",
+            path.display()
+        )
+    })?;
     let sum: usize = m.shards.iter().map(|s| s.rows).sum();
     ensure!(
         sum == m.rows,
@@ -438,7 +404,7 @@ fn labels_from_view(view: &TensorView<'_>, path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Reads one shard file into the given buffers, checking it against its manifest entry.
-fn read_shard(
+pub(crate) fn read_shard(
     dir: &Path,
     entry: &ShardEntry,
     dim: usize,
@@ -470,9 +436,23 @@ fn read_shard(
         path.display(),
         entry.fnv1a64
     );
-    let st = SafeTensors::deserialize(&bytes)
+    parse_shard(&path, &bytes, entry.rows, dim, features, labels, ids)
+}
+
+/// The contents of a shard file (`bytes`, read from `path`) appended to the buffers, after
+/// checking that it holds `rows` rows of `dim` features, labels and IDs.
+pub(crate) fn parse_shard(
+    path: &Path,
+    bytes: &[u8],
+    rows: usize,
+    dim: usize,
+    features: &mut Vec<f32>,
+    labels: &mut Vec<u8>,
+    ids: &mut Vec<String>,
+) -> Result<()> {
+    let st = SafeTensors::deserialize(bytes)
         .with_context(|| format!("shard {} is not a valid safetensors file", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)?;
     let feat = st
         .tensor("features")
         .with_context(|| format!("shard {} has no tensor `features`", path.display()))?;
@@ -483,21 +463,19 @@ fn read_shard(
         feat.dtype()
     );
     ensure!(
-        feat.shape() == [entry.rows, dim],
-        "shard {}: `features` has shape {:?}, expected [{}, {dim}] from the manifest",
+        feat.shape() == [rows, dim],
+        "shard {}: `features` has shape {:?}, expected [{rows}, {dim}]",
         path.display(),
-        feat.shape(),
-        entry.rows
+        feat.shape()
     );
     let lab = st
         .tensor("labels")
         .with_context(|| format!("shard {} has no tensor `labels`", path.display()))?;
     ensure!(
-        lab.shape() == [entry.rows],
-        "shard {}: `labels` has shape {:?}, expected [{}]",
+        lab.shape() == [rows],
+        "shard {}: `labels` has shape {:?}, expected [{rows}]",
         path.display(),
-        lab.shape(),
-        entry.rows
+        lab.shape()
     );
     let shard_ids: Vec<String> = meta
         .metadata()
@@ -513,18 +491,18 @@ fn read_shard(
             })
         })?;
     ensure!(
-        shard_ids.len() == entry.rows,
+        shard_ids.len() == rows,
         "shard {}: {} ids for {} rows",
         path.display(),
         shard_ids.len(),
-        entry.rows
+        rows
     );
     features.extend(
         feat.data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
     );
-    labels.extend(labels_from_view(&lab, &path)?);
+    labels.extend(labels_from_view(&lab, path)?);
     ids.extend(shard_ids);
     Ok(())
 }
@@ -559,7 +537,36 @@ pub fn read_features(dir: &Path) -> Result<FeatureSet> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    fn f32_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// The same rows give the same file, and safetensors reads it with its metadata.
+    #[test]
+    fn shard_bytes_are_deterministic_safetensors() {
+        let ids: Vec<String> = (0..3).map(|i| format!("id{i}")).collect();
+        let feats = [0.5f32, -1.0, 2.0, 3.5, 1e-3, -7.0];
+        let a = shard_bytes(&feats, 2, &[1, 0, 1], &ids).unwrap();
+        for _ in 0..5 {
+            assert_eq!(shard_bytes(&feats, 2, &[1, 0, 1], &ids).unwrap(), a);
+        }
+        let n = u64::from_le_bytes(a[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let st = SafeTensors::deserialize(&a).unwrap();
+        let f = st.tensor("features").unwrap();
+        assert_eq!((f.dtype(), f.shape()), (Dtype::F32, &[3, 2][..]));
+        assert_eq!(f.data(), &f32_bytes(&feats)[..]);
+        assert_eq!(st.tensor("labels").unwrap().data(), &[1, 0, 1]);
+        let (_, meta) = SafeTensors::read_metadata(&a).unwrap();
+        let md = meta.metadata().clone().unwrap();
+        assert_eq!(md["format"], FEATURES_FORMAT);
+        assert_eq!(md["format_version"], "1");
+        assert_eq!(md["ids"], r#"["id0","id1","id2"]"#);
+    }
 
     #[test]
     fn fnv_known_values() {
@@ -600,6 +607,37 @@ mod tests {
         fs::write(&p, b).unwrap();
         let err = format!("{:#}", read_features(&dir).unwrap_err());
         assert!(err.contains("checksum"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Hidden sizes that do not add up to the feature dimension would make a classifier whose
+    /// metadata contradicts its weights: refused when writing and when reading.
+    #[test]
+    fn hidden_sizes_must_add_up() {
+        let dir = std::env::temp_dir().join(format!("vnp-features-dims-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let info = FeatureInfo {
+            dnabert_hidden: Some(768),
+            esm_hidden: Some(1280),
+            ..Default::default()
+        };
+        let err = ShardWriter::create(&dir, 12, info.clone(), 2)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("768 + protein hidden size 1280"),
+            "{err:#}"
+        );
+        let mut w = ShardWriter::create(&dir, 12, FeatureInfo::default(), 2).unwrap();
+        w.push("a", 1, &[0.5; 12]).unwrap();
+        let mut m = w.finish().unwrap();
+        m.info = info;
+        fs::write(dir.join(MANIFEST_FILE), serde_json::to_string(&m).unwrap()).unwrap();
+        let err = format!("{:#}", read_features(&dir).unwrap_err());
+        assert!(
+            err.contains("contradicts itself") && err.contains("dimension 12"),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,7 +1,9 @@
-//! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `train`.
+//! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `extract`,
+//! `train`, `evaluate`.
 
 pub mod embed;
 pub mod evaluate;
+pub mod extract;
 pub mod features;
 pub mod frames;
 pub mod metrics;

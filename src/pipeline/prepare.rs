@@ -10,15 +10,17 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::features::{write_atomic, AtomicFile};
 use super::rng::Rng;
+use crate::input::chunk::{chunk_id, chunk_spans};
+use crate::input::translate::{for_each_kept_frame, FrameScratch};
+use crate::input::Frame;
+use crate::output::atomic::{commit_all, AtomicFile};
 
 pub const PREPARED_FORMAT: &str = "virnucpro-prepared";
 pub const PREPARED_FORMAT_VERSION: u32 = 1;
@@ -45,7 +47,7 @@ pub struct PrepareOptions {
 }
 
 /// Counts for one (label, group); every record, CDS, chunk and frame lands in one counter.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupSummary {
     pub group: String,
     /// `viral` or `host`.
@@ -73,7 +75,7 @@ pub struct GroupSummary {
 }
 
 /// `summary.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrepareSummary {
     pub format: String,
     pub format_version: u32,
@@ -90,110 +92,11 @@ pub struct PrepareSummary {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Chunking and six-frame translation.
+// Frame selection (chunking and translation are `crate::input`'s, as for prediction).
 
-// merge: replace with input::chunk
-/// Chunk ranges of a sequence of length `n` (PIPELINE.md §2), with the reference's Python list
-/// and slice semantics: a negative repeat count gives an empty list, slices clip at the end.
-pub(crate) fn chunk_spans(n: usize, len: usize) -> Vec<Range<usize>> {
-    if n == 0 || len == 0 {
-        return Vec::new();
-    }
-    let k = n.div_ceil(len);
-    let r = k * len - n;
-    let lo = r / k;
-    let need = r - lo * (k - 1);
-    let mut shifts = vec![lo + 1; need];
-    shifts.extend(std::iter::repeat_n(lo, (k - 1).saturating_sub(need)));
-    shifts.push(0);
-    let mut spans = Vec::with_capacity(k);
-    let mut shifted = 0;
-    for j in 0..k {
-        if j > 0 {
-            shifted += shifts[j - 1];
-        }
-        let start = j * len - shifted;
-        spans.push(start..(start + len).min(n));
-    }
-    spans
-}
-
-// merge: replace with input::translate
-/// Reverse complement; only A/C/G/T (either case) are complemented, other letters kept (§3).
-pub(crate) fn revcomp(dna: &[u8]) -> Vec<u8> {
-    dna.iter()
-        .rev()
-        .map(|&b| match b {
-            b'A' => b'T',
-            b'T' => b'A',
-            b'C' => b'G',
-            b'G' => b'C',
-            b'a' => b't',
-            b't' => b'a',
-            b'c' => b'g',
-            b'g' => b'c',
-            other => other,
-        })
-        .collect()
-}
-
-// merge: replace with input::translate
-/// Standard genetic code in TCAG order: index = 16*first + 4*second + third.
-const CODE: &[u8; 64] = b"FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG";
-
-fn base_index(b: u8) -> Option<usize> {
-    match b {
-        b'T' | b't' => Some(0),
-        b'C' | b'c' => Some(1),
-        b'A' | b'a' => Some(2),
-        b'G' | b'g' => Some(3),
-        _ => None,
-    }
-}
-
-// merge: replace with input::translate
-/// Translates whole codons; a codon with anything but A/C/G/T is dropped, not made X (§3).
-pub(crate) fn translate(dna: &[u8]) -> Vec<u8> {
-    dna.chunks_exact(3)
-        .filter_map(|c| {
-            Some(CODE[16 * base_index(c[0])? + 4 * base_index(c[1])? + base_index(c[2])?])
-        })
-        .collect()
-}
-
-/// One translated frame of a chunk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Frame {
-    /// `F1`..`F3`, `R1`..`R3`.
-    pub name: String,
-    pub protein: Vec<u8>,
-    /// DNA passed on per §3: one base longer than the codons used (the published quirk).
-    pub dna: Vec<u8>,
-}
-
-// merge: replace with input::translate
-/// The frames of `chunk` (upper case expected) with a non-empty, stop-free protein, in the order
-/// F1, F2, F3, R1, R2, R3.
-pub(crate) fn open_frames(chunk: &[u8]) -> Vec<Frame> {
-    let rc = revcomp(chunk);
-    let mut out = Vec::new();
-    for (strand, seq) in [("F", chunk), ("R", &rc[..])] {
-        for f in 0..3 {
-            let protein = translate(seq.get(f..).unwrap_or(&[]));
-            if protein.is_empty() || protein.contains(&b'*') {
-                continue;
-            }
-            let end = (f + 1 + 3 * protein.len()).min(seq.len());
-            out.push(Frame {
-                name: format!("{strand}{}", f + 1),
-                dna: seq[f..end].to_vec(),
-                protein,
-            });
-        }
-    }
-    out
-}
-
+/// The prepare rule on top of prediction's frame selection: a chunk with any base other than
+/// A/C/G/T is skipped whole (the original training data was made this way), although
+/// prediction would translate it, dropping the ambiguous codons.
 fn is_unambiguous(chunk: &[u8]) -> bool {
     chunk
         .iter()
@@ -542,27 +445,18 @@ fn process_file(
             continue;
         }
         let index = ProteinIndex::new(&translations);
-        let sequence = seq.seq.to_ascii_uppercase();
-        let spans = chunk_spans(sequence.len(), chunk_len);
+        let sequence = &seq.seq;
+        let spans: Vec<(usize, usize)> = chunk_spans(sequence.len(), chunk_len).collect();
         stats.chunks += spans.len() as u64;
         // Chunks are independent: translate and look up in parallel, write in order.
         let per_chunk: Vec<Option<(usize, Vec<Frame>)>> = spans
             .par_iter()
-            .map(|span| {
-                let chunk = &sequence[span.clone()];
-                if !is_unambiguous(chunk) {
-                    return None;
-                }
-                let open = open_frames(chunk);
-                let n_open = open.len();
-                let kept = open
-                    .into_iter()
-                    .filter(|f| index.contains(&f.protein))
-                    .collect();
-                Some((n_open, kept))
+            .enumerate()
+            .map_init(FrameScratch::new, |scratch, (j, &(start, end))| {
+                chunk_frames(&id, j, &sequence[start..end], &index, scratch)
             })
             .collect();
-        for (j, result) in per_chunk.into_iter().enumerate() {
+        for result in per_chunk {
             let Some((n_open, kept)) = result else {
                 stats.chunks_ambiguous += 1;
                 continue;
@@ -570,7 +464,7 @@ fn process_file(
             stats.frames_open += n_open as u64;
             stats.frames_in_cds += kept.len() as u64;
             for frame in kept {
-                write_frame_line(out, &id, j + 1, input, &frame)
+                write_frame_line(out, input, &frame)
                     .with_context(|| "cannot write prepared frames".to_string())?;
             }
         }
@@ -585,18 +479,38 @@ fn process_file(
     Ok(())
 }
 
+/// The frames of chunk `j` (0-based) of record `record_id` that prepare keeps, and the number
+/// of open frames (non-empty, stop-free) they were picked from; `None` for an ambiguous chunk.
+fn chunk_frames(
+    record_id: &str,
+    j: usize,
+    chunk: &[u8],
+    index: &ProteinIndex,
+    scratch: &mut FrameScratch,
+) -> Option<(usize, Vec<Frame>)> {
+    if !is_unambiguous(chunk) {
+        return None;
+    }
+    let id = chunk_id(record_id, j);
+    let mut kept = Vec::new();
+    let n_open = for_each_kept_frame(chunk, scratch, |tag, dna, protein| {
+        if index.contains(protein) {
+            kept.push(Frame {
+                id: format!("{id}{tag}"),
+                dna: dna.to_vec(),
+                protein: protein.to_vec(),
+            });
+        }
+    });
+    Some((n_open, kept))
+}
+
 fn write_frame_line(
     out: &mut dyn Write,
-    record_id: &str,
-    chunk_no: usize,
     input: &PrepareInput,
     frame: &Frame,
 ) -> std::io::Result<()> {
-    write!(
-        out,
-        "{record_id}_chunk_{chunk_no}{}\t{}\t{}\t",
-        frame.name, input.label, input.group
-    )?;
+    write!(out, "{}\t{}\t{}\t", frame.id, input.label, input.group)?;
     out.write_all(&frame.dna)?;
     out.write_all(b"\t")?;
     out.write_all(&frame.protein)?;
@@ -701,7 +615,7 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
     // so memory stays flat however large the host genomes are.
     let frames_path = opts.out_dir.join(FRAMES_FILE);
     let mut out = AtomicFile::create(&frames_path)?;
-    writeln!(out.writer(), "{FRAMES_HEADER}")?;
+    writeln!(out, "{FRAMES_HEADER}")?;
     let spill_path = TempPath(
         opts.out_dir
             .join(format!(".host-frames.spill-{}", std::process::id())),
@@ -719,11 +633,7 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
                 stats.label,
                 stats.group
             );
-            let sink: &mut dyn Write = if *label == 1 {
-                out.writer()
-            } else {
-                &mut spill
-            };
+            let sink: &mut dyn Write = if *label == 1 { &mut out } else { &mut spill };
             process_file(input, opts.chunk_len, stats, &mut seen_ids, sink)?;
         }
         if *label == 0 {
@@ -797,9 +707,8 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
             let Some(&&want) = next.peek() else { break };
             let line = line.with_context(|| format!("cannot read {}", spill_path.0.display()))?;
             if i as u64 == want {
-                let w = out.writer();
-                w.write_all(&line)?;
-                w.write_all(b"\n")?;
+                out.write_all(&line)?;
+                out.write_all(b"\n")?;
                 host_written += 1;
                 next.next();
             }
@@ -816,15 +725,61 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
             s.frames_written = q;
         }
     }
-    out.commit()?;
-
     let summary = PrepareSummary {
         host_frames_written: host_written,
         balanced,
         ..partial(&summaries)
     };
-    let json = serde_json::to_string_pretty(&summary)?;
-    write_atomic(&opts.out_dir.join(SUMMARY_FILE), json.as_bytes())?;
+    let mut summary_file = AtomicFile::create(opts.out_dir.join(SUMMARY_FILE))?;
+    serde_json::to_writer_pretty(&mut summary_file, &summary)?;
+    // Both or neither: a frames.tsv beside a stale summary.json would give `extract` the wrong
+    // chunk length.
+    commit_all(vec![out, summary_file])?;
+    Ok(summary)
+}
+
+/// Reads `DIR/summary.json` of a prepared data set, checking its format.
+pub fn read_summary(dir: &Path) -> Result<PrepareSummary> {
+    let path = dir.join(SUMMARY_FILE);
+    if !dir.is_dir() {
+        bail!(
+            "prepared data set {} is not a directory; give the --out-dir of `virnucpro prepare`",
+            dir.display()
+        );
+    }
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: a prepared data set has the {SUMMARY_FILE} and {FRAMES_FILE} that \
+             `virnucpro prepare` writes",
+            path.display()
+        )
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    ensure!(
+        value["format"] == PREPARED_FORMAT,
+        "{}: format is {}, expected {PREPARED_FORMAT:?}; is this a `virnucpro prepare` output?",
+        path.display(),
+        value["format"]
+    );
+    ensure!(
+        value["format_version"] == PREPARED_FORMAT_VERSION,
+        "{}: format version {} is not supported (this virnucpro reads version \
+         {PREPARED_FORMAT_VERSION}); re-run `virnucpro prepare`",
+        path.display(),
+        value["format_version"]
+    );
+    let summary: PrepareSummary = serde_json::from_value(value)
+        .with_context(|| format!("{} is not a valid prepare summary", path.display()))?;
+    ensure!(summary.chunk_len > 0, "{}: chunk_len is 0", path.display());
+    ensure!(
+        !summary.frames_file.is_empty()
+            && Path::new(&summary.frames_file).file_name()
+                == Some(std::ffi::OsStr::new(&summary.frames_file)),
+        "{}: frames_file {:?} is not a file name in the same directory",
+        path.display(),
+        summary.frames_file
+    );
     Ok(summary)
 }
 
@@ -1013,24 +968,46 @@ pub struct PreparedFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::translate::select_frames;
 
+    /// Prepare cuts chunks with `input::chunk`; these are the reference's spans it relies on.
     #[test]
     fn chunk_spans_follow_the_reference() {
-        assert_eq!(chunk_spans(120, 60), vec![0..60, 60..120]);
+        let spans = |n, l| chunk_spans(n, l).map(|(a, b)| a..b).collect::<Vec<_>>();
+        assert_eq!(spans(120, 60), vec![0..60, 60..120]);
         // One base over: k = 3, r = 59, lo = 19, need = 21 -> shifts [20; 21] + [0]: the
         // reference's last chunk is short (the oracle's g_plus1 chunk 2 starts at 40).
-        assert_eq!(chunk_spans(121, 60), vec![0..60, 40..100, 80..121]);
-        assert_eq!(chunk_spans(31, 60), vec![0..31]);
-        assert!(chunk_spans(0, 60).is_empty());
+        assert_eq!(spans(121, 60), vec![0..60, 40..100, 80..121]);
+        assert_eq!(spans(31, 60), vec![0..31]);
+        assert!(spans(0, 60).is_empty());
         // need > k-1: the reference's list is longer and its last chunk falls short.
-        assert_eq!(chunk_spans(595, 300), vec![0..300, 297..595]);
+        assert_eq!(spans(595, 300), vec![0..300, 297..595]);
     }
 
     #[test]
     fn translate_drops_ambiguous_codons() {
+        use crate::input::translate::{reverse_complement, translate};
         assert_eq!(translate(b"ATGNNNTAA"), b"M*");
         assert_eq!(translate(b"ATGGC"), b"M");
-        assert_eq!(revcomp(b"AcgN"), b"NcgT");
+        assert_eq!(reverse_complement(b"AcgN"), b"NcgT");
+    }
+
+    /// Ambiguous chunks are skipped whole; others keep the frames found in a CDS, counting the
+    /// open ones.
+    #[test]
+    fn chunk_frames_apply_the_prepare_rules() {
+        // F1 MAKEFGHWPD and R1 VWPMTEFFSH are open; only F1 is in the CDS.
+        let chunk = b"atggctaaagaattcggtcattggccagac";
+        let index = ProteinIndex::new(&[b"MMAKEFGHWPDK".to_vec()]);
+        let mut scratch = FrameScratch::new();
+        let (open, kept) = chunk_frames("r1", 2, chunk, &index, &mut scratch).unwrap();
+        assert_eq!(open, 3);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].id, "r1_chunk_3F1");
+        assert_eq!(kept[0].dna, b"ATGGCTAAAGAATTCGGTCATTGGCCAGAC");
+        assert_eq!(kept[0].protein, b"MAKEFGHWPD");
+        let ambiguous = b"ATGGCTAAAGAATTCGGTCATTGGCCAGAN";
+        assert!(chunk_frames("r1", 0, ambiguous, &index, &mut scratch).is_none());
     }
 
     #[test]
@@ -1070,9 +1047,9 @@ mod tests {
         let mut got_protein = String::new();
         for (id, seq) in &records {
             let seq = seq.to_ascii_uppercase();
-            for (j, span) in chunk_spans(seq.len(), 60).into_iter().enumerate() {
-                for f in open_frames(&seq[span]) {
-                    let name = format!("{id}_chunk_{}{}", j + 1, f.name);
+            for (j, (start, end)) in chunk_spans(seq.len(), 60).enumerate() {
+                for f in select_frames(&chunk_id(id, j), &seq[start..end]) {
+                    let name = f.id;
                     got_dna += &format!(">{name}\n{}\n", String::from_utf8_lossy(&f.dna));
                     got_protein += &format!(">{name}\n{}\n", String::from_utf8_lossy(&f.protein));
                 }

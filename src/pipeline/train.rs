@@ -13,16 +13,16 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
-use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::features::{read_features, write_atomic, FeatureManifest, FeatureSet};
+use super::features::{read_features, FeatureManifest, FeatureSet};
 use super::metrics::{binary_metrics, Metrics};
 use super::rng::Rng;
+use crate::models::classifier::{Classifier, ClassifierMeta, DEFAULT_BN_EPS};
+use crate::output::atomic::write_atomic;
 
-pub const CLASSIFIER_FORMAT: &str = "virnucpro-classifier";
-pub const CLASSIFIER_FORMAT_VERSION: u32 = 1;
-pub const BN_EPS: f64 = 1e-5;
+/// BatchNorm epsilon of the trained model (PyTorch's default, as the published training).
+pub const BN_EPS: f64 = DEFAULT_BN_EPS;
 /// PyTorch's BatchNorm1d default: running = (1 - m) * running + m * batch statistic.
 pub const BN_MOMENTUM: f64 = 0.1;
 
@@ -654,85 +654,38 @@ pub fn train(
     Ok((weights, report))
 }
 
-/// Format-v1 metadata besides the sizes (docs/FORMATS.md); `None` fields are left out.
-#[derive(Debug, Clone, Default)]
-pub struct ClassifierMeta {
-    pub dnabert_model: Option<String>,
-    pub dnabert_hidden: Option<usize>,
-    pub esm_model: Option<String>,
-    pub esm_hidden: Option<usize>,
-    pub chunk_len: Option<usize>,
-    /// The `training` JSON object.
-    pub training: Option<serde_json::Value>,
-}
-
-impl ClassifierMeta {
-    pub fn from_manifest(m: &FeatureManifest) -> Self {
-        ClassifierMeta {
-            dnabert_model: m.info.dnabert_model.clone(),
-            dnabert_hidden: m.info.dnabert_hidden,
-            esm_model: m.info.esm_model.clone(),
-            esm_hidden: m.info.esm_hidden,
-            chunk_len: m.info.chunk_len,
-            training: None,
-        }
-    }
-}
-
-/// Writes a classifier in safetensors format v1 (atomically).
-// merge: the loader is models::classifier::Classifier::load; keep the two in step.
-pub fn write_classifier(path: &Path, w: &MlpWeights, meta: &ClassifierMeta) -> Result<()> {
+/// The trained weights as a format-v1 classifier (docs/FORMATS.md), with the feature set's
+/// provenance: the models, hidden sizes and chunk length from its manifest.
+pub fn to_classifier(
+    w: &MlpWeights,
+    manifest: &FeatureManifest,
+    training: Option<serde_json::Value>,
+) -> Result<Classifier> {
     w.validate()?;
-    let bytes: Vec<(&str, Vec<usize>, Vec<u8>)> = w
+    let tensors = w
         .tensors()
         .into_iter()
         .map(|(name, shape, values)| {
-            (
-                name,
-                shape,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
+            Ok((
+                name.to_string(),
+                Tensor::from_slice(values, shape, &Device::Cpu)?,
+            ))
         })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, shape, b)| Ok((*name, TensorView::new(Dtype::F32, shape.clone(), b)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let mut md: HashMap<String, String> = HashMap::new();
-    md.insert("format".into(), CLASSIFIER_FORMAT.into());
-    md.insert(
-        "format_version".into(),
-        CLASSIFIER_FORMAT_VERSION.to_string(),
-    );
-    md.insert("input_dim".into(), w.input_dim.to_string());
-    md.insert("hidden_dim".into(), w.hidden_dim.to_string());
-    md.insert("bn_eps".into(), format!("{:e}", w.bn_eps));
-    let opt = |md: &mut HashMap<String, String>, k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            md.insert(k.to_string(), v);
-        }
+        .collect::<Result<HashMap<_, _>>>()?;
+    let info = &manifest.info;
+    let meta = ClassifierMeta {
+        input_dim: w.input_dim,
+        hidden_dim: w.hidden_dim,
+        bn_eps: w.bn_eps,
+        dnabert_model: info.dnabert_model.clone(),
+        dnabert_hidden: info.dnabert_hidden,
+        esm_model: info.esm_model.clone(),
+        esm_hidden: info.esm_hidden,
+        chunk_len: info.chunk_len,
+        training,
+        source_format: "trained by virnucpro train".into(),
     };
-    opt(&mut md, "dnabert_model", meta.dnabert_model.clone());
-    opt(
-        &mut md,
-        "dnabert_hidden",
-        meta.dnabert_hidden.map(|v| v.to_string()),
-    );
-    opt(&mut md, "esm_model", meta.esm_model.clone());
-    opt(
-        &mut md,
-        "esm_hidden",
-        meta.esm_hidden.map(|v| v.to_string()),
-    );
-    opt(&mut md, "chunk_len", meta.chunk_len.map(|v| v.to_string()));
-    opt(
-        &mut md,
-        "training",
-        meta.training.as_ref().map(|v| v.to_string()),
-    );
-    let file = safetensors::tensor::serialize(views, Some(md))
-        .with_context(|| format!("cannot serialize classifier {}", path.display()))?;
-    write_atomic(path, &file)
+    Classifier::from_tensors(tensors, meta)
 }
 
 /// The CSV log written next to the model: one row per epoch.
@@ -831,11 +784,9 @@ pub fn train_to_file(features_dir: &Path, out: &Path, opts: &TrainOptions) -> Re
         },
         "samples_per_s": report.samples_per_s,
     });
-    let meta = ClassifierMeta {
-        training: Some(training),
-        ..ClassifierMeta::from_manifest(&data.manifest)
-    };
-    write_classifier(out, &weights, &meta)?;
+    to_classifier(&weights, &data.manifest, Some(training))
+        .and_then(|c| c.save(out))
+        .with_context(|| format!("cannot write the trained classifier {}", out.display()))?;
     write_atomic(&csv, log_csv(&report.epochs).as_bytes())?;
     Ok(report)
 }
