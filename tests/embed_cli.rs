@@ -84,7 +84,7 @@ fn empty_input_fails_clearly() {
 }
 
 #[test]
-fn record_with_empty_sequence_is_named() {
+fn record_with_empty_sequence_is_skipped_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let fa = dir.path().join("a.fa");
     std::fs::write(&fa, ">ok\nMKV\n>hollow desc\n>ok2\nAA\n").unwrap();
@@ -96,9 +96,13 @@ fn record_with_empty_sequence_is_named() {
         .arg(dir.path().join("o.safetensors"))
         .args(["--device", "cpu"])
         .assert()
-        .failure()
-        .stderr(predicate::str::contains("`hollow`"))
-        .stderr(predicate::str::contains("empty sequence"));
+        // Skipped like everywhere else in the tool, with a warning that names the record.
+        .success()
+        .stderr(predicate::str::contains("hollow"))
+        .stderr(predicate::str::contains("empty"));
+    let out =
+        virnucpro::pipeline::embed::read_embeddings(&dir.path().join("o.safetensors")).unwrap();
+    assert_eq!(out.ids, ["ok", "ok2"]);
 }
 
 #[test]
@@ -112,7 +116,7 @@ fn missing_input_file_is_named() {
         .arg(dir.path().join("o.safetensors"))
         .assert()
         .failure()
-        .stderr(predicate::str::contains("cannot read"))
+        .stderr(predicate::str::contains("cannot open"))
         .stderr(predicate::str::contains("nope.fa"));
 }
 
@@ -260,4 +264,39 @@ fn output_directory_must_exist() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("does not exist"));
+}
+
+#[test]
+fn dnabert_input_over_tokenizer_limit_names_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let fa = dir.path().join("long.fa");
+    // Far beyond the tiny tokenizer's 512-token limit, whatever the merges.
+    let long: String = "ACGTTGCA".repeat(2000);
+    std::fs::write(&fa, format!(">short\nACGTACGT\n>too_long_one\n{long}\n")).unwrap();
+    embed()
+        .arg("--model")
+        .arg(oracle("dnabert"))
+        .arg(&fa)
+        .arg("--out")
+        .arg(dir.path().join("o.safetensors"))
+        .args(["--device", "cpu"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("too_long_one"));
+}
+
+#[test]
+fn random_weight_dnabert_has_the_real_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    embed()
+        .args(["--random-weights", "dnabert-s", "--model"])
+        .arg(oracle("dnabert"))
+        .arg(oracle("inputs/dna.fa"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--device", "cpu"])
+        .assert()
+        .success();
+    assert_eq!(read_embeddings(&out).unwrap().embeddings.dims(), &[5, 768]);
 }

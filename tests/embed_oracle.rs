@@ -105,7 +105,6 @@ fn fastesm_matches_reference() {
 }
 
 #[test]
-#[ignore = "needs dnabert.rs (DNABERT-S encoder from the dnabert branch)"]
 fn dnabert_matches_reference() {
     check_against(
         "dnabert",

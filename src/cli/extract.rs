@@ -1,7 +1,119 @@
-/// (placeholder until this command is implemented)
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+//! `virnucpro extract`: embeddings of a prepared data set, as feature shards for `train`.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`extract` is not implemented yet")
+use std::path::PathBuf;
+
+use virnucpro::device::{DTypeSpec, DeviceSpec};
+use virnucpro::models::esm::TokenDropout;
+use virnucpro::models::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
+use virnucpro::output::atomic;
+use virnucpro::pipeline::extract::{extract, ExtractOptions};
+use virnucpro::pipeline::features::DEFAULT_ROWS_PER_SHARD;
+
+/// Embed the frames of a prepared data set (`virnucpro prepare`) with the nucleotide and the
+/// protein model and write labelled feature shards (`[nucleotide | protein]` per frame).
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Writes DIR/shard-NNNNN.safetensors (features, labels, frame IDs), a completion record
+DIR/shard-NNNNN.done.json per finished shard, and DIR/manifest.json last. Rerun the same command
+after an interruption: finished shards are verified (size, checksum, frames, models) and kept,
+the others are computed.
+
+Example:
+  virnucpro prepare --chunk-len 300 --out-dir train300 --viral viral.gbff.gz --host host.gbff.gz
+  virnucpro extract --dataset train300 --out train300/features --device cuda
+  virnucpro train --features train300/features --out 300_model.safetensors")]
+pub struct Args {
+    /// Prepared data set: the --out-dir of `virnucpro prepare` (summary.json, frames.tsv).
+    #[arg(long, value_name = "DIR")]
+    pub dataset: PathBuf,
+
+    /// Output feature directory (created if missing; a rerun resumes it).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Nucleotide model: a directory or Hugging Face Hub ID.
+    #[arg(long, value_name = "DIR|ID", default_value = DEFAULT_NUCLEOTIDE_MODEL,
+          help_heading = "Models")]
+    pub dnabert: String,
+
+    /// Protein model (ESM2 or FastESM2): a directory or Hugging Face Hub ID.
+    #[arg(long, value_name = "DIR|ID", default_value = DEFAULT_PROTEIN_MODEL,
+          help_heading = "Models")]
+    pub esm: String,
+
+    /// ESM2 token-dropout rescaling of the embeddings: auto (on for model_type esm, off for
+    /// fast_esm), on, off.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|on|off",
+        help_heading = "Models"
+    )]
+    pub esm_token_dropout: TokenDropout,
+
+    /// Where to run: auto, cpu, cuda, cuda:N, metal.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DEVICE",
+        help_heading = "Compute"
+    )]
+    pub device: DeviceSpec,
+
+    /// Compute precision: auto (f32 on CPU; f16 for ESM2, bf16 for DNABERT on CUDA), f32, f16,
+    /// bf16. Features are always stored as f32.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DTYPE",
+        help_heading = "Compute"
+    )]
+    pub dtype: DTypeSpec,
+
+    /// Padded tokens per forward pass. Default: 4096 on CPU, 16384 on GPU; lower it if a GPU
+    /// runs out of memory.
+    #[arg(long, value_name = "N", help_heading = "Compute",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_tokens: Option<u64>,
+
+    /// Frames per shard: the unit of resuming (a shard is 4 x rows x features bytes).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ROWS_PER_SHARD as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows_per_shard: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    atomic::install_interrupt_handler()?;
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let opts = ExtractOptions {
+        dataset: args.dataset,
+        out: args.out,
+        dnabert: args.dnabert,
+        esm: args.esm,
+        device: args.device,
+        dtype: args.dtype,
+        batch_tokens: args.batch_tokens.map(to_usize),
+        rows_per_shard: to_usize(args.rows_per_shard),
+        esm_token_dropout: args.esm_token_dropout,
+    };
+    let report = extract(&opts)?;
+    let m = &report.manifest;
+    println!(
+        "{} frames x {} features ({} + {}) in {} shards: {} computed ({} of them recomputed), {} \
+         kept{}",
+        m.rows,
+        m.feature_dim,
+        m.info.dnabert_hidden.unwrap_or(0),
+        m.info.esm_hidden.unwrap_or(0),
+        m.shards.len(),
+        report.shards_computed,
+        report.shards_recomputed,
+        report.shards_kept,
+        report
+            .frames_per_s()
+            .map(|r| format!("; {r:.1} frames/s"))
+            .unwrap_or_default()
+    );
+    println!("wrote {}", opts.out.join("manifest.json").display());
+    Ok(())
 }

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use virnucpro::output::atomic;
 use virnucpro::output::fasta::{NUCLEOTIDE_FILE, PROTEIN_FILE};
 use virnucpro::pipeline::frames::{self, FramesOptions};
 
@@ -50,7 +49,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    atomic::install_interrupt_handler()?;
     let chunk_len = usize::try_from(args.chunk_len)
         .map_err(|_| anyhow::anyhow!("--chunk-len {} is too large", args.chunk_len))?;
     let options = FramesOptions {

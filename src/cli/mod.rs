@@ -58,6 +58,8 @@ pub enum Command {
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
+    // Every command may leave temporary outputs; Ctrl-C must remove them.
+    virnucpro::output::atomic::install_interrupt_handler()?;
     match command {
         Command::Frames(a) => frames::run(a),
         Command::Embed(a) => embed::run(a),
@@ -86,6 +88,7 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .init();

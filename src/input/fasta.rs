@@ -178,7 +178,9 @@ impl RecordReader {
         })
     }
 
-    /// Lets records share an ID instead of failing with [`InputError::DuplicateId`].
+    /// Lets records share an ID instead of failing with [`InputError::DuplicateId`]. The
+    /// duplicate check keeps every ID in memory (a few dozen bytes per record); allowing
+    /// duplicates also drops that.
     pub fn allow_duplicate_ids(mut self, allow: bool) -> RecordReader {
         self.seen = if allow { None } else { Some(HashMap::new()) };
         self
@@ -267,8 +269,7 @@ impl RecordReader {
                 record: input.records,
                 line: record.start_line_number(),
             };
-            let converted = convert(&record, &location);
-            let record = converted?;
+            let record = convert(&record, &location)?;
             input.last = Some((record.id.clone(), location.line));
             if let Some(seen) = &mut self.seen {
                 if let Some(first) = seen.get(&record.id) {

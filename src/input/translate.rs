@@ -10,8 +10,9 @@ use std::fmt;
 
 use super::Frame;
 
-/// Code of an invalid base (anything but A/C/G/T in either case); its bit 2 marks the codon.
-const INVALID: u8 = 4;
+/// Code of an invalid base (anything but A/C/G/T in either case). Large enough that a codon
+/// index `16*c1 + 4*c2 + c3` containing it is >= 64 whatever its position.
+const INVALID: u8 = 0x40;
 
 /// 2-bit code of each byte: A=0, C=1, G=2, T=3 (either case), everything else [`INVALID`].
 static BASE_CODE: [u8; 256] = base_code_table(false);
@@ -62,13 +63,70 @@ const fn complement_table(upper: bool) -> [u8; 256] {
     table
 }
 
-/// The amino acid of a codon from three base codes, or `None` if any base is not A/C/G/T.
+/// Stop codons TAA (48), TAG (50), TGA (56) as bits of their codon index.
+const STOP_BITS: u64 = (1 << 48) | (1 << 50) | (1 << 56);
+
+/// Index of a codon into [`STANDARD_CODE`] from its base codes; >= 64 if a base is invalid.
 #[inline(always)]
-fn amino_acid(c1: u8, c2: u8, c3: u8) -> Option<u8> {
-    if (c1 | c2 | c3) & INVALID != 0 {
-        return None;
+fn codon_index(c1: u8, c2: u8, c3: u8) -> usize {
+    (usize::from(c1) << 4) | (usize::from(c2) << 2) | usize::from(c3)
+}
+
+/// Codon indices of the forward frame of `seq` starting at `offset`.
+#[inline(always)]
+fn forward_codons(seq: &[u8], offset: usize) -> impl Iterator<Item = usize> + '_ {
+    seq.get(offset..)
+        .unwrap_or_default()
+        .chunks_exact(3)
+        .map(|c| {
+            codon_index(
+                BASE_CODE[usize::from(c[0])],
+                BASE_CODE[usize::from(c[1])],
+                BASE_CODE[usize::from(c[2])],
+            )
+        })
+}
+
+/// Codon indices of frame `offset` of the reverse complement of `seq`, read off `seq` itself:
+/// reverse codon `i` is the complement of `seq[n-1-offset-3i]`, `seq[n-2-offset-3i]`,
+/// `seq[n-3-offset-3i]`.
+#[inline(always)]
+fn reverse_codons(seq: &[u8], offset: usize) -> impl Iterator<Item = usize> + '_ {
+    let end = seq.len().saturating_sub(offset);
+    seq[..end].rchunks_exact(3).map(|c| {
+        codon_index(
+            COMPLEMENT_CODE[usize::from(c[2])],
+            COMPLEMENT_CODE[usize::from(c[1])],
+            COMPLEMENT_CODE[usize::from(c[0])],
+        )
+    })
+}
+
+#[inline(always)]
+fn is_stop(codon: usize) -> bool {
+    codon < 64 && (STOP_BITS >> codon) & 1 == 1
+}
+
+/// Translates `codons` into `protein` (at least as long as the frame), dropping codons with
+/// invalid bases: the protein length, or `None` at the first stop codon.
+#[inline(always)]
+fn translate_open(codons: impl Iterator<Item = usize>, protein: &mut [u8]) -> Option<usize> {
+    let mut len = 0;
+    for codon in codons {
+        if is_stop(codon) {
+            return None;
+        }
+        // Written unconditionally, kept only for a valid codon: no branch on N.
+        protein[len] = STANDARD_CODE[codon & 63];
+        len += usize::from(codon < 64);
     }
-    Some(STANDARD_CODE[usize::from((c1 << 4) | (c2 << 2) | c3)])
+    Some(len)
+}
+
+/// Appends the amino acids of `codons` to `protein`, dropping codons with invalid bases.
+#[inline(always)]
+fn push_amino_acids(codons: impl Iterator<Item = usize>, protein: &mut Vec<u8>) {
+    protein.extend(codons.filter(|&c| c < 64).map(|c| STANDARD_CODE[c]));
 }
 
 /// Translates `dna` from its first base with the standard code, as the reference does: a codon
@@ -76,10 +134,7 @@ fn amino_acid(c1: u8, c2: u8, c3: u8) -> Option<u8> {
 /// codon is ignored.
 pub fn translate(dna: &[u8]) -> Vec<u8> {
     let mut protein = Vec::with_capacity(dna.len() / 3);
-    for codon in dna.chunks_exact(3) {
-        let codes = [0, 1, 2].map(|i| BASE_CODE[usize::from(codon[i])]);
-        protein.extend(amino_acid(codes[0], codes[1], codes[2]));
-    }
+    push_amino_acids(forward_codons(dna, 0), &mut protein);
     protein
 }
 
@@ -183,14 +238,23 @@ where
     let mut kept = 0;
     for tag in FrameTag::ALL {
         let offset = usize::from(tag.offset - 1);
-        let open = match tag.strand {
-            Strand::Forward => translate_forward(chunk, offset, &mut scratch.protein),
-            Strand::Reverse => translate_reverse(chunk, offset, &mut scratch.protein),
-        };
-        if !open {
-            continue;
+        // One pass that gives up at the first stop: most frames of non-coding sequence hit one
+        // within a few dozen codons. The protein buffer is sized once for the longest frame so
+        // that the loop does no capacity checks.
+        let codons = chunk.len().saturating_sub(offset) / 3;
+        if scratch.protein.len() < codons {
+            scratch.protein.resize(codons, 0);
         }
-        let end = (offset + 3 * scratch.protein.len() + 1).min(chunk.len());
+        let translated = match tag.strand {
+            Strand::Forward => translate_open(forward_codons(chunk, offset), &mut scratch.protein),
+            Strand::Reverse => translate_open(reverse_codons(chunk, offset), &mut scratch.protein),
+        };
+        let protein_len = match translated {
+            Some(len) if len > 0 => len,
+            _ => continue,
+        };
+        let protein = &scratch.protein[..protein_len];
+        let end = (offset + 3 * protein_len + 1).min(chunk.len());
         scratch.dna.clear();
         match tag.strand {
             Strand::Forward => scratch
@@ -207,7 +271,7 @@ where
                 );
             }
         }
-        keep(tag, &scratch.dna, &scratch.protein);
+        keep(tag, &scratch.dna, protein);
         kept += 1;
     }
     kept
@@ -225,52 +289,6 @@ pub fn select_frames(chunk_id: &str, chunk: &[u8]) -> Vec<Frame> {
         });
     });
     frames
-}
-
-/// Translates the forward frame starting at `offset` into `protein`; false (and `protein` left
-/// partial) as soon as a stop codon shows the frame will not be kept, or if it is empty.
-#[inline]
-fn translate_forward(chunk: &[u8], offset: usize, protein: &mut Vec<u8>) -> bool {
-    protein.clear();
-    let Some(frame) = chunk.get(offset..) else {
-        return false;
-    };
-    for codon in frame.chunks_exact(3) {
-        let aa = amino_acid(
-            BASE_CODE[usize::from(codon[0])],
-            BASE_CODE[usize::from(codon[1])],
-            BASE_CODE[usize::from(codon[2])],
-        );
-        match aa {
-            Some(b'*') => return false,
-            Some(aa) => protein.push(aa),
-            None => {}
-        }
-    }
-    !protein.is_empty()
-}
-
-/// Like [`translate_forward`] for the reverse complement: its codon `i` is the complement of
-/// `chunk[n-1-offset-3i]`, `chunk[n-2-offset-3i]`, `chunk[n-3-offset-3i]`.
-#[inline]
-fn translate_reverse(chunk: &[u8], offset: usize, protein: &mut Vec<u8>) -> bool {
-    protein.clear();
-    let Some(end) = chunk.len().checked_sub(offset) else {
-        return false;
-    };
-    for codon in chunk[..end].rchunks_exact(3) {
-        let aa = amino_acid(
-            COMPLEMENT_CODE[usize::from(codon[2])],
-            COMPLEMENT_CODE[usize::from(codon[1])],
-            COMPLEMENT_CODE[usize::from(codon[0])],
-        );
-        match aa {
-            Some(b'*') => return false,
-            Some(aa) => protein.push(aa),
-            None => {}
-        }
-    }
-    !protein.is_empty()
 }
 
 #[cfg(test)]

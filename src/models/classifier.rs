@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -46,7 +46,7 @@ const IGNORED_TENSORS: [&str; 1] = ["bn1.num_batches_tracked"];
 pub const NUM_CLASSES: usize = 2;
 
 const SUPPORTED_FORMATS: &str = "supported classifier formats: this project's safetensors \
-(written by `virnucpro train` or `virnucpro convert`), a plain safetensors state dict, and a \
+format v1 (written by `virnucpro train` or `virnucpro convert`), a plain safetensors state dict, and a \
 PyTorch .pth zip archive holding the whole pickled MLPClassifier module (like the published \
 300_model.pth / 500_model.pth) or its state dict";
 
@@ -699,7 +699,8 @@ impl Classifier {
         }
         let buf = safetensors::serialize(views, Some(self.meta.to_metadata()))
             .map_err(|e| anyhow!("cannot encode classifier for `{shown}`: {e}"))?;
-        write_atomic(path, &buf).with_context(|| format!("cannot write classifier `{shown}`"))
+        crate::output::atomic::write_atomic(path, &buf)
+            .with_context(|| format!("cannot write classifier `{shown}`"))
     }
 
     /// The dimension guard: the run's embedding models must produce the classifier's input size,
@@ -969,49 +970,4 @@ impl safetensors::View for F32View {
     fn data_len(&self) -> usize {
         self.bytes.len()
     }
-}
-
-/// Writes `bytes` to a temporary sibling of `path`, syncs it, and renames it over `path`, so a
-/// reader never sees a half-written classifier.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("`{}` is not a file name", path.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let mut attempt = 0u32;
-    let (tmp, mut file) = loop {
-        let tmp = dir.join(format!(".{name}.{}.{attempt}.tmp", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-        {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
-                attempt += 1
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot create a temporary file in `{}`", dir.display())
-                })
-            }
-        }
-    };
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| {
-            drop(file);
-            std::fs::rename(&tmp, path)
-        });
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
-    }
-    Ok(())
 }

@@ -106,7 +106,9 @@ pub fn resolve_model_with(spec: &str, hub: &HubOptions) -> anyhow::Result<ModelF
         );
     }
     let repo = HubRepo::new(spec, hub)?;
-    resolve_from(spec, &repo)
+    resolve_from(spec, &repo).with_context(|| {
+        format!("`{spec}` is not a local directory, so it was looked up as a Hugging Face Hub ID")
+    })
 }
 
 /// `org/name` or `name`: letters, digits, `-`, `_`, `.`; no path syntax.

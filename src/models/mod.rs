@@ -2,6 +2,12 @@
 //!
 //! Every embedding model is an [`Encoder`] (token batch in, mean-pooled last hidden state out)
 //! paired with a [`SeqTokenizer`]; `pipeline::embed` does the length-sorted batching on top.
+//!
+//! - [`hub`]: a model directory or Hub ID -> local files (HF cache, offline mode);
+//! - [`config`]: `config.json` -> architecture ([`config::ModelFamily`]);
+//! - [`weights`]: safetensors / `pytorch_model.bin` -> `VarBuilder`, shape-checked;
+//! - [`layers`]: shared blocks (linear, layer norm, GELU, rotary, [`layers::attention`]);
+//! - [`esm`], [`dnabert`]: the encoders; [`tokenize`]: the ESM alphabet.
 
 pub mod classifier;
 pub mod config;
@@ -14,6 +20,8 @@ pub mod tokenize;
 pub mod weights;
 
 use candle_core::Tensor;
+
+pub use config::ModelFamily;
 
 /// Right-padded token ids of one batch.
 #[derive(Debug, Clone)]

@@ -117,17 +117,21 @@ impl AtomicFile {
     }
 }
 
+/// Write errors name the target file (e.g. "cannot write out/a.txt: No space left on device").
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer()?.write(buf)
+        let result = self.writer()?.write(buf);
+        result.map_err(|e| annotate(e, "cannot write", &self.target))
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.writer()?.write_all(buf)
+        let result = self.writer()?.write_all(buf);
+        result.map_err(|e| annotate(e, "cannot write", &self.target))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.writer()?.flush()
+        let result = self.writer()?.flush();
+        result.map_err(|e| annotate(e, "cannot write", &self.target))
     }
 }
 
@@ -174,6 +178,15 @@ pub fn commit_all(mut files: Vec<AtomicFile>) -> io::Result<()> {
         sync_dir(dir);
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a whole file or none (one [`AtomicFile`], committed).
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> io::Result<()> {
+    let path = path.as_ref();
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes)
+        .map_err(|e| annotate(e, "cannot write", path))?;
+    file.commit()
 }
 
 /// Makes the renames durable. Best effort: not every platform or file system allows it.

@@ -3,4 +3,5 @@
 
 pub mod atomic;
 pub mod fasta;
+pub mod plots;
 pub mod predictions;

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
@@ -28,6 +28,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::device::{device_name, resolve_dtype, select_device, DTypeSpec, DeviceSpec};
+use crate::input::fasta::RecordReader;
 use crate::models::config::{ModelConfig, ModelFamily};
 use crate::models::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
 use crate::models::esm::{Esm, EsmConfig, TokenDropout};
@@ -35,6 +36,7 @@ use crate::models::hub::{resolve_model, ModelFiles};
 use crate::models::tokenize::EsmTokenizer;
 use crate::models::weights::{Checkpoint, RandomWeights};
 use crate::models::{Encoder, SeqTokenizer, TokenBatch};
+use crate::output::atomic::AtomicFile;
 
 /// Default `--batch-tokens` on the CPU (padded tokens per forward pass).
 pub const DEFAULT_BATCH_TOKENS_CPU: usize = 4096;
@@ -129,7 +131,8 @@ pub fn load_from_files(
                 )
             }
             ModelConfig::DnaBert(cfg) => {
-                let tokenizer = DnaBertTokenizer::from_file(&files.tokenizer, 512)?;
+                let limit = dnabert_token_limit(&files.tokenizer, cfg);
+                let tokenizer = DnaBertTokenizer::from_file(&files.tokenizer, limit)?;
                 let encoder = DnaBert::load(vb, cfg)?;
                 (Box::new(encoder), Box::new(tokenizer), "DNABERT".into())
             }
@@ -272,7 +275,8 @@ pub fn random_embedding_model(
                 let dtype = resolve_dtype(dtype, ModelFamily::DnaBert, device);
                 let vb = RandomWeights { seed: SEED }.into_var_builder(dtype, device);
                 let enc = DnaBert::load(vb, &cfg)?;
-                let tok = DnaBertTokenizer::from_file(&files.tokenizer, 512)?;
+                let limit = dnabert_token_limit(&files.tokenizer, &cfg);
+                let tok = DnaBertTokenizer::from_file(&files.tokenizer, limit)?;
                 (ModelFamily::DnaBert, Box::new(enc), Box::new(tok), dtype)
             }
         };
@@ -286,6 +290,25 @@ pub fn random_embedding_model(
         device: device.clone(),
         dtype,
     })
+}
+
+/// The longest DNABERT input in tokens: the tokenizer's `model_max_length` (512 for DNABERT-S)
+/// from `tokenizer_config.json` beside `tokenizer.json`, else the config's
+/// `max_position_embeddings`. (Transformers stores a huge sentinel when there is no limit.)
+fn dnabert_token_limit(tokenizer_json: &Path, cfg: &DnaBertConfig) -> usize {
+    #[derive(serde::Deserialize)]
+    struct TokenizerConfig {
+        model_max_length: Option<f64>,
+    }
+    let from_tokenizer = tokenizer_json
+        .parent()
+        .map(|dir| dir.join("tokenizer_config.json"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| serde_json::from_str::<TokenizerConfig>(&text).ok())
+        .and_then(|c| c.model_max_length)
+        .filter(|n| (1.0..1e7).contains(n))
+        .map(|n| n as usize);
+    from_tokenizer.unwrap_or(cfg.max_position_embeddings)
 }
 
 /// Counters of one [`embed_sequences`] run.
@@ -456,14 +479,10 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
     if req.inputs.is_empty() {
         bail!("no input files given");
     }
-    let mut records = Vec::new();
-    for input in &req.inputs {
-        let before = records.len();
-        records.extend(read_fasta_records(input)?);
-        if records.len() == before {
-            tracing::warn!("{} holds no FASTA records", input.display());
-        }
-    }
+    // The whole input is held: `embed` is for protein/frame sets, not genomes.
+    let records: Vec<(String, Vec<u8>)> = RecordReader::new(&req.inputs)?
+        .map(|r| r.map(|r| (r.id, r.seq)))
+        .collect::<Result<_, _>>()?;
     if records.is_empty() {
         bail!(
             "no sequences to embed: {} hold(s) no FASTA records",
@@ -613,7 +632,11 @@ pub fn write_embeddings(
     ]);
     let bytes = safetensors::serialize([("embeddings", &embeddings)], Some(metadata))
         .context("cannot serialize embeddings")?;
-    write_atomically(out, &bytes)
+    let mut file =
+        AtomicFile::create(out).with_context(|| format!("cannot write {}", out.display()))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.commit())
+        .with_context(|| format!("cannot write {}", out.display()))
 }
 
 /// An embeddings file read back (docs/FORMATS.md).
@@ -661,80 +684,6 @@ pub fn read_embeddings(path: &Path) -> anyhow::Result<EmbeddingFile> {
     })
 }
 
-/// TEMPORARY: replaced by `crate::output::atomic` at merge. Writes a temporary file beside
-/// `path` and renames it over, so readers never see a half-written file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
-}
-
-/// TEMPORARY minimal FASTA reader, to be replaced by `crate::input::fasta` at merge.
-/// Reads a whole (optionally gzipped) FASTA file: ID = first word of the header, sequence lines
-/// joined with whitespace removed, case kept. `-` reads standard input.
-fn read_fasta_records(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut raw = Vec::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin()
-            .read_to_end(&mut raw)
-            .context("cannot read standard input")?;
-    } else {
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut raw))
-            .with_context(|| format!("cannot read {}", path.display()))?;
-    }
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut text = Vec::new();
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut text)
-            .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
-        raw = text;
-    }
-    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-    for (n, line) in raw.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(header) = line.strip_prefix(b">") {
-            let header = String::from_utf8_lossy(header);
-            let Some(id) = header.split_whitespace().next() else {
-                bail!("{}:{}: FASTA header without an ID", path.display(), n + 1);
-            };
-            records.push((id.to_string(), Vec::new()));
-        } else if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        } else if let Some((_, seq)) = records.last_mut() {
-            seq.extend(line.iter().filter(|b| !b.is_ascii_whitespace()));
-        } else {
-            let hint = if line.starts_with(b"@") {
-                " (this looks like FASTQ; embed reads FASTA)"
-            } else {
-                ""
-            };
-            bail!(
-                "{}:{}: sequence data before the first FASTA header `>`{hint}",
-                path.display(),
-                n + 1
-            );
-        }
-    }
-    Ok(records)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,20 +704,23 @@ mod tests {
         assert_eq!(batches[1], vec![1]);
     }
 
-    #[test]
-    fn fasta_reader_basics() {
-        let dir = std::env::temp_dir().join(format!("vnp-fa-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("a.fa");
-        std::fs::write(&p, b">a desc\r\nAC\nGT\n\n>b\nMK\n").unwrap();
-        let r = read_fasta_records(&p).unwrap();
-        assert_eq!(
-            r,
-            vec![("a".into(), b"ACGT".to_vec()), ("b".into(), b"MK".to_vec())]
-        );
-        std::fs::write(&p, b"ACGT\n>a\n").unwrap();
-        let e = read_fasta_records(&p).unwrap_err().to_string();
-        assert!(e.contains(":1:"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
+    proptest::proptest! {
+        #[test]
+        fn batch_plan_properties(
+            lengths in proptest::collection::vec(1usize..600, 0..60),
+            budget in 1usize..3000,
+        ) {
+            let batches = plan_batches(&lengths, budget);
+            let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+            seen.sort();
+            proptest::prop_assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+            let mut prev_max = usize::MAX;
+            for b in &batches {
+                let max = b.iter().map(|&i| lengths[i]).max().unwrap();
+                proptest::prop_assert!(b.len() == 1 || b.len() * max <= budget);
+                proptest::prop_assert!(max <= prev_max, "longest first");
+                prev_max = max;
+            }
+        }
     }
 }

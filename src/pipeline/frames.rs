@@ -126,7 +126,7 @@ pub fn run(
         .join()
         .map_err(|_| anyhow!("the writer thread panicked"))?;
     let summary = translated?;
-    let writer = written.context("cannot write the frame files")?;
+    let writer = written?;
     writer.commit().context("cannot save the frame files")?;
     Ok(summary)
 }
@@ -220,17 +220,27 @@ struct FormattedUnit {
     protein: Vec<u8>,
 }
 
+/// Per-thread state of [`format_batch`]: translation buffers and the output bytes per chunk of
+/// the last unit.
+#[derive(Default)]
+struct FormatState {
+    scratch: FrameScratch,
+    hint: (usize, usize),
+}
+
 fn format_batch(batch: &[SeqRecord], chunk_len: usize) -> Vec<FormattedUnit> {
     work_units(batch, chunk_len)
         .into_par_iter()
-        .map_init(FrameScratch::new, |scratch, unit| {
+        .map_init(FormatState::default, |state, unit| {
+            let FormatState { scratch, hint } = state;
             let record = &batch[unit.record];
+            // Sized from the previous unit of this thread: output grows without reallocating.
             let mut out = FormattedUnit {
                 record: unit.record,
                 chunks: unit.count as u64,
                 frames: 0,
-                nucleotide: Vec::new(),
-                protein: Vec::new(),
+                nucleotide: Vec::with_capacity(hint.0 * unit.count * 9 / 8),
+                protein: Vec::with_capacity(hint.1 * unit.count * 9 / 8),
             };
             let mut chunk_id = Vec::new();
             let spans = chunk::chunk_spans(record.seq.len(), chunk_len)
@@ -250,6 +260,10 @@ fn format_batch(batch: &[SeqRecord], chunk_len: usize) -> Vec<FormattedUnit> {
                     });
                 out.frames += kept as u64;
             }
+            *hint = (
+                out.nucleotide.len() / unit.count,
+                out.protein.len() / unit.count,
+            );
             out
         })
         .collect()

@@ -1,7 +1,16 @@
-//! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `train`.
+//! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `extract`,
+//! `train`, `evaluate`.
 
 pub mod bench;
 pub mod doctor;
 pub mod embed;
+pub mod evaluate;
+pub mod extract;
+pub mod features;
 pub mod frames;
+pub mod metrics;
+pub mod predict;
+pub mod prepare;
+pub mod rng;
 pub mod timing;
+pub mod train;
