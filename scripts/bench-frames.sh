@@ -10,7 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target}
 cargo build --release --bin virnucpro --example gen_genome
 # The target directory as cargo resolved it (a wrapper may redirect CARGO_TARGET_DIR).
 target=$(cargo metadata --format-version 1 --no-deps |
