@@ -6,17 +6,29 @@ use anyhow::{bail, Context};
 
 use virnucpro::pipeline::doctor::{self, DoctorOptions};
 
-/// Check that this build can use the GPU: build features, device, fused attention == materialized
-/// attention on random inputs, and the fused kernel's speed-up (ENV-01..05). Stops at the first
-/// failure and says what to do.
+/// Check the environment: build features, the GPU, your models and classifier (resolvable,
+/// loadable, dimensions consistent), fused attention == materialized attention on random inputs,
+/// and the fused kernel's speed-up (ENV-01..05). Stops at the first failure and says what to do.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  virnucpro doctor\n  virnucpro doctor --device cuda:1 --json doctor.json\n  virnucpro doctor --shapes 64x168,4x2048 --repeats 50"
+    after_help = "Examples:\n  virnucpro doctor\n  virnucpro doctor --device cuda:1 --json doctor.json\n  virnucpro doctor --shapes 64x168,4x2048 --repeats 50\n  virnucpro doctor --device cpu --dnabert zhihan1996/DNABERT-S --esm Synthyra/FastESM2_650 --classifier my.safetensors"
 )]
 pub struct Args {
-    /// CUDA device to check: cuda or cuda:N.
+    /// Device to check: cuda, cuda:N, or cpu (models and classifier only).
     #[arg(long, default_value = "cuda")]
     pub device: String,
+    /// Protein model to check: directory or Hugging Face Hub ID.
+    #[arg(long, value_name = "DIR|HUB_ID", help_heading = "Models")]
+    pub esm: Option<String>,
+    /// Nucleotide model to check: directory or Hub ID.
+    #[arg(long, value_name = "DIR|HUB_ID", help_heading = "Models")]
+    pub dnabert: Option<String>,
+    /// Classifier to check against the two models (input size = DNABERT hidden + protein hidden).
+    #[arg(long, value_name = "FILE", help_heading = "Models")]
+    pub classifier: Option<PathBuf>,
+    /// Chunk length you will predict with (checked against the classifier's metadata).
+    #[arg(long, value_name = "N", help_heading = "Models")]
+    pub chunk_len: Option<usize>,
     /// Batch x length shapes for the attention timing, comma-separated.
     #[arg(
         long,
@@ -47,14 +59,19 @@ pub struct Args {
     pub json: Option<PathBuf>,
 }
 
-fn parse_ordinal(device: &str) -> anyhow::Result<usize> {
+/// `None` for the CPU.
+fn parse_ordinal(device: &str) -> anyhow::Result<Option<usize>> {
     let d = device.trim().to_ascii_lowercase();
+    if d == "cpu" {
+        return Ok(None);
+    }
     match d.split_once(':') {
-        None if d == "cuda" || d == "gpu" => Ok(0),
+        None if d == "cuda" || d == "gpu" => Ok(Some(0)),
         Some(("cuda" | "gpu", n)) => n
             .parse()
+            .map(Some)
             .with_context(|| format!("--device {device}: expected cuda or cuda:N")),
-        _ => bail!("--device {device}: doctor checks a CUDA device; use cuda or cuda:N"),
+        _ => bail!("--device {device}: use cuda, cuda:N or cpu"),
     }
 }
 
@@ -76,8 +93,14 @@ fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let ordinal = parse_ordinal(&args.device)?;
     let opts = DoctorOptions {
-        ordinal: parse_ordinal(&args.device)?,
+        ordinal: ordinal.unwrap_or(0),
+        cpu: ordinal.is_none(),
+        esm: args.esm,
+        dnabert: args.dnabert,
+        classifier: args.classifier,
+        chunk_len: args.chunk_len,
         shapes: args
             .shapes
             .iter()
@@ -115,8 +138,9 @@ mod tests {
     fn parses_shapes_and_devices() {
         assert_eq!(parse_shape("64x168").unwrap(), (64, 168));
         assert!(parse_shape("64*168").is_err());
-        assert_eq!(parse_ordinal("cuda").unwrap(), 0);
-        assert_eq!(parse_ordinal("cuda:2").unwrap(), 2);
-        assert!(parse_ordinal("cpu").is_err());
+        assert_eq!(parse_ordinal("cuda").unwrap(), Some(0));
+        assert_eq!(parse_ordinal("cuda:2").unwrap(), Some(2));
+        assert_eq!(parse_ordinal("cpu").unwrap(), None);
+        assert!(parse_ordinal("tpu").is_err());
     }
 }

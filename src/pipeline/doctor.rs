@@ -17,10 +17,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
+use std::path::PathBuf;
+
 use crate::device::DTypeSpec;
 use crate::kernels::{self, selftest, AttentionImpl, FaVariant};
+use crate::models::classifier::Classifier;
 use crate::models::config::ModelFamily;
+use crate::models::hub::resolve_model;
 use crate::pipeline::bench;
+use crate::pipeline::embed::{embed_sequences, load_from_files, LoadOptions};
 use crate::pipeline::timing::{self, Timing};
 
 /// What `doctor` should do.
@@ -41,6 +46,13 @@ pub struct DoctorOptions {
     pub esm_shapes: Vec<(usize, usize)>,
     /// Whole-model timing shapes for the DNABERT-S-shape model.
     pub dnabert_shapes: Vec<(usize, usize)>,
+    /// Check the environment on the CPU only (no GPU checks, no timings).
+    pub cpu: bool,
+    /// The user's models and classifier to resolve, load and check against each other.
+    pub esm: Option<String>,
+    pub dnabert: Option<String>,
+    pub classifier: Option<PathBuf>,
+    pub chunk_len: Option<usize>,
 }
 
 impl Default for DoctorOptions {
@@ -54,6 +66,11 @@ impl Default for DoctorOptions {
             skip_models: false,
             esm_shapes: vec![(512, 168), (2, 1024), (1, 2048)],
             dnabert_shapes: vec![(256, 128)],
+            cpu: false,
+            esm: None,
+            dnabert: None,
+            classifier: None,
+            chunk_len: None,
         }
     }
 }
@@ -154,6 +171,23 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
     } else {
         rep.features.join(", ")
     };
+    if opts.cpu {
+        rep.line(
+            "ENV-01",
+            "PASS",
+            format!("virnucpro {} built with features: {feats}", rep.version),
+        );
+        rep.line("ENV-02", "SKIP", "--device cpu: no GPU checked".to_string());
+        check_user_models(&mut rep, opts, &Device::Cpu)?;
+        rep.line(
+            "ENV-04",
+            "SKIP",
+            "--device cpu: the fused attention kernel needs CUDA".to_string(),
+        );
+        rep.line("ENV-05", "SKIP", "--device cpu: no GPU timings".to_string());
+        rep.ok = true;
+        return Ok(rep);
+    }
     if !kernels::CUDA_BUILT {
         rep.line(
             "ENV-01",
@@ -226,6 +260,8 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
     dev.set_seed(seed)?;
+
+    check_user_models(&mut rep, opts, &dev)?;
 
     // ENV-03: models of real shape build on the device, give embeddings of the right size, and
     // the fused and materialized attention paths agree on them.
@@ -399,6 +435,121 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
     }
     rep.ok = true;
     Ok(rep)
+}
+
+/// ENV-03 for the user's own models: each given model resolves (directory or Hub ID), is of the
+/// family its flag is for, loads on the device and embeds a test sequence to a finite vector of
+/// its hidden size; the classifier loads and its input size fits the two models.
+fn check_user_models(rep: &mut DoctorReport, opts: &DoctorOptions, dev: &Device) -> Result<()> {
+    let mut hidden = Vec::new();
+    for (flag, spec, family, probe) in [
+        (
+            "--dnabert",
+            &opts.dnabert,
+            ModelFamily::DnaBert,
+            &b"ATGGCGTTAGCCATTCGAGGCTAA"[..],
+        ),
+        (
+            "--esm",
+            &opts.esm,
+            ModelFamily::Esm,
+            &b"MKTAYIAKQRQISFVKSHFSRQ"[..],
+        ),
+    ] {
+        let Some(spec) = spec else {
+            hidden.push(None);
+            continue;
+        };
+        let checked = (|| -> Result<(usize, String)> {
+            let files = resolve_model(spec)?;
+            if files.family() != family {
+                bail!(
+                    "{flag} {spec} is a {} model, not a {family} model",
+                    files.family()
+                );
+            }
+            let started = std::time::Instant::now();
+            let model = load_from_files(files, dev, DTypeSpec::Auto, &LoadOptions::default())?;
+            let out = embed_sequences(&model, &[("doctor-probe", probe)], 4096)?;
+            let v: Vec<f32> = out.embeddings.flatten_all()?.to_vec1()?;
+            if v.len() != model.hidden_size || v.iter().any(|x| !x.is_finite()) {
+                bail!(
+                    "{spec}: the test embedding has {} values (expected {}) or non-finite values",
+                    v.len(),
+                    model.hidden_size
+                );
+            }
+            Ok((
+                model.hidden_size,
+                format!(
+                    "{flag} {spec}: {family}, hidden {}, {:?}, loaded and ran in {:.1}s",
+                    model.hidden_size,
+                    model.dtype,
+                    started.elapsed().as_secs_f64()
+                ),
+            ))
+        })();
+        match checked {
+            Ok((h, summary)) => {
+                rep.line("ENV-03", "PASS", summary);
+                hidden.push(Some((spec.clone(), h)));
+            }
+            Err(e) => {
+                rep.line("ENV-03", "FAIL", format!("{flag} {spec}"));
+                return Err(e.context(format!(
+                    "{flag} {spec} cannot be used: give a model directory (config.json, weights, \
+                     tokenizer) or a Hub ID that is cached or downloadable"
+                )));
+            }
+        }
+    }
+    if let Some(path) = &opts.classifier {
+        let clf = Classifier::load(path, dev)
+            .with_context(|| format!("cannot load the classifier {}", path.display()));
+        let clf = match clf {
+            Ok(c) => c,
+            Err(e) => {
+                rep.line("ENV-03", "FAIL", format!("--classifier {}", path.display()));
+                return Err(e);
+            }
+        };
+        match (&hidden[0], &hidden[1]) {
+            (Some((dna, dh)), Some((esm, eh))) => {
+                let chunk = opts.chunk_len.or(clf.meta().chunk_len).unwrap_or(0);
+                match clf.check_dimensions((dna, *dh), (esm, *eh), chunk, false) {
+                    Ok(warnings) => {
+                        for w in &warnings {
+                            println!("       warning: {w}");
+                        }
+                        rep.line(
+                            "ENV-03",
+                            "PASS",
+                            format!(
+                                "--classifier {}: {} inputs = {dh} + {eh}",
+                                path.display(),
+                                clf.input_dim()
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        rep.line("ENV-03", "FAIL", format!("--classifier {}", path.display()));
+                        return Err(e);
+                    }
+                }
+            }
+            _ => rep.line(
+                "ENV-03",
+                "PASS",
+                format!(
+                    "--classifier {}: loads, {} inputs (give --dnabert and --esm to check it \
+                     against the models)",
+                    path.display(),
+                    clf.input_dim()
+                ),
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Runs a ragged batch through `model` with the fused and the materialized attention and compares
