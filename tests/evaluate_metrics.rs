@@ -128,6 +128,9 @@ fn plot_draws_the_score_distribution_of_a_prediction_run() {
     assert!(png.len() > 1000 && png.starts_with(b"\x89PNG\r\n\x1a\n"));
     let svg = fs::read_to_string(tmp.path().join("score_distribution.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("<rect"));
+    for label in ["Virus score (score2) per frame", "Frames", "frames (n = "] {
+        assert!(svg.contains(label), "the SVG has the label {label:?}");
+    }
 
     fs::write(tmp.path().join("bad.txt"), "hello\n").unwrap();
     Command::cargo_bin("virnucpro")

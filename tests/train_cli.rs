@@ -183,11 +183,16 @@ fn cli_writes_model_log_and_evaluates_with_plots() {
         header.contains("model") && header.contains("copy"),
         "{table}"
     );
-    for name in ["roc", "scores-model", "scores-copy"] {
+    for (name, label) in [
+        ("roc", "True positive rate"),
+        ("scores-model", "Frames"),
+        ("scores-copy", "Frames"),
+    ] {
         let png = fs::read(plots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{name}.png is a PNG");
         let svg = fs::read_to_string(plots.join(format!("{name}.svg"))).unwrap();
         assert!(svg.contains("<svg"), "{name}.svg is an SVG");
+        assert!(svg.contains(label), "{name}.svg has the label {label:?}");
     }
 
     // --json carries the same numbers.

@@ -1,9 +1,11 @@
 //! ROC curves and score histograms (PNG and SVG) for `evaluate --plots` and `plot`.
 //!
-//! Text (titles, axis labels, legends) needs a system font through fontconfig. On Debian any
-//! machine that can run the binary has one (libfontconfig1 depends on fontconfig-config, which
-//! pulls in fonts-dejavu-core or another font); if none is found the plots are drawn without
-//! text, with a warning, rather than failing.
+//! Text (titles, axis labels, legends) is drawn with DejaVu Sans, embedded in the binary
+//! (`assets/fonts/`, license beside it) and rasterised by plotters' pure-Rust `ab_glyph` backend,
+//! so the binary needs no system fonts and does not link fontconfig or freetype. The font is
+//! registered under plotters' default family name, `sans-serif`, so every text style (including
+//! the defaults of meshes and legends) finds it; the SVG files name that generic family and
+//! viewers draw it with their own sans-serif font.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use plotters::prelude::*;
 
 const SIZE: (u32, u32) = (900, 650);
 const FONT: &str = "sans-serif";
+/// DejaVu Sans 2.37 (Bitstream Vera license; see assets/fonts/DejaVuSans-LICENSE.txt).
+static FONT_DATA: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -24,19 +28,13 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-/// Whether a font can be loaded; checked once per process.
-fn text_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| match (FONT, 12).into_font().box_size("0.5") {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(
-                "no usable system font ({e}); plots are drawn without text \
-                 (on Debian/Ubuntu: apt install fonts-dejavu-core)"
-            );
-            false
-        }
-    })
+/// Registers the embedded font with plotters (once per process); text drawing fails without it.
+fn register_font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED
+        .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, FONT_DATA).is_ok());
+    ensure!(ok, "the embedded plot font is not a valid TrueType font");
+    Ok(())
 }
 
 /// One ROC curve to draw.
@@ -60,7 +58,7 @@ fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
 
 /// A plot drawable on any backend.
 trait Plot {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, text: bool) -> Result<()>
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
     where
         DB::ErrorType: 'static;
 }
@@ -68,7 +66,7 @@ trait Plot {
 fn render<P: Plot>(plot: &P, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create plot directory {}", dir.display()))?;
-    let text = text_available();
+    register_font()?;
     let pid = std::process::id();
 
     let png = dir.join(format!("{stem}.png"));
@@ -77,7 +75,7 @@ fn render<P: Plot>(plot: &P, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     // Rendered to a temporary name and renamed, so a failed run leaves no half-drawn file.
     let drawn = (|| -> Result<()> {
         let root = BitMapBackend::new(&png_tmp, SIZE).into_drawing_area();
-        plot.draw(&root, text)?;
+        plot.draw(&root)?;
         root.present().map_err(draw_err)?;
         Ok(())
     })();
@@ -92,7 +90,7 @@ fn render<P: Plot>(plot: &P, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, SIZE).into_drawing_area();
-        plot.draw(&root, text)
+        plot.draw(&root)
             .with_context(|| format!("cannot draw {}", svg.display()))?;
         root.present().map_err(draw_err)?;
     }
@@ -106,30 +104,24 @@ struct RocPlot<'a> {
 }
 
 impl Plot for RocPlot<'_> {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, text: bool) -> Result<()>
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
     where
         DB::ErrorType: 'static,
     {
         root.fill(&WHITE).map_err(draw_err)?;
-        let mut builder = ChartBuilder::on(root);
-        builder.margin(20);
-        if text {
-            builder
-                .caption(self.title, (FONT, 24))
-                .x_label_area_size(45)
-                .y_label_area_size(55);
-        }
-        let mut chart = builder
+        let mut chart = ChartBuilder::on(root)
+            .margin(20)
+            .caption(self.title, (FONT, 24))
+            .x_label_area_size(45)
+            .y_label_area_size(55)
             .build_cartesian_2d(0f64..1f64, 0f64..1f64)
             .map_err(draw_err)?;
-        let mut mesh = chart.configure_mesh();
-        if text {
-            mesh.x_desc("False positive rate")
-                .y_desc("True positive rate");
-        } else {
-            mesh.x_labels(0).y_labels(0);
-        }
-        mesh.draw().map_err(draw_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("False positive rate")
+            .y_desc("True positive rate")
+            .draw()
+            .map_err(draw_err)?;
         chart
             .draw_series(LineSeries::new(
                 [(0.0, 0.0), (1.0, 1.0)],
@@ -152,16 +144,14 @@ impl Plot for RocPlot<'_> {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         }
-        if text {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font((FONT, 16))
-                .draw()
-                .map_err(draw_err)?;
-        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 16))
+            .draw()
+            .map_err(draw_err)?;
         Ok(())
     }
 }
@@ -188,36 +178,30 @@ impl HistogramPlot<'_> {
 }
 
 impl Plot for HistogramPlot<'_> {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, text: bool) -> Result<()>
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
     where
         DB::ErrorType: 'static,
     {
         root.fill(&WHITE).map_err(draw_err)?;
         let all: Vec<Vec<u64>> = self.series.iter().map(|s| self.counts(&s.scores)).collect();
         let y_max = all.iter().flatten().copied().max().unwrap_or(0).max(1) as f64 * 1.05;
-        let mut builder = ChartBuilder::on(root);
-        builder.margin(20);
-        if text {
-            builder
-                .caption(self.title, (FONT, 24))
-                .x_label_area_size(45)
-                .y_label_area_size(70);
-        }
-        let mut chart = builder
+        let mut chart = ChartBuilder::on(root)
+            .margin(20)
+            .caption(self.title, (FONT, 24))
+            .x_label_area_size(45)
+            .y_label_area_size(70)
             .build_cartesian_2d(0f64..1f64, 0f64..y_max)
             .map_err(draw_err)?;
-        let mut mesh = chart.configure_mesh();
-        let count_label = |v: &f64| format!("{v:.0}");
-        if text {
-            mesh.x_desc(self.x_desc)
-                .y_desc("Frames")
-                .y_label_formatter(&count_label)
-                .label_style((FONT, 14))
-                .axis_desc_style((FONT, 16));
-        } else {
-            mesh.x_labels(0).y_labels(0);
-        }
-        mesh.disable_x_mesh().draw().map_err(draw_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_desc)
+            .y_desc("Frames")
+            .y_label_formatter(&|v: &f64| format!("{v:.0}"))
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
+            .disable_x_mesh()
+            .draw()
+            .map_err(draw_err)?;
         let width = 1.0 / self.bins as f64;
         for (i, (s, counts)) in self.series.iter().zip(&all).enumerate() {
             let color = COLORS[i % COLORS.len()];
@@ -240,16 +224,14 @@ impl Plot for HistogramPlot<'_> {
                 .label(label)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], fill));
         }
-        if text {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font((FONT, 16))
-                .draw()
-                .map_err(draw_err)?;
-        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 16))
+            .draw()
+            .map_err(draw_err)?;
         Ok(())
     }
 }
@@ -338,42 +320,96 @@ pub fn plot_predictions(results: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> 
 mod tests {
     use super::*;
 
-    /// Without a usable font the plots are still drawn (no text at all).
+    fn rgb<P: Plot>(plot: &P) -> Vec<u8> {
+        register_font().unwrap();
+        let mut buf = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+            plot.draw(&root).unwrap();
+            root.present().unwrap();
+        }
+        buf
+    }
+
+    fn svg<P: Plot>(plot: &P) -> String {
+        register_font().unwrap();
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            plot.draw(&root).unwrap();
+            root.present().unwrap();
+        }
+        svg
+    }
+
+    fn curves() -> Vec<RocCurve> {
+        vec![RocCurve {
+            name: "c".into(),
+            points: vec![(0.0, 0.0), (0.5, 1.0), (1.0, 1.0)],
+            auroc: Some(0.75),
+        }]
+    }
+
+    /// The embedded font really draws text into the PNG: a title changes pixels in the title
+    /// band at the top, and nowhere else.
     #[test]
-    fn draws_without_text() {
-        let plot = HistogramPlot {
-            title: "t",
-            x_desc: "x",
+    fn png_title_is_drawn_with_the_embedded_font() {
+        let curves = curves();
+        let titled = rgb(&RocPlot {
+            title: "ROC curve of the test",
+            curves: &curves,
+        });
+        let untitled = rgb(&RocPlot {
+            title: "",
+            curves: &curves,
+        });
+        let row = SIZE.0 as usize * 3;
+        let rows: Vec<usize> = (0..SIZE.1 as usize)
+            .filter(|&y| titled[y * row..(y + 1) * row] != untitled[y * row..(y + 1) * row])
+            .collect();
+        assert!(rows.len() >= 10, "the title spans rows {rows:?}");
+        assert!(rows.iter().all(|&y| (15..70).contains(&y)), "rows {rows:?}");
+        let dark = titled[..70 * row]
+            .chunks(3)
+            .zip(untitled[..70 * row].chunks(3))
+            .filter(|(t, u)| t != u && t.iter().all(|&b| b < 128))
+            .count();
+        assert!(dark > 200, "{dark} dark title pixels");
+        // The axis labels and the legend are drawn too: the plot has far more than lines.
+        assert!(titled.iter().any(|&b| b != 255), "something was drawn");
+    }
+
+    /// The SVGs carry the titles, axis descriptions, tick labels and legends as text.
+    #[test]
+    fn svg_has_the_labels() {
+        let roc = svg(&RocPlot {
+            title: "ROC curve",
+            curves: &curves(),
+        });
+        for text in [
+            "ROC curve",
+            "False positive rate",
+            "True positive rate",
+            "c (AUROC 0.7500)",
+        ] {
+            assert!(roc.contains(text), "{text:?} missing in\n{roc}");
+        }
+        assert!(
+            roc.lines().any(|l| l.trim() == "0.5"),
+            "no tick label in\n{roc}"
+        );
+        let hist = svg(&HistogramPlot {
+            title: "Scores",
+            x_desc: "score2",
             series: &[ScoreSeries {
                 name: "a".into(),
                 scores: vec![0.1, 0.5, 0.5, 1.0],
             }],
             bins: 10,
-        };
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-            plot.draw(&root, false).unwrap();
-            root.present().unwrap();
+        });
+        for text in ["Scores", "score2", "Frames", "a (n = 4)", "<rect"] {
+            assert!(hist.contains(text), "{text:?} missing in\n{hist}");
         }
-        assert!(svg.contains("<svg") && !svg.contains("<text"), "{svg}");
-        let curves = [RocCurve {
-            name: "c".into(),
-            points: vec![(0.0, 0.0), (0.5, 1.0), (1.0, 1.0)],
-            auroc: Some(0.75),
-        }];
-        let mut buf = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
-            RocPlot {
-                title: "r",
-                curves: &curves,
-            }
-            .draw(&root, false)
-            .unwrap();
-            root.present().unwrap();
-        }
-        assert!(buf.iter().any(|&b| b != 255), "something was drawn");
     }
 
     #[test]
