@@ -21,7 +21,7 @@ pub struct Args {
     /// Where to run: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// Compute precision: auto (f32 on CPU; f16 for ESM2, bf16 for DNABERT on CUDA), f32, f16,
+    /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16,
     /// bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeSpec,

@@ -51,7 +51,7 @@ pub struct Args {
     /// Whole-model timing shapes of the FastESM2_650-shape model (random weights, f16).
     #[arg(long, value_delimiter = ',', default_value = "512x168,2x1024,1x2048")]
     pub esm_shapes: Vec<String>,
-    /// Whole-model timing shapes of the DNABERT-S-shape model (random weights, bf16).
+    /// Whole-model timing shapes of the DNABERT-S-shape model (random weights, f16).
     #[arg(long, value_delimiter = ',', default_value = "256x128")]
     pub dnabert_shapes: Vec<String>,
     /// Also write the full report as JSON to this file.

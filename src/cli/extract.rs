@@ -60,7 +60,7 @@ pub struct Args {
     )]
     pub device: DeviceSpec,
 
-    /// Compute precision: auto (f32 on CPU; f16 for ESM2, bf16 for DNABERT on CUDA), f32, f16,
+    /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16,
     /// bf16. Features are always stored as f32.
     #[arg(
         long,

@@ -432,6 +432,15 @@ where
                 )
             })?;
         for (row, &i) in pooled.iter().zip(&rows) {
+            if row.iter().any(|x| !x.is_finite()) {
+                bail!(
+                    "{} gave non-finite values for record `{}` in {:?}; half precision can \
+                     overflow: rerun with --dtype bf16 or --dtype f32",
+                    model.source,
+                    items[i].0.as_ref(),
+                    model.dtype
+                );
+            }
             if row.len() != hidden {
                 bail!(
                     "encoder returned {} values per sequence, expected {hidden}",
