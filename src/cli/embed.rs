@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use virnucpro::device::{DTypeSpec, DeviceSpec};
 use virnucpro::models::esm::TokenDropout;
 use virnucpro::pipeline::embed::{self, EmbedRequest, RandomModel};
 
@@ -17,6 +16,9 @@ use virnucpro::pipeline::embed::{self, EmbedRequest, RandomModel};
   virnucpro embed --model ./DNABERT-S frames.fna --out dna.safetensors --device cuda
   HF_HUB_OFFLINE=1 virnucpro embed --model facebook/esm2_t36_3B_UR50D p.faa --out e.safetensors")]
 pub struct Args {
+    #[command(flatten)]
+    pub compute: super::ComputeArgs,
+
     /// FASTA file(s) to embed, read in order (`-` for standard input; gzip is detected).
     #[arg(value_name = "INPUT", required = true)]
     pub inputs: Vec<PathBuf>,
@@ -36,31 +38,6 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE.safetensors")]
     pub out: PathBuf,
 
-    /// Where to run: auto, cpu, cuda, cuda:N, metal.
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "DEVICE",
-        help_heading = "Compute"
-    )]
-    pub device: DeviceSpec,
-
-    /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16,
-    /// bf16. Embeddings are always written as f32.
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "DTYPE",
-        help_heading = "Compute"
-    )]
-    pub dtype: DTypeSpec,
-
-    /// Padded tokens per forward pass (batch size x longest sequence); sequences are sorted by
-    /// length first. Default: 4096 on CPU, 16384 on GPU. Lower it if a GPU runs out of memory.
-    #[arg(long, value_name = "N", help_heading = "Compute",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_tokens: Option<u64>,
-
     /// ESM2 token-dropout rescaling of the embeddings (x0.88): auto (on for model_type esm, off
     /// for fast_esm, as their reference code), on, off.
     #[arg(
@@ -78,16 +55,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let batch_tokens = args
-        .batch_tokens
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let req = EmbedRequest {
         model: args.model,
         inputs: args.inputs,
         out: args.out,
-        device: args.device,
-        dtype: args.dtype,
-        batch_tokens,
+        device: args.compute.device,
+        dtype: args.compute.dtype,
+        batch_tokens: args.compute.batch_tokens(),
         esm_token_dropout: args.esm_token_dropout,
         random_weights: args.random_weights,
     };

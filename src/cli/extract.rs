@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use virnucpro::device::{DTypeSpec, DeviceSpec};
 use virnucpro::models::esm::TokenDropout;
 use virnucpro::models::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
 use virnucpro::output::atomic;
@@ -23,6 +22,9 @@ Example:
   virnucpro extract --dataset train300 --out train300/features --device cuda
   virnucpro train --features train300/features --out 300_model.safetensors")]
 pub struct Args {
+    #[command(flatten)]
+    pub compute: super::ComputeArgs,
+
     /// Prepared data set: the --out-dir of `virnucpro prepare` (summary.json, frames.tsv).
     #[arg(long, value_name = "DIR")]
     pub dataset: PathBuf,
@@ -51,31 +53,6 @@ pub struct Args {
     )]
     pub esm_token_dropout: TokenDropout,
 
-    /// Where to run: auto, cpu, cuda, cuda:N, metal.
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "DEVICE",
-        help_heading = "Compute"
-    )]
-    pub device: DeviceSpec,
-
-    /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16,
-    /// bf16. Features are always stored as f32.
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "DTYPE",
-        help_heading = "Compute"
-    )]
-    pub dtype: DTypeSpec,
-
-    /// Padded tokens per forward pass. Default: 4096 on CPU, 16384 on GPU; lower it if a GPU
-    /// runs out of memory.
-    #[arg(long, value_name = "N", help_heading = "Compute",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_tokens: Option<u64>,
-
     /// Frames per shard: the unit of resuming (a shard is 4 x rows x features bytes).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_ROWS_PER_SHARD as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -90,9 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out: args.out,
         dnabert: args.dnabert,
         esm: args.esm,
-        device: args.device,
-        dtype: args.dtype,
-        batch_tokens: args.batch_tokens.map(to_usize),
+        device: args.compute.device,
+        dtype: args.compute.dtype,
+        batch_tokens: args.compute.batch_tokens(),
         rows_per_shard: to_usize(args.rows_per_shard),
         esm_token_dropout: args.esm_token_dropout,
     };

@@ -75,6 +75,42 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Where and how the models run: shared by every command that embeds.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// Where to run: auto, cpu, cuda, cuda:N, metal.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DEVICE",
+        help_heading = "Compute"
+    )]
+    pub device: virnucpro::device::DeviceSpec,
+
+    /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16, bf16. Outputs are always
+    /// written as f32.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DTYPE",
+        help_heading = "Compute"
+    )]
+    pub dtype: virnucpro::device::DTypeSpec,
+
+    /// Padded tokens per forward pass (batch size x longest sequence, sequences sorted by length).
+    /// Default: 4096 on CPU, 16384 on GPU; lower it if a GPU runs out of memory.
+    #[arg(long, value_name = "N", help_heading = "Compute",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_tokens: Option<u64>,
+}
+
+impl ComputeArgs {
+    pub fn batch_tokens(&self) -> Option<usize> {
+        self.batch_tokens
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
 /// Logs go to stderr; `RUST_LOG` overrides the level chosen by -v/-q.
 pub fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use virnucpro::device::{DTypeSpec, DeviceSpec};
 use virnucpro::models::esm::TokenDropout;
 use virnucpro::models::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
 use virnucpro::pipeline::embed::RandomModel;
@@ -31,6 +30,9 @@ identified_nucleotide.fa / identified_protein.faa. Files appear only when the ru
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
+    #[command(flatten)]
+    pub compute: super::ComputeArgs,
+
     /// FASTA/FASTQ files, plain or gzip/bzip2/xz/zstd compressed; `-` reads stdin.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
@@ -78,29 +80,6 @@ pub struct Args {
     #[arg(long, help_heading = "Models")]
     pub strict: bool,
 
-    /// Where to run: auto, cpu, cuda, cuda:N, metal.
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "DEVICE",
-        help_heading = "Compute"
-    )]
-    pub device: DeviceSpec,
-
-    /// Compute precision: auto (f32 on CPU, f16/bf16 on GPU), f32, f16, bf16.
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "DTYPE",
-        help_heading = "Compute"
-    )]
-    pub dtype: DTypeSpec,
-
-    /// Padded tokens per forward pass (default: 4096 on CPU, 16384 on GPU).
-    #[arg(long, value_name = "N", help_heading = "Compute",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_tokens: Option<u64>,
-
     /// Also write the kept frames (identified_nucleotide.fa, identified_protein.faa).
     #[arg(long, help_heading = "Output")]
     pub keep_frames: bool,
@@ -123,9 +102,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dnabert: args.dnabert,
         esm: args.esm,
         out_dir: args.out_dir,
-        device: args.device,
-        dtype: args.dtype,
-        batch_tokens: args.batch_tokens.map(usize::try_from).transpose()?,
+        device: args.compute.device,
+        dtype: args.compute.dtype,
+        batch_tokens: args.compute.batch_tokens(),
         esm_token_dropout: args.esm_token_dropout,
         keep_frames: args.keep_frames,
         min_viral_fraction: args.min_viral_fraction,
