@@ -1,7 +1,5 @@
 //! `virnucpro bench`: embedding throughput (tokens/s, sequences/s) of one model.
 
-use anyhow::Context;
-
 use virnucpro::device::{select_device, DTypeSpec, DeviceSpec};
 use virnucpro::kernels::{attention_impl, AttentionImpl};
 use virnucpro::pipeline::bench::{self, BenchOptions};
@@ -50,23 +48,6 @@ pub struct Args {
     pub ops: bool,
 }
 
-fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
-    let (b, t) = s
-        .trim()
-        .split_once(['x', 'X'])
-        .with_context(|| format!("--shapes: `{s}` is not BATCHxLENGTH (e.g. 512x168)"))?;
-    let b: usize = b
-        .parse()
-        .with_context(|| format!("--shapes: bad batch in `{s}`"))?;
-    let t: usize = t
-        .parse()
-        .with_context(|| format!("--shapes: bad length in `{s}`"))?;
-    if b == 0 || t < 3 {
-        anyhow::bail!("--shapes: `{s}`: batch must be positive and length at least 3");
-    }
-    Ok((b, t))
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = select_device(args.device)?;
     let attention = if args.compare_attention && device.is_cuda() {
@@ -80,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         shapes: args
             .shapes
             .iter()
-            .map(|s| parse_shape(s))
+            .map(|s| super::parse_shape(s, 3))
             .collect::<anyhow::Result<_>>()?,
         ragged: args.ragged,
         warmup: args.warmup,

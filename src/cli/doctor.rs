@@ -75,23 +75,6 @@ fn parse_ordinal(device: &str) -> anyhow::Result<Option<usize>> {
     }
 }
 
-fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
-    let (b, t) = s
-        .trim()
-        .split_once(['x', 'X'])
-        .with_context(|| format!("--shapes: `{s}` is not BATCHxLENGTH (e.g. 64x168)"))?;
-    let b: usize = b
-        .parse()
-        .with_context(|| format!("--shapes: bad batch in `{s}`"))?;
-    let t: usize = t
-        .parse()
-        .with_context(|| format!("--shapes: bad length in `{s}`"))?;
-    if b == 0 || t == 0 {
-        bail!("--shapes: `{s}`: batch and length must be positive");
-    }
-    Ok((b, t))
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let ordinal = parse_ordinal(&args.device)?;
     let opts = DoctorOptions {
@@ -104,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         shapes: args
             .shapes
             .iter()
-            .map(|s| parse_shape(s))
+            .map(|s| super::parse_shape(s, 1))
             .collect::<anyhow::Result<_>>()?,
         heads: args.heads,
         repeats: args.repeats.max(1),
@@ -113,12 +96,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         esm_shapes: args
             .esm_shapes
             .iter()
-            .map(|s| parse_shape(s))
+            .map(|s| super::parse_shape(s, 3))
             .collect::<anyhow::Result<_>>()?,
         dnabert_shapes: args
             .dnabert_shapes
             .iter()
-            .map(|s| parse_shape(s))
+            .map(|s| super::parse_shape(s, 3))
             .collect::<anyhow::Result<_>>()?,
     };
     let report = doctor::run(&opts)?;
@@ -136,8 +119,9 @@ mod tests {
 
     #[test]
     fn parses_shapes_and_devices() {
-        assert_eq!(parse_shape("64x168").unwrap(), (64, 168));
-        assert!(parse_shape("64*168").is_err());
+        assert_eq!(super::super::parse_shape("64x168", 1).unwrap(), (64, 168));
+        assert!(super::super::parse_shape("64*168", 1).is_err());
+        assert!(super::super::parse_shape("4x2", 3).is_err());
         assert_eq!(parse_ordinal("cuda").unwrap(), Some(0));
         assert_eq!(parse_ordinal("cuda:2").unwrap(), Some(2));
         assert_eq!(parse_ordinal("cpu").unwrap(), None);

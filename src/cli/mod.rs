@@ -111,6 +111,26 @@ impl ComputeArgs {
     }
 }
 
+/// `BATCHxLENGTH` (e.g. `512x168`) of `--shapes`-style options; `min_len` is the shortest length
+/// that makes sense (3 for whole models: `<cls>`, one residue, `<eos>`).
+pub fn parse_shape(s: &str, min_len: usize) -> anyhow::Result<(usize, usize)> {
+    use anyhow::Context;
+    let (b, t) = s
+        .trim()
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--shapes: `{s}` is not BATCHxLENGTH (e.g. 512x168)"))?;
+    let b: usize = b
+        .parse()
+        .with_context(|| format!("--shapes: bad batch in `{s}`"))?;
+    let t: usize = t
+        .parse()
+        .with_context(|| format!("--shapes: bad length in `{s}`"))?;
+    if b == 0 || t < min_len.max(1) {
+        anyhow::bail!("--shapes: `{s}`: batch must be positive and length at least {min_len}");
+    }
+    Ok((b, t))
+}
+
 /// Logs go to stderr; `RUST_LOG` overrides the level chosen by -v/-q.
 pub fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {

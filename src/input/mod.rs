@@ -59,31 +59,36 @@ pub fn record_frames(record: &SeqRecord, chunk_len: usize) -> RecordFrames {
     let mut scratch = translate::FrameScratch::new();
     let chunks = chunk::chunk_spans(record.seq.len(), chunk_len)
         .enumerate()
-        .map(|(j, (start, end))| {
-            let id = chunk::chunk_id(&record.id, j);
-            let mut frames = Vec::new();
-            translate::for_each_kept_frame(
-                &record.seq[start..end],
-                &mut scratch,
-                |tag, dna, protein| {
-                    frames.push(Frame {
-                        id: format!("{id}{tag}"),
-                        dna: dna.to_vec(),
-                        protein: protein.to_vec(),
-                    });
-                },
-            );
-            Chunk {
-                id,
-                start,
-                end,
-                frames,
-            }
-        })
+        .map(|(j, span)| chunk_frames(record, j, span, &mut scratch))
         .collect();
     RecordFrames {
         id: record.id.clone(),
         len: record.seq.len(),
         chunks,
+    }
+}
+
+/// Chunk `index` of `record` (its `span` from [`chunk::chunk_spans`]) with its kept frames; the
+/// one place where frame IDs and records are built, shared by the sequential and parallel paths.
+pub fn chunk_frames(
+    record: &SeqRecord,
+    index: usize,
+    (start, end): (usize, usize),
+    scratch: &mut translate::FrameScratch,
+) -> Chunk {
+    let id = chunk::chunk_id(&record.id, index);
+    let mut frames = Vec::new();
+    translate::for_each_kept_frame(&record.seq[start..end], scratch, |tag, dna, protein| {
+        frames.push(Frame {
+            id: format!("{id}{tag}"),
+            dna: dna.to_vec(),
+            protein: protein.to_vec(),
+        });
+    });
+    Chunk {
+        id,
+        start,
+        end,
+        frames,
     }
 }

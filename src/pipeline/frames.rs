@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::input::fasta::{InputError, RecordReader};
 use crate::input::translate::{for_each_kept_frame, FrameScratch};
-use crate::input::{chunk, Chunk, Frame, RecordFrames, SeqRecord};
+use crate::input::{chunk, Chunk, RecordFrames, SeqRecord};
 use crate::output::fasta::{push_record, FrameFastaWriter};
 
 /// Bases per batch of records handed from the reader thread to the workers.
@@ -283,23 +283,7 @@ pub fn translate_batch(batch: &[SeqRecord], chunk_len: usize) -> Vec<RecordFrame
                 .enumerate()
                 .skip(unit.first)
                 .take(unit.count)
-                .map(|(j, (start, end))| {
-                    let id = chunk::chunk_id(&record.id, j);
-                    let mut frames = Vec::new();
-                    for_each_kept_frame(&record.seq[start..end], scratch, |tag, dna, protein| {
-                        frames.push(Frame {
-                            id: format!("{id}{tag}"),
-                            dna: dna.to_vec(),
-                            protein: protein.to_vec(),
-                        })
-                    });
-                    Chunk {
-                        id,
-                        start,
-                        end,
-                        frames,
-                    }
-                })
+                .map(|(j, span)| crate::input::chunk_frames(record, j, span, scratch))
                 .collect();
             (unit.record, chunks)
         })
