@@ -113,6 +113,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         random_weights: args.random_weights,
     };
     let report = predict::run(&req)?;
-    eprintln!("{report}; results in {}", req.out_dir.display());
+    tracing::info!("{report}; results in {}", req.out_dir.display());
     Ok(())
 }
