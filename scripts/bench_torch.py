@@ -175,6 +175,29 @@ def esm_and_bert(out, args):
         torch.cuda.empty_cache()
 
 
+def gemm_bench(repeats):
+    """F.linear (cuBLASLt with the bias in its epilogue, as nn.Linear runs it) on the matmul
+    shapes of one FastESM2_650 layer at 512x168 tokens and one DNABERT-S layer at 256x128, fp16:
+    the GEMM rate PyTorch gets on this GPU, to compare with `virnucpro bench --ops`."""
+    rows = []
+    for model, n, shapes in (
+            ("esm2-650m", 512 * 168, [("qkv", 1280, 3840), ("out", 1280, 1280),
+                                      ("ffn1", 1280, 5120), ("ffn2", 5120, 1280)]),
+            ("dnabert-s", 256 * 128, [("qkv", 768, 2304), ("out", 768, 768),
+                                      ("ffn1 gated", 768, 6144), ("ffn2", 3072, 768)])):
+        for name, k, m in shapes:
+            x = torch.randn(n, k, device="cuda", dtype=torch.float16)
+            w = torch.randn(m, k, device="cuda", dtype=torch.float16) * 0.02
+            b = torch.randn(m, device="cuda", dtype=torch.float16)
+            t = timed(lambda: F.linear(x, w, b), repeats=repeats)
+            tflops = 2 * n * k * m / (t["median_ms"] * 1e-3) / 1e12
+            rows.append({"model": model, "op": name, "n": n, "k": k, "m": m, **t, "tflops": tflops})
+            print(f"gemm {model} {name:<10} [{n},{k}]x[{k},{m}] +bias fp16: "
+                  f"{t['median_ms']:.3f} ms {tflops:.0f} TFLOP/s", flush=True)
+            del x, w, b
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="write all results as JSON here")
@@ -199,6 +222,7 @@ def main():
     rep = 10 if args.quick else 30
     out = {"info": info}
     out["attention"] = attention_bench([(1, 502), (64, 168), (8, 1026), (4, 2048)], 20, rep)
+    out["gemm"] = gemm_bench(10 if args.quick else 20)
 
     if not args.skip_models:
         try:
@@ -217,6 +241,8 @@ def main():
         print(f"attn {r['batch']:>3}x{r['len']:<5} sdpa {r['sdpa']['median_ms']:.4f} ms  "
               f"sdpa+mask {r['sdpa_mask']['median_ms']:.4f} ms  materialized "
               f"{r['materialized']['median_ms']:.4f} ms")
+    for r in out.get("gemm", []):
+        print(f"gemm {r['model']} {r['op']:<10} {r['median_ms']:.3f} ms {r['tflops']:.0f} TFLOP/s")
     for key in ("esm",):
         if key in out:
             for r in out[key]["rows"]:

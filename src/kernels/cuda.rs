@@ -339,3 +339,231 @@ where
         lx.shape().clone(),
     ))
 }
+
+/// Contiguous `[start, end)` of an operand held by an op, on the CUDA device.
+fn held_slice<'a, T: candle_core::cuda_backend::CudaDType>(
+    s: &'a Storage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
+    match s {
+        Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(a..b)),
+        _ => candle_core::bail!("{what} must be on the CUDA device"),
+    }
+}
+
+fn dtype_name(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F32 => "f32",
+        dt => candle_core::bail!("fused ops: unsupported dtype {dt:?}"),
+    })
+}
+
+/// Grid of `threads`-wide blocks covering `n` work items, capped for grid-stride loops.
+fn grid_for(n: usize, threads: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(threads as usize).clamp(1, 132 * 64) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+pub(super) fn layer_norm(
+    op: &super::ops::LayerNormOp,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    match x.dtype() {
+        DType::F16 => layer_norm_t::<f16>(op, x, lx),
+        DType::BF16 => layer_norm_t::<bf16>(op, x, lx),
+        DType::F32 => layer_norm_t::<f32>(op, x, lx),
+        dt => candle_core::bail!("layer_norm: unsupported dtype {dt:?}"),
+    }
+}
+
+fn layer_norm_t<T>(
+    op: &super::ops::LayerNormOp,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)>
+where
+    T: candle_core::cuda_backend::CudaDType + DeviceRepr,
+{
+    let dev: &CudaDevice = x.device();
+    let (a, bnd) = lx
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("layer_norm: input must be contiguous".into()))?;
+    let xs = x.as_cuda_slice::<T>()?.slice(a..bnd);
+    let cols = *lx.dims().last().unwrap_or(&0);
+    let n = lx.shape().elem_count();
+    let rows = n / cols.max(1);
+    let vec = 16 / std::mem::size_of::<T>();
+    let cols_vec = cols / vec;
+    let (wst, wl) = op.weight.storage_and_layout();
+    let w = held_slice::<T>(&wst, wl, "layer_norm weight")?;
+    let (bst, bl) = op.bias.storage_and_layout();
+    let b = held_slice::<T>(&bst, bl, "layer_norm bias")?;
+    let maxv = match cols_vec.div_ceil(32) {
+        0..=4 => 4,
+        5..=8 => 8,
+        _ => 16,
+    };
+    let func = dev.get_or_load_custom_func(
+        &format!("virnucpro_layer_norm_{}_{maxv}", dtype_name(x.dtype())?),
+        OPS_MODULE,
+        FUSED_OPS_PTX,
+    )?;
+    // SAFETY: every element is written (one warp per row).
+    let mut out = unsafe { dev.alloc::<T>(n)? };
+    if rows > 0 {
+        let threads = 128u32;
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * 32).div_ceil(threads as usize) as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rows_u, cv) = (rows as u32, cols_vec as u32);
+        let mut bld = func.builder();
+        bld.arg(&xs);
+        bld.arg(&w);
+        bld.arg(&b);
+        bld.arg(&mut out);
+        bld.arg(&rows_u);
+        bld.arg(&cv);
+        bld.arg(&op.eps);
+        // SAFETY: arguments match virnucpro_layer_norm_* in fused_ops.cu.
+        unsafe { bld.launch(cfg) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        lx.shape().clone(),
+    ))
+}
+
+pub(super) fn rotary_qk(
+    op: &super::ops::RotaryQk,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    match x.dtype() {
+        DType::F16 => rotary_qk_t::<f16>(op, x, lx),
+        DType::BF16 => rotary_qk_t::<bf16>(op, x, lx),
+        DType::F32 => rotary_qk_t::<f32>(op, x, lx),
+        dt => candle_core::bail!("rotary_qk: unsupported dtype {dt:?}"),
+    }
+}
+
+fn rotary_qk_t<T>(
+    op: &super::ops::RotaryQk,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)>
+where
+    T: candle_core::cuda_backend::CudaDType + DeviceRepr,
+{
+    let dev: &CudaDevice = x.device();
+    let (a, bnd) = lx
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("rotary_qk: qkv must be contiguous".into()))?;
+    let xs = x.as_cuda_slice::<T>()?.slice(a..bnd);
+    let (b, l, _) = lx.shape().dims3()?;
+    let tokens = b * l;
+    let per = tokens * op.heads * op.head_dim;
+    let (cst, cl) = op.cos.storage_and_layout();
+    let cos = held_slice::<f32>(&cst, cl, "rotary cos")?;
+    let (sst, sl) = op.sin.storage_and_layout();
+    let sin = held_slice::<f32>(&sst, sl, "rotary sin")?;
+    // SAFETY: every element of q and k is written.
+    let mut out = unsafe { dev.alloc::<T>(2 * per)? };
+    if per > 0 {
+        let (q, k) = out.split_at_mut(per);
+        let mut q = q;
+        let mut k = k;
+        let func = dev.get_or_load_custom_func(
+            &format!("virnucpro_rotary_qk_{}", dtype_name(x.dtype())?),
+            OPS_MODULE,
+            FUSED_OPS_PTX,
+        )?;
+        let half = op.head_dim / 2;
+        let work = tokens * 2 * op.heads * (half / 8);
+        let (tk, tl, hd, hf) = (tokens as u32, op.t_len as u32, op.heads as u32, half as u32);
+        let mut bld = func.builder();
+        bld.arg(&xs);
+        bld.arg(&cos);
+        bld.arg(&sin);
+        bld.arg(&mut q);
+        bld.arg(&mut k);
+        bld.arg(&tk);
+        bld.arg(&tl);
+        bld.arg(&hd);
+        bld.arg(&hf);
+        // SAFETY: arguments match virnucpro_rotary_qk_* in fused_ops.cu.
+        unsafe { bld.launch(grid_for(work, 256)) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((2, b, l, op.heads * op.head_dim)),
+    ))
+}
+
+pub(super) fn gated_gelu(
+    op: &super::ops::GatedGelu,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    match x.dtype() {
+        DType::F16 => gated_gelu_t::<f16>(op, x, lx),
+        DType::BF16 => gated_gelu_t::<bf16>(op, x, lx),
+        DType::F32 => gated_gelu_t::<f32>(op, x, lx),
+        dt => candle_core::bail!("gated_gelu: unsupported dtype {dt:?}"),
+    }
+}
+
+fn gated_gelu_t<T>(
+    op: &super::ops::GatedGelu,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)>
+where
+    T: candle_core::cuda_backend::CudaDType + DeviceRepr,
+{
+    let dev: &CudaDevice = x.device();
+    let (a, bnd) = lx
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("gated_gelu: input must be contiguous".into()))?;
+    let xs = x.as_cuda_slice::<T>()?.slice(a..bnd);
+    let rows = (bnd - a) / (2 * op.inter).max(1);
+    let vec = 16 / std::mem::size_of::<T>();
+    let i_vec = op.inter / vec;
+    // SAFETY: every element is written.
+    let mut out = unsafe { dev.alloc::<T>(rows * op.inter)? };
+    if rows > 0 {
+        let func = dev.get_or_load_custom_func(
+            &format!("virnucpro_gated_gelu_{}", dtype_name(x.dtype())?),
+            OPS_MODULE,
+            FUSED_OPS_PTX,
+        )?;
+        let (r, iv) = (rows as u32, i_vec as u32);
+        let mut bld = func.builder();
+        bld.arg(&xs);
+        bld.arg(&mut out);
+        bld.arg(&r);
+        bld.arg(&iv);
+        // SAFETY: arguments match virnucpro_gated_gelu_* in fused_ops.cu.
+        unsafe { bld.launch(grid_for(rows * i_vec, 256)) }.w()?;
+    }
+    let mut dims = lx.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = op.inter;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(dims),
+    ))
+}

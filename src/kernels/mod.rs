@@ -21,8 +21,13 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod gemm;
+mod ops;
 mod reference;
 pub mod selftest;
+
+pub use ops::{fused_ops_enabled, gated_gelu, layer_norm, linear, rotary_qk, set_fused_ops};
 
 pub use reference::{alibi_bias, alibi_slopes, key_padding_mask, materialized_attention, row_mask};
 
@@ -527,6 +532,30 @@ mod tests {
         let lens = Tensor::new(&[4u32], &dev)?;
         let err = fused_attention(&q, &q, &q, &lens, None, 0.125).unwrap_err();
         assert!(err.to_string().contains("needs CUDA"), "{err}");
+        Ok(())
+    }
+
+    /// The candle fallbacks of the fused ops (what the CPU runs) agree with the f32 reference.
+    #[test]
+    fn fused_op_fallbacks_match_reference_on_cpu() -> anyhow::Result<()> {
+        for (name, rel, limit) in selftest::check_fused_ops(&Device::Cpu)? {
+            if name.ends_with("F32") {
+                assert!(rel <= limit, "{name}: {rel:.2e} > {limit:.0e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// GPU check of the fused ops (cuBLASLt linear, LayerNorm, rotary q/k, gated GELU) and the
+    /// epilogues against candle's ops in f32.
+    #[cfg(feature = "cuda")]
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn fused_ops_match_candle_on_gpu() -> anyhow::Result<()> {
+        let dev = Device::new_cuda(0)?;
+        for (name, rel, limit) in selftest::check_bias_act(&dev)? {
+            assert!(rel <= limit, "{name}: {rel:.2e} > {limit:.0e}");
+        }
         Ok(())
     }
 

@@ -351,5 +351,107 @@ pub fn check_bias_act(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
             ));
         }
     }
+    out.extend(check_fused_ops(dev)?);
+    Ok(out)
+}
+
+/// Checks the fused ops of [`super::ops`] (cuBLASLt linear with bias and residual, LayerNorm,
+/// rotary q/k from the projection, gated GELU) against candle's ops computed in f32, in f16,
+/// bf16 and f32. Returns (name, relative error, limit); on a device where an op does not apply
+/// the candle fallback is what gets compared (and passes trivially).
+pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    use crate::models::layers::Rotary;
+    let mut out = Vec::new();
+    let f = |t: &Tensor| t.to_dtype(DType::F32);
+    let rel_of = |got: &Tensor, want: &Tensor| -> anyhow::Result<f64> {
+        let rel = norm(&(got.to_dtype(DType::F32)? - want)?)? / norm(want)?;
+        Ok(if rel.is_finite() { rel } else { f64::INFINITY })
+    };
+    for dtype in [DType::F16, DType::BF16, DType::F32] {
+        let limit = match dtype {
+            DType::F32 => 1e-5,
+            DType::BF16 => 1e-2,
+            _ => 2e-3,
+        };
+        let rnd = |shape: &[usize], sd: f32| -> anyhow::Result<Tensor> {
+            Ok(Tensor::randn(0f32, sd, shape, dev)?.to_dtype(dtype)?)
+        };
+        // Linear: x [333, 256] · W [384, 256]ᵀ + b (+ r).
+        let (rows, k, n) = (333, 256, 384);
+        let x = rnd(&[rows, k], 1.0)?;
+        let w = rnd(&[n, k], 0.05)?;
+        let b = rnd(&[n], 1.0)?;
+        let r = rnd(&[rows, n], 1.0)?;
+        let base = f(&x)?.matmul(&f(&w)?.t()?)?;
+        for (with_b, with_r) in [(false, false), (true, false), (true, true)] {
+            let got = super::linear(&x, &w, with_b.then_some(&b), with_r.then_some(&r))?;
+            let got = match got {
+                Some(g) => g,
+                None => {
+                    let mut y = x.matmul(&w.t()?)?;
+                    if with_b {
+                        y = y.broadcast_add(&b)?;
+                    }
+                    if with_r {
+                        y = (y + &r)?;
+                    }
+                    y
+                }
+            };
+            let mut want = base.clone();
+            if with_b {
+                want = want.broadcast_add(&f(&b)?)?;
+            }
+            if with_r {
+                want = (want + f(&r)?)?;
+            }
+            let name = format!(
+                "linear{}{} {dtype:?}",
+                if with_b { "+bias" } else { "" },
+                if with_r { "+residual" } else { "" }
+            );
+            out.push((name, rel_of(&got, &want)?, limit));
+        }
+        // LayerNorm over 1280 and 768 columns.
+        for cols in [1280usize, 768] {
+            let x = (rnd(&[rows, cols], 2.0)? + 3.0)?;
+            let w = rnd(&[cols], 1.0)?;
+            let bb = rnd(&[cols], 1.0)?;
+            let got = super::layer_norm(&x, &w, &bb, 1e-5)?;
+            let want = candle_nn::ops::layer_norm(&f(&x)?, &f(&w)?, &f(&bb)?, 1e-5)?;
+            out.push((
+                format!("layer_norm[{cols}] {dtype:?}"),
+                rel_of(&got, &want)?,
+                limit,
+            ));
+        }
+        // Rotary q/k from a [2, 37, 3*4*64] projection.
+        let (bt, len, heads, hd) = (2, 37, 4, 64);
+        let qkv = rnd(&[bt, len, 3 * heads * hd], 1.0)?;
+        let rot = Rotary::new(hd, 10000.0, 64, dtype, dev)?;
+        let rot32 = Rotary::new(hd, 10000.0, 64, DType::F32, dev)?;
+        let (q_ref, k_ref, _) = crate::models::layers::split_qkv(&f(&qkv)?, heads, hd)?;
+        let (q_want, k_want) = (rot32.forward(&q_ref)?, rot32.forward(&k_ref)?);
+        let (q, k) = match rot.forward_qkv(&qkv, heads)? {
+            Some(qk) => qk,
+            None => {
+                let (q, k, _) = crate::models::layers::split_qkv(&qkv, heads, hd)?;
+                (rot.forward(&q)?, rot.forward(&k)?)
+            }
+        };
+        let both = Tensor::cat(&[&q.to_dtype(DType::F32)?, &k.to_dtype(DType::F32)?], 0)?;
+        let want = Tensor::cat(&[&q_want, &k_want], 0)?;
+        out.push((
+            format!("rotary q/k {dtype:?}"),
+            rel_of(&both, &want)?,
+            limit,
+        ));
+        // Gated GELU of [333, 2 * 3072].
+        let g = rnd(&[rows, 2 * 3072], 2.0)?;
+        let got = super::gated_gelu(&g, 3072)?;
+        let g32 = f(&g)?;
+        let want = (g32.narrow(1, 0, 3072)?.gelu_erf()? * g32.narrow(1, 3072, 3072)?)?;
+        out.push((format!("gated_gelu {dtype:?}"), rel_of(&got, &want)?, limit));
+    }
     Ok(out)
 }

@@ -239,6 +239,12 @@ impl EsmAttention {
         let normed = self.layer_norm.forward(x, None)?;
         let qkv = self.qkv.forward(&normed)?;
         let fused = crate::kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
+        if let Some((q, k)) = rotary.forward_qkv(&qkv, self.heads)? {
+            // Rotated q and k written once by one kernel; v read in place by the fused kernel.
+            let (_, _, v) = split_qkv_views(&qkv, self.heads, self.head_dim)?;
+            let ctx = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
+            return self.out.forward_with(&ctx, Act::Identity, Some(x));
+        }
         let (q, k, v) = if fused {
             // Strided [b, heads, l, d] views: rotary copies q and k once anyway, and the fused
             // kernel reads v in place (one copy of the projection saved per layer).

@@ -97,12 +97,29 @@ impl Linear {
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
         // One 2-D GEMM over all tokens instead of a batched one.
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
             *last = self.out_dim();
         }
-        let y = y.reshape(out_dims)?;
+        // CUDA: bias (and residual) inside the cuBLASLt GEMM; GELU still needs its own pass.
+        let lt_bias = match act {
+            Act::Identity => self.bias.as_ref(),
+            Act::GeluErf => None,
+        };
+        let lt_res = match residual {
+            Some(r) => Some(r.reshape((rows, self.out_dim()))?),
+            None => None,
+        };
+        if let Some(y) = crate::kernels::linear(&x2, &self.weight, lt_bias, lt_res.as_ref())? {
+            let y = y.reshape(out_dims)?;
+            return match (act, &self.bias) {
+                (Act::Identity, _) => Ok(y),
+                (Act::GeluErf, Some(b)) => crate::kernels::bias_act(&y, b, act, None),
+                (Act::GeluErf, None) => y.gelu_erf(),
+            };
+        }
+        let y = x2.matmul(&self.weight.t()?)?.reshape(out_dims)?;
         match &self.bias {
             Some(b) => crate::kernels::bias_act(&y, b, act, residual),
             None => {
@@ -156,8 +173,8 @@ impl LayerNorm {
             Some(r) => (x + r)?,
             None => x.contiguous()?,
         };
-        // Accumulates in f32 whatever the storage dtype.
-        candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps)
+        // Accumulates in f32 whatever the storage dtype (one warp per row on CUDA).
+        crate::kernels::layer_norm(&x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -172,6 +189,8 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 pub struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    /// f32 copies for the fused q/k kernel (CUDA only).
+    tables_f32: Option<(Tensor, Tensor)>,
     head_dim: usize,
     base: f64,
 }
@@ -186,9 +205,15 @@ impl Rotary {
         device: &Device,
     ) -> Result<Self> {
         let (cos, sin) = Self::tables(head_dim, base, max_len, dtype, device)?;
+        let tables_f32 = if device.is_cuda() {
+            Some(Self::tables(head_dim, base, max_len, DType::F32, device)?)
+        } else {
+            None
+        };
         Ok(Self {
             cos,
             sin,
+            tables_f32,
             head_dim,
             base,
         })
@@ -218,6 +243,22 @@ impl Rotary {
         let cos = Tensor::from_vec(cos, (len, half), device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
         Ok((cos, sin))
+    }
+
+    /// Rotated q and k straight from a fused projection `qkv` `[batch, len, 3 * heads *
+    /// head_dim]`, as `[batch, heads, len, head_dim]` views of token-major storage (one kernel,
+    /// no split copies; [`crate::kernels::rotary_qk`]). `None` where that kernel does not apply.
+    pub fn forward_qkv(&self, qkv: &Tensor, heads: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let Some((cos, sin)) = &self.tables_f32 else {
+            return Ok(None);
+        };
+        Ok(
+            crate::kernels::rotary_qk(qkv, cos, sin, heads, self.head_dim)?
+                .map(|(q, k)| -> Result<(Tensor, Tensor)> {
+                    Ok((q.transpose(1, 2)?, k.transpose(1, 2)?))
+                })
+                .transpose()?,
+        )
     }
 
     /// `x`: `[batch, heads, len, head_dim]` -> same shape, rotated.

@@ -294,6 +294,14 @@ pub fn op_profile(
     let qkv = x.matmul(&w_qkv.t()?)?.reshape((b, t, 3 * hidden))?;
     let (q, k, v) = split_qkv(&qkv, heads, d)?;
     let rotary = Rotary::new(d, 10000.0, t, dtype, device)?;
+    let rotary_f32 = if device.is_cuda() {
+        Some((
+            candle_core::Tensor::ones((t, d / 2), DType::F32, device)?,
+            candle_core::Tensor::zeros((t, d / 2), DType::F32, device)?,
+        ))
+    } else {
+        None
+    };
     let lens: Vec<usize> = vec![t; b];
     let mask = AttentionMask::new(&lens, t, dtype, device)?;
     let mut rows = Vec::new();
@@ -327,6 +335,12 @@ pub fn op_profile(
         &mut || x.matmul(&w_qkv.t()?).map(drop),
     )?;
     time(
+        "linear qkv cuBLASLt (+bias) [N,H]x[H,3H]",
+        mm(n, hidden, 3 * hidden),
+        "TFLOP/s",
+        &mut || kernels::linear(&x, &w_qkv, Some(&bias_qkv), None).map(drop),
+    )?;
+    time(
         "bias add [N,3H]",
         bytes(2 * n * 3 * hidden),
         "GB/s",
@@ -344,6 +358,14 @@ pub fn op_profile(
         "GB/s",
         &mut || split_qkv(&qkv, heads, d).map(drop),
     )?;
+    if let Some((cos, sin)) = rotary_f32.as_ref() {
+        time(
+            "rotary q+k fused from qkv",
+            bytes(4 * n * hidden),
+            "GB/s",
+            &mut || kernels::rotary_qk(&qkv, cos, sin, heads, d).map(drop),
+        )?;
+    }
     time("rotary (q)", bytes(2 * n * hidden), "GB/s", &mut || {
         rotary.forward(&q).map(drop)
     })?;
@@ -381,6 +403,13 @@ pub fn op_profile(
         "TFLOP/s",
         &mut || x.matmul(&w_out.t()?).map(drop),
     )?;
+    let b_out = rnd(&[hidden])?;
+    time(
+        "linear out cuBLASLt (+bias+res) [N,H]x[H,H]",
+        mm(n, hidden, hidden),
+        "TFLOP/s",
+        &mut || kernels::linear(&x, &w_out, Some(&b_out), Some(&x)).map(drop),
+    )?;
     time(
         "residual add [N,H]",
         bytes(3 * n * hidden),
@@ -392,6 +421,12 @@ pub fn op_profile(
         bytes(2 * n * hidden),
         "GB/s",
         &mut || candle_nn::ops::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
+    )?;
+    time(
+        "layer_norm [N,H] (fused kernel)",
+        bytes(2 * n * hidden),
+        "GB/s",
+        &mut || kernels::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
     )?;
     time(
         "layer_norm [N,H] (10 ops)",
@@ -415,6 +450,21 @@ pub fn op_profile(
         &mut || x.matmul(&w1.t()?).map(drop),
     )?;
     time(
+        "linear ffn1 cuBLASLt [N,H]x[H,F]",
+        mm(n, hidden, ffn_in),
+        "TFLOP/s",
+        &mut || kernels::linear(&x, &w1, None, None).map(drop),
+    )?;
+    if ffn_in == 2 * ffn_out {
+        let g = rnd(&[n, ffn_in])?;
+        time(
+            "gated_gelu fused [N,2F]->[N,F]",
+            bytes(3 * n * ffn_out),
+            "GB/s",
+            &mut || kernels::gated_gelu(&g, ffn_out).map(drop),
+        )?;
+    }
+    time(
         "gelu_erf [N,F]",
         bytes(2 * n * ffn_out),
         "GB/s",
@@ -432,6 +482,13 @@ pub fn op_profile(
         mm(n, ffn_out, hidden),
         "TFLOP/s",
         &mut || h1.matmul(&w2.t()?).map(drop),
+    )?;
+    let b2 = rnd(&[hidden])?;
+    time(
+        "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
+        mm(n, ffn_out, hidden),
+        "TFLOP/s",
+        &mut || kernels::linear(&h1, &w2, Some(&b2), Some(&x)).map(drop),
     )?;
     Ok(rows)
 }

@@ -355,24 +355,24 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
             }
         }
     }
-    let epilogues = selftest::check_bias_act(&dev).context("fused bias/GELU/residual check")?;
+    let epilogues = selftest::check_bias_act(&dev).context("fused epilogue / fused ops check")?;
     let worst_epi = epilogues.iter().map(|e| e.1).fold(0f64, f64::max);
     if let Some((name, rel, limit)) = epilogues.iter().find(|e| e.1.is_nan() || e.1 > e.2) {
         rep.line(
             "ENV-04",
             "FAIL",
-            format!(
-                "fused linear epilogue `{name}` differs from candle ops: {rel:.2e} > {limit:.0e}"
-            ),
+            format!("fused op `{name}` differs from candle ops: {rel:.2e} > {limit:.0e}"),
         );
         bail!(
-            "the fused bias/GELU/residual kernel is wrong on this GPU; report the doctor output as \
-             a bug"
+            "a fused kernel (epilogue, cuBLASLt linear, LayerNorm, rotary or gated GELU) is wrong on \
+             this GPU; set VIRNUCPRO_FUSED_OPS=0 to run without them and report the doctor output \
+             as a bug"
         );
     }
     println!(
-        "       fused linear epilogues (bias, bias+GELU, bias+residual; f16/bf16/f32): worst rel \
-         err {worst_epi:.2e} ok"
+        "       fused ops (bias/GELU/residual epilogues, cuBLASLt linear, LayerNorm, rotary q/k, \
+         gated GELU; f16/bf16/f32): {} checks, worst rel err {worst_epi:.2e} ok",
+        epilogues.len()
     );
     if let Some((name, detail)) = failed {
         rep.line(

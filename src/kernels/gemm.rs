@@ -1,0 +1,364 @@
+//! Linear layers on cuBLASLt: `y = x·Wᵀ + bias (+ residual)` as one library call.
+//!
+//! candle's matmul goes through cuBLAS without an epilogue, so every linear layer paid one more
+//! pass over its output for the bias (and one for a residual). cuBLASLt adds the bias in the
+//! GEMM's epilogue and takes the residual as its `C` operand (`D = A·B + C + bias`, `C` and `D`
+//! distinct buffers), so the projection, its bias and the residual add cost one kernel.
+//!
+//! Algorithms come from cuBLASLt's heuristic with a 32 MiB workspace (NVIDIA's figure for
+//! Hopper) and are cached per problem shape; compute is f32 whatever the storage type (no TF32
+//! for f32 inputs), as candle's own matmul does.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::CudaDType;
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use half::{bf16, f16};
+
+use super::ops::LtLinear;
+use candle_core::backend::BackendStorage;
+
+/// Problem key of the algorithm cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    m: u64,
+    n: u64,
+    k: u64,
+    dtype: DType,
+    bias: bool,
+    residual: bool,
+    /// Alignment (bytes, at most 256) of A, B, C, D: algorithms are chosen for it.
+    align: [u32; 4],
+}
+
+/// Workspace size: 32 MiB on Hopper and later, as NVIDIA recommends (4 MiB before).
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// An owned cuBLASLt handle.
+struct Handle(sys::cublasLtHandle_t);
+// SAFETY: a cuBLASLt handle may be used from any thread; calls are serialized on candle's stream.
+unsafe impl Send for Handle {}
+unsafe impl Sync for Handle {}
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created by create_handle, destroyed once.
+        unsafe {
+            let _ = lt::destroy_handle(self.0);
+        }
+    }
+}
+
+/// One cuBLASLt handle and workspace per device, used on candle's stream.
+struct Context {
+    handle: Handle,
+    workspace: CudaSlice<u8>,
+    algos: Mutex<HashMap<Key, sys::cublasLtMatmulAlgo_t>>,
+}
+
+fn context(dev: &CudaDevice) -> Result<Arc<Context>> {
+    type Contexts = Mutex<HashMap<candle_core::cuda_backend::DeviceId, Arc<Context>>>;
+    static CONTEXTS: OnceLock<Contexts> = OnceLock::new();
+    let mut map = CONTEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("cuBLASLt context lock poisoned".into()))?;
+    if let Some(c) = map.get(&dev.id()) {
+        return Ok(c.clone());
+    }
+    let handle = Handle(ok(lt::create_handle())?);
+    // SAFETY: scratch memory for cuBLASLt, never read by us.
+    let workspace = unsafe { dev.alloc::<u8>(WORKSPACE_BYTES)? };
+    let ctx = Arc::new(Context {
+        handle,
+        workspace,
+        algos: Mutex::new(HashMap::new()),
+    });
+    map.insert(dev.id(), ctx.clone());
+    Ok(ctx)
+}
+
+/// Owned cuBLASLt descriptors, destroyed on drop.
+struct Desc(sys::cublasLtMatmulDesc_t);
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: created by create_matmul_desc, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matmul_desc(self.0);
+        }
+    }
+}
+struct MatLayout(sys::cublasLtMatrixLayout_t);
+impl Drop for MatLayout {
+    fn drop(&mut self) {
+        // SAFETY: created by create_matrix_layout, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.0);
+        }
+    }
+}
+struct Pref(sys::cublasLtMatmulPreference_t);
+impl Drop for Pref {
+    fn drop(&mut self) {
+        // SAFETY: created by create_matmul_pref, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matmul_pref(self.0);
+        }
+    }
+}
+
+fn lt_error(e: lt::CublasError) -> candle_core::Error {
+    candle_core::Error::Msg(format!("cuBLASLt: {e:?}"))
+}
+
+fn ok<T>(r: std::result::Result<T, lt::CublasError>) -> Result<T> {
+    r.map_err(lt_error)
+}
+
+fn cuda_type(dtype: DType) -> Result<sys::cudaDataType> {
+    Ok(match dtype {
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        dt => candle_core::bail!("cuBLASLt linear: unsupported dtype {dt:?}"),
+    })
+}
+
+fn set_desc<T>(desc: &Desc, attr: sys::cublasLtMatmulDescAttributes_t, v: &T) -> Result<()> {
+    // SAFETY: `v` points to a value of the type cuBLASLt documents for `attr`.
+    unsafe {
+        lt::set_matmul_desc_attribute(
+            desc.0,
+            attr,
+            v as *const T as *const c_void,
+            std::mem::size_of::<T>(),
+        )
+    }
+    .map_err(lt_error)
+}
+
+pub(super) fn forward(op: &LtLinear, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+    match x.dtype() {
+        DType::F16 => forward_t::<f16>(op, x, lx),
+        DType::BF16 => forward_t::<bf16>(op, x, lx),
+        DType::F32 => forward_t::<f32>(op, x, lx),
+        dt => candle_core::bail!("cuBLASLt linear: unsupported dtype {dt:?}"),
+    }
+}
+
+fn slice_of<'a, T: CudaDType>(
+    s: &'a Storage,
+    l: &Layout,
+    what: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg(format!("cuBLASLt linear: {what} not contiguous"))
+    })?;
+    match s {
+        Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(a..b)),
+        _ => candle_core::bail!("cuBLASLt linear: {what} must be on the CUDA device"),
+    }
+}
+
+fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
+    op: &LtLinear,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device().clone();
+    let dtype = x.dtype();
+    let (rows, k) = lx.shape().dims2()?;
+    let (n, kw) = op.weight.dims2()?;
+    if k != kw {
+        candle_core::bail!("cuBLASLt linear: x has {k} columns, the weight {kw}");
+    }
+    let (x0, x1) = lx
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("cuBLASLt linear: x not contiguous".into()))?;
+    let xs = x.as_cuda_slice::<T>()?.slice(x0..x1);
+    let (ws, wl) = op.weight.storage_and_layout();
+    let w = slice_of::<T>(&ws, wl, "weight")?;
+    let bias_guard = op.bias.as_ref().map(Tensor::storage_and_layout);
+    let bias = match &bias_guard {
+        Some((s, l)) => Some(slice_of::<T>(s, l, "bias")?),
+        None => None,
+    };
+    let res_guard = op.residual.as_ref().map(Tensor::storage_and_layout);
+    let res = match &res_guard {
+        Some((s, l)) => {
+            if l.shape().elem_count() != rows * n {
+                candle_core::bail!("cuBLASLt linear: residual does not match the output");
+            }
+            Some(slice_of::<T>(s, l, "residual")?)
+        }
+        None => None,
+    };
+    // SAFETY: every element is written by the GEMM.
+    let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(rows * n)? };
+    if rows == 0 || n == 0 {
+        return Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((rows, n)),
+        ));
+    }
+
+    // Column-major view: D (n x rows) = op(A) · B with A = W stored k x n (transposed), B = x
+    // stored k x rows, C = residual (n x rows).
+    let ctx = context(&dev)?;
+    let ty = cuda_type(dtype)?;
+    let desc = Desc(ok(lt::create_matmul_desc(
+        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        sys::cudaDataType::CUDA_R_32F,
+    ))?);
+    let trans_t =
+        candle_core::cuda_backend::cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T as i32;
+    set_desc(
+        &desc,
+        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+        &trans_t,
+    )?;
+    let stream = dev.cuda_stream();
+    let bias_ptr = bias.as_ref().map(|b| b.device_ptr(&stream));
+    if let Some((ptr, _)) = &bias_ptr {
+        let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        set_desc(
+            &desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            &epi,
+        )?;
+        set_desc(
+            &desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+            ptr,
+        )?;
+    }
+    let layout = |r: usize, c: usize, ld: usize| -> Result<MatLayout> {
+        Ok(MatLayout(ok(lt::create_matrix_layout(
+            ty, r as u64, c as u64, ld as i64,
+        ))?))
+    };
+    let a_l = layout(k, n, k)?;
+    let b_l = layout(k, rows, k)?;
+    let d_l = layout(n, rows, n)?;
+    let (a_ptr, _ga) = w.device_ptr(&stream);
+    let (b_ptr, _gb) = xs.device_ptr(&stream);
+    let res_ptr = res.as_ref().map(|r| r.device_ptr(&stream));
+    let (d_ptr, gd) = out.device_ptr_mut(&stream);
+    let c_ptr = match &res_ptr {
+        Some((p, _)) => *p,
+        None => d_ptr,
+    };
+    let align_of = |p: u64| -> u32 { 1u32 << p.trailing_zeros().min(8) };
+    let align = [
+        align_of(a_ptr),
+        align_of(b_ptr),
+        align_of(c_ptr),
+        align_of(d_ptr),
+    ];
+    let key = Key {
+        align,
+        m: n as u64,
+        n: rows as u64,
+        k: k as u64,
+        dtype,
+        bias: bias.is_some(),
+        residual: res.is_some(),
+    };
+    let cached = ctx
+        .algos
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("cuBLASLt cache lock poisoned".into()))?
+        .get(&key)
+        .copied();
+    let algo = match cached {
+        Some(a) => a,
+        None => {
+            let pref = Pref(ok(lt::create_matmul_pref())?);
+            let ws = WORKSPACE_BYTES as u64;
+            // SAFETY: the attribute is a u64 byte count.
+            unsafe {
+                lt::set_matmul_pref_attribute(
+                    pref.0,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &ws as *const u64 as *const c_void,
+                    std::mem::size_of::<u64>(),
+                )
+            }
+            .map_err(lt_error)?;
+            // The heuristic assumes 256-byte aligned buffers unless told otherwise.
+            for (attr, a) in [
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ]
+            .into_iter()
+            .zip(align)
+            {
+                // SAFETY: the attribute is a u32 byte count.
+                unsafe {
+                    lt::set_matmul_pref_attribute(
+                        pref.0,
+                        attr,
+                        &a as *const u32 as *const c_void,
+                        std::mem::size_of::<u32>(),
+                    )
+                }
+                .map_err(lt_error)?;
+            }
+            // SAFETY: descriptors are alive; C and D share a layout.
+            let h = unsafe {
+                lt::get_matmul_algo_heuristic(
+                    ctx.handle.0,
+                    desc.0,
+                    a_l.0,
+                    b_l.0,
+                    d_l.0,
+                    d_l.0,
+                    pref.0,
+                )
+            }
+            .map_err(lt_error)?;
+            ctx.algos
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("cuBLASLt cache lock poisoned".into()))?
+                .insert(key, h.algo);
+            h.algo
+        }
+    };
+    let alpha = 1f32;
+    let beta = if res.is_some() { 1f32 } else { 0f32 };
+    let (ws_ptr, _gw) = ctx.workspace.device_ptr(&stream);
+    // SAFETY: pointers are live allocations of the sizes the layouts describe, on `stream`.
+    unsafe {
+        lt::matmul(
+            ctx.handle.0,
+            desc.0,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            a_ptr as *const c_void,
+            a_l.0,
+            b_ptr as *const c_void,
+            b_l.0,
+            c_ptr as *const c_void,
+            d_l.0,
+            d_ptr as *mut c_void,
+            d_l.0,
+            &algo,
+            ws_ptr as *mut c_void,
+            WORKSPACE_BYTES,
+            stream.cu_stream() as *mut _,
+        )
+    }
+    .map_err(lt_error)?;
+    drop(bias_ptr);
+    drop(res_ptr);
+    drop(gd);
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from((rows, n)),
+    ))
+}

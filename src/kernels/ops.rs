@@ -1,0 +1,267 @@
+//! Fused building blocks of the encoders on CUDA, each with the candle-op form it replaces as the
+//! fallback (CPU, Metal, shapes a kernel does not handle, or `VIRNUCPRO_FUSED_OPS=0`):
+//!
+//! * [`linear`]: `x·Wᵀ + bias (+ residual)` as one cuBLASLt call (bias in the GEMM epilogue,
+//!   residual as its `C` operand) instead of a GEMM and one or two passes over the output;
+//! * [`layer_norm`]: one warp per row, the row read once;
+//! * [`rotary_qk`]: rotary embedding of q and k read straight from the fused q/k/v projection
+//!   (no split copies);
+//! * [`gated_gelu`]: DNABERT-S's `gelu(g[:, :I]) * g[:, I:]` in one pass.
+//!
+//! Where the time went before these (H100, FastESM2_650 shape, 512 x 168 tokens): see
+//! docs/BENCHMARKS.md, run 3.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+use super::CUDA_BUILT;
+
+/// 0: not read yet, 1: on, 2: off.
+static FUSED_OPS: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the fused ops of this module run where they apply (default on; the environment
+/// variable `VIRNUCPRO_FUSED_OPS=0` turns them off, to compare against candle's ops).
+pub fn fused_ops_enabled() -> bool {
+    match FUSED_OPS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("VIRNUCPRO_FUSED_OPS").map_or(true, |v| v != "0");
+            FUSED_OPS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Turns the fused ops on or off for this process (bench and doctor compare both).
+pub fn set_fused_ops(on: bool) {
+    FUSED_OPS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+fn fast_path(x: &Tensor) -> bool {
+    CUDA_BUILT
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::F16 | DType::BF16 | DType::F32)
+        && fused_ops_enabled()
+}
+
+/// Elements per 16-byte vector.
+fn vec_width(dtype: DType) -> usize {
+    16 / dtype.size_in_bytes()
+}
+
+/// `x·Wᵀ + bias + residual` on cuBLASLt for a 2-D `x` `[rows, in]`, `weight` `[out, in]`, `bias`
+/// `[out]`, `residual` `[rows, out]`, all of `x`'s dtype. `None` when the fused path does not
+/// apply (the caller then uses candle's matmul).
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let dtype = x.dtype();
+    let same = |t: &Tensor| t.dtype() == dtype && t.device().same_device(x.device());
+    let (rows, k) = x.dims2()?;
+    let (n, kw) = weight.dims2()?;
+    if !fast_path(x)
+        || k != kw
+        || !same(weight)
+        || !bias.is_none_or(|b| same(b) && b.dims() == [n])
+        || !residual.is_none_or(|r| same(r) && r.dims() == [rows, n])
+        // cuBLASLt wants 16-byte aligned leading dimensions for its fast kernels.
+        || k % vec_width(dtype) != 0
+        || n % vec_width(dtype) != 0
+    {
+        return Ok(None);
+    }
+    let op = LtLinear {
+        weight: weight.contiguous()?,
+        bias: bias.map(Tensor::contiguous).transpose()?,
+        residual: residual.map(Tensor::contiguous).transpose()?,
+    };
+    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
+}
+
+/// LayerNorm over the last dimension (statistics in f32): `(x - mean) / sqrt(var + eps) * w + b`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    let cols = x.dims().last().copied().unwrap_or(0);
+    let v = vec_width(x.dtype());
+    let fits = fast_path(x)
+        && cols > 0
+        && cols % v == 0
+        && cols / v <= 16 * 32
+        && weight.dims() == [cols]
+        && bias.dims() == [cols]
+        && weight.dtype() == x.dtype()
+        && bias.dtype() == x.dtype();
+    if fits {
+        let op = LayerNormOp {
+            weight: weight.contiguous()?,
+            bias: bias.contiguous()?,
+            eps,
+        };
+        return x.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps)
+}
+
+/// Rotary embedding of q and k taken from a fused projection `qkv` `[batch, len, 3 * heads *
+/// head_dim]` (q, k, v blocks in that order), positions `0..len` in every row; `cos`/`sin`: f32
+/// `[positions >= len, head_dim / 2]`. Returns q and k as contiguous `[batch, len, heads,
+/// head_dim]`, or `None` where the kernel does not apply (the caller splits and rotates with
+/// candle ops).
+pub fn rotary_qk(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+    head_dim: usize,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let (b, l, w) = qkv.dims3()?;
+    let half = head_dim / 2;
+    let fits = fast_path(qkv)
+        && w == 3 * heads * head_dim
+        && half % 8 == 0
+        && cos.dtype() == DType::F32
+        && sin.dtype() == DType::F32
+        && cos.dims().len() == 2
+        && cos.dim(0)? >= l
+        && cos.dim(1)? == half
+        && sin.dims() == cos.dims();
+    if !fits {
+        return Ok(None);
+    }
+    let op = RotaryQk {
+        cos: cos.contiguous()?,
+        sin: sin.contiguous()?,
+        heads,
+        head_dim,
+        t_len: l,
+    };
+    let qk = qkv.contiguous()?.apply_op1_no_bwd(&op)?;
+    let qk = qk.reshape((2, b, l, heads, head_dim))?;
+    Ok(Some((qk.get(0)?, qk.get(1)?)))
+}
+
+/// `gelu(g[..., :inter]) * g[..., inter:]` (exact GELU) for `g` `[..., 2 * inter]`.
+pub fn gated_gelu(g: &Tensor, inter: usize) -> Result<Tensor> {
+    let cols = g.dims().last().copied().unwrap_or(0);
+    if fast_path(g) && cols == 2 * inter && inter % vec_width(g.dtype()) == 0 && inter > 0 {
+        return g.contiguous()?.apply_op1_no_bwd(&GatedGelu { inter });
+    }
+    let d = candle_core::D::Minus1;
+    let gate = g.narrow(d, 0, inter)?.gelu_erf()?;
+    gate * g.narrow(d, inter, inter)?
+}
+
+// ---------------------------------------------------------------------------------------------
+// The candle ops behind them (CUDA only; the public functions never call them elsewhere).
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! cuda_only_cpu_fwd {
+    () => {
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!(
+                "{} needs CUDA (the caller falls back to candle ops)",
+                self.name()
+            )
+        }
+    };
+}
+
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct LtLinear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) residual: Option<Tensor>,
+}
+
+impl CustomOp1 for LtLinear {
+    fn name(&self) -> &'static str {
+        "virnucpro-cublaslt-linear"
+    }
+    cuda_only_cpu_fwd!();
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::gemm::forward(self, x, l)
+    }
+}
+
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct LayerNormOp {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f32,
+}
+
+impl CustomOp1 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "virnucpro-layer-norm"
+    }
+    cuda_only_cpu_fwd!();
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::layer_norm(self, x, l)
+    }
+}
+
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct RotaryQk {
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) t_len: usize,
+}
+
+impl CustomOp1 for RotaryQk {
+    fn name(&self) -> &'static str {
+        "virnucpro-rotary-qk"
+    }
+    cuda_only_cpu_fwd!();
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rotary_qk(self, x, l)
+    }
+}
+
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct GatedGelu {
+    pub(crate) inter: usize,
+}
+
+impl CustomOp1 for GatedGelu {
+    fn name(&self) -> &'static str {
+        "virnucpro-gated-gelu"
+    }
+    cuda_only_cpu_fwd!();
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::gated_gelu(self, x, l)
+    }
+}
