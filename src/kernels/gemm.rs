@@ -258,102 +258,79 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         align_of(c_ptr),
         align_of(d_ptr),
     ];
+    // Rows vary from batch to batch (batch size x padded length): algorithms are tuned once per
+    // power-of-two bucket of rows and re-checked against the exact problem.
     let key = Key {
         align,
         m: n as u64,
-        n: rows as u64,
+        n: (rows as u64).next_power_of_two(),
         k: k as u64,
         dtype,
         bias: bias.is_some(),
         residual: res.is_some(),
     };
-    let cached = ctx
-        .algos
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("cuBLASLt cache lock poisoned".into()))?
-        .get(&key)
-        .copied();
-    let algo = match cached {
-        Some(a) => a,
-        None => {
-            let pref = Pref(ok(lt::create_matmul_pref())?);
-            let ws = WORKSPACE_BYTES as u64;
-            // SAFETY: the attribute is a u64 byte count.
-            unsafe {
-                lt::set_matmul_pref_attribute(
-                    pref.0,
-                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    &ws as *const u64 as *const c_void,
-                    std::mem::size_of::<u64>(),
-                )
-            }
-            .map_err(lt_error)?;
-            // The heuristic assumes 256-byte aligned buffers unless told otherwise.
-            for (attr, a) in [
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-            ]
-            .into_iter()
-            .zip(align)
-            {
-                // SAFETY: the attribute is a u32 byte count.
-                unsafe {
-                    lt::set_matmul_pref_attribute(
-                        pref.0,
-                        attr,
-                        &a as *const u32 as *const c_void,
-                        std::mem::size_of::<u32>(),
-                    )
-                }
-                .map_err(lt_error)?;
-            }
-            // SAFETY: descriptors are alive; C and D share a layout.
-            let h = unsafe {
-                lt::get_matmul_algo_heuristic(
-                    ctx.handle.0,
-                    desc.0,
-                    a_l.0,
-                    b_l.0,
-                    d_l.0,
-                    d_l.0,
-                    pref.0,
-                )
-            }
-            .map_err(lt_error)?;
-            ctx.algos
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("cuBLASLt cache lock poisoned".into()))?
-                .insert(key, h.algo);
-            h.algo
-        }
-    };
     let alpha = 1f32;
     let beta = if res.is_some() { 1f32 } else { 0f32 };
     let (ws_ptr, _gw) = ctx.workspace.device_ptr(&stream);
-    // SAFETY: pointers are live allocations of the sizes the layouts describe, on `stream`.
-    unsafe {
-        lt::matmul(
-            ctx.handle.0,
-            desc.0,
-            &alpha as *const f32 as *const c_void,
-            &beta as *const f32 as *const c_void,
-            a_ptr as *const c_void,
-            a_l.0,
-            b_ptr as *const c_void,
-            b_l.0,
-            c_ptr as *const c_void,
-            d_l.0,
-            d_ptr as *mut c_void,
-            d_l.0,
-            &algo,
-            ws_ptr as *mut c_void,
-            WORKSPACE_BYTES,
-            stream.cu_stream() as *mut _,
-        )
+    let run = |algo: &sys::cublasLtMatmulAlgo_t| -> Result<()> {
+        // SAFETY: pointers are live allocations of the sizes the layouts describe, on `stream`.
+        unsafe {
+            lt::matmul(
+                ctx.handle.0,
+                desc.0,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                a_ptr as *const c_void,
+                a_l.0,
+                b_ptr as *const c_void,
+                b_l.0,
+                c_ptr as *const c_void,
+                d_l.0,
+                d_ptr as *mut c_void,
+                d_l.0,
+                algo,
+                ws_ptr as *mut c_void,
+                WORKSPACE_BYTES,
+                stream.cu_stream() as *mut _,
+            )
+        }
+        .map_err(lt_error)
+    };
+    let lock_err = |_| candle_core::Error::Msg("cuBLASLt cache lock poisoned".into());
+    let cached = ctx.algos.lock().map_err(lock_err)?.get(&key).copied();
+    let fits = |algo: &sys::cublasLtMatmulAlgo_t| -> bool {
+        // SAFETY: descriptors are alive; `result` is written by the call.
+        let mut result = std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::uninit();
+        let st = unsafe {
+            sys::cublasLtMatmulAlgoCheck(
+                ctx.handle.0,
+                desc.0,
+                a_l.0,
+                b_l.0,
+                d_l.0,
+                d_l.0,
+                algo,
+                result.as_mut_ptr(),
+            )
+        };
+        st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+            // SAFETY: initialised by the successful call.
+            && unsafe { result.assume_init() }.workspaceSize <= WORKSPACE_BYTES
+    };
+    if let Some(algo) = cached.filter(|a| fits(a)) {
+        run(&algo)?;
+    } else {
+        let candidates = heuristics(&ctx, &desc, [&a_l, &b_l, &d_l], align)?;
+        let algo = if cached.is_none() && candidates.len() > 1 && tuning_enabled() {
+            tune(&candidates, &run, &stream)?
+        } else {
+            candidates[0]
+        };
+        if cached.is_none() {
+            ctx.algos.lock().map_err(lock_err)?.insert(key, algo);
+        }
+        run(&algo)?;
     }
-    .map_err(lt_error)?;
     drop(bias_ptr);
     drop(res_ptr);
     drop(gd);
@@ -361,4 +338,118 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         CudaStorage::wrap_cuda_slice(out, dev),
         Shape::from((rows, n)),
     ))
+}
+
+/// Whether new problem shapes get their algorithm by timing cuBLASLt's candidates (default) or
+/// from its heuristic's first choice (`VIRNUCPRO_GEMM_TUNE=0`).
+fn tuning_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VIRNUCPRO_GEMM_TUNE").map_or(true, |v| v != "0"))
+}
+
+/// Up to 16 algorithms cuBLASLt proposes for this problem, best guess first.
+fn heuristics(
+    ctx: &Context,
+    desc: &Desc,
+    [a_l, b_l, d_l]: [&MatLayout; 3],
+    align: [u32; 4],
+) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
+    let pref = Pref(ok(lt::create_matmul_pref())?);
+    let ws = WORKSPACE_BYTES as u64;
+    // SAFETY: the attribute is a u64 byte count.
+    unsafe {
+        lt::set_matmul_pref_attribute(
+            pref.0,
+            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &ws as *const u64 as *const c_void,
+            std::mem::size_of::<u64>(),
+        )
+    }
+    .map_err(lt_error)?;
+    // The heuristic assumes 256-byte aligned buffers unless told otherwise.
+    for (attr, a) in [
+        sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+        sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+        sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+    ]
+    .into_iter()
+    .zip(align)
+    {
+        // SAFETY: the attribute is a u32 byte count.
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                pref.0,
+                attr,
+                &a as *const u32 as *const c_void,
+                std::mem::size_of::<u32>(),
+            )
+        }
+        .map_err(lt_error)?;
+    }
+    const WANT: usize = 16;
+    let mut results =
+        [std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::uninit(); WANT];
+    let mut found = 0i32;
+    // SAFETY: `results` has room for WANT entries; descriptors are alive; C and D share a layout.
+    let st = unsafe {
+        sys::cublasLtMatmulAlgoGetHeuristic(
+            ctx.handle.0,
+            desc.0,
+            a_l.0,
+            b_l.0,
+            d_l.0,
+            d_l.0,
+            pref.0,
+            WANT as i32,
+            results.as_mut_ptr() as *mut sys::cublasLtMatmulHeuristicResult_t,
+            &mut found,
+        )
+    };
+    ok(st.result())?;
+    let algos: Vec<_> = results[..(found.max(0) as usize).min(WANT)]
+        .iter()
+        // SAFETY: the first `found` entries were written.
+        .map(|r| unsafe { r.assume_init() })
+        .filter(|r| {
+            r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                && r.workspaceSize <= WORKSPACE_BYTES
+        })
+        .map(|r| r.algo)
+        .collect();
+    if algos.is_empty() {
+        candle_core::bail!("cuBLASLt has no algorithm for this linear layer");
+    }
+    Ok(algos)
+}
+
+/// Times each candidate (one warm-up, then the best of three runs, CUDA events) and returns the
+/// fastest. Runs write the real output buffer; the caller's final run overwrites it.
+fn tune(
+    candidates: &[sys::cublasLtMatmulAlgo_t],
+    run: &dyn Fn(&sys::cublasLtMatmulAlgo_t) -> Result<()>,
+    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+) -> Result<sys::cublasLtMatmulAlgo_t> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+    use candle_core::cuda_backend::WrapErr;
+    let ctx = stream.context();
+    let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).w()?;
+    let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).w()?;
+    let mut best = (f32::INFINITY, candidates[0]);
+    for algo in candidates {
+        if run(algo).is_err() {
+            continue; // an algorithm the heuristic offered but that cannot run: skip it
+        }
+        let mut fastest = f32::INFINITY;
+        for _ in 0..3 {
+            start.record(stream).w()?;
+            run(algo)?;
+            end.record(stream).w()?;
+            fastest = fastest.min(start.elapsed_ms(&end).w()?);
+        }
+        if fastest < best.0 {
+            best = (fastest, *algo);
+        }
+    }
+    Ok(best.1)
 }

@@ -363,7 +363,8 @@ pub fn attention(
     }
     // Scaling q (not the scores) keeps half-precision scores in range.
     let q = (q * scale)?;
-    let mut scores = q.contiguous()?.matmul(&k.t()?)?;
+    // k may be a strided view (rotary from the fused projection): matmul wants contiguous.
+    let mut scores = q.contiguous()?.matmul(&k.contiguous()?.t()?)?;
     if let Some(bias) = &mask.bias {
         scores = scores.broadcast_add(bias)?;
     }
