@@ -35,8 +35,17 @@ struct Key {
     align: [u32; 4],
 }
 
-/// Workspace size: 32 MiB on Hopper and later, as NVIDIA recommends (4 MiB before).
-const WORKSPACE_BYTES: usize = 32 << 20;
+/// Workspace size: 32 MiB, NVIDIA's recommendation for Hopper and later;
+/// `VIRNUCPRO_GEMM_WORKSPACE_MB` overrides it (the heuristic's choices depend on it).
+fn workspace_bytes() -> usize {
+    static BYTES: OnceLock<usize> = OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("VIRNUCPRO_GEMM_WORKSPACE_MB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(32 << 20, |mb| mb << 20)
+    })
+}
 
 /// An owned cuBLASLt handle.
 struct Handle(sys::cublasLtHandle_t);
@@ -71,7 +80,7 @@ fn context(dev: &CudaDevice) -> Result<Arc<Context>> {
     }
     let handle = Handle(ok(lt::create_handle())?);
     // SAFETY: scratch memory for cuBLASLt, never read by us.
-    let workspace = unsafe { dev.alloc::<u8>(WORKSPACE_BYTES)? };
+    let workspace = unsafe { dev.alloc::<u8>(workspace_bytes().max(1))? };
     let ctx = Arc::new(Context {
         handle,
         workspace,
@@ -290,7 +299,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
                 d_l.0,
                 algo,
                 ws_ptr as *mut c_void,
-                WORKSPACE_BYTES,
+                workspace_bytes(),
                 stream.cu_stream() as *mut _,
             )
         }
@@ -315,7 +324,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         };
         st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
             // SAFETY: initialised by the successful call.
-            && unsafe { result.assume_init() }.workspaceSize <= WORKSPACE_BYTES
+            && unsafe { result.assume_init() }.workspaceSize <= workspace_bytes()
     };
     if let Some(algo) = cached.filter(|a| fits(a)) {
         run(&algo)?;
@@ -355,7 +364,7 @@ fn heuristics(
     align: [u32; 4],
 ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
     let pref = Pref(ok(lt::create_matmul_pref())?);
-    let ws = WORKSPACE_BYTES as u64;
+    let ws = workspace_bytes() as u64;
     // SAFETY: the attribute is a u64 byte count.
     unsafe {
         lt::set_matmul_pref_attribute(
@@ -413,7 +422,7 @@ fn heuristics(
         .map(|r| unsafe { r.assume_init() })
         .filter(|r| {
             r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-                && r.workspaceSize <= WORKSPACE_BYTES
+                && r.workspaceSize <= workspace_bytes()
         })
         .map(|r| r.algo)
         .collect();

@@ -405,6 +405,7 @@ where
     };
     let pad = model.tokenizer.pad_id();
     let mut done = 0;
+    let mut pending: Vec<(Vec<usize>, Tensor)> = Vec::new();
     for rows in plan_batches(&lengths, batch_tokens) {
         let max_len = rows.iter().map(|&i| lengths[i]).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows.len() * max_len);
@@ -420,12 +421,62 @@ where
         let pooled = model
             .encoder
             .forward_pooled(&batch)
-            .and_then(|t| t.to_dtype(DType::F32)?.to_device(&Device::Cpu))
-            .and_then(|t| t.to_vec2::<f32>())
+            .and_then(|t| t.to_dtype(DType::F32))
             .with_context(|| {
                 format!(
                     "{} forward pass failed on a batch of {} sequences of up to {max_len} tokens \
                      (first: `{}`); on a GPU out of memory, lower --batch-tokens",
+                    model.family,
+                    rows.len(),
+                    items[rows[0]].0.as_ref()
+                )
+            })?;
+        // On a GPU the pooled rows stay on the device for a few batches: the host prepares the
+        // next batches while the device computes, instead of waiting at every batch.
+        let on_cpu = pooled.device().is_cpu();
+        pending.push((rows.clone(), pooled));
+        if on_cpu || pending.len() >= PENDING_BATCHES {
+            collect_pooled(model, items, &mut pending, &mut out)?;
+        }
+        stats.batches += 1;
+        stats.padded_tokens += rows.len() * max_len;
+        done += rows.len();
+        tracing::debug!(
+            "batch {}: {} sequences x {max_len} tokens ({done}/{} done)",
+            stats.batches,
+            rows.len(),
+            items.len()
+        );
+        on_batch(done);
+    }
+    collect_pooled(model, items, &mut pending, &mut out)?;
+    stats.seconds = started.elapsed().as_secs_f64();
+    let embeddings = Tensor::from_vec(out, (items.len(), hidden), &Device::Cpu)?;
+    Ok(Embeddings { embeddings, stats })
+}
+
+/// Batches whose pooled rows may wait on the device before they are copied out.
+const PENDING_BATCHES: usize = 8;
+
+/// Copies pooled batches to the host rows they belong to, checking each value.
+fn collect_pooled<I, S>(
+    model: &EmbeddingModel,
+    items: &[(I, S)],
+    pending: &mut Vec<(Vec<usize>, Tensor)>,
+    out: &mut [f32],
+) -> anyhow::Result<()>
+where
+    I: AsRef<str>,
+{
+    let hidden = model.hidden_size;
+    for (rows, pooled) in pending.drain(..) {
+        let pooled = pooled
+            .to_device(&Device::Cpu)
+            .and_then(|t| t.to_vec2::<f32>())
+            .with_context(|| {
+                format!(
+                    "{} forward pass failed on a batch of {} sequences (first: `{}`); on a GPU \
+                     out of memory, lower --batch-tokens",
                     model.family,
                     rows.len(),
                     items[rows[0]].0.as_ref()
@@ -449,20 +500,8 @@ where
             }
             out[i * hidden..(i + 1) * hidden].copy_from_slice(row);
         }
-        stats.batches += 1;
-        stats.padded_tokens += rows.len() * max_len;
-        done += rows.len();
-        tracing::debug!(
-            "batch {}: {} sequences x {max_len} tokens ({done}/{} done)",
-            stats.batches,
-            rows.len(),
-            items.len()
-        );
-        on_batch(done);
     }
-    stats.seconds = started.elapsed().as_secs_f64();
-    let embeddings = Tensor::from_vec(out, (items.len(), hidden), &Device::Cpu)?;
-    Ok(Embeddings { embeddings, stats })
+    Ok(())
 }
 
 /// Everything the `embed` command needs (the CLI fills it from its flags).
