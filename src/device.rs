@@ -56,6 +56,17 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// Opens CUDA device `n`, with freed memory kept in its pool between batches
+/// ([`crate::kernels::hold_pool_memory`]).
+pub fn open_cuda(n: usize) -> candle_core::Result<Device> {
+    let dev = Device::new_cuda(n)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(c) = &dev {
+        crate::kernels::hold_pool_memory(c)?;
+    }
+    Ok(dev)
+}
+
 /// Opens the device; a GPU this build cannot drive is an error that says how to get one.
 pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
     match spec {
@@ -67,7 +78,7 @@ pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
                      `cargo build --release --features cuda`, or use --device cpu"
                 );
             }
-            Device::new_cuda(n).map_err(|e| {
+            open_cuda(n).map_err(|e| {
                 anyhow::anyhow!(
                     "--device cuda:{n}: cannot open CUDA device {n}: {e}; check the driver and \
                      `nvidia-smi`, or use --device cpu"
@@ -89,7 +100,7 @@ pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
         }
         DeviceSpec::Auto => {
             if cfg!(feature = "cuda") {
-                match Device::new_cuda(0) {
+                match open_cuda(0) {
                     Ok(d) => return Ok(d),
                     Err(e) => tracing::info!("no usable CUDA device ({e}); using the CPU"),
                 }

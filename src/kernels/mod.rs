@@ -27,6 +27,8 @@ mod ops;
 mod reference;
 pub mod selftest;
 
+#[cfg(feature = "cuda")]
+pub use cuda::hold_pool_memory;
 pub use ops::{fused_ops_enabled, gated_gelu, layer_norm, linear, rotary_qk, set_fused_ops};
 
 pub use reference::{alibi_bias, alibi_slopes, key_padding_mask, materialized_attention, row_mask};

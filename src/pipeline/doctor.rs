@@ -212,7 +212,7 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
     );
 
     // ENV-02
-    let dev = match Device::new_cuda(opts.ordinal) {
+    let dev = match crate::device::open_cuda(opts.ordinal) {
         Ok(d) => d,
         Err(e) => {
             rep.line(
