@@ -26,6 +26,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::layers::{Act, Linear};
+use super::profile::section;
 use serde::Deserialize;
 
 use super::{Encoder, SeqTokenizer, TokenBatch};
@@ -374,7 +375,8 @@ impl DnaBertAttention {
     fn forward(&self, x: &Tensor, bias: &AttentionBias) -> Result<Tensor> {
         let _span = tracing::trace_span!("dnabert-attention").entered();
         let (b, l, h) = x.dims3()?;
-        let qkv = self.wqkv.forward(x)?;
+        let dev = x.device();
+        let qkv = section("dnabert qkv linear", dev, || self.wqkv.forward(x))?;
         // [b, l, 3, heads, d] -> [3, b, heads, l, d]
         let qkv = qkv
             .reshape((b, l, 3, self.num_heads, self.head_dim))?
@@ -390,11 +392,17 @@ impl DnaBertAttention {
             )
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let ctx = attention(&q, &k, &v, bias, scale)?;
+        let ctx = section("dnabert attention", dev, || {
+            attention(&q, &k, &v, bias, scale)
+        })?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
         // Bias and residual in one pass; then LN.
-        let out = self.output.forward_with(&ctx, Act::Identity, Some(x))?;
-        self.layer_norm.forward(&out, None)
+        let out = section("dnabert out linear+res", dev, || {
+            self.output.forward_with(&ctx, Act::Identity, Some(x))
+        })?;
+        section("dnabert layer_norm", dev, || {
+            self.layer_norm.forward(&out, None)
+        })
     }
 }
 
@@ -420,11 +428,18 @@ impl DnaBertMlp {
     /// `LN_m(h + Wo2·(gelu(g[:I]) * g[I:]))`, `g = W_gated·h`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("dnabert-mlp").entered();
-        let g = self.gated_layers.forward(x)?;
+        let dev = x.device();
+        let g = section("dnabert gated linear", dev, || self.gated_layers.forward(x))?;
         // One pass on CUDA; narrow + gelu + mul elsewhere.
-        let gated = crate::kernels::gated_gelu(&g, self.intermediate)?;
-        let y = self.wo.forward_with(&gated, Act::Identity, Some(x))?;
-        self.layer_norm.forward(&y, None)
+        let gated = section("dnabert gated gelu", dev, || {
+            crate::kernels::gated_gelu(&g, self.intermediate)
+        })?;
+        let y = section("dnabert wo linear+res", dev, || {
+            self.wo.forward_with(&gated, Act::Identity, Some(x))
+        })?;
+        section("dnabert layer_norm", dev, || {
+            self.layer_norm.forward(&y, None)
+        })
     }
 }
 
@@ -502,7 +517,9 @@ impl DnaBert {
         } else {
             AttentionBias::new(&self.slopes, &batch.lengths, l, &self.device)?
         };
-        let mut x = self.embeddings.forward(&ids)?;
+        let mut x = section("dnabert embeddings", &self.device, || {
+            self.embeddings.forward(&ids)
+        })?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias)?;
         }
@@ -552,6 +569,7 @@ impl Encoder for DnaBert {
     fn forward_pooled(&self, batch: &TokenBatch) -> Result<Tensor> {
         let hidden = self.forward_hidden(batch)?;
         let _span = tracing::trace_span!("dnabert-pool").entered();
+        let dev = hidden.device().clone();
         // One batched product with per-row weights 1/len on real tokens (a loop of per-row
         // means cost three launches per row on a GPU).
         let l = batch.max_len;
@@ -559,7 +577,9 @@ impl Encoder for DnaBert {
         for (row, &len) in batch.lengths.iter().enumerate() {
             w[row * l..row * l + len].fill(1.0 / len as f32);
         }
-        super::layers::weighted_pool(&hidden, w)
+        section("dnabert pool", &dev, || {
+            super::layers::weighted_pool(&hidden, w)
+        })
     }
 }
 
@@ -627,6 +647,10 @@ impl DnaBertTokenizer {
 }
 
 impl SeqTokenizer for DnaBertTokenizer {
+    fn vocab_size(&self) -> Option<usize> {
+        Some(self.inner.get_vocab_size(true))
+    }
+
     fn encode(&self, id: &str, seq: &[u8]) -> anyhow::Result<Vec<u32>> {
         let upper = seq.to_ascii_uppercase();
         let text = std::str::from_utf8(&upper)

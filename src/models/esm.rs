@@ -16,6 +16,7 @@ use super::layers::{
     attention, split_qkv, split_qkv_views, weighted_pool, Act, AttentionMask, Embedding, LayerNorm,
     Linear, Rotary,
 };
+use super::profile::section;
 use super::{Encoder, TokenBatch};
 
 /// `config.json` of an ESM2-family checkpoint (the fields this encoder reads).
@@ -236,14 +237,21 @@ impl EsmAttention {
 
     fn forward(&self, x: &Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let normed = self.layer_norm.forward(x, None)?;
-        let qkv = self.qkv.forward(&normed)?;
+        let dev = x.device();
+        let normed = section("esm layer_norm", dev, || self.layer_norm.forward(x, None))?;
+        let qkv = section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
         let fused = crate::kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
-        if let Some((q, k)) = rotary.forward_qkv(&qkv, self.heads)? {
+        if let Some((q, k)) = section("esm rotary q/k", dev, || {
+            rotary.forward_qkv(&qkv, self.heads)
+        })? {
             // Rotated q and k written once by one kernel; v read in place by the fused kernel.
             let (_, _, v) = split_qkv_views(&qkv, self.heads, self.head_dim)?;
-            let ctx = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
-            return self.out.forward_with(&ctx, Act::Identity, Some(x));
+            let ctx = section("esm attention", dev, || {
+                attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())
+            })?;
+            return section("esm out linear+res", dev, || {
+                self.out.forward_with(&ctx, Act::Identity, Some(x))
+            });
         }
         let (q, k, v) = if fused {
             // Strided [b, heads, l, d] views: rotary copies q and k once anyway, and the fused
@@ -283,13 +291,15 @@ impl EsmLayer {
 
     fn forward(&self, x: &Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
         let _enter = self.span.enter();
+        let dev = x.device();
         let h = self.attention.forward(x, mask, rotary)?;
-        let ff = self.intermediate.forward_with(
-            &self.layer_norm.forward(&h, None)?,
-            Act::GeluErf,
-            None,
-        )?;
-        self.output.forward_with(&ff, Act::Identity, Some(&h))
+        let normed = section("esm layer_norm", dev, || self.layer_norm.forward(&h, None))?;
+        let ff = section("esm ffn1 linear+gelu", dev, || {
+            self.intermediate.forward_with(&normed, Act::GeluErf, None)
+        })?;
+        section("esm ffn2 linear+res", dev, || {
+            self.output.forward_with(&ff, Act::Identity, Some(&h))
+        })
     }
 }
 

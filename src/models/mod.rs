@@ -16,6 +16,7 @@ pub mod esm;
 pub mod hub;
 pub mod layers;
 pub mod pickle;
+pub mod profile;
 pub mod tokenize;
 pub mod weights;
 
@@ -52,4 +53,8 @@ pub trait SeqTokenizer: Send + Sync {
     /// `id` is only used in error messages.
     fn encode(&self, id: &str, seq: &[u8]) -> anyhow::Result<Vec<u32>>;
     fn pad_id(&self) -> u32;
+    /// Number of token ids, special tokens included, where the tokenizer knows it.
+    fn vocab_size(&self) -> Option<usize> {
+        None
+    }
 }

@@ -112,7 +112,11 @@ pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<Benc
             let m = load_embedding_model(spec, device, dtype, &LoadOptions::default())?;
             let specials = match m.family {
                 ModelFamily::Esm => esm_ids,
-                ModelFamily::DnaBert => (1, 2, m.tokenizer.pad_id(), 5, 4096),
+                ModelFamily::DnaBert => {
+                    // Ordinary ids must exist in the model's vocabulary (a test model has few).
+                    let vocab = m.tokenizer.vocab_size().unwrap_or(4096).max(6) as u32;
+                    (1, 2, m.tokenizer.pad_id(), 5, vocab)
+                }
             };
             Ok(BenchModel {
                 encoder: m.encoder,
@@ -171,7 +175,7 @@ pub fn synthetic_batch(
 pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let model = build_model(&opts.model, device, opts.dtype)
         .with_context(|| format!("cannot build model `{}`", opts.model))?;
-    run_model(
+    let report = run_model(
         &model,
         device,
         &opts.shapes,
@@ -179,7 +183,12 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         opts.warmup,
         opts.repeats,
         &opts.attention,
-    )
+    );
+    let profile = crate::models::profile::take_report();
+    if !profile.is_empty() {
+        eprintln!("VIRNUCPRO_PROFILE sections (all forward passes, warm-up included):\n{profile}");
+    }
+    report
 }
 
 /// Times `forward_pooled` on every shape and attention implementation (median of `repeats`
