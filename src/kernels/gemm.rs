@@ -66,6 +66,9 @@ struct Context {
     handle: Handle,
     workspace: CudaSlice<u8>,
     algos: Mutex<HashMap<Key, sys::cublasLtMatmulAlgo_t>>,
+    /// Exact problems (rows not bucketed) already checked against their bucket's algorithm, and
+    /// the algorithm they run: repeated shapes skip the check (host time per call).
+    exact: Mutex<HashMap<Key, sys::cublasLtMatmulAlgo_t>>,
 }
 
 fn context(dev: &CudaDevice) -> Result<Arc<Context>> {
@@ -85,6 +88,7 @@ fn context(dev: &CudaDevice) -> Result<Arc<Context>> {
         handle,
         workspace,
         algos: Mutex::new(HashMap::new()),
+        exact: Mutex::new(HashMap::new()),
     });
     map.insert(dev.id(), ctx.clone());
     Ok(ctx)
@@ -306,6 +310,17 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         .map_err(lt_error)
     };
     let lock_err = |_| candle_core::Error::Msg("cuBLASLt cache lock poisoned".into());
+    let exact_key = Key {
+        n: rows as u64,
+        ..key
+    };
+    if let Some(algo) = ctx.exact.lock().map_err(lock_err)?.get(&exact_key).copied() {
+        run(&algo)?;
+        drop(bias_ptr);
+        drop(res_ptr);
+        drop(gd);
+        return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((rows, n))));
+    }
     let cached = ctx.algos.lock().map_err(lock_err)?.get(&key).copied();
     let fits = |algo: &sys::cublasLtMatmulAlgo_t| -> bool {
         // SAFETY: descriptors are alive; `result` is written by the call.
@@ -327,6 +342,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
             && unsafe { result.assume_init() }.workspaceSize <= workspace_bytes()
     };
     if let Some(algo) = cached.filter(|a| fits(a)) {
+        ctx.exact.lock().map_err(lock_err)?.insert(exact_key, algo);
         run(&algo)?;
     } else {
         let candidates = heuristics(&ctx, &desc, [&a_l, &b_l, &d_l], align)?;
@@ -338,6 +354,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         if cached.is_none() {
             ctx.algos.lock().map_err(lock_err)?.insert(key, algo);
         }
+        ctx.exact.lock().map_err(lock_err)?.insert(exact_key, algo);
         run(&algo)?;
     }
     drop(bias_ptr);

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Result};
 
-fn enabled() -> bool {
+/// Whether `VIRNUCPRO_PROFILE` is set (and not 0).
+pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("VIRNUCPRO_PROFILE").is_ok_and(|v| v != "0"))
 }
@@ -19,9 +20,16 @@ fn table() -> &'static Mutex<BTreeMap<&'static str, (f64, u64)>> {
     T.get_or_init(Default::default)
 }
 
+static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Suspends the sections (no synchronization) while `paused`, e.g. to time a whole pass.
+pub fn pause(paused: bool) {
+    PAUSED.store(paused, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Runs `f`, timing it under `name` when profiling is on.
 pub fn section<T>(name: &'static str, dev: &Device, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    if !enabled() {
+    if !enabled() || PAUSED.load(std::sync::atomic::Ordering::Relaxed) {
         return f();
     }
     dev.synchronize()?;

@@ -186,7 +186,7 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     );
     let profile = crate::models::profile::take_report();
     if !profile.is_empty() {
-        eprintln!("VIRNUCPRO_PROFILE sections (all forward passes, warm-up included):\n{profile}");
+        eprintln!("VIRNUCPRO_PROFILE sections (timed passes, after warm-up):\n{profile}");
     }
     report
 }
@@ -210,6 +210,29 @@ pub fn run_model(
             let real: usize = batch.lengths.iter().sum();
             for &imp in attention {
                 kernels::set_attention_impl(imp);
+                if crate::models::profile::enabled() {
+                    // The profile covers steady-state passes only: not kernel compilation,
+                    // GEMM tuning or first allocations.
+                    for _ in 0..warmup.max(1) {
+                        model.encoder.forward_pooled(&batch)?;
+                    }
+                    device.synchronize()?;
+                    crate::models::profile::take_report();
+                    // Host-bound or device-bound? Enqueue time of one pass vs its completion.
+                    crate::models::profile::pause(true);
+                    let t0 = std::time::Instant::now();
+                    let out = model.encoder.forward_pooled(&batch);
+                    let host = t0.elapsed().as_secs_f64() * 1e3;
+                    device.synchronize()?;
+                    let done = t0.elapsed().as_secs_f64() * 1e3;
+                    crate::models::profile::pause(false);
+                    drop(out?);
+                    eprintln!(
+                        "profile {b}x{t}: one pass, host returns after {host:.2} ms, device done \
+                         after {done:.2} ms"
+                    );
+                    crate::models::profile::take_report();
+                }
                 let time = timing::measure(device, warmup, repeats, 1.0, || {
                     model.encoder.forward_pooled(&batch).map(drop)
                 })
