@@ -493,7 +493,6 @@ where
         let half = op.head_dim / 2;
         let work = tokens * 2 * op.heads * (half / 8);
         let (tk, tl, hd, hf) = (tokens as u32, op.t_len as u32, op.heads as u32, half as u32);
-        let stride = (op.heads * op.head_dim) as u32;
         let mut bld = func.builder();
         bld.arg(&xs);
         bld.arg(&cos);
@@ -504,7 +503,6 @@ where
         bld.arg(&tl);
         bld.arg(&hd);
         bld.arg(&hf);
-        bld.arg(&stride);
         // SAFETY: arguments match virnucpro_rotary_qk_* in fused_ops.cu.
         unsafe { bld.launch(grid_for(work, 256)) }.w()?;
     }
@@ -588,72 +586,5 @@ pub fn hold_pool_memory(dev: &CudaDevice) -> Result<()> {
         )
         .w()?;
     }
-    Ok(())
-}
-
-pub(super) fn rotary_qk_inplace(
-    op: &super::ops::RotaryQk,
-    x: &mut CudaStorage,
-    lx: &Layout,
-) -> Result<()> {
-    match x.dtype() {
-        DType::F16 => rotary_qk_inplace_t::<f16>(op, x, lx),
-        DType::BF16 => rotary_qk_inplace_t::<bf16>(op, x, lx),
-        DType::F32 => rotary_qk_inplace_t::<f32>(op, x, lx),
-        dt => candle_core::bail!("rotary_qk: unsupported dtype {dt:?}"),
-    }
-}
-
-/// q and k rotated where they are in the projection `[tokens, 3, heads, D]`.
-fn rotary_qk_inplace_t<T>(
-    op: &super::ops::RotaryQk,
-    x: &mut CudaStorage,
-    lx: &Layout,
-) -> Result<()>
-where
-    T: candle_core::cuda_backend::CudaDType + DeviceRepr,
-{
-    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-    let dev: CudaDevice = x.device().clone();
-    let (a, _) = lx
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("rotary_qk: qkv must be contiguous".into()))?;
-    let (b, l, _) = lx.shape().dims3()?;
-    let tokens = b * l;
-    if tokens == 0 {
-        return Ok(());
-    }
-    let (cst, cl) = op.cos.storage_and_layout();
-    let cos = held_slice::<f32>(&cst, cl, "rotary cos")?;
-    let (sst, sl) = op.sin.storage_and_layout();
-    let sin = held_slice::<f32>(&sst, sl, "rotary sin")?;
-    let stream = dev.cuda_stream();
-    let kernel = format!("virnucpro_rotary_qk_{}", dtype_name(x.dtype())?);
-    let slice = x.as_cuda_slice_mut::<T>()?;
-    let (base, guard) = slice.device_ptr(&stream);
-    let elem = std::mem::size_of::<T>() as u64;
-    let q_ptr: u64 = base + a as u64 * elem;
-    let k_ptr: u64 = q_ptr + (op.heads * op.head_dim) as u64 * elem;
-    let func = dev.get_or_load_custom_func(&kernel, OPS_MODULE, FUSED_OPS_PTX)?;
-    let half = op.head_dim / 2;
-    let work = tokens * 2 * op.heads * (half / 8);
-    let (tk, tl, hd, hf) = (tokens as u32, op.t_len as u32, op.heads as u32, half as u32);
-    let stride = (3 * op.heads * op.head_dim) as u32;
-    let mut bld = func.builder();
-    bld.arg(&q_ptr); // input: the projection itself
-    bld.arg(&cos);
-    bld.arg(&sin);
-    bld.arg(&q_ptr);
-    bld.arg(&k_ptr);
-    bld.arg(&tk);
-    bld.arg(&tl);
-    bld.arg(&hd);
-    bld.arg(&hf);
-    bld.arg(&stride);
-    // SAFETY: arguments match virnucpro_rotary_qk_* in fused_ops.cu; every thread rewrites only
-    // the elements it read, so reading and writing the same buffer is safe.
-    unsafe { bld.launch(grid_for(work, 256)) }.w()?;
-    drop(bld);
-    drop(guard);
     Ok(())
 }

@@ -145,14 +145,14 @@ __device__ __forceinline__ void layer_norm_rows(const T* __restrict__ x, const T
 }
 
 // Rotary embedding (rotate-half) of q and k, read from the fused projection and written
-// token-major: qkv [tokens, 3, heads, D] -> q, k [tokens, heads, D] (or in place, see out_stride). The position of a token is
+// token-major: qkv [tokens, 3, heads, D] -> q, k [tokens, heads, D]. The position of a token is
 // its index within its row of t_len tokens. cos/sin: f32 [positions, D/2]. Each thread rotates 8
 // pairs (i, i + D/2) of one head of q or k; D/2 must be a multiple of 8.
 template <typename T>
-__device__ __forceinline__ void rotary_qk(const T* qkv, const float* __restrict__ cosv,
-                                          const float* __restrict__ sinv, T* q,
-                                          T* k, unsigned tokens, unsigned t_len,
-                                          unsigned heads, unsigned half, unsigned out_stride) {
+__device__ __forceinline__ void rotary_qk(const T* __restrict__ qkv, const float* __restrict__ cosv,
+                                          const float* __restrict__ sinv, T* __restrict__ q,
+                                          T* __restrict__ k, unsigned tokens, unsigned t_len,
+                                          unsigned heads, unsigned half) {
     union Vec8 {
         uint4 u[sizeof(T) == 4 ? 2 : 1];
         T e[8];
@@ -170,9 +170,7 @@ __device__ __forceinline__ void rotary_qk(const T* qkv, const float* __restrict_
         const unsigned pos = tok % t_len;
         const unsigned d = 2 * half;
         const T* src = qkv + (tok * 3 + which) * heads * d + (size_t)h * d + c * 8;
-        // out_stride: elements per token in q/k (heads * D packed, or 3 * heads * D when q and k
-        // are written back into the projection; a thread only rewrites what it read).
-        T* dst = (which ? k : q) + tok * out_stride + (size_t)h * d + c * 8;
+        T* dst = (which ? k : q) + (tok * heads + h) * d + c * 8;
         Vec8 x1, x2, o1, o2;
         constexpr int NU = sizeof(T) == 4 ? 2 : 1;
 #pragma unroll
@@ -247,8 +245,8 @@ LN_ENTRY(virnucpro_layer_norm_f32_16, float, 16)
 #define ROTARY_ENTRY(NAME, T)                                                                \
     extern "C" __global__ void NAME(const T* qkv, const float* cosv, const float* sinv, T* q,  \
                                     T* k, unsigned tokens, unsigned t_len, unsigned heads,     \
-                                    unsigned half, unsigned out_stride) {                     \
-        rotary_qk<T>(qkv, cosv, sinv, q, k, tokens, t_len, heads, half, out_stride);         \
+                                    unsigned half) {                                          \
+        rotary_qk<T>(qkv, cosv, sinv, q, k, tokens, t_len, heads, half);                     \
     }
 
 ROTARY_ENTRY(virnucpro_rotary_qk_f16, __half)

@@ -29,9 +29,7 @@ pub mod selftest;
 
 #[cfg(feature = "cuda")]
 pub use cuda::hold_pool_memory;
-pub use ops::{
-    fused_ops_enabled, gated_gelu, layer_norm, linear, rotary_qk, rotary_qk_inplace, set_fused_ops,
-};
+pub use ops::{fused_ops_enabled, gated_gelu, layer_norm, linear, rotary_qk, set_fused_ops};
 
 pub use reference::{alibi_bias, alibi_slopes, key_padding_mask, materialized_attention, row_mask};
 

@@ -4,8 +4,8 @@
 //! * [`linear`]: `x·Wᵀ + bias (+ residual)` as one cuBLASLt call (bias in the GEMM epilogue,
 //!   residual as its `C` operand) instead of a GEMM and one or two passes over the output;
 //! * [`layer_norm`]: one warp per row, the row read once;
-//! * [`rotary_qk`] / [`rotary_qk_inplace`]: rotary embedding of q and k read straight from the
-//!   fused q/k/v projection (no split copies), written to new buffers or back in place;
+//! * [`rotary_qk`]: rotary embedding of q and k read straight from the fused q/k/v projection
+//!   (no split copies);
 //! * [`gated_gelu`]: DNABERT-S's `gelu(g[:, :I]) * g[:, I:]` in one pass.
 //!
 //! Where the time went before these (H100, FastESM2_650 shape, 512 x 168 tokens): see
@@ -144,41 +144,6 @@ pub fn rotary_qk(
     Ok(Some((qk.get(0)?, qk.get(1)?)))
 }
 
-/// Like [`rotary_qk`], but rotates q and k where they are, inside `qkv` (which must be
-/// contiguous and not shared: the tensor's storage is modified). Returns false where the kernel
-/// does not apply (nothing was changed).
-pub fn rotary_qk_inplace(
-    qkv: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    heads: usize,
-    head_dim: usize,
-) -> Result<bool> {
-    let (_, l, w) = qkv.dims3()?;
-    let fits = fast_path(qkv)
-        && qkv.is_contiguous()
-        && w == 3 * heads * head_dim
-        && (head_dim / 2) % 8 == 0
-        && cos.dtype() == DType::F32
-        && sin.dtype() == DType::F32
-        && cos.dims().len() == 2
-        && cos.dim(0)? >= l
-        && cos.dim(1)? == head_dim / 2
-        && sin.dims() == cos.dims();
-    if !fits {
-        return Ok(false);
-    }
-    let op = RotaryQk {
-        cos: cos.contiguous()?,
-        sin: sin.contiguous()?,
-        heads,
-        head_dim,
-        t_len: l,
-    };
-    qkv.inplace_op1(&op)?;
-    Ok(true)
-}
-
 /// `gelu(g[..., :inter]) * g[..., inter:]` (exact GELU) for `g` `[..., 2 * inter]`.
 pub fn gated_gelu(g: &Tensor, inter: usize) -> Result<Tensor> {
     let cols = g.dims().last().copied().unwrap_or(0);
@@ -276,21 +241,6 @@ impl CustomOp1 for RotaryQk {
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::rotary_qk(self, x, l)
-    }
-}
-
-impl candle_core::InplaceOp1 for RotaryQk {
-    fn name(&self) -> &'static str {
-        "virnucpro-rotary-qk-inplace"
-    }
-
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
-        candle_core::bail!("in-place rotary needs CUDA (the caller falls back to candle ops)")
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, x: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
-        super::cuda::rotary_qk_inplace(self, x, l)
     }
 }
 

@@ -432,10 +432,8 @@ pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> 
         let rot32 = Rotary::new(hd, 10000.0, 64, DType::F32, dev)?;
         let (q_ref, k_ref, _) = crate::models::layers::split_qkv(&f(&qkv)?, heads, hd)?;
         let (q_want, k_want) = (rot32.forward(&q_ref)?, rot32.forward(&k_ref)?);
-        // forward_qkv rotates in place: give it its own copy.
-        let qkv_own = qkv.copy()?;
-        let (q, k) = match rot.forward_qkv(&qkv_own, heads)? {
-            Some((q, k, _)) => (q, k),
+        let (q, k) = match rot.forward_qkv(&qkv, heads)? {
+            Some(qk) => qk,
             None => {
                 let (q, k, _) = crate::models::layers::split_qkv(&qkv, heads, hd)?;
                 (rot.forward(&q)?, rot.forward(&k)?)

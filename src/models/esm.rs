@@ -241,11 +241,11 @@ impl EsmAttention {
         let normed = section("esm layer_norm", dev, || self.layer_norm.forward(x, None))?;
         let qkv = section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
         let fused = crate::kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
-        // `qkv` is this layer's own projection: rotating q and k inside it is safe.
-        if let Some((q, k, v)) = section("esm rotary q/k", dev, || {
+        if let Some((q, k)) = section("esm rotary q/k", dev, || {
             rotary.forward_qkv(&qkv, self.heads)
         })? {
-            // q and k rotated in place by one kernel; the fused kernel reads all three in place.
+            // Rotated q and k written once by one kernel; v read in place by the fused kernel.
+            let (_, _, v) = split_qkv_views(&qkv, self.heads, self.head_dim)?;
             let ctx = section("esm attention", dev, || {
                 attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())
             })?;

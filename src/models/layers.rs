@@ -245,23 +245,20 @@ impl Rotary {
         Ok((cos, sin))
     }
 
-    /// Rotates q and k inside a fused projection `qkv` `[batch, len, 3 * heads * head_dim]`
-    /// (one kernel, no split copies, no new buffers; [`crate::kernels::rotary_qk_inplace`]) and
-    /// returns q, k, v as `[batch, heads, len, head_dim]` views of it. `qkv`'s storage is
-    /// modified: pass a projection nothing else holds. `None` (and `qkv` untouched) where the
-    /// kernel does not apply.
-    pub fn forward_qkv(
-        &self,
-        qkv: &Tensor,
-        heads: usize,
-    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    /// Rotated q and k straight from a fused projection `qkv` `[batch, len, 3 * heads *
+    /// head_dim]`, as `[batch, heads, len, head_dim]` views of token-major storage (one kernel,
+    /// no split copies; [`crate::kernels::rotary_qk`]). `None` where that kernel does not apply.
+    pub fn forward_qkv(&self, qkv: &Tensor, heads: usize) -> Result<Option<(Tensor, Tensor)>> {
         let Some((cos, sin)) = &self.tables_f32 else {
             return Ok(None);
         };
-        if !crate::kernels::rotary_qk_inplace(qkv, cos, sin, heads, self.head_dim)? {
-            return Ok(None);
-        }
-        split_qkv_views(qkv, heads, self.head_dim).map(Some)
+        Ok(
+            crate::kernels::rotary_qk(qkv, cos, sin, heads, self.head_dim)?
+                .map(|(q, k)| -> Result<(Tensor, Tensor)> {
+                    Ok((q.transpose(1, 2)?, k.transpose(1, 2)?))
+                })
+                .transpose()?,
+        )
     }
 
     /// `x`: `[batch, heads, len, head_dim]` -> same shape, rotated.

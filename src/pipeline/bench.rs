@@ -406,13 +406,6 @@ pub fn op_profile(
             "GB/s",
             &mut || kernels::rotary_qk(&qkv, cos, sin, heads, d).map(drop),
         )?;
-        let qkv_own = qkv.copy()?;
-        time(
-            "rotary q+k in place in qkv",
-            bytes(4 * n * hidden),
-            "GB/s",
-            &mut || kernels::rotary_qk_inplace(&qkv_own, cos, sin, heads, d).map(drop),
-        )?;
     }
     time("rotary (q)", bytes(2 * n * hidden), "GB/s", &mut || {
         rotary.forward(&q).map(drop)
