@@ -319,7 +319,10 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         drop(bias_ptr);
         drop(res_ptr);
         drop(gd);
-        return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((rows, n))));
+        return Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((rows, n)),
+        ));
     }
     let cached = ctx.algos.lock().map_err(lock_err)?.get(&key).copied();
     let fits = |algo: &sys::cublasLtMatmulAlgo_t| -> bool {

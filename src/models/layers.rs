@@ -252,13 +252,11 @@ impl Rotary {
         let Some((cos, sin)) = &self.tables_f32 else {
             return Ok(None);
         };
-        Ok(
-            crate::kernels::rotary_qk(qkv, cos, sin, heads, self.head_dim)?
-                .map(|(q, k)| -> Result<(Tensor, Tensor)> {
-                    Ok((q.transpose(1, 2)?, k.transpose(1, 2)?))
-                })
-                .transpose()?,
-        )
+        crate::kernels::rotary_qk(qkv, cos, sin, heads, self.head_dim)?
+            .map(|(q, k)| -> Result<(Tensor, Tensor)> {
+                Ok((q.transpose(1, 2)?, k.transpose(1, 2)?))
+            })
+            .transpose()
     }
 
     /// `x`: `[batch, heads, len, head_dim]` -> same shape, rotated.
