@@ -75,13 +75,31 @@ pub fn linear(
     {
         return Ok(None);
     }
+    if LT_FAILED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
     let op = LtLinear {
         weight: weight.contiguous()?,
         bias: bias.map(Tensor::contiguous).transpose()?,
         residual: residual.map(Tensor::contiguous).transpose()?,
     };
-    Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
+    match x.contiguous()?.apply_op1_no_bwd(&op) {
+        Ok(y) => Ok(Some(y)),
+        Err(e) => {
+            // A cuBLASLt without an algorithm for this GPU/shape should cost speed, not the run:
+            // candle's matmul takes over for the rest of the process.
+            if !LT_FAILED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cuBLASLt linear failed ({e}); using candle's matmul from now on (slower)"
+                );
+            }
+            Ok(None)
+        }
+    }
 }
+
+/// Set once a cuBLASLt call failed: [`linear`] then leaves every layer to candle's matmul.
+static LT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// LayerNorm over the last dimension (statistics in f32): `(x - mean) / sqrt(var + eps) * w + b`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {

@@ -384,9 +384,23 @@ pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> 
         let r = rnd(&[rows, n], 1.0)?;
         let base = f(&x)?.matmul(&f(&w)?.t()?)?;
         for (with_b, with_r) in [(false, false), (true, false), (true, true)] {
+            let name = format!(
+                "linear{}{} {dtype:?}",
+                if with_b { "+bias" } else { "" },
+                if with_r { "+residual" } else { "" }
+            );
             let got = super::linear(&x, &w, with_b.then_some(&b), with_r.then_some(&r))?;
             let got = match got {
                 Some(g) => g,
+                None if dev.is_cuda() && super::CUDA_BUILT && super::fused_ops_enabled() => {
+                    // The fused path should have run here: a silent fallback is a failure.
+                    out.push((
+                        format!("{name} (cuBLASLt did not run)"),
+                        f64::INFINITY,
+                        limit,
+                    ));
+                    continue;
+                }
                 None => {
                     let mut y = x.matmul(&w.t()?)?;
                     if with_b {
@@ -405,11 +419,6 @@ pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> 
             if with_r {
                 want = (want + f(&r)?)?;
             }
-            let name = format!(
-                "linear{}{} {dtype:?}",
-                if with_b { "+bias" } else { "" },
-                if with_r { "+residual" } else { "" }
-            );
             out.push((name, rel_of(&got, &want)?, limit));
         }
         // LayerNorm over 1280 and 768 columns.
