@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 
+use super::cuda::{by_dtype, held_slice};
 use super::ops::LtLinear;
 use candle_core::backend::BackendStorage;
 
@@ -154,26 +155,7 @@ fn set_desc<T>(desc: &Desc, attr: sys::cublasLtMatmulDescAttributes_t, v: &T) ->
 }
 
 pub(super) fn forward(op: &LtLinear, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
-    match x.dtype() {
-        DType::F16 => forward_t::<f16>(op, x, lx),
-        DType::BF16 => forward_t::<bf16>(op, x, lx),
-        DType::F32 => forward_t::<f32>(op, x, lx),
-        dt => candle_core::bail!("cuBLASLt linear: unsupported dtype {dt:?}"),
-    }
-}
-
-fn slice_of<'a, T: CudaDType>(
-    s: &'a Storage,
-    l: &Layout,
-    what: &str,
-) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg(format!("cuBLASLt linear: {what} not contiguous"))
-    })?;
-    match s {
-        Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(a..b)),
-        _ => candle_core::bail!("cuBLASLt linear: {what} must be on the CUDA device"),
-    }
+    by_dtype!(x.dtype(), "cuBLASLt linear", forward_t(op, x, lx))
 }
 
 fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
@@ -193,10 +175,10 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         .ok_or_else(|| candle_core::Error::Msg("cuBLASLt linear: x not contiguous".into()))?;
     let xs = x.as_cuda_slice::<T>()?.slice(x0..x1);
     let (ws, wl) = op.weight.storage_and_layout();
-    let w = slice_of::<T>(&ws, wl, "weight")?;
+    let w = held_slice::<T>(&ws, wl, "cuBLASLt linear: weight")?;
     let bias_guard = op.bias.as_ref().map(Tensor::storage_and_layout);
     let bias = match &bias_guard {
-        Some((s, l)) => Some(slice_of::<T>(s, l, "bias")?),
+        Some((s, l)) => Some(held_slice::<T>(s, l, "cuBLASLt linear: bias")?),
         None => None,
     };
     let res_guard = op.residual.as_ref().map(Tensor::storage_and_layout);
@@ -205,7 +187,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
             if l.shape().elem_count() != rows * n {
                 candle_core::bail!("cuBLASLt linear: residual does not match the output");
             }
-            Some(slice_of::<T>(s, l, "residual")?)
+            Some(held_slice::<T>(s, l, "cuBLASLt linear: residual")?)
         }
         None => None,
     };

@@ -177,13 +177,27 @@ pub fn gated_gelu(g: &Tensor, inter: usize) -> Result<Tensor> {
 // The candle ops behind them (CUDA only; the public functions never call them elsewhere).
 // ---------------------------------------------------------------------------------------------
 
-macro_rules! cuda_only_cpu_fwd {
-    () => {
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-            candle_core::bail!(
-                "{} needs CUDA (the caller falls back to candle ops)",
-                self.name()
-            )
+/// `impl CustomOp1` for an op that runs only on CUDA (`$launch` in `super::cuda` / `gemm`); the
+/// public functions above never hand these ops CPU tensors.
+macro_rules! cuda_only_op1 {
+    ($op:ty, $name:literal, $launch:path) => {
+        impl CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+                candle_core::bail!("{} needs CUDA (the caller falls back to candle ops)", $name)
+            }
+
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                x: &candle_core::CudaStorage,
+                l: &Layout,
+            ) -> Result<(candle_core::CudaStorage, Shape)> {
+                $launch(self, x, l)
+            }
         }
     };
 }
@@ -196,21 +210,7 @@ pub(crate) struct LtLinear {
     pub(crate) residual: Option<Tensor>,
 }
 
-impl CustomOp1 for LtLinear {
-    fn name(&self) -> &'static str {
-        "virnucpro-cublaslt-linear"
-    }
-    cuda_only_cpu_fwd!();
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::gemm::forward(self, x, l)
-    }
-}
+cuda_only_op1!(LtLinear, "virnucpro-cublaslt-linear", super::gemm::forward);
 
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -220,21 +220,7 @@ pub(crate) struct LayerNormOp {
     pub(crate) eps: f32,
 }
 
-impl CustomOp1 for LayerNormOp {
-    fn name(&self) -> &'static str {
-        "virnucpro-layer-norm"
-    }
-    cuda_only_cpu_fwd!();
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::layer_norm(self, x, l)
-    }
-}
+cuda_only_op1!(LayerNormOp, "virnucpro-layer-norm", super::cuda::layer_norm);
 
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -246,21 +232,7 @@ pub(crate) struct RotaryQk {
     pub(crate) t_len: usize,
 }
 
-impl CustomOp1 for RotaryQk {
-    fn name(&self) -> &'static str {
-        "virnucpro-rotary-qk"
-    }
-    cuda_only_cpu_fwd!();
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::rotary_qk(self, x, l)
-    }
-}
+cuda_only_op1!(RotaryQk, "virnucpro-rotary-qk", super::cuda::rotary_qk);
 
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -268,18 +240,4 @@ pub(crate) struct GatedGelu {
     pub(crate) inter: usize,
 }
 
-impl CustomOp1 for GatedGelu {
-    fn name(&self) -> &'static str {
-        "virnucpro-gated-gelu"
-    }
-    cuda_only_cpu_fwd!();
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::gated_gelu(self, x, l)
-    }
-}
+cuda_only_op1!(GatedGelu, "virnucpro-gated-gelu", super::cuda::gated_gelu);
