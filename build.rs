@@ -37,9 +37,16 @@ fn main() {
     for src in &sources {
         let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
         let ptx = out_dir.join(format!("{stem}.ptx"));
+        // `*_sm90.cu` use Hopper-only instructions (wgmma): always compute_90a, whatever the
+        // target; the launcher uses them on compute capability 9.0 only.
+        let arch = if stem.ends_with("_sm90") {
+            "90a".to_string()
+        } else {
+            cap.clone()
+        };
         let status = Command::new(&nvcc)
             .args(["--ptx", "-O3", "-std=c++17", "--expt-relaxed-constexpr"])
-            .arg(format!("-arch=compute_{cap}"))
+            .arg(format!("-arch=compute_{arch}"))
             .arg("-o")
             .arg(&ptx)
             .arg(src)
@@ -52,7 +59,7 @@ fn main() {
                 )
             });
         if !status.success() {
-            panic!("nvcc failed on {} (compute_{cap})", src.display());
+            panic!("nvcc failed on {} (compute_{arch})", src.display());
         }
     }
     println!("cargo::rustc-env=VIRNUCPRO_CUDA_COMPUTE_CAP={cap}");

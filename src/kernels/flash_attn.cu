@@ -23,31 +23,21 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "attn_common.cuh"
+
 #define HD 64        // head size
 #define BN 64        // keys per tile
 #define SROW 72      // shared-memory row pitch in elements: 144 bytes, ldmatrix without bank conflicts
 
 namespace {
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using attn::cp_async16;
+using attn::cp_async_commit;
+using attn::cp_async_wait;
+using attn::ldsm_x4;
+using attn::smem_u32;
+using attn::softmax_tile;
 
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-    const int n = valid ? 16 : 0;  // 0 bytes read: the 16 destination bytes are zero-filled
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -84,12 +74,6 @@ template <> struct Mma<__nv_bfloat16> {
     }
 };
 
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
 // Copies rows [row0, row0 + ROWS) x 64 of a strided tensor into a shared tile; rows >= valid_rows
 // are zero-filled (never read from memory), so padding or the next sequence's rows never reach
 // the math (0 * garbage could be NaN).
@@ -111,66 +95,6 @@ __device__ __forceinline__ void load_tile(T* smem, const T* base, long long row_
 // WARPS warps per block, each owning MT m-tiles of 16 query rows: BM = WARPS * 16 * MT query rows
 // per block. Shared memory: two buffers of (K tile, V tile); the Q tile is staged in the second
 // buffer before the loop (it lives in registers afterwards), so BM <= 2 * BN.
-// Online-softmax update of one m-tile's scores `s` (16 rows x 64 keys, this thread's fragment):
-// ALIBI: add -slope * |i - j|; MASK: keys >= len get -inf (only the last key tile needs it).
-// Without ALiBi the running max is kept in raw score units and the scale is folded into one FFMA
-// per element (exp2(s * c - m * c)); with ALiBi the scores are moved to log2 units first.
-template <bool ALIBI, bool MASK>
-__device__ __forceinline__ void softmax_tile(float (&s)[8][4], float (&m_run)[2], float (&l_run)[2],
-                                             float (&acc)[8][4], int qrow, int key0, int tg,
-                                             int len, float scale_log2, float slope_log2) {
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int key = key0 + nt * 8 + tg * 2 + (e & 1);
-            float x = s[nt][e];
-            if (ALIBI) {
-                const int qpos = qrow + (e >> 1) * 8;
-                x = fmaf(x, scale_log2, -slope_log2 * fabsf((float)(qpos - key)));
-            }
-            if (MASK && key >= len) x = -INFINITY;
-            s[nt][e] = x;
-            mx[e >> 1] = fmaxf(mx[e >> 1], x);
-        }
-    }
-    const float c = ALIBI ? 1.f : scale_log2;  // units of s -> log2 units
-    float alpha[2], mc[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-        const float m_new = fmaxf(m_run[r], mx[r]);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;  // no (-inf) - (-inf)
-        alpha[r] = fast_exp2((m_run[r] - m_use) * c);
-        m_run[r] = m_new;
-        mc[r] = m_use * c;
-    }
-    float rs[2] = {0.f, 0.f};
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const float p = fast_exp2(fmaf(s[nt][e], c, -mc[e >> 1]));
-            s[nt][e] = p;
-            rs[e >> 1] += p;
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) l_run[r] = fmaf(l_run[r], alpha[r], rs[r]);
-    // Rescale the accumulators only when some row's maximum moved (rare after the first tiles).
-    if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            acc[nt][0] *= alpha[0];
-            acc[nt][1] *= alpha[0];
-            acc[nt][2] *= alpha[1];
-            acc[nt][3] *= alpha[1];
-        }
-    }
-}
-
 template <typename T, int WARPS, int MT, bool ALIBI>
 __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __restrict__ k,
                                          const T* __restrict__ v, T* __restrict__ o,
@@ -307,10 +231,10 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
         for (int mt = 0; mt < MT; ++mt) {
             const int qrow = q0 + (warp * MT + mt) * 16 + g;  // position of fragment row g
             if (mask)
-                softmax_tile<ALIBI, true>(s[mt], m_run[mt], l_run[mt], acc[mt], qrow, key0, tg,
+                softmax_tile<8, ALIBI, true>(s[mt], m_run[mt], l_run[mt], acc[mt], qrow, key0, tg,
                                           len, scale_log2, slope_log2);
             else
-                softmax_tile<ALIBI, false>(s[mt], m_run[mt], l_run[mt], acc[mt], qrow, key0, tg,
+                softmax_tile<8, ALIBI, false>(s[mt], m_run[mt], l_run[mt], acc[mt], qrow, key0, tg,
                                            len, scale_log2, slope_log2);
         }
 

@@ -8,7 +8,9 @@
 //! embedding models need: a key-padding mask given as per-row lengths, and optional ALiBi slopes
 //! (bias `-slope_h * |i - j|`, DNABERT-S). Query rows past a row's length come out as zeros.
 //! [`fused_attention_varlen`] runs the same kernel on packed sequences (`cu_seqlens`), so that a
-//! batch of mixed lengths spends nothing on padding.
+//! batch of mixed lengths spends nothing on padding. Two kernels implement it: `flash_attn.cu`
+//! (`mma.sync`, every GPU the build targets) and `flash_attn_sm90.cu` (`wgmma`, compute capability
+//! 9.0 only, picked there automatically); [`FaVariant`] names their tile shapes.
 //!
 //! Layout: inputs are `[batch, heads, len, 64]` in shape, with any strides as long as the head
 //! dimension is contiguous, so both a contiguous `[B, H, T, 64]` tensor and the free view
@@ -316,7 +318,9 @@ fn check_aux(t: &Tensor, dtype: DType, len: usize, what: &str, device: &Device) 
     Ok(())
 }
 
-/// Tile shapes the kernel is compiled in: `w<warps>m<m-tiles of 16 query rows per warp>`.
+/// Tile shapes the kernels are compiled in. `w<warps>m<m-tiles of 16 query rows per warp>`:
+/// flash_attn.cu (mma.sync, every CUDA GPU the build targets). `h<warpgroups>n<key tile>`:
+/// flash_attn_sm90.cu (wgmma, compute capability 9.0 only), 64 query rows per warpgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum FaVariant {
     /// 4 warps x 16 rows: 64 query rows per block (138 registers).
@@ -325,16 +329,36 @@ pub enum FaVariant {
     W4M2,
     /// 8 warps x 16 rows: 128 query rows per block sharing each K/V tile.
     W8M1,
+    /// Hopper: 3 warpgroups (192 query rows), 128-key tiles.
+    H3N128,
+    /// Hopper: 2 warpgroups (128 query rows), 128-key tiles.
+    H2N128,
+    /// Hopper: 3 warpgroups (192 query rows), 64-key tiles.
+    H3N64,
+    /// Hopper: 2 warpgroups (128 query rows), 64-key tiles, two blocks per SM.
+    H2N64,
 }
 
 impl FaVariant {
-    pub const ALL: [FaVariant; 3] = [FaVariant::W4M1, FaVariant::W4M2, FaVariant::W8M1];
+    pub const ALL: [FaVariant; 7] = [
+        FaVariant::W4M1,
+        FaVariant::W4M2,
+        FaVariant::W8M1,
+        FaVariant::H3N128,
+        FaVariant::H2N128,
+        FaVariant::H3N64,
+        FaVariant::H2N64,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::W4M1 => "w4m1",
             Self::W4M2 => "w4m2",
             Self::W8M1 => "w8m1",
+            Self::H3N128 => "h3n128",
+            Self::H2N128 => "h2n128",
+            Self::H3N64 => "h3n64",
+            Self::H2N64 => "h2n64",
         }
     }
 
@@ -342,19 +366,45 @@ impl FaVariant {
         Self::ALL.into_iter().find(|v| v.name() == s.trim())
     }
 
+    /// Whether this is a wgmma (compute capability 9.0 only) variant.
+    pub fn hopper(self) -> bool {
+        !matches!(self, Self::W4M1 | Self::W4M2 | Self::W8M1)
+    }
+
+    /// The variants that run on a GPU with (`hopper`) or without the wgmma kernels.
+    pub fn available(hopper: bool) -> Vec<FaVariant> {
+        Self::ALL
+            .into_iter()
+            .filter(|v| hopper || !v.hopper())
+            .collect()
+    }
+
     /// Query rows per block.
     pub fn block_m(self) -> usize {
         match self {
             Self::W4M1 => 64,
-            Self::W4M2 | Self::W8M1 => 128,
+            Self::W4M2 | Self::W8M1 | Self::H2N128 | Self::H2N64 => 128,
+            Self::H3N128 | Self::H3N64 => 192,
         }
     }
 
     pub fn threads(self) -> u32 {
         match self {
             Self::W4M1 | Self::W4M2 => 128,
-            Self::W8M1 => 256,
+            Self::W8M1 | Self::H2N128 | Self::H2N64 => 256,
+            Self::H3N128 | Self::H3N64 => 384,
         }
+    }
+
+    /// Dynamic shared memory of a block in bytes (the mma.sync kernels use static memory): the Q
+    /// tile, four stages of K and V tiles (128 bytes a row), 1 KiB of alignment slack.
+    pub fn dynamic_smem(self) -> u32 {
+        let key_tile = match self {
+            Self::H3N128 | Self::H2N128 => 128,
+            Self::H3N64 | Self::H2N64 => 64,
+            _ => return 0,
+        };
+        ((self.block_m() + 4 * 2 * key_tile) * 128 + 1024) as u32
     }
 
     /// The variant forced by `VIRNUCPRO_FA_VARIANT` (benchmarks), if set.
@@ -367,17 +417,39 @@ impl FaVariant {
         })
     }
 
-    /// The variant for rows of `len` tokens: w4m1 for short rows (more blocks, 3 per SM), w4m2
-    /// from 768 on (each K/V fragment feeds two products; 10-12% faster at 2048 on an H100,
-    /// BENCHMARKS.md runs 1-2), unless `VIRNUCPRO_FA_VARIANT` says otherwise.
-    pub fn for_len(len: usize) -> Self {
-        Self::forced().unwrap_or(if len >= 768 { Self::W4M2 } else { Self::W4M1 })
+    /// The variant for rows of `len` tokens, unless `VIRNUCPRO_FA_VARIANT` says otherwise. On a
+    /// compute capability 9.0 GPU (`hopper`) the wgmma kernel h2n64: the fastest of the four at
+    /// 64x168, 8x1026 and 4x2048 on an H100, within 0.002 ms of h2n128 at 1x502 (BENCHMARKS.md,
+    /// runs 20-24). Elsewhere w4m1 for short rows (more blocks, 3 per SM) and w4m2 from 768 on
+    /// (each K/V fragment feeds two products; 10-12% faster at 2048 on an H100, runs 1-2).
+    pub fn for_len(len: usize, hopper: bool) -> Self {
+        if let Some(v) = Self::forced().filter(|v| hopper || !v.hopper()) {
+            return v;
+        }
+        if hopper {
+            Self::H2N64
+        } else if len >= 768 {
+            Self::W4M2
+        } else {
+            Self::W4M1
+        }
     }
 
-    /// The variant doctor's per-case lines show (w4m1, or the forced one).
-    pub fn default_for_run() -> Self {
-        Self::forced().unwrap_or(Self::W4M1)
+    /// The variant doctor's per-case lines show (the default for short rows, or the forced one).
+    pub fn default_for_run(hopper: bool) -> Self {
+        Self::for_len(256, hopper)
     }
+}
+
+/// Whether `device` runs the wgmma attention kernels (a CUDA build and a compute capability 9.0
+/// GPU: H100, H200, GH200).
+pub fn hopper_attention(device: &Device) -> bool {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return cuda::is_sm90(d);
+    }
+    let _ = device;
+    false
 }
 
 /// Activation of [`bias_act`].
@@ -561,6 +633,59 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn tile_variants_fit_the_hardware_and_hopper_ones_stay_on_hopper() {
+        for v in FaVariant::ALL {
+            assert_eq!(
+                FaVariant::parse(v.name()),
+                Some(v),
+                "{} round-trips",
+                v.name()
+            );
+            assert_eq!(
+                v.threads() as usize % 128,
+                0,
+                "{}: whole warpgroups",
+                v.name()
+            );
+            if v.hopper() {
+                // 64 query rows per warpgroup; shared memory within the 227 KiB a block may use.
+                assert_eq!(v.block_m(), 64 * v.threads() as usize / 128, "{}", v.name());
+                assert!(
+                    v.dynamic_smem() <= 227 * 1024,
+                    "{}: {}",
+                    v.name(),
+                    v.dynamic_smem()
+                );
+                assert!(
+                    v.dynamic_smem() > 48 * 1024,
+                    "{} needs the opt-in limit",
+                    v.name()
+                );
+            } else {
+                assert_eq!(v.dynamic_smem(), 0, "{}: static shared memory", v.name());
+            }
+        }
+        // h2n64 is compiled for two blocks per SM: both must fit in the SM's 228 KiB (1 KiB of
+        // each is reserved by the system).
+        assert!(2 * (FaVariant::H2N64.dynamic_smem() + 1024) <= 228 * 1024);
+        assert!(FaVariant::available(false).iter().all(|v| !v.hopper()));
+        assert_eq!(FaVariant::available(true).len(), FaVariant::ALL.len());
+        if FaVariant::forced().is_none() {
+            for len in [1, 168, 502, 1026, 2048] {
+                assert!(FaVariant::for_len(len, true).hopper(), "len {len}");
+                assert!(!FaVariant::for_len(len, false).hopper(), "len {len}");
+            }
+            assert_eq!(FaVariant::for_len(2048, false), FaVariant::W4M2);
+            assert_eq!(FaVariant::for_len(168, false), FaVariant::W4M1);
+        }
+    }
+
+    #[test]
+    fn no_hopper_kernels_off_cuda() {
+        assert!(!hopper_attention(&Device::Cpu));
+    }
+
     /// GPU check of the kernel against the materialized path (`cargo test --features cuda --
     /// --ignored` on a machine with a CUDA GPU; `virnucpro doctor` runs the same cases).
     #[cfg(feature = "cuda")]
@@ -568,7 +693,7 @@ mod tests {
     #[ignore = "needs a CUDA GPU"]
     fn fused_matches_materialized_on_gpu() -> anyhow::Result<()> {
         let dev = Device::new_cuda(0)?;
-        for variant in FaVariant::ALL {
+        for variant in FaVariant::available(hopper_attention(&dev)) {
             for case in selftest::cases() {
                 let r = selftest::run_case(&case, &dev, Some(variant))?;
                 assert!(r.pass, "{} ({}): {}", case.name, variant.name(), r.detail);

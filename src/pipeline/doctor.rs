@@ -205,7 +205,8 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         "PASS",
         format!(
             "virnucpro {} built with features: {feats}; kernels: PTX for compute_{} (JIT-compiled \
-             by the driver for newer GPUs); candle 0.11",
+             by the driver for newer GPUs) and compute_90a (wgmma attention, used on H100/H200); \
+             candle 0.11",
             rep.version,
             rep.kernels_compute_cap.unwrap_or("?")
         ),
@@ -327,12 +328,14 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
     // ENV-04: every case with every compiled tile variant.
     let mut worst = 0f64;
     let mut failed = None;
-    for variant in FaVariant::ALL {
+    let hopper = kernels::hopper_attention(&dev);
+    let variants = FaVariant::available(hopper);
+    for &variant in &variants {
         for case in selftest::cases() {
             let r = selftest::run_case(&case, &dev, Some(variant)).with_context(|| {
                 format!("fused attention case `{}` ({})", case.name, variant.name())
             })?;
-            if variant == FaVariant::default_for_run() || !r.pass {
+            if variant == FaVariant::default_for_run(hopper) || !r.pass {
                 println!(
                     "       {:<28} {} rel err {:>9.2e} (limit {:.0e}) {}",
                     case.name,
@@ -390,9 +393,10 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         "PASS",
         format!(
             "fused attention == materialized on {} random cases x {} tile variants (worst \
-             ‖out−ref‖/‖ref‖ {worst:.2e})",
+             ‖out−ref‖/‖ref‖ {worst:.2e}); this GPU runs the {} kernel",
             selftest::cases().len(),
-            FaVariant::ALL.len()
+            variants.len(),
+            if hopper { "wgmma (Hopper)" } else { "mma.sync" }
         ),
     );
 
@@ -667,9 +671,10 @@ pub fn time_attention(
     let slopes = Tensor::from_slice(&kernels::alibi_slopes(heads), heads, dev)?;
     let key_mask = kernels::key_padding_mask(&lens, t, DType::F16, dev)?;
     let target_ms = 5.0;
-    let default = FaVariant::for_len(t);
+    let hopper = kernels::hopper_attention(dev);
+    let default = FaVariant::for_len(t, hopper);
     let mut variants = Vec::new();
-    for var in FaVariant::ALL {
+    for var in FaVariant::available(hopper) {
         let t = timing::measure(dev, 3, repeats, target_ms, || {
             kernels::fused_padded(&q, &k, &v, &lens_t, None, scale as f32, false, Some(var))
                 .map(drop)
@@ -705,6 +710,16 @@ pub fn time_attention(
 /// The timing table, one row per shape.
 pub fn attention_table(rows: &[AttnRow]) -> String {
     let mut s = String::new();
+    let names = rows
+        .first()
+        .map(|r| {
+            r.variants
+                .iter()
+                .map(|(n, _)| format!("{n:>9}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         s,
         "       attention op, f16, head 64, median ms per call (CUDA events); fused = the tile \
@@ -718,7 +733,7 @@ pub fn attention_table(rows: &[AttnRow]) -> String {
         "fused+ALiBi",
         "materialized",
         "speed-up",
-        FaVariant::ALL.map(|v| format!("{:>9}", v.name())).join(" ")
+        names
     );
     for r in rows {
         let vars = r

@@ -1,0 +1,114 @@
+// Helpers shared by the fused attention kernels (flash_attn.cu: mma.sync, any sm_80+ GPU;
+// flash_attn_sm90.cu: wgmma, Hopper only).
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace attn {
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    const int n = valid ? 16 : 0;  // 0 bytes read: the 16 destination bytes are zero-filled
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Online-softmax update of one m-tile's scores `s` (16 rows x 8*NN keys, this thread's fragment
+// of an mma/wgmma accumulator):
+// ALIBI: add -slope * |i - j|; MASK: keys >= len get -inf (only the last key tile needs it).
+// Without ALiBi the running max is kept in raw score units and the scale is folded into one FFMA
+// per element (exp2(s * c - m * c)); with ALiBi the scores are moved to log2 units first.
+// softmax_scores does everything but the rescaling of the output accumulators by `alpha` (the
+// wgmma kernel does that later, once the previous P V product has landed); softmax_tile does both.
+template <int NN, bool ALIBI, bool MASK>
+__device__ __forceinline__ void softmax_scores(float (&s)[NN][4], float (&m_run)[2],
+                                               float (&l_run)[2], float (&alpha)[2], int qrow,
+                                               int key0, int tg, int len, float scale_log2,
+                                               float slope_log2) {
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < NN; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = key0 + nt * 8 + tg * 2 + (e & 1);
+            float x = s[nt][e];
+            if (ALIBI) {
+                const int qpos = qrow + (e >> 1) * 8;
+                x = fmaf(x, scale_log2, -slope_log2 * fabsf((float)(qpos - key)));
+            }
+            if (MASK && key >= len) x = -INFINITY;
+            s[nt][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+    }
+    const float c = ALIBI ? 1.f : scale_log2;  // units of s -> log2 units
+    float mc[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+        const float m_new = fmaxf(m_run[r], mx[r]);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;  // no (-inf) - (-inf)
+        alpha[r] = fast_exp2((m_run[r] - m_use) * c);
+        m_run[r] = m_new;
+        mc[r] = m_use * c;
+    }
+    // Two partial sums per row: shorter dependency chains.
+    float rs[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+#pragma unroll
+    for (int nt = 0; nt < NN; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float p = fast_exp2(fmaf(s[nt][e], c, -mc[e >> 1]));
+            s[nt][e] = p;
+            rs[e >> 1][e & 1] += p;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l_run[r] = fmaf(l_run[r], alpha[r], rs[r][0] + rs[r][1]);
+}
+
+__device__ __forceinline__ void rescale_acc(float (&acc)[8][4], const float (&alpha)[2]) {
+    // Rescale the accumulators only when some row's maximum moved (rare after the first tiles).
+    if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            acc[nt][0] *= alpha[0];
+            acc[nt][1] *= alpha[0];
+            acc[nt][2] *= alpha[1];
+            acc[nt][3] *= alpha[1];
+        }
+    }
+}
+
+template <int NN, bool ALIBI, bool MASK>
+__device__ __forceinline__ void softmax_tile(float (&s)[NN][4], float (&m_run)[2], float (&l_run)[2],
+                                             float (&acc)[8][4], int qrow, int key0, int tg,
+                                             int len, float scale_log2, float slope_log2) {
+    float alpha[2];
+    softmax_scores<NN, ALIBI, MASK>(s, m_run, l_run, alpha, qrow, key0, tg, len, scale_log2,
+                                    slope_log2);
+    rescale_acc(acc, alpha);
+}
+
+}  // namespace attn

@@ -1,0 +1,468 @@
+// Fused multi-head attention forward for head size 64 on Hopper (sm_90a), f16 and bf16: the same
+// contract, arguments and batch layouts (padded or packed) as flash_attn.cu, with the products on
+// the warpgroup tensor-core instructions (wgmma) that Hopper needs for full speed; mma.sync, which
+// flash_attn.cu uses, reaches about two thirds of it there.
+//
+// Block: NWG warpgroups (128 threads each), every warpgroup owns 64 query rows, BM = 64 * NWG.
+// Key/value tiles of BN rows stream through a four-stage shared-memory ring filled with cp.async
+// (tile j + 2 loads while tile j is used; one barrier per tile). Per tile j and warpgroup:
+//   S(j) = Q K(j)^T        wgmma m64nBNk16 x 4, Q and K from shared memory
+//   O += P(j-1) V(j-1)     wgmma m64n64k16 x BN/16, P from registers, V from shared memory
+//                          (transposed read: V is stored [key][dim] as loaded)
+//   online softmax of S(j) on its registers (running max and sum in f32, as in flash_attn.cu),
+//   overlapping the P V product issued just before it; then O is rescaled and P(j) packed.
+// Tiles live in shared memory in the canonical 128-byte-swizzled layout that the wgmma
+// descriptors describe: a 64-element row is 128 bytes, and the 16-byte chunk c of row r is stored
+// at chunk c ^ (r % 8), in 1024-byte atoms of 8 rows. That layout is also free of bank conflicts
+// for the cp.async writes.
+//
+// This file is compiled for compute_90a only (arch-specific instructions): the launcher uses it on
+// compute capability 9.0 devices and flash_attn.cu everywhere else.
+
+#include "attn_common.cuh"
+
+#define HD 64
+#define STAGES 4
+
+namespace {
+
+using attn::cp_async16;
+using attn::cp_async_commit;
+using attn::cp_async_wait;
+using attn::smem_u32;
+using attn::rescale_acc;
+using attn::softmax_scores;
+
+// Shared-memory matrix descriptor of a 128-byte-swizzled tile starting at `addr` (1024-aligned,
+// or offset within an atom along K by multiples of 32 bytes): start address and byte offsets in
+// 16-byte units; leading offset unused with this swizzle (1 by convention); stride offset 1024
+// bytes between 8-row atoms; swizzle mode 1 = 128 bytes.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Accumulators are written asynchronously by wgmma: this empty asm "redefines" them after the
+// wait so the compiler cannot hoist their reads above it.
+template <int R>
+__device__ __forceinline__ void reg_fence(float (&d)[R][4]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+// Makes this thread's cp.async writes to shared memory visible to the wgmma (async) proxy.
+__device__ __forceinline__ void fence_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Copies rows [row0, row0 + ROWS) x 64 of a strided operand into a 128-byte-swizzled tile at
+// shared address `dst`; rows >= valid_rows are zero-filled (never read from memory).
+template <int ROWS, int NT, typename T>
+__device__ __forceinline__ void load_tile_sw(uint32_t dst, const T* base, long long row_stride,
+                                             int row0, int valid_rows, int tid) {
+    constexpr int CHUNKS = ROWS * 8;  // 16-byte chunks
+#pragma unroll
+    for (int i = 0; i < (CHUNKS + NT - 1) / NT; ++i) {
+        const int idx = tid + i * NT;
+        if (CHUNKS % NT == 0 || idx < CHUNKS) {
+            const int r = idx >> 3;
+            const int c = idx & 7;
+            const bool valid = row0 + r < valid_rows;
+            const T* src = valid ? base + (long long)(row0 + r) * row_stride + c * 8 : base;
+            cp_async16(dst + r * 128 + ((c ^ (r & 7)) << 4), src, valid);
+        }
+    }
+}
+
+// wgmma wrappers (generated; one struct per element type because the type is part of the
+// instruction). ss: D (+)= A B with A [64 x 16] and B [16 x N] from shared memory (both K-major);
+// rs: D (+)= A B with A from registers (the mma.sync m16n8k16 A-fragment layout, one 16-row slice
+// per warp) and B from shared memory, read N-major (transposed) when TRANS_B is 1.
+template <typename T> struct Wg;
+template <> struct Wg<__half> {
+    static __device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db,
+                                                    int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+            "%32, %33, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+            : "l"(da), "l"(db), "r"(scale_d));
+    }
+
+    static __device__ __forceinline__ void wgmma_ss_n128(float (&d)[16][4], uint64_t da, uint64_t db,
+                                                    int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+            "%64, %65, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+              "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+              "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+              "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+              "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+              "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+              "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+              "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+              "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+            : "l"(da), "l"(db), "r"(scale_d));
+    }
+
+    template <int TRANS_B>
+    static __device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&a)[4],
+                                                    uint64_t db, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+            "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d), "n"(TRANS_B));
+    }
+
+
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+};
+
+template <> struct Wg<__nv_bfloat16> {
+    static __device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db,
+                                                    int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+            "%32, %33, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+            : "l"(da), "l"(db), "r"(scale_d));
+    }
+
+    static __device__ __forceinline__ void wgmma_ss_n128(float (&d)[16][4], uint64_t da, uint64_t db,
+                                                    int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+            "%64, %65, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+              "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+              "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+              "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+              "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+              "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+              "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+              "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+              "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+            : "l"(da), "l"(db), "r"(scale_d));
+    }
+
+    template <int TRANS_B>
+    static __device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&a)[4],
+                                                    uint64_t db, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+            "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d), "n"(TRANS_B));
+    }
+
+
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+};
+
+template <typename T, int NWG, int BN, bool ALIBI>
+__device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k,
+                                              const T* __restrict__ v, T* __restrict__ o,
+                                              const uint32_t* __restrict__ key_lens,
+                                              const uint32_t* __restrict__ cu_seqlens,
+                                              const float* __restrict__ slopes, int t_rows,
+                                              long long q_sb, long long q_st, long long q_sh,
+                                              long long k_sb, long long k_st, long long k_sh,
+                                              long long v_sb, long long v_st, long long v_sh,
+                                              long long o_sb, long long o_st, long long o_sh,
+                                              float scale_log2, uint8_t* smem_raw) {
+    constexpr int NT = NWG * 128;
+    constexpr int BM = NWG * 64;
+    constexpr int NN = BN / 8;  // n8 column groups of the score accumulator
+    static_assert(BN == 64 || BN == 128, "key tile of 64 or 128 rows");
+    // Swizzled tiles need 1024-byte alignment; the launcher adds 1 KiB of slack.
+    const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t sQ = base;
+    auto sK = [&](int st) { return base + BM * 128 + st * 2 * BN * 128; };
+    auto sV = [&](int st) { return base + BM * 128 + st * 2 * BN * 128 + BN * 128; };
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int warp = (tid >> 5) & 3;  // warp within the warpgroup: rows 16 * warp ..
+    const int lane = tid & 31;
+    const int g = lane >> 2;
+    const int tg = lane & 3;
+    const int h = blockIdx.y;
+    const int b = blockIdx.z;
+
+    long long start;
+    int len;
+    int rows;
+    if (cu_seqlens != nullptr) {
+        const uint32_t s0 = cu_seqlens[b];
+        const uint32_t s1 = cu_seqlens[b + 1];
+        start = s0;
+        len = s1 > s0 ? (int)(s1 - s0) : 0;
+        rows = len;
+    } else {
+        start = 0;
+        const uint32_t kl = key_lens[b];
+        len = kl < (uint32_t)t_rows ? (int)kl : t_rows;
+        rows = t_rows;
+    }
+    const int q0 = blockIdx.x * BM;
+    if (q0 >= rows) return;
+
+    const T* qb = q + b * q_sb + start * q_st + h * q_sh;
+    const T* kb = k + b * k_sb + start * k_st + h * k_sh;
+    const T* vb = v + b * v_sb + start * v_st + h * v_sh;
+    T* ob = o + b * o_sb + start * o_st + h * o_sh;
+
+    if (q0 >= len) {
+        const uint4 z = make_uint4(0, 0, 0, 0);
+        for (int idx = tid; idx < BM * HD / 8; idx += NT) {
+            const int r = idx >> 3;
+            const int c = (idx & 7) * 8;
+            if (q0 + r < rows) *reinterpret_cast<uint4*>(ob + (long long)(q0 + r) * o_st + c) = z;
+        }
+        return;
+    }
+
+    const int n_tiles = (len + BN - 1) / BN;
+    const float slope_log2 = ALIBI ? slopes[h] * 1.4426950408889634f : 0.f;
+
+    // Prologue: Q with tile 0 (one group), tile 1 (a second group).
+    load_tile_sw<BM, NT>(sQ, qb, q_st, q0, len, tid);
+    load_tile_sw<BN, NT>(sK(0), kb, k_st, 0, len, tid);
+    load_tile_sw<BN, NT>(sV(0), vb, v_st, 0, len, tid);
+    cp_async_commit();
+    if (n_tiles > 1) {
+        load_tile_sw<BN, NT>(sK(1), kb, k_st, BN, len, tid);
+        load_tile_sw<BN, NT>(sV(1), vb, v_st, BN, len, tid);
+        cp_async_commit();
+    }
+
+    const int wq0 = q0 + wg * 64;
+    const bool active = wq0 < len;  // uniform over the warpgroup: wgmma is warpgroup-wide
+    const uint64_t dq = sw128_desc(sQ + wg * 64 * 128);
+    const int qrow = wq0 + warp * 16 + g;  // query position of this thread's fragment row g
+
+    float acc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY};
+    float l_run[2] = {0.f, 0.f};
+    float s[NN][4];
+    uint32_t pa[BN / 16][4];  // P of the previous tile, the A operand of O += P V
+
+    // S = Q K^T of the tile in stage `st` (issued, not waited for).
+    auto issue_qk = [&](int st) {
+        const uint64_t dk = sw128_desc(sK(st));
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {  // 16 head dims = 32 bytes per step along the row
+            if constexpr (BN == 128)
+                Wg<T>::wgmma_ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
+            else
+                Wg<T>::wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+        }
+        wg_commit();
+    };
+    // O += P V with the tile in stage `st` (issued, not waited for).
+    auto issue_pv = [&](int st) {
+        const uint64_t dv = sw128_desc(sV(st));
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)  // 16 keys = two 8-row atoms = 2048 bytes
+            Wg<T>::template wgmma_rs_n64<1>(acc, pa[kk], dv + kk * (2048 >> 4), 1);
+        wg_commit();
+    };
+    auto softmax = [&](int j, float (&alpha)[2]) {
+        const int key0 = j * BN;
+        if (key0 + BN > len)
+            softmax_scores<NN, ALIBI, true>(s, m_run, l_run, alpha, qrow, key0, tg, len,
+                                            scale_log2, slope_log2);
+        else
+            softmax_scores<NN, ALIBI, false>(s, m_run, l_run, alpha, qrow, key0, tg, len,
+                                             scale_log2, slope_log2);
+    };
+    // P to half precision: two n8 groups of the score accumulator are one k16 A fragment.
+    auto pack_p = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            pa[kk][0] = Wg<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+            pa[kk][1] = Wg<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+            pa[kk][2] = Wg<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[kk][3] = Wg<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        }
+    };
+
+    // Software pipeline per warpgroup: while the tensor cores run O += P(j-1) V(j-1), this
+    // warpgroup computes the softmax of S(j) (issued just before it). Tile t's K and V live in
+    // stage t % STAGES; V(j-1) is read during iteration j, so the stage refilled at iteration j
+    // is that of tile j - 2, with tile j + 2.
+    for (int j = 0; j < n_tiles; ++j) {
+        if (j + 1 < n_tiles)
+            cp_async_wait<1>();
+        else
+            cp_async_wait<0>();
+        fence_async_smem();
+        // Tile j is visible to every thread, and every warpgroup has finished iteration j - 1
+        // (the last reads of tile j - 2).
+        __syncthreads();
+        if (j + 2 < n_tiles) {
+            const int st = (j + 2) % STAGES;
+            load_tile_sw<BN, NT>(sK(st), kb, k_st, (j + 2) * BN, len, tid);
+            load_tile_sw<BN, NT>(sV(st), vb, v_st, (j + 2) * BN, len, tid);
+            cp_async_commit();
+        }
+        if (!active) continue;
+        wg_fence();
+        issue_qk(j % STAGES);
+        if (j > 0) issue_pv((j - 1) % STAGES);
+        if (j > 0)
+            wg_wait<1>();  // S(j) done; P(j-1) V(j-1) may still run
+        else
+            wg_wait<0>();
+        reg_fence(s);
+        float alpha[2];
+        softmax(j, alpha);
+        wg_wait<0>();
+        reg_fence(acc);
+        rescale_acc(acc, alpha);
+        pack_p();
+    }
+    if (active) {
+        wg_fence();
+        issue_pv((n_tiles - 1) % STAGES);
+        wg_wait<0>();
+        reg_fence(acc);
+    }
+
+    // Normalise and write; padded query rows get zeros (an idle warpgroup's accumulators are
+    // zeros and its rows are all >= len).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float l = l_run[r];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
+        const int qpos = qrow + r * 8;
+        const float inv = (qpos < len && l > 0.f) ? 1.f / l : 0.f;
+        if (qpos < rows) {
+            T* orow = ob + (long long)qpos * o_st + tg * 2;
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+                const uint32_t w = Wg<T>::pack(acc[nt][2 * r] * inv, acc[nt][2 * r + 1] * inv);
+                *reinterpret_cast<uint32_t*>(orow + nt * 8) = w;
+            }
+        }
+    }
+}
+
+}  // namespace
+
+// Entry points: virnucpro_flash_attn_sm90_<dtype>_h<warpgroups>n<key tile>; same arguments as
+// flash_attn.cu's. Block: 128 * warpgroups threads; grid (ceil(rows / (64 * warpgroups)), heads,
+// batch); dynamic shared memory: (64 * warpgroups + 4 * 2 * key tile) * 128 + 1024 bytes. h2n64
+// is register-bounded for two blocks per SM (short rows: more blocks in flight).
+#define FLASH_ATTN_SM90_ENTRY(NAME, T, NWG, BN, MINB)                                         \
+    extern "C" __global__ void __launch_bounds__(NWG * 128, MINB)                                \
+        NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* key_lens,                 \
+             const uint32_t* cu_seqlens, const float* slopes, int t_rows, long long q_sb,        \
+             long long q_st, long long q_sh, long long k_sb, long long k_st, long long k_sh,     \
+             long long v_sb, long long v_st, long long v_sh, long long o_sb, long long o_st,     \
+             long long o_sh, float scale_log2) {                                                 \
+        extern __shared__ uint8_t smem_raw[];                                                    \
+        if (slopes != nullptr)                                                                   \
+            attn_fwd_sm90<T, NWG, BN, true>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows,    \
+                                            q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh, \
+                                            o_sb, o_st, o_sh, scale_log2, smem_raw);              \
+        else                                                                                     \
+            attn_fwd_sm90<T, NWG, BN, false>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows,   \
+                                             q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st,     \
+                                             v_sh, o_sb, o_st, o_sh, scale_log2, smem_raw);       \
+    }
+
+FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h3n128, __half, 3, 128, 1)
+FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h3n128, __nv_bfloat16, 3, 128, 1)
+FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h2n128, __half, 2, 128, 1)
+FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n128, __nv_bfloat16, 2, 128, 1)
+FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h3n64, __half, 3, 64, 1)
+FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h3n64, __nv_bfloat16, 3, 64, 1)
+FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h2n64, __half, 2, 64, 2)
+FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64, 2)
