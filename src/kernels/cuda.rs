@@ -116,7 +116,12 @@ pub(super) fn forward(
         lq.dims()[2]
     };
     let dev = q.device();
-    let hopper = is_sm90(dev) && sm90_module_loads(dev, q.dtype(), op.variant.is_some())?;
+    let hopper = is_sm90(dev)
+        && match op.variant {
+            // An explicitly requested portable variant needs nothing from the wgmma module.
+            Some(v) if !v.hopper() => true,
+            _ => sm90_module_loads(dev, q.dtype(), op.variant.is_some())?,
+        };
     let variant = op
         .variant
         .unwrap_or_else(|| FaVariant::for_len(rows, hopper));
