@@ -111,4 +111,73 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NN][4], float (&m_run)[2
     rescale_acc(acc, alpha);
 }
 
+// Packs two f32 values into one register of two T (f16 or bf16), low half first.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// The rows of batch entry b. Packed (cu_seqlens != null): rows cu_seqlens[b] .. cu_seqlens[b+1]
+// of one buffer, all real. Padded: t_rows rows from the entry's own start, the first
+// key_lens[b] real.
+struct SeqSpan {
+    long long start;  // first row of this sequence
+    int len;          // real tokens
+    int rows;         // rows of the output that belong to this sequence
+};
+__device__ __forceinline__ SeqSpan seq_span(int b, const uint32_t* __restrict__ key_lens,
+                                            const uint32_t* __restrict__ cu_seqlens, int t_rows) {
+    if (cu_seqlens != nullptr) {
+        const uint32_t s0 = cu_seqlens[b];
+        const uint32_t s1 = cu_seqlens[b + 1];
+        const int len = s1 > s0 ? (int)(s1 - s0) : 0;
+        return {(long long)s0, len, len};
+    }
+    const uint32_t kl = key_lens[b];
+    return {0, kl < (uint32_t)t_rows ? (int)kl : t_rows, t_rows};
+}
+
+// A query tile of BM rows from q0 that is all padding: zeros (rows < `rows`), no math.
+template <int BM, int NT, typename T>
+__device__ __forceinline__ void zero_tile(T* ob, long long o_st, int q0, int rows, int tid) {
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    for (int idx = tid; idx < BM * 64 / 8; idx += NT) {
+        const int r = idx >> 3;
+        const int c = (idx & 7) * 8;
+        if (q0 + r < rows) *reinterpret_cast<uint4*>(ob + (long long)(q0 + r) * o_st + c) = z;
+    }
+}
+
+// Normalises and writes this thread's part of a 16-row output fragment (rows qrow and qrow + 8,
+// the mma accumulator layout): divides by the row sums (partial per thread, summed over the
+// quad here); rows >= len are written as zeros, rows >= `rows` not at all.
+template <typename T>
+__device__ __forceinline__ void store_rows(const float (&acc)[8][4], const float (&l_run)[2],
+                                           int qrow, int len, int rows, T* ob, long long o_st,
+                                           int tg) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float l = l_run[r];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
+        const int qpos = qrow + r * 8;
+        const float inv = (qpos < len && l > 0.f) ? 1.f / l : 0.f;
+        if (qpos < rows) {
+            T* orow = ob + (long long)qpos * o_st + tg * 2;
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt)
+                *reinterpret_cast<uint32_t*>(orow + nt * 8) =
+                    pack2<T>(acc[nt][2 * r] * inv, acc[nt][2 * r + 1] * inv);
+        }
+    }
+}
+
 }  // namespace attn

@@ -116,12 +116,11 @@ pub(super) fn forward(
         lq.dims()[2]
     };
     let dev = q.device();
-    let hopper = is_sm90(dev)
-        && match op.variant {
-            // An explicitly requested portable variant needs nothing from the wgmma module.
-            Some(v) if !v.hopper() => true,
-            _ => sm90_module_loads(dev, q.dtype(), op.variant.is_some())?,
-        };
+    let hopper = match op.variant {
+        // An explicitly requested portable variant needs nothing from the wgmma module.
+        Some(v) if !v.hopper() => false,
+        _ => sm90_ready(dev, op.variant.is_some())?,
+    };
     let variant = op
         .variant
         .unwrap_or_else(|| FaVariant::for_len(rows, hopper));
@@ -283,48 +282,70 @@ where
     Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), out_shape))
 }
 
-type Sm90Map = std::sync::Mutex<std::collections::HashMap<usize, bool>>;
+/// Whether a device runs the wgmma kernels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sm90 {
+    /// Compute capability 9.0; the module has not been loaded yet.
+    Untried,
+    /// The module loaded.
+    Ready,
+    /// Another compute capability, or the module failed to load.
+    Off,
+}
 
-/// Per device ordinal: whether the wgmma kernels are used there.
-fn sm90_map() -> std::sync::MutexGuard<'static, std::collections::HashMap<usize, bool>> {
-    static MAP: std::sync::OnceLock<Sm90Map> = std::sync::OnceLock::new();
-    MAP.get_or_init(Default::default)
+/// Runs `f` on the state of device `dev` (found out once per device ordinal).
+fn with_sm90_state<R>(dev: &CudaDevice, f: impl FnOnce(&mut Sm90) -> R) -> R {
+    type Map = std::sync::Mutex<std::collections::HashMap<usize, Sm90>>;
+    static MAP: std::sync::OnceLock<Map> = std::sync::OnceLock::new();
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let mut map = MAP
+        .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(|e| e.into_inner());
+    f(map.entry(ctx.ordinal()).or_insert_with(|| {
+        if ctx.compute_capability().is_ok_and(|cc| cc == (9, 0)) {
+            Sm90::Untried
+        } else {
+            Sm90::Off
+        }
+    }))
 }
 
 /// Whether `dev` has compute capability 9.0 (the wgmma kernels' PTX targets sm_90a, which loads
-/// there only) and their module has not failed to load on it. Asked of the driver once per device.
+/// there only) and their module has not failed to load on it.
 pub(super) fn is_sm90(dev: &CudaDevice) -> bool {
-    let stream = dev.cuda_stream();
-    let ctx = stream.context();
-    *sm90_map()
-        .entry(ctx.ordinal())
-        .or_insert_with(|| ctx.compute_capability().is_ok_and(|cc| cc == (9, 0)))
+    with_sm90_state(dev, |s| *s != Sm90::Off)
 }
 
-/// Loads the wgmma module on `dev` (cached by candle after the first time). If the driver cannot
-/// JIT it (a driver older than the toolkit that built it), warns once and turns the wgmma kernels
-/// off for this device, so the mma.sync kernel runs instead; an explicitly requested tile variant
-/// (tests, doctor) gets the error.
-fn sm90_module_loads(dev: &CudaDevice, dtype: DType, explicit: bool) -> Result<bool> {
-    let name = match dtype {
-        DType::BF16 => "virnucpro_flash_attn_sm90_bf16_h2n64",
-        _ => "virnucpro_flash_attn_sm90_f16_h2n64",
-    };
-    match dev.get_or_load_custom_func(name, SM90_MODULE, FLASH_ATTN_SM90_PTX) {
-        Ok(_) => Ok(true),
-        Err(e) if !explicit => {
-            tracing::warn!(
-                "the Hopper attention kernels did not load ({e}); using the portable fused \
-                 attention kernel instead (slower on long rows). A newer NVIDIA driver fixes this."
-            );
-            let ordinal = dev.cuda_stream().context().ordinal();
-            sm90_map().insert(ordinal, false);
-            Ok(false)
+/// [`is_sm90`], loading the wgmma module the first time. If the driver cannot JIT it (a driver
+/// older than the toolkit that built it), warns once and turns the wgmma kernels off for this
+/// device, so the mma.sync kernel runs instead; an explicitly requested tile variant (tests,
+/// doctor) gets the error.
+fn sm90_ready(dev: &CudaDevice, explicit: bool) -> Result<bool> {
+    with_sm90_state(dev, |state| match *state {
+        Sm90::Ready => Ok(true),
+        Sm90::Off => Ok(false),
+        Sm90::Untried => {
+            let probe = "virnucpro_flash_attn_sm90_f16_h2n64";
+            match dev.get_or_load_custom_func(probe, SM90_MODULE, FLASH_ATTN_SM90_PTX) {
+                Ok(_) => {
+                    *state = Sm90::Ready;
+                    Ok(true)
+                }
+                Err(e) if !explicit => {
+                    tracing::warn!(
+                        "the Hopper attention kernels did not load ({e}); using the portable \
+                         fused attention kernel instead (slower on long rows). A newer NVIDIA \
+                         driver fixes this."
+                    );
+                    *state = Sm90::Off;
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
         }
-        Err(e) => Err(e),
-    }
+    })
 }
 
 /// Raises a kernel's dynamic shared-memory limit to `bytes` (over the 48 KiB default). Set on

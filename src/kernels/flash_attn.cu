@@ -35,6 +35,10 @@ using attn::cp_async16;
 using attn::cp_async_commit;
 using attn::cp_async_wait;
 using attn::ldsm_x4;
+using attn::pack2;
+using attn::seq_span;
+using attn::store_rows;
+using attn::zero_tile;
 using attn::smem_u32;
 using attn::softmax_tile;
 
@@ -54,10 +58,6 @@ template <> struct Mma<__half> {
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 h = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t*>(&h);
-    }
 };
 template <> struct Mma<__nv_bfloat16> {
     static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -67,10 +67,6 @@ template <> struct Mma<__nv_bfloat16> {
             "{%8,%9}, {%0,%1,%2,%3};\n"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t*>(&h);
     }
 };
 
@@ -122,21 +118,10 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
     const int h = blockIdx.y;
     const int b = blockIdx.z;
 
-    long long start;  // first row of this sequence
-    int len;          // real tokens
-    int rows;         // rows of the output that belong to this sequence
-    if (cu_seqlens != nullptr) {
-        const uint32_t s0 = cu_seqlens[b];
-        const uint32_t s1 = cu_seqlens[b + 1];
-        start = s0;
-        len = s1 > s0 ? (int)(s1 - s0) : 0;
-        rows = len;
-    } else {
-        start = 0;
-        const uint32_t kl = key_lens[b];
-        len = kl < (uint32_t)t_rows ? (int)kl : t_rows;
-        rows = t_rows;
-    }
+    const attn::SeqSpan sp = seq_span(b, key_lens, cu_seqlens, t_rows);
+    const long long start = sp.start;
+    const int len = sp.len;
+    const int rows = sp.rows;
     const int q0 = tile * BM;
     if (q0 >= rows) return;
 
@@ -145,14 +130,8 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
     const T* vb = v + b * v_sb + start * v_st + h * v_sh;
     T* ob = o + b * o_sb + start * o_st + h * o_sh;
 
-    if (q0 >= len) {
-        // The whole tile is padding: zeros, no math.
-        const uint4 z = make_uint4(0, 0, 0, 0);
-        for (int idx = tid; idx < BM * HD / 8; idx += NT) {
-            const int r = idx >> 3;
-            const int c = (idx & 7) * 8;
-            if (q0 + r < rows) *reinterpret_cast<uint4*>(ob + (long long)(q0 + r) * o_st + c) = z;
-        }
+    if (q0 >= len) {  // the whole tile is padding
+        zero_tile<BM, NT>(ob, o_st, q0, rows, tid);
         return;
     }
 
@@ -245,10 +224,10 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
             uint32_t pa[MT][4];
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
-                pa[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                pa[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                pa[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                pa[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
             }
 #pragma unroll
             for (int nd = 0; nd < 4; ++nd) {
@@ -268,26 +247,8 @@ __device__ __forceinline__ void attn_fwd(const T* __restrict__ q, const T* __res
 
     // Normalise and write; padded query rows get zeros.
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        const int qrow = q0 + (warp * MT + mt) * 16 + g;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float l = l_run[mt][r];
-            l += __shfl_xor_sync(0xffffffff, l, 1);
-            l += __shfl_xor_sync(0xffffffff, l, 2);
-            const int qpos = qrow + r * 8;
-            const float inv = (qpos < len && l > 0.f) ? 1.f / l : 0.f;
-            if (qpos < rows) {
-                T* orow = ob + (long long)qpos * o_st + tg * 2;
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    const uint32_t w =
-                        Mma<T>::pack(acc[mt][nt][2 * r] * inv, acc[mt][nt][2 * r + 1] * inv);
-                    *reinterpret_cast<uint32_t*>(orow + nt * 8) = w;
-                }
-            }
-        }
-    }
+    for (int mt = 0; mt < MT; ++mt)
+        store_rows<T>(acc[mt], l_run[mt], q0 + (warp * MT + mt) * 16 + g, len, rows, ob, o_st, tg);
 }
 
 }  // namespace

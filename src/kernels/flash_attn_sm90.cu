@@ -21,7 +21,6 @@
 
 #include "attn_common.cuh"
 
-#define HD 64
 #define STAGES 4
 
 namespace {
@@ -29,6 +28,10 @@ namespace {
 using attn::cp_async16;
 using attn::cp_async_commit;
 using attn::cp_async_wait;
+using attn::pack2;
+using attn::seq_span;
+using attn::store_rows;
+using attn::zero_tile;
 using attn::smem_u32;
 using attn::rescale_acc;
 using attn::softmax_scores;
@@ -83,162 +86,51 @@ __device__ __forceinline__ void load_tile_sw(uint32_t dst, const T* base, long l
     }
 }
 
-// wgmma wrappers (generated; one struct per element type because the type is part of the
-// instruction). ss: D (+)= A B with A [64 x 16] and B [16 x N] from shared memory (both K-major);
-// rs: D (+)= A B with A from registers (the mma.sync m16n8k16 A-fragment layout, one 16-row slice
-// per warp) and B from shared memory, read N-major (transposed) when TRANS_B is 1.
+// wgmma wrappers, one struct per element type (the type is part of the instruction).
+// ss: D (+)= A B, A [64 x 16] and B [16 x N] from shared memory (both K-major; scale_d = 0 starts
+// from zero). rs: D += A B, A from registers (the mma.sync m16n8k16 A-fragment layout, one 16-row
+// slice per warp), B read N-major (transposed) from shared memory.
+#define WG_ACC4(d, i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+#define WG_ACC_N64(d) \
+    WG_ACC4(d, 0), WG_ACC4(d, 1), WG_ACC4(d, 2), WG_ACC4(d, 3), WG_ACC4(d, 4), WG_ACC4(d, 5), \
+        WG_ACC4(d, 6), WG_ACC4(d, 7)
+#define WG_ACC_N128(d)                                                                          \
+    WG_ACC_N64(d), WG_ACC4(d, 8), WG_ACC4(d, 9), WG_ACC4(d, 10), WG_ACC4(d, 11), WG_ACC4(d, 12), \
+        WG_ACC4(d, 13), WG_ACC4(d, 14), WG_ACC4(d, 15)
+#define WG_REGS_N64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define WG_REGS_N128 WG_REGS_N64 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_STRUCT(T, TN)                                                                         \
+    template <>                                                                                  \
+    struct Wg<T> {                                                                               \
+        static __device__ __forceinline__ void ss_n64(float (&d)[8][4], uint64_t da, uint64_t db, \
+                                                      int scale_d) {                             \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                            \
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TN "." TN                 \
+                         " {" WG_REGS_N64 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"                     \
+                         : WG_ACC_N64(d)                                                         \
+                         : "l"(da), "l"(db), "r"(scale_d));                                      \
+        }                                                                                        \
+        static __device__ __forceinline__ void ss_n128(float (&d)[16][4], uint64_t da,           \
+                                                       uint64_t db, int scale_d) {               \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                            \
+                         "wgmma.mma_async.sync.aligned.m64n128k16.f32." TN "." TN                \
+                         " {" WG_REGS_N128 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"                    \
+                         : WG_ACC_N128(d)                                                        \
+                         : "l"(da), "l"(db), "r"(scale_d));                                      \
+        }                                                                                        \
+        static __device__ __forceinline__ void rs_n64_bt(float (&d)[8][4], const uint32_t (&a)[4], \
+                                                         uint64_t db) {                          \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                            \
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TN "." TN                 \
+                         " {" WG_REGS_N64 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"       \
+                         : WG_ACC_N64(d)                                                         \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));         \
+        }                                                                                        \
+    };
+
 template <typename T> struct Wg;
-template <> struct Wg<__half> {
-    static __device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db,
-                                                    int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "%32, %33, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-            : "l"(da), "l"(db), "r"(scale_d));
-    }
-
-    static __device__ __forceinline__ void wgmma_ss_n128(float (&d)[16][4], uint64_t da, uint64_t db,
-                                                    int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-            "%64, %65, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
-              "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-              "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
-              "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
-              "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
-              "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
-              "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
-              "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
-              "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-            : "l"(da), "l"(db), "r"(scale_d));
-    }
-
-    template <int TRANS_B>
-    static __device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&a)[4],
-                                                    uint64_t db, int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d), "n"(TRANS_B));
-    }
-
-
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 h = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t*>(&h);
-    }
-};
-
-template <> struct Wg<__nv_bfloat16> {
-    static __device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db,
-                                                    int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "%32, %33, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-            : "l"(da), "l"(db), "r"(scale_d));
-    }
-
-    static __device__ __forceinline__ void wgmma_ss_n128(float (&d)[16][4], uint64_t da, uint64_t db,
-                                                    int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-            "%64, %65, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
-              "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-              "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
-              "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
-              "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
-              "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
-              "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
-              "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
-              "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-            : "l"(da), "l"(db), "r"(scale_d));
-    }
-
-    template <int TRANS_B>
-    static __device__ __forceinline__ void wgmma_rs_n64(float (&d)[8][4], const uint32_t (&a)[4],
-                                                    uint64_t db, int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d), "n"(TRANS_B));
-    }
-
-
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t*>(&h);
-    }
-};
+WG_STRUCT(__half, "f16")
+WG_STRUCT(__nv_bfloat16, "bf16")
 
 template <typename T, int NWG, int BN, bool ALIBI>
 __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k,
@@ -270,21 +162,10 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
     const int h = blockIdx.y;
     const int b = blockIdx.z;
 
-    long long start;
-    int len;
-    int rows;
-    if (cu_seqlens != nullptr) {
-        const uint32_t s0 = cu_seqlens[b];
-        const uint32_t s1 = cu_seqlens[b + 1];
-        start = s0;
-        len = s1 > s0 ? (int)(s1 - s0) : 0;
-        rows = len;
-    } else {
-        start = 0;
-        const uint32_t kl = key_lens[b];
-        len = kl < (uint32_t)t_rows ? (int)kl : t_rows;
-        rows = t_rows;
-    }
+    const attn::SeqSpan sp = seq_span(b, key_lens, cu_seqlens, t_rows);
+    const long long start = sp.start;
+    const int len = sp.len;
+    const int rows = sp.rows;
     const int q0 = blockIdx.x * BM;
     if (q0 >= rows) return;
 
@@ -293,13 +174,8 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
     const T* vb = v + b * v_sb + start * v_st + h * v_sh;
     T* ob = o + b * o_sb + start * o_st + h * o_sh;
 
-    if (q0 >= len) {
-        const uint4 z = make_uint4(0, 0, 0, 0);
-        for (int idx = tid; idx < BM * HD / 8; idx += NT) {
-            const int r = idx >> 3;
-            const int c = (idx & 7) * 8;
-            if (q0 + r < rows) *reinterpret_cast<uint4*>(ob + (long long)(q0 + r) * o_st + c) = z;
-        }
+    if (q0 >= len) {  // the whole tile is padding
+        zero_tile<BM, NT>(ob, o_st, q0, rows, tid);
         return;
     }
 
@@ -338,9 +214,9 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {  // 16 head dims = 32 bytes per step along the row
             if constexpr (BN == 128)
-                Wg<T>::wgmma_ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
+                Wg<T>::ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
             else
-                Wg<T>::wgmma_ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+                Wg<T>::ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
         }
         wg_commit();
     };
@@ -349,7 +225,7 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
         const uint64_t dv = sw128_desc(sV(st));
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)  // 16 keys = two 8-row atoms = 2048 bytes
-            Wg<T>::template wgmma_rs_n64<1>(acc, pa[kk], dv + kk * (2048 >> 4), 1);
+            Wg<T>::rs_n64_bt(acc, pa[kk], dv + kk * (2048 >> 4));
         wg_commit();
     };
     auto softmax = [&](int j, float (&alpha)[2]) {
@@ -365,10 +241,10 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
     auto pack_p = [&]() {
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            pa[kk][0] = Wg<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            pa[kk][1] = Wg<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            pa[kk][2] = Wg<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[kk][3] = Wg<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+            pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+            pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
         }
     };
 
@@ -416,22 +292,7 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
 
     // Normalise and write; padded query rows get zeros (an idle warpgroup's accumulators are
     // zeros and its rows are all >= len).
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float l = l_run[r];
-        l += __shfl_xor_sync(0xffffffff, l, 1);
-        l += __shfl_xor_sync(0xffffffff, l, 2);
-        const int qpos = qrow + r * 8;
-        const float inv = (qpos < len && l > 0.f) ? 1.f / l : 0.f;
-        if (qpos < rows) {
-            T* orow = ob + (long long)qpos * o_st + tg * 2;
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                const uint32_t w = Wg<T>::pack(acc[nt][2 * r] * inv, acc[nt][2 * r + 1] * inv);
-                *reinterpret_cast<uint32_t*>(orow + nt * 8) = w;
-            }
-        }
-    }
+    store_rows<T>(acc, l_run, qrow, len, rows, ob, o_st, tg);
 }
 
 }  // namespace
