@@ -169,7 +169,8 @@ def esm_and_bert(out, args):
         model, impl = build_model(BertModel, bert_cfg, impl_req, torch.float32)
         print(f"BertModel (DNABERT-S-sized approximation), fp32, attn={impl}", flush=True)
         out["bert"][impl_req] = {"attn_implementation": impl, "dtype": "float32",
-                                 "rows": model_bench(model, 4096, [("256x128", 256, 128, None)],
+                                 "rows": model_bench(model, 4096, [("256x128", 256, 128, None),
+                                                                     ("256x110", 256, 110, None)],
                                                      mrep, special=(1, 3, 2))}
         del model
         torch.cuda.empty_cache()

@@ -193,8 +193,11 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
         cp_async_commit();
     }
 
+    // A warpgroup whose 64 rows are all padding (wq0 >= len) still runs the loop on its zero
+    // Q rows and writes zeros at the end: branching around wgmma on a value ptxas cannot prove
+    // warpgroup-uniform makes it serialize every wgmma in the kernel (ptxas C7520), which cost
+    // far more than the idle warpgroup's products.
     const int wq0 = q0 + wg * 64;
-    const bool active = wq0 < len;  // uniform over the warpgroup: wgmma is warpgroup-wide
     const uint64_t dq = sw128_desc(sQ + wg * 64 * 128);
     const int qrow = wq0 + warp * 16 + g;  // query position of this thread's fragment row g
 
@@ -267,7 +270,6 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
             load_tile_sw<BN, NT>(sV(st), vb, v_st, (j + 2) * BN, len, tid);
             cp_async_commit();
         }
-        if (!active) continue;
         wg_fence();
         issue_qk(j % STAGES);
         if (j > 0) issue_pv((j - 1) % STAGES);
@@ -283,18 +285,236 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
         rescale_acc(acc, alpha);
         pack_p();
     }
-    if (active) {
-        wg_fence();
-        issue_pv((n_tiles - 1) % STAGES);
-        wg_wait<0>();
-        reg_fence(acc);
-    }
+    wg_fence();
+    issue_pv((n_tiles - 1) % STAGES);
+    wg_wait<0>();
+    reg_fence(acc);
 
-    // Normalise and write; padded query rows get zeros (an idle warpgroup's accumulators are
-    // zeros and its rows are all >= len).
+    // Normalise and write; padded query rows get zeros (rows >= len, so those of an idle
+    // warpgroup too).
     store_rows<T>(acc, l_run, qrow, len, rows, ob, o_st, tg);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Warp-specialized form (the FlashAttention-3 structure): one producer warpgroup fills the K/V
+// ring with cp.async and signals each stage on an mbarrier ("full"); NWG consumer warpgroups
+// wait on it, compute, and hand the stage back on a second mbarrier ("empty"). No block-wide
+// barrier in the loop, so consumer warpgroups drift apart instead of running in lockstep, and a
+// token passed round the consumers on named barriers orders their tensor-core work: while one
+// runs its two products, the others compute their softmax. The producer is a whole warpgroup,
+// and setmaxnreg moves registers from it to the consumers; that warpgroup-wide instruction after
+// the role split is also what lets ptxas see the consumers' code as warpgroup-uniform (without
+// it, or with a single producer warp, it serializes their wgmma: C7520).
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile(
+        "{\n.reg .pred p;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WAIT_%=;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives on `bar` once all of this thread's earlier cp.async copies have landed.
+__device__ __forceinline__ void cp_async_arrive(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void reg_alloc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void reg_dealloc() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+template <typename T, int NWG, int BN, bool ALIBI>
+__device__ __forceinline__ void attn_fwd_sm90_ws(const T* __restrict__ q, const T* __restrict__ k,
+                                                 const T* __restrict__ v, T* __restrict__ o,
+                                                 const uint32_t* __restrict__ key_lens,
+                                                 const uint32_t* __restrict__ cu_seqlens,
+                                                 const float* __restrict__ slopes, int t_rows,
+                                                 long long q_sb, long long q_st, long long q_sh,
+                                                 long long k_sb, long long k_st, long long k_sh,
+                                                 long long v_sb, long long v_st, long long v_sh,
+                                                 long long o_sb, long long o_st, long long o_sh,
+                                                 float scale_log2, uint8_t* smem_raw) {
+    constexpr int NT = (NWG + 1) * 128;  // consumers, then the producer warpgroup
+    constexpr int BM = NWG * 64;
+    constexpr int NN = BN / 8;
+    // Registers per thread after the hand-over (multiples of 8; the total stays within 64K).
+    constexpr int REG_PRODUCER = NWG == 2 ? 40 : 32;
+    constexpr int REG_CONSUMER = NWG == 2 ? 232 : 160;
+    static_assert((REG_PRODUCER + NWG * REG_CONSUMER) * 128 <= 65536, "register budget");
+    static_assert(BN == 64 || BN == 128, "key tile of 64 or 128 rows");
+    __shared__ __align__(8) uint64_t bars[2 * STAGES + 1];  // full[], empty[], Q
+    const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t sQ = base;
+    auto sK = [&](int st) { return base + BM * 128 + st * 2 * BN * 128; };
+    auto sV = [&](int st) { return base + BM * 128 + st * 2 * BN * 128 + BN * 128; };
+    const uint32_t bar0 = smem_u32(bars);
+    auto full = [&](int st) { return bar0 + 8 * st; };
+    auto empty = [&](int st) { return bar0 + 8 * (STAGES + st); };
+    const uint32_t q_bar = bar0 + 8 * 2 * STAGES;
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int h = blockIdx.y;
+    const int b = blockIdx.z;
+
+    const attn::SeqSpan sp = seq_span(b, key_lens, cu_seqlens, t_rows);
+    const long long start = sp.start;
+    const int len = sp.len;
+    const int rows = sp.rows;
+    const int q0 = blockIdx.x * BM;
+    if (q0 >= rows) return;
+
+    const T* qb = q + b * q_sb + start * q_st + h * q_sh;
+    const T* kb = k + b * k_sb + start * k_st + h * k_sh;
+    const T* vb = v + b * v_sb + start * v_st + h * v_sh;
+    T* ob = o + b * o_sb + start * o_st + h * o_sh;
+
+    if (q0 >= len) {
+        zero_tile<BM, NT>(ob, o_st, q0, rows, tid);
+        return;
+    }
+    const int n_tiles = (len + BN - 1) / BN;
+
+    if (tid == 0) {
+        for (int st = 0; st < STAGES; ++st) {
+            mbar_init(full(st), 128);        // every producer thread, via cp.async
+            mbar_init(empty(st), NWG * 4);   // one lane per consumer warp
+        }
+        mbar_init(q_bar, 128);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == NWG) {
+        // Producer: Q once, then K/V tile t into stage t % STAGES as soon as the consumers have
+        // released the tile that used it before (t - STAGES).
+        reg_dealloc<REG_PRODUCER>();
+        const int ptid = tid - NWG * 128;
+        load_tile_sw<BM, 128>(sQ, qb, q_st, q0, len, ptid);
+        cp_async_arrive(q_bar);
+        for (int t = 0; t < n_tiles; ++t) {
+            const int st = t % STAGES;
+            if (t >= STAGES) mbar_wait(empty(st), ((t / STAGES) - 1) & 1);
+            load_tile_sw<BN, 128>(sK(st), kb, k_st, t * BN, len, ptid);
+            load_tile_sw<BN, 128>(sV(st), vb, v_st, t * BN, len, ptid);
+            cp_async_arrive(full(st));
+        }
+        cp_async_wait<0>();
+        return;
+    }
+    reg_alloc<REG_CONSUMER>();
+
+    const int warp = (tid >> 5) & 3;
+    const int lane = tid & 31;
+    const int g = lane >> 2;
+    const int tg = lane & 3;
+    const float slope_log2 = ALIBI ? slopes[h] * 1.4426950408889634f : 0.f;
+    const int wq0 = q0 + wg * 64;  // all-padding warpgroups compute too (see attn_fwd_sm90)
+    const uint64_t dq = sw128_desc(sQ + wg * 64 * 128);
+    const int qrow = wq0 + warp * 16 + g;
+    // The issue token: consumer w may issue its products once w - 1 has (ids 1..NWG; barrier 0
+    // is __syncthreads'). Consumer 0 starts; the last one's first hand-over primes it.
+    auto token_wait = [&]() { named_sync(1 + wg, 256); };
+    auto token_pass = [&]() { named_arrive(1 + (wg + 1) % NWG, 256); };
+    if (wg == NWG - 1) token_pass();
+
+    float acc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY};
+    float l_run[2] = {0.f, 0.f};
+    float s[NN][4];
+    uint32_t pa[BN / 16][4];
+
+    auto issue_qk = [&](int st) {
+        const uint64_t dk = sw128_desc(sK(st));
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            if constexpr (BN == 128)
+                Wg<T>::ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
+            else
+                Wg<T>::ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+        }
+        wg_commit();
+    };
+    auto issue_pv = [&](int st) {
+        const uint64_t dv = sw128_desc(sV(st));
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+            Wg<T>::rs_n64_bt(acc, pa[kk], dv + kk * (2048 >> 4));
+        wg_commit();
+    };
+    auto release = [&](int st) {
+        if (lane == 0) mbar_arrive(empty(st));
+    };
+
+    mbar_wait(q_bar, 0);
+    for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % STAGES;
+        mbar_wait(full(st), (j / STAGES) & 1);
+        fence_async_smem();
+        token_wait();
+        wg_fence();
+        issue_qk(st);
+        if (j > 0) issue_pv((j - 1) % STAGES);
+        // The softmax of S(j) runs while this warpgroup's P(j-1) V(j-1) is still on the tensor
+        // cores. The token moves on once S(j) has landed: a named barrier between issuing and
+        // this partial wait makes ptxas serialize every wgmma (C7514).
+        if (j > 0)
+            wg_wait<1>();
+        else
+            wg_wait<0>();
+        token_pass();
+        reg_fence(s);
+        float alpha[2];
+        const int key0 = j * BN;
+        if (key0 + BN > len)
+            softmax_scores<NN, ALIBI, true>(s, m_run, l_run, alpha, qrow, key0, tg, len,
+                                            scale_log2, slope_log2);
+        else
+            softmax_scores<NN, ALIBI, false>(s, m_run, l_run, alpha, qrow, key0, tg, len,
+                                             scale_log2, slope_log2);
+        wg_wait<0>();
+        reg_fence(acc);
+        if (j > 0) release((j - 1) % STAGES);  // K(j-1) and V(j-1) are read
+        rescale_acc(acc, alpha);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+            pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+            pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        }
+    }
+    // Consumer 0 takes the token the last consumer passed after its final tile, so every named
+    // barrier ends balanced.
+    if (wg == 0) token_wait();
+    wg_fence();
+    issue_pv((n_tiles - 1) % STAGES);
+    wg_wait<0>();
+    reg_fence(acc);
+    store_rows<T>(acc, l_run, qrow, len, rows, ob, o_st, tg);
+}
 }  // namespace
 
 // Entry points: virnucpro_flash_attn_sm90_<dtype>_h<warpgroups>n<key tile>; same arguments as
@@ -321,9 +541,31 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
 
 FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h3n128, __half, 3, 128, 1)
 FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h3n128, __nv_bfloat16, 3, 128, 1)
-FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h2n128, __half, 2, 128, 1)
-FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n128, __nv_bfloat16, 2, 128, 1)
-FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h3n64, __half, 3, 64, 1)
-FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h3n64, __nv_bfloat16, 3, 64, 1)
 FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h2n64, __half, 2, 64, 2)
 FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64, 2)
+
+// Warp-specialized entry points: virnucpro_flash_attn_sm90_<dtype>_s<consumers>n<key tile>;
+// block (consumers + 1) * 128 threads, same grid and shared memory as h<consumers>n<key tile>.
+#define FLASH_ATTN_SM90_WS_ENTRY(NAME, T, NWG, BN)                                             \
+    extern "C" __global__ void __launch_bounds__((NWG + 1) * 128, 1)                             \
+        NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* key_lens,                 \
+             const uint32_t* cu_seqlens, const float* slopes, int t_rows, long long q_sb,        \
+             long long q_st, long long q_sh, long long k_sb, long long k_st, long long k_sh,     \
+             long long v_sb, long long v_st, long long v_sh, long long o_sb, long long o_st,     \
+             long long o_sh, float scale_log2) {                                                 \
+        extern __shared__ uint8_t smem_raw[];                                                    \
+        if (slopes != nullptr)                                                                   \
+            attn_fwd_sm90_ws<T, NWG, BN, true>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, \
+                                               q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st,   \
+                                               v_sh, o_sb, o_st, o_sh, scale_log2, smem_raw);    \
+        else                                                                                     \
+            attn_fwd_sm90_ws<T, NWG, BN, false>(q, k, v, o, key_lens, cu_seqlens, slopes,        \
+                                                t_rows, q_sb, q_st, q_sh, k_sb, k_st, k_sh,      \
+                                                v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2,  \
+                                                smem_raw);                                       \
+    }
+
+FLASH_ATTN_SM90_WS_ENTRY(virnucpro_flash_attn_sm90_f16_s3n128, __half, 3, 128)
+FLASH_ATTN_SM90_WS_ENTRY(virnucpro_flash_attn_sm90_bf16_s3n128, __nv_bfloat16, 3, 128)
+FLASH_ATTN_SM90_WS_ENTRY(virnucpro_flash_attn_sm90_f16_s2n128, __half, 2, 128)
+FLASH_ATTN_SM90_WS_ENTRY(virnucpro_flash_attn_sm90_bf16_s2n128, __nv_bfloat16, 2, 128)

@@ -331,12 +331,13 @@ pub enum FaVariant {
     W8M1,
     /// Hopper: 3 warpgroups (192 query rows), 128-key tiles.
     H3N128,
-    /// Hopper: 2 warpgroups (128 query rows), 128-key tiles.
-    H2N128,
-    /// Hopper: 3 warpgroups (192 query rows), 64-key tiles.
-    H3N64,
     /// Hopper: 2 warpgroups (128 query rows), 64-key tiles, two blocks per SM.
     H2N64,
+    /// Hopper, warp-specialized: a producer warpgroup loads K/V, 3 consumer warpgroups (192
+    /// query rows) take turns on the tensor cores; 128-key tiles.
+    S3N128,
+    /// Hopper, warp-specialized: 2 consumer warpgroups (128 query rows), 128-key tiles.
+    S2N128,
 }
 
 impl FaVariant {
@@ -345,9 +346,9 @@ impl FaVariant {
         FaVariant::W4M2,
         FaVariant::W8M1,
         FaVariant::H3N128,
-        FaVariant::H2N128,
-        FaVariant::H3N64,
         FaVariant::H2N64,
+        FaVariant::S3N128,
+        FaVariant::S2N128,
     ];
 
     pub fn name(self) -> &'static str {
@@ -356,9 +357,9 @@ impl FaVariant {
             Self::W4M2 => "w4m2",
             Self::W8M1 => "w8m1",
             Self::H3N128 => "h3n128",
-            Self::H2N128 => "h2n128",
-            Self::H3N64 => "h3n64",
             Self::H2N64 => "h2n64",
+            Self::S3N128 => "s3n128",
+            Self::S2N128 => "s2n128",
         }
     }
 
@@ -383,16 +384,18 @@ impl FaVariant {
     pub fn block_m(self) -> usize {
         match self {
             Self::W4M1 => 64,
-            Self::W4M2 | Self::W8M1 | Self::H2N128 | Self::H2N64 => 128,
-            Self::H3N128 | Self::H3N64 => 192,
+            Self::W4M2 | Self::W8M1 | Self::H2N64 | Self::S2N128 => 128,
+            Self::H3N128 | Self::S3N128 => 192,
         }
     }
 
     pub fn threads(self) -> u32 {
         match self {
             Self::W4M1 | Self::W4M2 => 128,
-            Self::W8M1 | Self::H2N128 | Self::H2N64 => 256,
-            Self::H3N128 | Self::H3N64 => 384,
+            Self::W8M1 | Self::H2N64 => 256,
+            // s2n128 and s3n128: their consumer warpgroups and the producer warpgroup.
+            Self::H3N128 | Self::S2N128 => 384,
+            Self::S3N128 => 512,
         }
     }
 
@@ -400,8 +403,8 @@ impl FaVariant {
     /// tile, four stages of K and V tiles (128 bytes a row), 1 KiB of alignment slack.
     pub fn dynamic_smem(self) -> u32 {
         let key_tile = match self {
-            Self::H3N128 | Self::H2N128 => 128,
-            Self::H3N64 | Self::H2N64 => 64,
+            Self::H3N128 | Self::S3N128 | Self::S2N128 => 128,
+            Self::H2N64 => 64,
             _ => return 0,
         };
         ((self.block_m() + 4 * 2 * key_tile) * 128 + 1024) as u32
@@ -418,20 +421,21 @@ impl FaVariant {
     }
 
     /// The variant for rows of `len` tokens, unless `VIRNUCPRO_FA_VARIANT` says otherwise. On a
-    /// compute capability 9.0 GPU (`hopper`) the wgmma kernel h2n64: the fastest of the four at
-    /// 64x168, 8x1026 and 4x2048 on an H100, within 0.002 ms of h2n128 at 1x502 (BENCHMARKS.md,
-    /// runs 20-24). Elsewhere w4m1 for short rows (more blocks, 3 per SM) and w4m2 from 768 on
-    /// (each K/V fragment feeds two products; 10-12% faster at 2048 on an H100, runs 1-2).
+    /// compute capability 9.0 GPU (`hopper`) the wgmma kernels: h2n64 (two blocks per SM) below
+    /// 768 tokens, the fastest at 64x168 and within 0.002 ms of the best at 1x502; the
+    /// warp-specialized s3n128 from 768 on, the fastest at 8x1026 and 4x2048 and in whole
+    /// FastESM2 passes at 1x2048 (BENCHMARKS.md, runs 30-32). Elsewhere w4m1 for short rows (more
+    /// blocks, 3 per SM) and w4m2 from 768 on (each K/V fragment feeds two products; 10-12%
+    /// faster at 2048 on an H100, runs 1-2).
     pub fn for_len(len: usize, hopper: bool) -> Self {
         if let Some(v) = Self::forced().filter(|v| hopper || !v.hopper()) {
             return v;
         }
-        if hopper {
-            Self::H2N64
-        } else if len >= 768 {
-            Self::W4M2
-        } else {
-            Self::W4M1
+        match (hopper, len >= 768) {
+            (true, false) => Self::H2N64,
+            (true, true) => Self::S3N128,
+            (false, false) => Self::W4M1,
+            (false, true) => Self::W4M2,
         }
     }
 
@@ -678,6 +682,8 @@ mod tests {
             }
             assert_eq!(FaVariant::for_len(2048, false), FaVariant::W4M2);
             assert_eq!(FaVariant::for_len(168, false), FaVariant::W4M1);
+            assert_eq!(FaVariant::for_len(168, true), FaVariant::H2N64);
+            assert_eq!(FaVariant::for_len(1026, true), FaVariant::S3N128);
         }
     }
 

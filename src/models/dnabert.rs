@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
-use super::layers::{Act, Linear};
+use super::layers::{split_qkv, split_qkv_views, Act, Linear};
 use super::profile::section;
 use serde::Deserialize;
 
@@ -320,9 +320,10 @@ fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<L
 }
 
 struct DnaBertEmbeddings {
-    word_embeddings: Embedding,
-    /// Row 0 of `token_type_embeddings`, `[hidden]`: every token has type 0.
-    token_type0: Tensor,
+    /// `word_embeddings + token_type_embeddings[0]`, `[vocab, hidden]`: every token has type 0,
+    /// so the sum is taken once at load time (the same additions in the same dtype as the
+    /// reference's per-token sum; a broadcast add per pass cost 0.45 ms at 256 x 128 tokens).
+    word_and_type0: Embedding,
     layer_norm: LayerNorm,
 }
 
@@ -335,17 +336,16 @@ impl DnaBertEmbeddings {
         let token_type = vb
             .pp("token_type_embeddings")
             .get((cfg.type_vocab_size, h), "weight")?;
+        let table = word.broadcast_add(&token_type.get(0)?)?;
         Ok(Self {
-            word_embeddings: Embedding::new(word, h),
-            token_type0: token_type.get(0)?,
+            word_and_type0: Embedding::new(table, h),
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
         })
     }
 
     /// `ids`: `[batch, L]` u32 -> `[batch, L, hidden]`.
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let x = self.word_embeddings.forward(ids)?;
-        let x = x.broadcast_add(&self.token_type0)?;
+        let x = self.word_and_type0.forward(ids)?;
         self.layer_norm.forward(&x, None)
     }
 }
@@ -377,19 +377,13 @@ impl DnaBertAttention {
         let (b, l, h) = x.dims3()?;
         let dev = x.device();
         let qkv = section("dnabert qkv linear", dev, || self.wqkv.forward(x))?;
-        // [b, l, 3, heads, d] -> [3, b, heads, l, d]
-        let qkv = qkv
-            .reshape((b, l, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?;
+        // q, k, v as [b, heads, l, d]. The fused kernel reads strided views of the projection;
+        // they must stay views: `Tensor::get` on a permuted tensor reshapes, i.e. copies (three
+        // copies per layer were 41% of a DNABERT-S pass on an H100, BENCHMARKS.md run 28).
         let (q, k, v) = if bias.fused.is_some() {
-            // The fused kernel reads the strided views: no copies.
-            (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?)
+            split_qkv_views(&qkv, self.num_heads, self.head_dim)?
         } else {
-            (
-                qkv.get(0)?.contiguous()?,
-                qkv.get(1)?.contiguous()?,
-                qkv.get(2)?.contiguous()?,
-            )
+            split_qkv(&qkv, self.num_heads, self.head_dim)?
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let ctx = section("dnabert attention", dev, || {

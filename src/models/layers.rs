@@ -467,4 +467,27 @@ mod tests {
         assert!(diff < 1e-6, "{diff}");
         Ok(())
     }
+
+    /// The fused attention kernel reads q, k, v in place: the views must be strided windows of
+    /// the projection (a copy would show as contiguous strides) and hold the right values.
+    #[test]
+    fn qkv_views_are_windows_of_the_projection() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, l, heads, d) = (2, 5, 3, 4);
+        let qkv = Tensor::arange(0f32, (b * l * 3 * heads * d) as f32, &dev)?.reshape((
+            b,
+            l,
+            3 * heads * d,
+        ))?;
+        let (q, k, v) = split_qkv_views(&qkv, heads, d)?;
+        let (qc, kc, vc) = split_qkv(&qkv, heads, d)?;
+        for (i, (view, copy)) in [(&q, &qc), (&k, &kc), (&v, &vc)].into_iter().enumerate() {
+            assert_eq!(view.dims(), [b, heads, l, d]);
+            assert_eq!(view.stride(), [l * 3 * heads * d, d, 3 * heads * d, 1]);
+            assert_eq!(view.layout().start_offset(), i * heads * d);
+            let diff = (view - copy)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0);
+        }
+        Ok(())
+    }
 }
