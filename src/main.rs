@@ -13,6 +13,8 @@ fn main() -> ExitCode {
     match cli::run(args.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // An output directory this run created and never filled is not left behind.
+            virnucpro::output::atomic::remove_created_dirs();
             // `{:#}` prints the whole context chain on one line: what failed, where, why.
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

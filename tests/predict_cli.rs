@@ -314,6 +314,8 @@ fn bad_input_leaves_no_output() {
             .code(1)
             .stderr(predicate::str::contains(message));
         assert!(entries(&out).is_empty(), "{name}: {:?}", entries(&out));
+        // The run created the directory; it does not leave it behind empty.
+        assert!(!out.exists(), "{name}: {} left behind", out.display());
     }
     // Truncated gzip: the records before the damage must not be written as a result.
     let mut gz = Vec::new();
@@ -388,6 +390,7 @@ fn interrupted_run_leaves_no_output() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(entries(&out).is_empty(), "left behind: {:?}", entries(&out));
+    assert!(!out.exists(), "the output directory was left behind");
 }
 
 #[cfg(unix)]

@@ -367,6 +367,12 @@ impl FaVariant {
         Self::ALL.into_iter().find(|v| v.name() == s.trim())
     }
 
+    /// Whether a producer warpgroup loads K/V for the others (the `s…` variants): it computes
+    /// no query rows.
+    pub fn warp_specialized(self) -> bool {
+        matches!(self, Self::S3N128 | Self::S2N128)
+    }
+
     /// Whether this is a wgmma (compute capability 9.0 only) variant.
     pub fn hopper(self) -> bool {
         !matches!(self, Self::W4M1 | Self::W4M2 | Self::W8M1)
@@ -653,8 +659,10 @@ mod tests {
                 v.name()
             );
             if v.hopper() {
-                // 64 query rows per warpgroup; shared memory within the 227 KiB a block may use.
-                assert_eq!(v.block_m(), 64 * v.threads() as usize / 128, "{}", v.name());
+                // 64 query rows per computing warpgroup; shared memory within the 227 KiB a
+                // block may use.
+                let consumers = v.threads() as usize / 128 - usize::from(v.warp_specialized());
+                assert_eq!(v.block_m(), 64 * consumers, "{}", v.name());
                 assert!(
                     v.dynamic_smem() <= 227 * 1024,
                     "{}: {}",

@@ -201,6 +201,44 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Directories [`create_output_dir`] made, outermost first.
+static CREATED_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn created_dirs() -> MutexGuard<'static, Vec<PathBuf>> {
+    CREATED_DIRS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `fs::create_dir_all`, remembering the directories that did not exist before, so that a run
+/// that fails or is interrupted before committing anything does not leave them behind
+/// ([`remove_created_dirs`]).
+pub fn create_output_dir(dir: &Path) -> io::Result<()> {
+    create_dir_recording(dir, &mut created_dirs())
+}
+
+/// Removes the directories [`create_output_dir`] created that are still empty, innermost first
+/// (a directory holding any file, committed output or not, stays). Called on an error exit and
+/// by the interrupt handler.
+pub fn remove_created_dirs() {
+    remove_empty_dirs(std::mem::take(&mut *created_dirs()));
+}
+
+fn create_dir_recording(dir: &Path, created: &mut Vec<PathBuf>) -> io::Result<()> {
+    let missing: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    fs::create_dir_all(dir)?;
+    created.extend(missing.into_iter().rev());
+    Ok(())
+}
+
+fn remove_empty_dirs(outermost_first: Vec<PathBuf>) {
+    for dir in outermost_first.into_iter().rev() {
+        let _ = fs::remove_dir(dir); // fails, and so keeps it, unless empty
+    }
+}
+
 /// Removes every registered temporary file now. Returns how many were removed.
 /// The interrupt handler calls this; a command may call it before exiting abnormally.
 pub fn remove_live_temp_files() -> usize {
@@ -225,6 +263,7 @@ pub fn install_interrupt_handler() -> io::Result<()> {
             for path in live.take().unwrap_or_default() {
                 let _ = fs::remove_file(path);
             }
+            remove_created_dirs();
             eprintln!("interrupted: incomplete outputs removed");
             std::process::exit(INTERRUPTED_EXIT_CODE);
         })
@@ -250,6 +289,25 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn created_dirs_are_removed_only_when_empty() {
+        // The process-wide list is shared with other tests: exercise its two halves on a list
+        // of this test's own.
+        let root = tempfile::tempdir().unwrap();
+        let mut created = Vec::new();
+        let empty = root.path().join("a/b/c");
+        let used = root.path().join("kept");
+        create_dir_recording(&empty, &mut created).unwrap();
+        create_dir_recording(&used, &mut created).unwrap();
+        write_atomic(used.join("x.txt"), b"x").unwrap();
+        create_dir_recording(root.path(), &mut created).unwrap(); // existed: not recorded
+        assert_eq!(created.len(), 4, "{created:?}");
+        remove_empty_dirs(created);
+        assert!(!root.path().join("a").exists());
+        assert!(used.join("x.txt").exists());
+        assert!(root.path().exists());
     }
 
     #[test]

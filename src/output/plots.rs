@@ -64,7 +64,7 @@ trait Plot {
 }
 
 fn render<P: Plot>(plot: &P, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
-    fs::create_dir_all(dir)
+    crate::output::atomic::create_output_dir(dir)
         .with_context(|| format!("cannot create plot directory {}", dir.display()))?;
     register_font()?;
     let pid = std::process::id();

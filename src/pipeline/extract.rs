@@ -450,7 +450,7 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractReport> {
     );
     let summary = read_summary(&opts.dataset)?;
     let frames_path = opts.dataset.join(&summary.frames_file);
-    fs::create_dir_all(&opts.out)
+    crate::output::atomic::create_output_dir(&opts.out)
         .with_context(|| format!("cannot create the feature directory {}", opts.out.display()))?;
     let dir = opts.out.as_path();
 

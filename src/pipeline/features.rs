@@ -249,7 +249,7 @@ impl ShardWriter {
         ensure!(dim > 0, "feature dimension must be positive");
         ensure!(rows_per_shard > 0, "rows per shard must be positive");
         info.check_dim(dim)?;
-        fs::create_dir_all(dir)
+        crate::output::atomic::create_output_dir(dir)
             .with_context(|| format!("cannot create feature directory {}", dir.display()))?;
         let manifest = dir.join(MANIFEST_FILE);
         if manifest.exists() {

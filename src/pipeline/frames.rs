@@ -97,7 +97,7 @@ pub fn run(
         "the chunk length must be greater than 0"
     );
     let reader = RecordReader::new(inputs)?.allow_duplicate_ids(options.allow_duplicate_ids);
-    std::fs::create_dir_all(out_dir)
+    crate::output::atomic::create_output_dir(out_dir)
         .with_context(|| format!("cannot create output directory {}", out_dir.display()))?;
     let writer = FrameFastaWriter::create(out_dir)?;
     let pool = thread_pool(options.threads)?;

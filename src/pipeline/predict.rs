@@ -8,7 +8,6 @@
 //! hidden sizes (taken from their `config.json`, without loading weights), so a wrong
 //! combination fails in a second rather than after hours.
 
-use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -213,7 +212,7 @@ struct Outputs {
 
 impl Outputs {
     fn create(dir: &Path, keep_frames: bool, min_viral_fraction: f64) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir)
+        crate::output::atomic::create_output_dir(dir)
             .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
         let open = |name: &str| {
             let path = dir.join(name);

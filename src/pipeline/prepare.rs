@@ -596,7 +596,7 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
             input.path.display()
         );
     }
-    fs::create_dir_all(&opts.out_dir)
+    crate::output::atomic::create_output_dir(&opts.out_dir)
         .with_context(|| format!("cannot create output directory {}", opts.out_dir.display()))?;
 
     let groups = group_inputs(inputs);
