@@ -132,6 +132,82 @@ template <typename T> struct Wg;
 WG_STRUCT(__half, "f16")
 WG_STRUCT(__nv_bfloat16, "bf16")
 
+// One warpgroup's part of the products and the online softmax, shared by both kernels: the
+// output accumulators, running max and sum, scores S and packed probabilities P of 64 query rows.
+// The kernels differ only in how K/V tiles arrive and when a warpgroup may issue.
+template <typename T, int BN, bool ALIBI>
+struct WgRows {
+    static constexpr int NN = BN / 8;  // n8 column groups of the score accumulator
+    float acc[8][4];
+    float m_run[2];
+    float l_run[2];
+    float s[NN][4];
+    uint32_t pa[BN / 16][4];  // P of the previous tile, the A operand of O += P V
+    uint64_t dq;              // descriptor of this warpgroup's 64 Q rows
+    int qrow;                 // query position of this thread's fragment row g
+    int tg;
+    int len;
+    float scale_log2;
+    float slope_log2;
+
+    __device__ __forceinline__ WgRows(uint32_t q_rows, int qrow_, int tg_, int len_, float scale,
+                                      float slope)
+        : dq(sw128_desc(q_rows)), qrow(qrow_), tg(tg_), len(len_), scale_log2(scale),
+          slope_log2(slope) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+        m_run[0] = m_run[1] = -INFINITY;
+        l_run[0] = l_run[1] = 0.f;
+    }
+
+    // S = Q K^T with the K tile at shared address `k_tile` (issued, not waited for).
+    __device__ __forceinline__ void issue_qk(uint32_t k_tile) {
+        const uint64_t dk = sw128_desc(k_tile);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {  // 16 head dims = 32 bytes per step along the row
+            if constexpr (BN == 128)
+                Wg<T>::ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
+            else
+                Wg<T>::ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+        }
+        wg_commit();
+    }
+    // O += P V with the V tile at `v_tile` (issued, not waited for).
+    __device__ __forceinline__ void issue_pv(uint32_t v_tile) {
+        const uint64_t dv = sw128_desc(v_tile);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)  // 16 keys = two 8-row atoms = 2048 bytes
+            Wg<T>::rs_n64_bt(acc, pa[kk], dv + kk * (2048 >> 4));
+        wg_commit();
+    }
+    // Online softmax of S(j) once it has landed; `alpha` rescales O after P(j-1) V has landed.
+    __device__ __forceinline__ void softmax(int j, float (&alpha)[2]) {
+        reg_fence(s);
+        const int key0 = j * BN;
+        if (key0 + BN > len)
+            softmax_scores<NN, ALIBI, true>(s, m_run, l_run, alpha, qrow, key0, tg, len,
+                                            scale_log2, slope_log2);
+        else
+            softmax_scores<NN, ALIBI, false>(s, m_run, l_run, alpha, qrow, key0, tg, len,
+                                             scale_log2, slope_log2);
+    }
+    // Once the P V product has landed: rescale O, and P(j) to half precision (two n8 groups of
+    // the score accumulator are one k16 A fragment).
+    __device__ __forceinline__ void rescale_and_pack(const float (&alpha)[2]) {
+        reg_fence(acc);
+        rescale_acc(acc, alpha);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+            pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+            pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        }
+    }
+};
+
 template <typename T, int NWG, int BN, bool ALIBI>
 __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k,
                                               const T* __restrict__ v, T* __restrict__ o,
@@ -145,7 +221,6 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
                                               float scale_log2, uint8_t* smem_raw) {
     constexpr int NT = NWG * 128;
     constexpr int BM = NWG * 64;
-    constexpr int NN = BN / 8;  // n8 column groups of the score accumulator
     static_assert(BN == 64 || BN == 128, "key tile of 64 or 128 rows");
     // Swizzled tiles need 1024-byte alignment; the launcher adds 1 KiB of slack.
     const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -198,58 +273,8 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
     // warpgroup-uniform makes it serialize every wgmma in the kernel (ptxas C7520), which cost
     // far more than the idle warpgroup's products.
     const int wq0 = q0 + wg * 64;
-    const uint64_t dq = sw128_desc(sQ + wg * 64 * 128);
-    const int qrow = wq0 + warp * 16 + g;  // query position of this thread's fragment row g
-
-    float acc[8][4];
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
-    float m_run[2] = {-INFINITY, -INFINITY};
-    float l_run[2] = {0.f, 0.f};
-    float s[NN][4];
-    uint32_t pa[BN / 16][4];  // P of the previous tile, the A operand of O += P V
-
-    // S = Q K^T of the tile in stage `st` (issued, not waited for).
-    auto issue_qk = [&](int st) {
-        const uint64_t dk = sw128_desc(sK(st));
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {  // 16 head dims = 32 bytes per step along the row
-            if constexpr (BN == 128)
-                Wg<T>::ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
-            else
-                Wg<T>::ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
-        }
-        wg_commit();
-    };
-    // O += P V with the tile in stage `st` (issued, not waited for).
-    auto issue_pv = [&](int st) {
-        const uint64_t dv = sw128_desc(sV(st));
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)  // 16 keys = two 8-row atoms = 2048 bytes
-            Wg<T>::rs_n64_bt(acc, pa[kk], dv + kk * (2048 >> 4));
-        wg_commit();
-    };
-    auto softmax = [&](int j, float (&alpha)[2]) {
-        const int key0 = j * BN;
-        if (key0 + BN > len)
-            softmax_scores<NN, ALIBI, true>(s, m_run, l_run, alpha, qrow, key0, tg, len,
-                                            scale_log2, slope_log2);
-        else
-            softmax_scores<NN, ALIBI, false>(s, m_run, l_run, alpha, qrow, key0, tg, len,
-                                             scale_log2, slope_log2);
-    };
-    // P to half precision: two n8 groups of the score accumulator are one k16 A fragment.
-    auto pack_p = [&]() {
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-            pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-            pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-        }
-    };
+    WgRows<T, BN, ALIBI> w(sQ + wg * 64 * 128, wq0 + warp * 16 + g, tg, len, scale_log2,
+                           slope_log2);
 
     // Software pipeline per warpgroup: while the tensor cores run O += P(j-1) V(j-1), this
     // warpgroup computes the softmax of S(j) (issued just before it). Tile t's K and V live in
@@ -271,28 +296,25 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
             cp_async_commit();
         }
         wg_fence();
-        issue_qk(j % STAGES);
-        if (j > 0) issue_pv((j - 1) % STAGES);
+        w.issue_qk(sK(j % STAGES));
+        if (j > 0) w.issue_pv(sV((j - 1) % STAGES));
         if (j > 0)
             wg_wait<1>();  // S(j) done; P(j-1) V(j-1) may still run
         else
             wg_wait<0>();
-        reg_fence(s);
         float alpha[2];
-        softmax(j, alpha);
+        w.softmax(j, alpha);
         wg_wait<0>();
-        reg_fence(acc);
-        rescale_acc(acc, alpha);
-        pack_p();
+        w.rescale_and_pack(alpha);
     }
     wg_fence();
-    issue_pv((n_tiles - 1) % STAGES);
+    w.issue_pv(sV((n_tiles - 1) % STAGES));
     wg_wait<0>();
-    reg_fence(acc);
+    reg_fence(w.acc);
 
     // Normalise and write; padded query rows get zeros (rows >= len, so those of an idle
     // warpgroup too).
-    store_rows<T>(acc, l_run, qrow, len, rows, ob, o_st, tg);
+    store_rows<T>(w.acc, w.l_run, w.qrow, len, rows, ob, o_st, tg);
 }
 
 
@@ -354,7 +376,6 @@ __device__ __forceinline__ void attn_fwd_sm90_ws(const T* __restrict__ q, const 
                                                  float scale_log2, uint8_t* smem_raw) {
     constexpr int NT = (NWG + 1) * 128;  // consumers, then the producer warpgroup
     constexpr int BM = NWG * 64;
-    constexpr int NN = BN / 8;
     // Registers per thread after the hand-over (multiples of 8; the total stays within 64K).
     constexpr int REG_PRODUCER = NWG == 2 ? 40 : 32;
     constexpr int REG_CONSUMER = NWG == 2 ? 232 : 160;
@@ -427,43 +448,15 @@ __device__ __forceinline__ void attn_fwd_sm90_ws(const T* __restrict__ q, const 
     const int g = lane >> 2;
     const int tg = lane & 3;
     const float slope_log2 = ALIBI ? slopes[h] * 1.4426950408889634f : 0.f;
-    const int wq0 = q0 + wg * 64;  // all-padding warpgroups compute too (see attn_fwd_sm90)
-    const uint64_t dq = sw128_desc(sQ + wg * 64 * 128);
-    const int qrow = wq0 + warp * 16 + g;
+    // All-padding warpgroups compute too (see attn_fwd_sm90).
+    WgRows<T, BN, ALIBI> w(sQ + wg * 64 * 128, q0 + wg * 64 + warp * 16 + g, tg, len,
+                           scale_log2, slope_log2);
     // The issue token: consumer w may issue its products once w - 1 has (ids 1..NWG; barrier 0
     // is __syncthreads'). Consumer 0 starts; the last one's first hand-over primes it.
     auto token_wait = [&]() { named_sync(1 + wg, 256); };
     auto token_pass = [&]() { named_arrive(1 + (wg + 1) % NWG, 256); };
     if (wg == NWG - 1) token_pass();
 
-    float acc[8][4];
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
-    float m_run[2] = {-INFINITY, -INFINITY};
-    float l_run[2] = {0.f, 0.f};
-    float s[NN][4];
-    uint32_t pa[BN / 16][4];
-
-    auto issue_qk = [&](int st) {
-        const uint64_t dk = sw128_desc(sK(st));
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            if constexpr (BN == 128)
-                Wg<T>::ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
-            else
-                Wg<T>::ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
-        }
-        wg_commit();
-    };
-    auto issue_pv = [&](int st) {
-        const uint64_t dv = sw128_desc(sV(st));
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)
-            Wg<T>::rs_n64_bt(acc, pa[kk], dv + kk * (2048 >> 4));
-        wg_commit();
-    };
     auto release = [&](int st) {
         if (lane == 0) mbar_arrive(empty(st));
     };
@@ -475,8 +468,8 @@ __device__ __forceinline__ void attn_fwd_sm90_ws(const T* __restrict__ q, const 
         fence_async_smem();
         token_wait();
         wg_fence();
-        issue_qk(st);
-        if (j > 0) issue_pv((j - 1) % STAGES);
+        w.issue_qk(sK(st));
+        if (j > 0) w.issue_pv(sV((j - 1) % STAGES));
         // The softmax of S(j) runs while this warpgroup's P(j-1) V(j-1) is still on the tensor
         // cores. The token moves on once S(j) has landed: a named barrier between issuing and
         // this partial wait makes ptxas serialize every wgmma (C7514).
@@ -485,35 +478,20 @@ __device__ __forceinline__ void attn_fwd_sm90_ws(const T* __restrict__ q, const 
         else
             wg_wait<0>();
         token_pass();
-        reg_fence(s);
         float alpha[2];
-        const int key0 = j * BN;
-        if (key0 + BN > len)
-            softmax_scores<NN, ALIBI, true>(s, m_run, l_run, alpha, qrow, key0, tg, len,
-                                            scale_log2, slope_log2);
-        else
-            softmax_scores<NN, ALIBI, false>(s, m_run, l_run, alpha, qrow, key0, tg, len,
-                                             scale_log2, slope_log2);
+        w.softmax(j, alpha);
         wg_wait<0>();
-        reg_fence(acc);
         if (j > 0) release((j - 1) % STAGES);  // K(j-1) and V(j-1) are read
-        rescale_acc(acc, alpha);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-            pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-            pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-        }
+        w.rescale_and_pack(alpha);
     }
     // Consumer 0 takes the token the last consumer passed after its final tile, so every named
     // barrier ends balanced.
     if (wg == 0) token_wait();
     wg_fence();
-    issue_pv((n_tiles - 1) % STAGES);
+    w.issue_pv(sV((n_tiles - 1) % STAGES));
     wg_wait<0>();
-    reg_fence(acc);
-    store_rows<T>(acc, l_run, qrow, len, rows, ob, o_st, tg);
+    reg_fence(w.acc);
+    store_rows<T>(w.acc, w.l_run, w.qrow, len, rows, ob, o_st, tg);
 }
 }  // namespace
 
