@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run 36: check of the WgRows refactor (commit 5738df7): GPU tests, doctor, attention timings.
+set -u
+export LD_LIBRARY_PATH=$(python3 -c 'import nvidia.cu13,os;print(os.path.join(nvidia.cu13.__path__[0],"lib"))')
+D=$(cd "$(dirname "$0")" && pwd)
+unxz() { python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$1" "$2"; }
+for f in virnucpro tests/lib_tests tests/gpu_parity; do unxz $D/$f.xz /tmp/$(basename $f); chmod +x /tmp/$(basename $f); done
+V=/tmp/virnucpro
+date -u
+timeout 150 /tmp/lib_tests --ignored --test-threads 1 2>&1 | grep -E "^test |test result|panicked"
+CARGO_MANIFEST_DIR=$PWD VIRNUCPRO_BIN=$V timeout 200 /tmp/gpu_parity --ignored --test-threads 1 --nocapture 2>&1 | grep -E "cosine|score diff|test result|panicked"
+timeout 200 $V doctor --device cuda 2>&1 | grep -E "^\[|attention op|doctor" -A5 | grep -vE "^\s+(f16|bf16|random-weights)" | tail -9
+for s in 512x168 1x2048; do timeout 60 $V bench --device cuda --model esm2-650m --shapes $s 2>&1 | grep "^bench"; done
