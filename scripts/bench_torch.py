@@ -8,11 +8,17 @@ and `virnucpro bench`.
 2. transformers.EsmModel with FastESM2_650's shape (33 layers, hidden 1280, 20 heads, FFN 5120,
    vocab 33, rotary), random weights, fp16, attn_implementation="sdpa": tokens/s on 512x168 (all
    rows full, and rows of random length 84..168 padded to 168), 2x1024 and 1x2048.
-3. DNABERT-S-sized encoder, fp32: transformers.BertModel (12 layers, hidden 768, 12 heads, FFN 3072,
-   vocab 4096) as an APPROXIMATION: DNABERT-S is MosaicBERT (ALiBi, gated GELU MLP, no position
-   embeddings), which transformers does not ship; BertModel has the same matmul sizes except the
-   gated MLP (DNABERT-S: 768 -> 6144 -> 768 instead of 768 -> 3072 -> 768), so it is somewhat
-   cheaper than the real model. Batch 256 x 128 tokens (a 500 bp chunk is about 100-130 BPE tokens).
+3. DNABERT-S-sized encoder, fp32, two ways:
+   a. transformers.BertModel (12 layers, hidden 768, 12 heads, FFN 3072, vocab 4096) as an
+      APPROXIMATION: DNABERT-S is MosaicBERT (ALiBi, gated GELU MLP, no position embeddings),
+      which transformers does not ship; BertModel has the same matmul sizes except the gated MLP
+      (DNABERT-S: 768 -> 6144 -> 768 instead of 768 -> 3072 -> 768), so it does about 3/4 of the
+      real model's arithmetic.
+   b. `MosaicBert` below: the DNABERT-S architecture as its own `bert_layers.py` runs it in
+      PyTorch (the path taken in fp32 and wherever its old Triton kernel is unavailable):
+      unpadded tokens, fused Wqkv, ALiBi bias added to materialized scores, softmax, gated-GELU
+      MLP without bias on the gate projection, post-LayerNorms. Random weights, same shapes.
+   Batch 256 x 128 and 256 x 110 tokens (a 500 bp chunk is about 100-130 BPE tokens).
 
 Timing (see .library METHOD.md): CUDA events around back-to-back calls, warm-up first, the median
 of many repeats. TF32 stays off (PyTorch's default for matmuls), so "fp32" is true fp32.
@@ -139,6 +145,72 @@ def model_bench(model, vocab, batches, repeats, special=(0, 1, 2)):
     return rows
 
 
+class MosaicBert(torch.nn.Module):
+    """DNABERT-S (MosaicBERT / DNABERT-2 `bert_layers.py`), eager PyTorch path: embeddings (word +
+    token type, LayerNorm), then per layer on the unpadded tokens: Wqkv, re-padded for attention
+    with the ALiBi bias and the key-padding mask, softmax, P V, unpadded again; dense + residual +
+    LayerNorm; gated_layers (no bias) -> gelu(gate) * value -> wo + residual + LayerNorm."""
+
+    def __init__(self, vocab=4096, hidden=768, layers=12, heads=12, inter=3072):
+        super().__init__()
+        nn = torch.nn
+        self.heads, self.hidden, self.inter = heads, hidden, inter
+        self.word = nn.Embedding(vocab, hidden)
+        self.token_type = nn.Embedding(2, hidden)
+        self.emb_ln = nn.LayerNorm(hidden, eps=1e-12)
+        self.layers = nn.ModuleList()
+        for _ in range(layers):
+            m = nn.Module()
+            m.Wqkv = nn.Linear(hidden, 3 * hidden)
+            m.dense = nn.Linear(hidden, hidden)
+            m.ln1 = nn.LayerNorm(hidden, eps=1e-12)
+            m.gated = nn.Linear(hidden, 2 * inter, bias=False)
+            m.wo = nn.Linear(inter, hidden)
+            m.ln2 = nn.LayerNorm(hidden, eps=1e-12)
+            self.layers.append(m)
+        # ALiBi slopes of bert_layers.py (heads a power of two or not).
+        def slopes(n):
+            def pow2(n):
+                start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+                return [start * start ** i for i in range(n)]
+            if math.log2(n).is_integer():
+                return pow2(n)
+            c = 2 ** math.floor(math.log2(n))
+            return pow2(c) + pow2(2 * c)[0::2][: n - c]
+        self.register_buffer("slopes", torch.tensor(slopes(heads)))
+
+    def forward(self, input_ids, attention_mask):
+        b, s = input_ids.shape
+        h, d = self.heads, self.hidden // self.heads
+        x = self.emb_ln(self.word(input_ids) + self.token_type(torch.zeros_like(input_ids)))
+        keep = attention_mask.bool()
+        idx = torch.nonzero(keep.flatten(), as_tuple=False).flatten()
+        x = x.reshape(b * s, -1)[idx]  # unpad
+        pos = torch.arange(s, device=x.device)
+        rel = (pos[None, :] - pos[:, None]).abs()
+        bias = -(self.slopes[:, None, None] * rel[None]).unsqueeze(0)  # [1, h, s, s]
+        ext = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+        bias = bias + ext
+        for m in self.layers:
+            qkv = m.Wqkv(x)
+            full = torch.zeros(b * s, 3 * self.hidden, device=x.device, dtype=x.dtype)
+            full[idx] = qkv  # pad
+            qkv = full.view(b, s, 3, h, d)
+            q = qkv[:, :, 0].permute(0, 2, 1, 3)
+            k = qkv[:, :, 1].permute(0, 2, 3, 1)
+            v = qkv[:, :, 2].permute(0, 2, 1, 3)
+            scores = torch.matmul(q, k) / math.sqrt(d) + bias
+            probs = torch.softmax(scores, dim=-1)
+            att = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(b * s, self.hidden)[idx]
+            x = m.ln1(m.dense(att) + x)
+            g = m.gated(x)
+            y = F.gelu(g[:, : self.inter]) * g[:, self.inter:]
+            x = m.ln2(m.wo(y) + x)
+        out = torch.zeros(b * s, self.hidden, device=x.device, dtype=x.dtype)
+        out[idx] = x
+        return out.view(b, s, -1)
+
+
 def esm_and_bert(out, args):
     from transformers import BertConfig, BertModel, EsmConfig, EsmModel
 
@@ -174,6 +246,15 @@ def esm_and_bert(out, args):
                                                      mrep, special=(1, 3, 2))}
         del model
         torch.cuda.empty_cache()
+
+    model = MosaicBert().cuda().eval()
+    print("MosaicBert (the DNABERT-S architecture, bert_layers.py's PyTorch path), fp32", flush=True)
+    out["mosaic"] = {"dtype": "float32",
+                     "rows": model_bench(model, 4096, [("256x128", 256, 128, None),
+                                                       ("256x110", 256, 110, None)],
+                                         mrep, special=(1, 3, 2))}
+    del model
+    torch.cuda.empty_cache()
 
 
 def gemm_bench(repeats):
@@ -248,6 +329,10 @@ def main():
         if key in out:
             for r in out[key]["rows"]:
                 print(f"esm {r['name']:<24} {r['tokens_per_s']:>10.0f} tok/s {r['seqs_per_s']:>8.1f} seq/s")
+    if "mosaic" in out:
+        for r in out["mosaic"]["rows"]:
+            print(f"mosaic-bert fp32 {r['name']:<10} {r['tokens_per_s']:>10.0f} tok/s "
+                  f"{r['seqs_per_s']:>8.1f} seq/s")
     if "bert" in out:
         for impl_req, v in out["bert"].items():
             for r in v["rows"]:

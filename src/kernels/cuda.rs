@@ -94,10 +94,10 @@ fn u32_view<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<Cud
     }
 }
 
-fn f32_view<'a>(storage: &'a Storage, layout: &Layout) -> Result<CudaView<'a, f32>> {
+fn f32_view<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
     match storage {
         Storage::Cuda(s) => Ok(s.as_cuda_slice::<f32>()?.slice(layout.start_offset()..)),
-        _ => candle_core::bail!("fused attention: alibi_slopes must be on the CUDA device"),
+        _ => candle_core::bail!("fused attention: {what} must be on the CUDA device"),
     }
 }
 
@@ -124,6 +124,13 @@ pub(super) fn forward(
     let variant = op
         .variant
         .unwrap_or_else(|| FaVariant::for_len(rows, hopper));
+    if op.rotary.is_some() && !variant.fuses_rotary() {
+        candle_core::bail!(
+            "fused attention: tile variant {} does not apply the rotary embedding; rotate q and \
+             k first",
+            variant.name()
+        );
+    }
     if variant.hopper() && !hopper {
         candle_core::bail!(
             "fused attention: tile variant {} needs a compute capability 9.0 GPU (H100/H200)",
@@ -227,7 +234,7 @@ where
     let lens = u32_view(&lens_storage, lens_layout, "key_lens / cu_seqlens")?;
     let slopes_guard = op.slopes.as_ref().map(Tensor::storage_and_layout);
     let slopes = match &slopes_guard {
-        Some((s, l)) => Some(f32_view(s, l)?),
+        Some((s, l)) => Some(f32_view(s, l, "alibi_slopes")?),
         None => None,
     };
 
@@ -240,12 +247,28 @@ where
         let kernel = format!("virnucpro_flash_attn_{dtype}_{}", variant.name());
         dev.get_or_load_custom_func(&kernel, MODULE, FLASH_ATTN_PTX)?
     };
+    let n_qblocks = grid_rows.div_ceil(variant.block_m());
+    // Persistent kernels: work items (query block, head, sequence) walked by one block per
+    // multiprocessor (one fits: 384-512 threads at up to 168 registers).
+    let n_items = n_qblocks * heads * batch;
+    if variant.persistent() && n_items > i32::MAX as usize {
+        candle_core::bail!("fused attention: {n_items} work items do not fit the kernel's i32");
+    }
+    let grid_dim = if variant.persistent() {
+        let sms = dev
+            .cuda_stream()
+            .context()
+            .attribute(
+                candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .w()?
+            .max(1) as usize;
+        (n_items.min(sms) as u32, 1, 1)
+    } else {
+        (n_qblocks as u32, heads as u32, batch as u32)
+    };
     let cfg = LaunchConfig {
-        grid_dim: (
-            grid_rows.div_ceil(variant.block_m()) as u32,
-            heads as u32,
-            batch as u32,
-        ),
+        grid_dim,
         block_dim: (variant.threads(), 1, 1),
         shared_mem_bytes: variant.dynamic_smem(),
     };
@@ -275,6 +298,38 @@ where
         b.arg(&s.h);
     }
     b.arg(&scale_log2);
+    let item_args = [n_qblocks as i32, heads as i32, n_items as i32];
+    let rot_guard = op
+        .rotary
+        .as_ref()
+        .map(|(c, s)| (c.storage_and_layout(), s.storage_and_layout()));
+    let rot = match &rot_guard {
+        Some(((cs, cl), (ss, sl))) => {
+            if cl.dims()[0] < grid_rows || sl.dims()[0] < grid_rows {
+                candle_core::bail!("fused attention: rotary tables shorter than the rows");
+            }
+            Some((
+                f32_view(cs, cl, "rotary cos")?,
+                f32_view(ss, sl, "rotary sin")?,
+            ))
+        }
+        None => None,
+    };
+    if variant.persistent() {
+        match &rot {
+            Some((c, s)) => {
+                b.arg(c);
+                b.arg(s);
+            }
+            None => {
+                b.arg(&null);
+                b.arg(&null);
+            }
+        }
+        for a in &item_args {
+            b.arg(a);
+        }
+    }
     // SAFETY: argument list matches the kernel's signature in flash_attn.cu; all buffers live
     // until the launch is enqueued (cudarc records their use on the stream).
     unsafe { b.launch(cfg) }.w()?;

@@ -86,6 +86,96 @@ __device__ __forceinline__ void load_tile_sw(uint32_t dst, const T* base, long l
     }
 }
 
+// The producer warpgroup's copy of rows [row0, row0 + ROWS) x 64 into a swizzled tile (as
+// load_tile_sw with 128 threads): thread t copies chunk t % 8 of rows t / 8 + 16 i, so its
+// swizzle is fixed and its source and destination just advance by 16 rows. The producer runs on
+// a few dozen registers after setmaxnreg; the generic form spilled there.
+template <int ROWS, typename T>
+__device__ __forceinline__ void produce_tile(uint32_t dst, const T* base, long long row_stride,
+                                             int row0, int valid_rows, int ptid) {
+    static_assert(ROWS % 16 == 0, "16 rows per pass of 128 threads");
+    const int c = ptid & 7;
+    const int r = row0 + (ptid >> 3);
+    uint32_t d = dst + (ptid >> 3) * 128 + ((c ^ ((ptid >> 3) & 7)) << 4);
+    const T* src = base + (long long)r * row_stride + c * 8;
+    const long long step = 16 * row_stride;
+#pragma unroll
+    for (int i = 0; i < ROWS / 16; ++i) {
+        const bool valid = r + 16 * i < valid_rows;
+        cp_async16(d + i * 16 * 128, valid ? src : base, valid);
+        src += step;
+    }
+}
+
+// Two f32 values from / to one register of two T.
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t u);
+template <>
+__device__ __forceinline__ float2 unpack2<__half>(uint32_t u) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&u));
+}
+template <>
+__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
+}
+
+__device__ __forceinline__ void st_shared16(uint32_t addr, uint4 v) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y),
+                 "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
+// The producer's copy of rows [row0, row0 + ROWS) x 64 of q or k with the rotary embedding
+// (rotate-half, ESM) applied on the way: element i of a row pairs with i + 32, both turned by
+// the angle of (row position, i) from f32 tables cos/sin [positions, 32]. Thread t handles chunk
+// t % 4 (elements 8c..8c+7) and its partner chunk c + 4 of rows t / 4 + 32 i, through registers
+// into the swizzled tile (the same arithmetic as the rotary q/k kernel of fused_ops.cu, so the
+// rotated values are the same). Rows >= valid_rows are zero.
+template <int ROWS, typename T>
+__device__ __forceinline__ void produce_tile_rot(uint32_t dst, const T* base, long long row_stride,
+                                                 int row0, int valid_rows, int ptid,
+                                                 const float* __restrict__ cosv,
+                                                 const float* __restrict__ sinv) {
+    static_assert(ROWS % 32 == 0, "32 rows per pass of 128 threads");
+    const int c = ptid & 3;
+    const int rr = ptid >> 2;
+    const uint32_t d = dst + rr * 128;
+    const uint32_t o1 = (uint32_t)((c ^ (rr & 7)) << 4);
+    const uint32_t o2 = (uint32_t)(((c + 4) ^ (rr & 7)) << 4);
+#pragma unroll
+    for (int i = 0; i < ROWS / 32; ++i) {
+        const int r = row0 + rr + 32 * i;  // also the token's position
+        uint4 lo = make_uint4(0, 0, 0, 0);
+        uint4 hi = lo;
+        if (r < valid_rows) {
+            const T* src = base + (long long)r * row_stride + c * 8;
+            const uint4 x1 = __ldg(reinterpret_cast<const uint4*>(src));
+            const uint4 x2 = __ldg(reinterpret_cast<const uint4*>(src + 32));
+            const float4* cp = reinterpret_cast<const float4*>(cosv + r * 32 + c * 8);
+            const float4* sp = reinterpret_cast<const float4*>(sinv + r * 32 + c * 8);
+            const float4 c0 = __ldg(cp), c1 = __ldg(cp + 1), s0 = __ldg(sp), s1 = __ldg(sp + 1);
+            const float cs[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+            const float sn[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+            const uint32_t a[4] = {x1.x, x1.y, x1.z, x1.w};
+            const uint32_t bq[4] = {x2.x, x2.y, x2.z, x2.w};
+            uint32_t y1[4], y2[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float2 fa = unpack2<T>(a[j]);
+                const float2 fb = unpack2<T>(bq[j]);
+                const float c_0 = cs[2 * j], c_1 = cs[2 * j + 1];
+                const float s_0 = sn[2 * j], s_1 = sn[2 * j + 1];
+                y1[j] = pack2<T>(fa.x * c_0 - fb.x * s_0, fa.y * c_1 - fb.y * s_1);
+                y2[j] = pack2<T>(fb.x * c_0 + fa.x * s_0, fb.y * c_1 + fa.y * s_1);
+            }
+            lo = make_uint4(y1[0], y1[1], y1[2], y1[3]);
+            hi = make_uint4(y2[0], y2[1], y2[2], y2[3]);
+        }
+        st_shared16(d + i * 32 * 128 + o1, lo);
+        st_shared16(d + i * 32 * 128 + o2, hi);
+    }
+}
+
 // wgmma wrappers, one struct per element type (the type is part of the instruction).
 // ss: D (+)= A B, A [64 x 16] and B [16 x N] from shared memory (both K-major; scale_d = 0 starts
 // from zero). rs: D += A B, A from registers (the mma.sync m16n8k16 A-fragment layout, one 16-row
@@ -319,15 +409,25 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
 
 
 // ---------------------------------------------------------------------------------------------
-// Warp-specialized form (the FlashAttention-3 structure): one producer warpgroup fills the K/V
-// ring with cp.async and signals each stage on an mbarrier ("full"); NWG consumer warpgroups
-// wait on it, compute, and hand the stage back on a second mbarrier ("empty"). No block-wide
-// barrier in the loop, so consumer warpgroups drift apart instead of running in lockstep, and a
-// token passed round the consumers on named barriers orders their tensor-core work: while one
-// runs its two products, the others compute their softmax. The producer is a whole warpgroup,
-// and setmaxnreg moves registers from it to the consumers; that warpgroup-wide instruction after
-// the role split is also what lets ptxas see the consumers' code as warpgroup-uniform (without
-// it, or with a single producer warp, it serializes their wgmma: C7520).
+// Warp-specialized, persistent form (the FlashAttention-3 structure, with cp.async instead of
+// TMA). One block per multiprocessor walks the work items (query block, head, sequence)
+// blockIdx.x, blockIdx.x + gridDim.x, ...
+// - A producer warpgroup fills a four-stage K/V ring and signals each stage on an mbarrier
+//   ("full"); NWG consumer warpgroups wait on it, compute, and hand the stage back on a second
+//   mbarrier ("empty"). No block-wide barrier in the loop, so consumers drift apart instead of
+//   running in lockstep.
+// - A token passed round the consumers on named barriers orders their tensor-core work: while
+//   one runs its two products, the others compute their softmax.
+// - The producer fetches the next item's Q (two Q buffers, with their own full/empty barriers)
+//   and K/V tiles (the ring carries on from item to item) while the consumers finish the current
+//   one and write it out, so a block's start-up and final store do not leave the multiprocessor
+//   idle (one block of 384-512 threads per multiprocessor; that was a tenth of the time at
+//   1-2k tokens, and more for short rows).
+// - setmaxnreg moves registers from the producer to the consumers; that warpgroup-wide
+//   instruction after the role split is also what lets ptxas see the consumers' code as
+//   warpgroup-uniform (without it, or with a single producer warp, it serializes their wgmma:
+//   C7520). The producer's copies are written to need few registers (produce_tile): the
+//   generic tile copy spilled there.
 // ---------------------------------------------------------------------------------------------
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
@@ -363,8 +463,8 @@ __device__ __forceinline__ void reg_dealloc() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
-template <typename T, int NWG, int BN, bool ALIBI>
-__device__ __forceinline__ void attn_fwd_sm90_ws(const T* __restrict__ q, const T* __restrict__ k,
+template <typename T, int NWG, int BN, bool ALIBI, bool ROT>
+__device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const T* __restrict__ k,
                                                  const T* __restrict__ v, T* __restrict__ o,
                                                  const uint32_t* __restrict__ key_lens,
                                                  const uint32_t* __restrict__ cu_seqlens,
@@ -373,70 +473,94 @@ __device__ __forceinline__ void attn_fwd_sm90_ws(const T* __restrict__ q, const 
                                                  long long k_sb, long long k_st, long long k_sh,
                                                  long long v_sb, long long v_st, long long v_sh,
                                                  long long o_sb, long long o_st, long long o_sh,
-                                                 float scale_log2, uint8_t* smem_raw) {
-    constexpr int NT = (NWG + 1) * 128;  // consumers, then the producer warpgroup
+                                                 float scale_log2,
+                                                 const float* __restrict__ rot_cos,
+                                                 const float* __restrict__ rot_sin, int n_qblocks,
+                                                 int n_heads, int n_items, uint8_t* smem_raw) {
     constexpr int BM = NWG * 64;
-    // Registers per thread after the hand-over (multiples of 8; the total stays within 64K).
-    constexpr int REG_PRODUCER = NWG == 2 ? 40 : 32;
-    constexpr int REG_CONSUMER = NWG == 2 ? 232 : 160;
+    // The rotating producer holds a row's values and angles in registers.
+    constexpr int REG_PRODUCER = NWG == 2 ? (ROT ? 64 : 40) : (ROT ? 56 : 32);
+    constexpr int REG_CONSUMER = NWG == 2 ? (ROT ? 216 : 232) : (ROT ? 152 : 160);
+    static_assert(!(ALIBI && ROT), "ALiBi or rotary, not both");
     static_assert((REG_PRODUCER + NWG * REG_CONSUMER) * 128 <= 65536, "register budget");
     static_assert(BN == 64 || BN == 128, "key tile of 64 or 128 rows");
-    __shared__ __align__(8) uint64_t bars[2 * STAGES + 1];  // full[], empty[], Q
+    __shared__ __align__(8) uint64_t bars[2 * STAGES + 4];  // full[], empty[], Q full[2], Q empty[2]
     const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const uint32_t sQ = base;
-    auto sK = [&](int st) { return base + BM * 128 + st * 2 * BN * 128; };
-    auto sV = [&](int st) { return base + BM * 128 + st * 2 * BN * 128 + BN * 128; };
+    auto sQ = [&](int i) { return base + i * BM * 128; };
+    auto sK = [&](int st) { return base + 2 * BM * 128 + st * 2 * BN * 128; };
+    auto sV = [&](int st) { return base + 2 * BM * 128 + st * 2 * BN * 128 + BN * 128; };
     const uint32_t bar0 = smem_u32(bars);
     auto full = [&](int st) { return bar0 + 8 * st; };
     auto empty = [&](int st) { return bar0 + 8 * (STAGES + st); };
-    const uint32_t q_bar = bar0 + 8 * 2 * STAGES;
+    auto q_full = [&](int i) { return bar0 + 8 * (2 * STAGES + i); };
+    auto q_empty = [&](int i) { return bar0 + 8 * (2 * STAGES + 2 + i); };
 
     const int tid = threadIdx.x;
     const int wg = tid >> 7;
-    const int h = blockIdx.y;
-    const int b = blockIdx.z;
-
-    const attn::SeqSpan sp = seq_span(b, key_lens, cu_seqlens, t_rows);
-    const long long start = sp.start;
-    const int len = sp.len;
-    const int rows = sp.rows;
-    const int q0 = blockIdx.x * BM;
-    if (q0 >= rows) return;
-
-    const T* qb = q + b * q_sb + start * q_st + h * q_sh;
-    const T* kb = k + b * k_sb + start * k_st + h * k_sh;
-    const T* vb = v + b * v_sb + start * v_st + h * v_sh;
-    T* ob = o + b * o_sb + start * o_st + h * o_sh;
-
-    if (q0 >= len) {
-        zero_tile<BM, NT>(ob, o_st, q0, rows, tid);
-        return;
-    }
-    const int n_tiles = (len + BN - 1) / BN;
-
     if (tid == 0) {
         for (int st = 0; st < STAGES; ++st) {
-            mbar_init(full(st), 128);        // every producer thread, via cp.async
-            mbar_init(empty(st), NWG * 4);   // one lane per consumer warp
+            // Every producer thread, via cp.async (and once more for its rotated K stores).
+            mbar_init(full(st), ROT ? 256 : 128);
+            mbar_init(empty(st), NWG * 4);  // one lane per consumer warp
         }
-        mbar_init(q_bar, 128);
+        for (int i = 0; i < 2; ++i) {
+            mbar_init(q_full(i), 128);
+            mbar_init(q_empty(i), NWG * 4);
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
 
+    // Work item -> (query block, head, sequence); consecutive items share K/V (L2 reuse).
+    struct Item {
+        int q0, h, b;
+    };
+    auto item = [&](int it) {
+        const int qb = it % n_qblocks;
+        const int hb = it / n_qblocks;
+        return Item{qb * BM, hb % n_heads, hb / n_heads};
+    };
+
     if (wg == NWG) {
-        // Producer: Q once, then K/V tile t into stage t % STAGES as soon as the consumers have
-        // released the tile that used it before (t - STAGES).
         reg_dealloc<REG_PRODUCER>();
         const int ptid = tid - NWG * 128;
-        load_tile_sw<BM, 128>(sQ, qb, q_st, q0, len, ptid);
-        cp_async_arrive(q_bar);
-        for (int t = 0; t < n_tiles; ++t) {
-            const int st = t % STAGES;
-            if (t >= STAGES) mbar_wait(empty(st), ((t / STAGES) - 1) & 1);
-            load_tile_sw<BN, 128>(sK(st), kb, k_st, t * BN, len, ptid);
-            load_tile_sw<BN, 128>(sV(st), vb, v_st, t * BN, len, ptid);
-            cp_async_arrive(full(st));
+        int c = 0;  // K/V tiles issued so far (ring position and phase)
+        int n = 0;  // items loaded so far (Q buffer and phase)
+        for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
+            const Item w = item(it);
+            const attn::SeqSpan sp = seq_span(w.b, key_lens, cu_seqlens, t_rows);
+            if (w.q0 >= sp.len) continue;  // padding only: the consumers write zeros
+            const T* qb = q + w.b * q_sb + sp.start * q_st + w.h * q_sh;
+            const T* kb = k + w.b * k_sb + sp.start * k_st + w.h * k_sh;
+            const T* vb = v + w.b * v_sb + sp.start * v_st + w.h * v_sh;
+            const int qs = n & 1;
+            if (n >= 2) mbar_wait(q_empty(qs), ((n >> 1) - 1) & 1);
+            // Stores through registers (rotary) are made visible to the tensor cores' async
+            // proxy by their writer, before the release of the barrier.
+            if constexpr (ROT) {
+                produce_tile_rot<BM>(sQ(qs), qb, q_st, w.q0, sp.len, ptid, rot_cos, rot_sin);
+                fence_async_smem();
+                mbar_arrive(q_full(qs));
+            } else {
+                produce_tile<BM>(sQ(qs), qb, q_st, w.q0, sp.len, ptid);
+                cp_async_arrive(q_full(qs));
+            }
+            const int n_tiles = (sp.len + BN - 1) / BN;
+            for (int t = 0; t < n_tiles; ++t, ++c) {
+                const int st = c % STAGES;
+                if (c >= STAGES) mbar_wait(empty(st), ((c / STAGES) - 1) & 1);
+                produce_tile<BN>(sV(st), vb, v_st, t * BN, sp.len, ptid);
+                if constexpr (ROT) {
+                    produce_tile_rot<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid, rot_cos,
+                                         rot_sin);
+                    fence_async_smem();
+                    mbar_arrive(full(st));
+                } else {
+                    produce_tile<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid);
+                }
+                cp_async_arrive(full(st));
+            }
+            ++n;
         }
         cp_async_wait<0>();
         return;
@@ -447,51 +571,70 @@ __device__ __forceinline__ void attn_fwd_sm90_ws(const T* __restrict__ q, const 
     const int lane = tid & 31;
     const int g = lane >> 2;
     const int tg = lane & 3;
-    const float slope_log2 = ALIBI ? slopes[h] * 1.4426950408889634f : 0.f;
-    // All-padding warpgroups compute too (see attn_fwd_sm90).
-    WgRows<T, BN, ALIBI> w(sQ + wg * 64 * 128, q0 + wg * 64 + warp * 16 + g, tg, len,
-                           scale_log2, slope_log2);
     // The issue token: consumer w may issue its products once w - 1 has (ids 1..NWG; barrier 0
-    // is __syncthreads'). Consumer 0 starts; the last one's first hand-over primes it.
+    // is __syncthreads'). Consumer 0 starts; the last one's first hand-over primes it. It goes
+    // round across items.
     auto token_wait = [&]() { named_sync(1 + wg, 256); };
     auto token_pass = [&]() { named_arrive(1 + (wg + 1) % NWG, 256); };
     if (wg == NWG - 1) token_pass();
-
-    auto release = [&](int st) {
-        if (lane == 0) mbar_arrive(empty(st));
+    auto arrive_one_lane = [&](uint32_t bar) {
+        if (lane == 0) mbar_arrive(bar);
     };
 
-    mbar_wait(q_bar, 0);
-    for (int j = 0; j < n_tiles; ++j) {
-        const int st = j % STAGES;
-        mbar_wait(full(st), (j / STAGES) & 1);
-        fence_async_smem();
-        token_wait();
-        wg_fence();
-        w.issue_qk(sK(st));
-        if (j > 0) w.issue_pv(sV((j - 1) % STAGES));
-        // The softmax of S(j) runs while this warpgroup's P(j-1) V(j-1) is still on the tensor
-        // cores. The token moves on once S(j) has landed: a named barrier between issuing and
-        // this partial wait makes ptxas serialize every wgmma (C7514).
-        if (j > 0)
-            wg_wait<1>();
-        else
+    int c = 0;
+    int n = 0;
+    for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
+        const Item wi = item(it);
+        const attn::SeqSpan sp = seq_span(wi.b, key_lens, cu_seqlens, t_rows);
+        if (wi.q0 >= sp.rows) continue;
+        T* ob = o + wi.b * o_sb + sp.start * o_st + wi.h * o_sh;
+        if (wi.q0 >= sp.len) {
+            zero_tile<BM, NWG * 128>(ob, o_st, wi.q0, sp.rows, tid);
+            continue;
+        }
+        const int qs = n & 1;
+        const float slope_log2 = ALIBI ? slopes[wi.h] * 1.4426950408889634f : 0.f;
+        // All-padding warpgroups compute too (see attn_fwd_sm90).
+        WgRows<T, BN, ALIBI> w(sQ(qs) + wg * 64 * 128, wi.q0 + wg * 64 + warp * 16 + g, tg,
+                               sp.len, scale_log2, slope_log2);
+        const int n_tiles = (sp.len + BN - 1) / BN;
+        mbar_wait(q_full(qs), (n >> 1) & 1);
+        int prev = 0;
+        for (int j = 0; j < n_tiles; ++j, ++c) {
+            const int st = c % STAGES;
+            mbar_wait(full(st), (c / STAGES) & 1);
+            fence_async_smem();
+            token_wait();
+            wg_fence();
+            w.issue_qk(sK(st));
+            if (j > 0) w.issue_pv(sV(prev));
+            // The softmax of S(j) runs while this warpgroup's P(j-1) V(j-1) is still on the
+            // tensor cores. The token moves on once S(j) has landed: a named barrier between
+            // issuing and this partial wait makes ptxas serialize every wgmma (C7514).
+            if (j > 0)
+                wg_wait<1>();
+            else
+                wg_wait<0>();
+            token_pass();
+            if (j == n_tiles - 1) arrive_one_lane(q_empty(qs));  // the last S has read Q
+            float alpha[2];
+            w.softmax(j, alpha);
             wg_wait<0>();
-        token_pass();
-        float alpha[2];
-        w.softmax(j, alpha);
+            if (j > 0) arrive_one_lane(empty(prev));  // K and V of the previous tile are read
+            w.rescale_and_pack(alpha);
+            prev = st;
+        }
+        wg_fence();
+        w.issue_pv(sV(prev));
         wg_wait<0>();
-        if (j > 0) release((j - 1) % STAGES);  // K(j-1) and V(j-1) are read
-        w.rescale_and_pack(alpha);
+        arrive_one_lane(empty(prev));
+        reg_fence(w.acc);
+        store_rows<T>(w.acc, w.l_run, w.qrow, sp.len, sp.rows, ob, o_st, tg);
+        ++n;
     }
     // Consumer 0 takes the token the last consumer passed after its final tile, so every named
     // barrier ends balanced.
     if (wg == 0) token_wait();
-    wg_fence();
-    w.issue_pv(sV((n_tiles - 1) % STAGES));
-    wg_wait<0>();
-    reg_fence(w.acc);
-    store_rows<T>(w.acc, w.l_run, w.qrow, len, rows, ob, o_st, tg);
 }
 }  // namespace
 
@@ -522,28 +665,47 @@ FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h3n128, __nv_bfloat16, 3, 1
 FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h2n64, __half, 2, 64, 2)
 FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64, 2)
 
-// Warp-specialized entry points: virnucpro_flash_attn_sm90_<dtype>_s<consumers>n<key tile>;
-// block (consumers + 1) * 128 threads, same grid and shared memory as h<consumers>n<key tile>.
-#define FLASH_ATTN_SM90_WS_ENTRY(NAME, T, NWG, BN)                                             \
+
+// Persistent entry points: virnucpro_flash_attn_sm90_<dtype>_p<consumers>n<key tile>; the
+// arguments of the others, then the rotary tables (f32 cos, sin [positions, 32], positions >=
+// the rows of any sequence; null: q and k are used as they are) and the item count (n_qblocks x
+// heads x batch, in that order of nesting). Grid: one block per multiprocessor (at most
+// n_items); block (consumers + 1) * 128 threads; dynamic shared memory
+// (2 * 64 * consumers + 4 * 2 * key tile) * 128 + 1024 bytes.
+#define FLASH_ATTN_SM90_PS_ENTRY(NAME, T, NWG, BN, ROT_OK)                                     \
     extern "C" __global__ void __launch_bounds__((NWG + 1) * 128, 1)                             \
         NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* key_lens,                 \
              const uint32_t* cu_seqlens, const float* slopes, int t_rows, long long q_sb,        \
              long long q_st, long long q_sh, long long k_sb, long long k_st, long long k_sh,     \
              long long v_sb, long long v_st, long long v_sh, long long o_sb, long long o_st,     \
-             long long o_sh, float scale_log2) {                                                 \
+             long long o_sh, float scale_log2, const float* rot_cos, const float* rot_sin,       \
+             int n_qblocks, int n_heads, int n_items) {                                          \
         extern __shared__ uint8_t smem_raw[];                                                    \
-        if (slopes != nullptr)                                                                   \
-            attn_fwd_sm90_ws<T, NWG, BN, true>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, \
-                                               q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st,   \
-                                               v_sh, o_sb, o_st, o_sh, scale_log2, smem_raw);    \
+        const int mode = slopes != nullptr ? 1 : (ROT_OK && rot_cos != nullptr ? 2 : 0);         \
+        if (mode == 1)                                                                           \
+            attn_fwd_sm90_ps<T, NWG, BN, true, false>(                                           \
+                q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
+                k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
+                n_qblocks, n_heads, n_items, smem_raw);                                          \
+        else if (mode == 2)                                                                      \
+            attn_fwd_sm90_ps<T, NWG, BN, false, ROT_OK>(                                         \
+                q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
+                k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
+                n_qblocks, n_heads, n_items, smem_raw);                                          \
         else                                                                                     \
-            attn_fwd_sm90_ws<T, NWG, BN, false>(q, k, v, o, key_lens, cu_seqlens, slopes,        \
-                                                t_rows, q_sb, q_st, q_sh, k_sb, k_st, k_sh,      \
-                                                v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2,  \
-                                                smem_raw);                                       \
+            attn_fwd_sm90_ps<T, NWG, BN, false, false>(                                          \
+                q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
+                k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
+                n_qblocks, n_heads, n_items, smem_raw);                                          \
     }
 
-FLASH_ATTN_SM90_WS_ENTRY(virnucpro_flash_attn_sm90_f16_s3n128, __half, 3, 128)
-FLASH_ATTN_SM90_WS_ENTRY(virnucpro_flash_attn_sm90_bf16_s3n128, __nv_bfloat16, 3, 128)
-FLASH_ATTN_SM90_WS_ENTRY(virnucpro_flash_attn_sm90_f16_s2n128, __half, 2, 128)
-FLASH_ATTN_SM90_WS_ENTRY(virnucpro_flash_attn_sm90_bf16_s2n128, __nv_bfloat16, 2, 128)
+// Rotary in the producer: not for p3n128, whose consumers cannot give up the registers (ptxas
+// serializes their wgmma: C7512); the launcher rotates q and k beforehand for that one.
+FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_f16_p3n128, __half, 3, 128, false)
+FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_bf16_p3n128, __nv_bfloat16, 3, 128, false)
+FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_f16_p2n128, __half, 2, 128, true)
+FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_bf16_p2n128, __nv_bfloat16, 2, 128, true)
+FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_f16_p3n64, __half, 3, 64, true)
+FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_bf16_p3n64, __nv_bfloat16, 3, 64, true)
+FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_f16_p2n64, __half, 2, 64, true)
+FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_bf16_p2n64, __nv_bfloat16, 2, 64, true)

@@ -232,6 +232,88 @@ pub fn fused_padded(
         max_len: 0,
         poison,
         variant,
+        rotary: None,
+    };
+    q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)
+}
+
+/// [`fused_attention`] for ESM: q and k are taken as they come out of the projection and the
+/// rotary embedding (rotate-half) is applied inside the kernel as they are loaded, instead of by
+/// a separate pass over q and k. `cos`, `sin`: f32 `[positions, 32]` with positions at least the
+/// row length (the angle of position p and frequency i; see `models::layers::Rotary`).
+///
+/// `Ok(None)` where the kernel chosen for this length does not rotate (no Hopper GPU, or a tile
+/// variant without it): rotate q and k first and call [`fused_attention`].
+pub fn fused_attention_rotary(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_lens: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    scale: f32,
+) -> Result<Option<Tensor>> {
+    let t = q.dim(2)?;
+    if !rotary_in_attention_enabled()
+        || !hopper_attention(q.device())
+        || !FaVariant::for_len(t, true).fuses_rotary()
+    {
+        return Ok(None);
+    }
+    fused_padded_rotary(q, k, v, key_lens, cos, sin, scale, None).map(Some)
+}
+
+/// Whether [`fused_attention_rotary`] may run: only with `VIRNUCPRO_ROTARY_IN_ATTENTION=1` for
+/// now. The kernels' rotation has not yet run on a GPU (no device was available when it was
+/// written); `kernels::tests::rotary_in_attention_matches_on_gpu` and doctor (with the variable
+/// set) check it, and the default changes once they have passed on an H100.
+pub fn rotary_in_attention_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VIRNUCPRO_ROTARY_IN_ATTENTION").is_ok_and(|v| v == "1"))
+}
+
+/// [`fused_attention_rotary`] on a given tile variant (one with [`FaVariant::fuses_rotary`];
+/// `None`: the one for the length), for validation and benchmarks.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_padded_rotary(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_lens: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    scale: f32,
+    variant: Option<FaVariant>,
+) -> Result<Tensor> {
+    let (b, _h, t, d) = q.dims4()?;
+    check_same_shape(q, k, v)?;
+    check_scale(scale)?;
+    check_aux(key_lens, DType::U32, b, "key_lens", q.device())?;
+    for (name, tab) in [("cos", cos), ("sin", sin)] {
+        if tab.dtype() != DType::F32
+            || tab.dims().len() != 2
+            || tab.dim(0)? < t
+            || tab.dim(1)? != d / 2
+            || !tab.device().same_device(q.device())
+        {
+            candle_core::bail!(
+                "fused attention: rotary {name} must be f32 [>= {t}, {}] on q's device, got \
+                 {:?} {:?}",
+                d / 2,
+                tab.dtype(),
+                tab.dims()
+            );
+        }
+    }
+    let op = FusedAttention {
+        lens: SeqLens::Padded(key_lens.contiguous()?),
+        slopes: None,
+        scale,
+        max_len: 0,
+        poison: false,
+        variant,
+        rotary: Some((cos.contiguous()?, sin.contiguous()?)),
     };
     q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)
 }
@@ -272,6 +354,7 @@ pub fn fused_packed(
         max_len,
         poison,
         variant,
+        rotary: None,
     };
     q.apply_op3_no_bwd(k, v, &op)
 }
@@ -333,22 +416,30 @@ pub enum FaVariant {
     H3N128,
     /// Hopper: 2 warpgroups (128 query rows), 64-key tiles, two blocks per SM.
     H2N64,
-    /// Hopper, warp-specialized: a producer warpgroup loads K/V, 3 consumer warpgroups (192
-    /// query rows) take turns on the tensor cores; 128-key tiles.
-    S3N128,
-    /// Hopper, warp-specialized: 2 consumer warpgroups (128 query rows), 128-key tiles.
-    S2N128,
+    /// Hopper, warp-specialized and persistent: one block per multiprocessor walks the query
+    /// blocks; a producer warpgroup loads Q, K and V (the next block's while the current one
+    /// ends), 3 consumer warpgroups (192 query rows) take turns on the tensor cores; 128-key
+    /// tiles.
+    P3N128,
+    /// Persistent: 2 consumers (128 query rows), 128-key tiles.
+    P2N128,
+    /// Persistent: 3 consumers (192 query rows), 64-key tiles.
+    P3N64,
+    /// Persistent: 2 consumers (128 query rows), 64-key tiles.
+    P2N64,
 }
 
 impl FaVariant {
-    pub const ALL: [FaVariant; 7] = [
+    pub const ALL: [FaVariant; 9] = [
         FaVariant::W4M1,
         FaVariant::W4M2,
         FaVariant::W8M1,
         FaVariant::H3N128,
         FaVariant::H2N64,
-        FaVariant::S3N128,
-        FaVariant::S2N128,
+        FaVariant::P3N128,
+        FaVariant::P2N128,
+        FaVariant::P3N64,
+        FaVariant::P2N64,
     ];
 
     pub fn name(self) -> &'static str {
@@ -358,8 +449,10 @@ impl FaVariant {
             Self::W8M1 => "w8m1",
             Self::H3N128 => "h3n128",
             Self::H2N64 => "h2n64",
-            Self::S3N128 => "s3n128",
-            Self::S2N128 => "s2n128",
+            Self::P3N128 => "p3n128",
+            Self::P2N128 => "p2n128",
+            Self::P3N64 => "p3n64",
+            Self::P2N64 => "p2n64",
         }
     }
 
@@ -367,10 +460,25 @@ impl FaVariant {
         Self::ALL.into_iter().find(|v| v.name() == s.trim())
     }
 
-    /// Whether a producer warpgroup loads K/V for the others (the `s…` variants): it computes
+    /// Whether a producer warpgroup loads Q/K/V for the others (the `p…` variants): it computes
     /// no query rows.
     pub fn warp_specialized(self) -> bool {
-        matches!(self, Self::S3N128 | Self::S2N128)
+        self.persistent()
+    }
+
+    /// Whether the kernel can apply the rotary embedding to q and k as it loads them (the
+    /// persistent variants except p3n128, whose consumers need every register they have).
+    pub fn fuses_rotary(self) -> bool {
+        matches!(self, Self::P2N128 | Self::P3N64 | Self::P2N64)
+    }
+
+    /// Whether the kernel is persistent (the `p…` variants): a grid of one block per
+    /// multiprocessor that walks the query blocks, which takes the item count as arguments.
+    pub fn persistent(self) -> bool {
+        matches!(
+            self,
+            Self::P3N128 | Self::P2N128 | Self::P3N64 | Self::P2N64
+        )
     }
 
     /// Whether this is a wgmma (compute capability 9.0 only) variant.
@@ -390,8 +498,8 @@ impl FaVariant {
     pub fn block_m(self) -> usize {
         match self {
             Self::W4M1 => 64,
-            Self::W4M2 | Self::W8M1 | Self::H2N64 | Self::S2N128 => 128,
-            Self::H3N128 | Self::S3N128 => 192,
+            Self::W4M2 | Self::W8M1 | Self::H2N64 | Self::P2N128 | Self::P2N64 => 128,
+            Self::H3N128 | Self::P3N128 | Self::P3N64 => 192,
         }
     }
 
@@ -399,21 +507,23 @@ impl FaVariant {
         match self {
             Self::W4M1 | Self::W4M2 => 128,
             Self::W8M1 | Self::H2N64 => 256,
-            // s2n128 and s3n128: their consumer warpgroups and the producer warpgroup.
-            Self::H3N128 | Self::S2N128 => 384,
-            Self::S3N128 => 512,
+            // p…: their consumer warpgroups and the producer warpgroup.
+            Self::H3N128 | Self::P2N128 | Self::P2N64 => 384,
+            Self::P3N128 | Self::P3N64 => 512,
         }
     }
 
     /// Dynamic shared memory of a block in bytes (the mma.sync kernels use static memory): the Q
-    /// tile, four stages of K and V tiles (128 bytes a row), 1 KiB of alignment slack.
+    /// tile (two for the persistent kernels), four stages of K and V tiles (128 bytes a row),
+    /// 1 KiB of alignment slack.
     pub fn dynamic_smem(self) -> u32 {
         let key_tile = match self {
-            Self::H3N128 | Self::S3N128 | Self::S2N128 => 128,
-            Self::H2N64 => 64,
+            Self::H3N128 | Self::P3N128 | Self::P2N128 => 128,
+            Self::H2N64 | Self::P3N64 | Self::P2N64 => 64,
             _ => return 0,
         };
-        ((self.block_m() + 4 * 2 * key_tile) * 128 + 1024) as u32
+        let q_tiles = if self.persistent() { 2 } else { 1 };
+        ((q_tiles * self.block_m() + 4 * 2 * key_tile) * 128 + 1024) as u32
     }
 
     /// The variant forced by `VIRNUCPRO_FA_VARIANT` (benchmarks), if set.
@@ -427,19 +537,19 @@ impl FaVariant {
     }
 
     /// The variant for rows of `len` tokens, unless `VIRNUCPRO_FA_VARIANT` says otherwise. On a
-    /// compute capability 9.0 GPU (`hopper`) the wgmma kernels: h2n64 (two blocks per SM) below
-    /// 768 tokens, the fastest at 64x168 and within 0.002 ms of the best at 1x502; the
-    /// warp-specialized s3n128 from 768 on, the fastest at 8x1026 and 4x2048 and in whole
-    /// FastESM2 passes at 1x2048 (BENCHMARKS.md, runs 30-32). Elsewhere w4m1 for short rows (more
-    /// blocks, 3 per SM) and w4m2 from 768 on (each K/V fragment feeds two products; 10-12%
-    /// faster at 2048 on an H100, runs 1-2).
+    /// compute capability 9.0 GPU (`hopper`) the persistent wgmma kernels: p3n64 below 768
+    /// tokens (a 168-token row is one query block of 192 rows and three 64-key tiles; the
+    /// fastest at 64x168, 24% under h2n64), p3n128 from 768 on (the fastest at 8x1026 and
+    /// 4x2048 and in whole FastESM2 passes at 2x1024 and 1x2048; BENCHMARKS.md run 38).
+    /// Elsewhere w4m1 for short rows (more blocks, 3 per SM) and w4m2 from 768 on (each K/V
+    /// fragment feeds two products; 10-12% faster at 2048 on an H100, runs 1-2).
     pub fn for_len(len: usize, hopper: bool) -> Self {
         if let Some(v) = Self::forced().filter(|v| hopper || !v.hopper()) {
             return v;
         }
         match (hopper, len >= 768) {
-            (true, false) => Self::H2N64,
-            (true, true) => Self::S3N128,
+            (true, false) => Self::P3N64,
+            (true, true) => Self::P3N128,
             (false, false) => Self::W4M1,
             (false, true) => Self::W4M2,
         }
@@ -564,6 +674,9 @@ pub(crate) struct FusedAttention {
     pub(crate) poison: bool,
     /// Tile variant; `None`: [`FaVariant::default_for_run`].
     pub(crate) variant: Option<FaVariant>,
+    /// Rotary tables (f32 cos, sin `[positions, head_dim / 2]`): q and k are rotated in the
+    /// kernel (variants with [`FaVariant::fuses_rotary`] only).
+    pub(crate) rotary: Option<(Tensor, Tensor)>,
 }
 
 impl CustomOp3 for FusedAttention {
@@ -643,6 +756,20 @@ mod tests {
         Ok(())
     }
 
+    #[cfg(feature = "cuda")]
+    #[test]
+    #[ignore = "needs a compute capability 9.0 GPU"]
+    fn rotary_in_attention_matches_on_gpu() -> anyhow::Result<()> {
+        let dev = Device::new_cuda(0)?;
+        assert!(hopper_attention(&dev), "this test needs an H100/H200");
+        let checks = selftest::check_rotary_attention(&dev)?;
+        assert_eq!(checks.len(), 6, "3 variants x 2 dtypes");
+        for (name, rel, limit) in checks {
+            assert!(rel <= limit, "{name}: {rel:.2e} > {limit:.0e}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn tile_variants_fit_the_hardware_and_hopper_ones_stay_on_hopper() {
         for v in FaVariant::ALL {
@@ -690,8 +817,8 @@ mod tests {
             }
             assert_eq!(FaVariant::for_len(2048, false), FaVariant::W4M2);
             assert_eq!(FaVariant::for_len(168, false), FaVariant::W4M1);
-            assert_eq!(FaVariant::for_len(168, true), FaVariant::H2N64);
-            assert_eq!(FaVariant::for_len(1026, true), FaVariant::S3N128);
+            assert_eq!(FaVariant::for_len(168, true), FaVariant::P3N64);
+            assert_eq!(FaVariant::for_len(1026, true), FaVariant::P3N128);
         }
     }
 

@@ -352,6 +352,53 @@ pub fn check_bias_act(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
         }
     }
     out.extend(check_fused_ops(dev)?);
+    if super::rotary_in_attention_enabled() {
+        out.extend(check_rotary_attention(dev)?);
+    }
+    Ok(out)
+}
+
+/// Checks the attention kernels that apply ESM's rotary embedding themselves (Hopper) against
+/// rotating q and k first (the rotary q/k op) and running the same tile variant on the result:
+/// one padded batch of rows of 200, 37 and 129 tokens (positions past a row's length are never
+/// read), 4 heads, f16 and bf16, straight from a q/k/v projection. Returns (name, relative error,
+/// limit); nothing where no variant rotates (not a Hopper GPU).
+pub fn check_rotary_attention(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    use crate::models::layers::{split_qkv_views, Rotary};
+    let mut out = Vec::new();
+    if !super::hopper_attention(dev) {
+        return Ok(out);
+    }
+    let (lens, heads, hd) = ([200u32, 37, 129], 4, 64);
+    let (b, t) = (lens.len(), 200);
+    let key_lens = Tensor::from_slice(&lens, b, dev)?;
+    for dtype in [DType::F16, DType::BF16] {
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * heads * hd), dev)?.to_dtype(dtype)?;
+        let rot = Rotary::new(hd, 10000.0, 256, dtype, dev)?;
+        let (cos, sin) = rot
+            .tables_for(t)
+            .ok_or_else(|| anyhow::anyhow!("no f32 rotary tables on a CUDA device"))?;
+        let (q, k, v) = split_qkv_views(&qkv, heads, hd)?;
+        let (qr, kr) = rot
+            .forward_qkv(&qkv, heads)?
+            .ok_or_else(|| anyhow::anyhow!("the rotary q/k op did not run"))?;
+        // Same kernel and arithmetic either way: only roundings of the rotated values differ.
+        let limit = if dtype == DType::BF16 { 1e-2 } else { 2e-3 };
+        for variant in FaVariant::ALL.into_iter().filter(|v| v.fuses_rotary()) {
+            let scale = 0.125f32;
+            let got =
+                super::fused_padded_rotary(&q, &k, &v, &key_lens, cos, sin, scale, Some(variant))?;
+            let want =
+                super::fused_padded(&qr, &kr, &v, &key_lens, None, scale, false, Some(variant))?;
+            let want = want.to_dtype(DType::F32)?;
+            let rel = norm(&(got.to_dtype(DType::F32)? - &want)?)? / norm(&want)?;
+            out.push((
+                format!("attention+rotary {} {dtype:?}", variant.name()),
+                if rel.is_finite() { rel } else { f64::INFINITY },
+                limit,
+            ));
+        }
+    }
     Ok(out)
 }
 

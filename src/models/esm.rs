@@ -13,8 +13,8 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::layers::{
-    attention, split_qkv, split_qkv_views, weighted_pool, Act, AttentionMask, Embedding, LayerNorm,
-    Linear, Rotary,
+    attention, attention_rotary, split_qkv, split_qkv_views, weighted_pool, Act, AttentionMask,
+    Embedding, LayerNorm, Linear, Rotary,
 };
 use super::profile::section;
 use super::{Encoder, TokenBatch};
@@ -241,14 +241,24 @@ impl EsmAttention {
         let normed = section("esm layer_norm", dev, || self.layer_norm.forward(x, None))?;
         let qkv = section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
         let fused = crate::kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if fused {
+            // Hopper: the attention kernel rotates q and k as it loads them (no rotary pass).
+            let (q, k, v) = split_qkv_views(&qkv, self.heads, self.head_dim)?;
+            if let Some(ctx) = section("esm attention+rotary", dev, || {
+                attention_rotary(&q, &k, &v, mask, rotary, scale)
+            })? {
+                return section("esm out linear+res", dev, || {
+                    self.out.forward_with(&ctx, Act::Identity, Some(x))
+                });
+            }
+        }
         if let Some((q, k)) = section("esm rotary q/k", dev, || {
             rotary.forward_qkv(&qkv, self.heads)
         })? {
             // Rotated q and k written once by one kernel; v read in place by the fused kernel.
             let (_, _, v) = split_qkv_views(&qkv, self.heads, self.head_dim)?;
-            let ctx = section("esm attention", dev, || {
-                attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())
-            })?;
+            let ctx = section("esm attention", dev, || attention(&q, &k, &v, mask, scale))?;
             return section("esm out linear+res", dev, || {
                 self.out.forward_with(&ctx, Act::Identity, Some(x))
             });
@@ -262,7 +272,7 @@ impl EsmAttention {
         };
         let q = rotary.forward(&q)?;
         let k = rotary.forward(&k)?;
-        let ctx = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        let ctx = attention(&q, &k, &v, mask, scale)?;
         self.out.forward_with(&ctx, Act::Identity, Some(x))
     }
 }

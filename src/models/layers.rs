@@ -259,6 +259,15 @@ impl Rotary {
             .transpose()
     }
 
+    /// The f32 tables (`[positions, head_dim / 2]`) when they cover rows of `len` tokens (CUDA
+    /// devices only), for kernels that rotate as they load.
+    pub fn tables_for(&self, len: usize) -> Option<(&Tensor, &Tensor)> {
+        self.tables_f32
+            .as_ref()
+            .filter(|(c, _)| c.dim(0).is_ok_and(|n| n >= len))
+            .map(|(c, s)| (c, s))
+    }
+
     /// `x`: `[batch, heads, len, head_dim]` -> same shape, rotated.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let len = x.dim(2)?;
@@ -378,6 +387,37 @@ pub fn attention(
     };
     let out = probs.matmul(&v.contiguous()?)?;
     out.transpose(1, 2)?.reshape((b, l, h * d))
+}
+
+/// [`attention`] with the rotary embedding of q and k applied inside the fused kernel (q and k
+/// straight from the projection, e.g. [`split_qkv_views`]). `Ok(None)` where that kernel does
+/// not run (no Hopper GPU, the materialized path asked for, an additive bias, or tables that do
+/// not cover the rows): rotate q and k and call [`attention`].
+pub fn attention_rotary(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    rotary: &Rotary,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    let (b, h, l, d) = q.dims4()?;
+    let Some((cos, sin)) = rotary.tables_for(l) else {
+        return Ok(None);
+    };
+    if mask.bias.is_some() || !crate::kernels::use_fused(q.dtype(), d, q.device())? {
+        return Ok(None);
+    }
+    let lens = match &mask.key_lens {
+        Some(t) => t.clone(),
+        None => {
+            let l: Vec<u32> = mask.lengths.iter().map(|&l| l as u32).collect();
+            Tensor::from_vec(l, b, q.device())?
+        }
+    };
+    crate::kernels::fused_attention_rotary(q, k, v, &lens, cos, sin, scale as f32)?
+        .map(|out| out.transpose(1, 2)?.reshape((b, l, h * d)))
+        .transpose()
 }
 
 /// Like [`split_qkv`] but without copies: strided `[batch, heads, len, head_dim]` views of the

@@ -31,7 +31,7 @@ use crate::output::predictions::{
     RESULTS_FILE, SUMMARY_FILE,
 };
 use crate::pipeline::embed::{
-    embed_sequences, load_from_files, random_embedding_model, EmbeddingModel, LoadOptions,
+    enqueue_sequences, load_from_files, random_embedding_model, EmbeddingModel, LoadOptions,
     RandomModel,
 };
 use crate::pipeline::frames::{translate_batch, RecordBatches};
@@ -170,16 +170,20 @@ impl Models {
             .iter()
             .map(|f| (f.id.as_str(), f.protein.as_slice()))
             .collect();
-        let dna = embed_sequences(
+        // Both models are enqueued before either is collected: the host tokenizes and enqueues
+        // the proteins while the device runs the nucleotide model.
+        let dna = enqueue_sequences(
             &self.dnabert,
             &dna,
             batch_tokens.unwrap_or_else(|| self.dnabert.default_batch_tokens()),
         )?;
-        let protein = embed_sequences(
+        let protein = enqueue_sequences(
             &self.esm,
             &protein,
             batch_tokens.unwrap_or_else(|| self.esm.default_batch_tokens()),
         )?;
+        let dna = dna.finish()?;
+        let protein = protein.finish()?;
         // Merged feature = [nucleotide | protein] (PIPELINE.md §4).
         let features =
             Tensor::cat(&[&dna.embeddings, &protein.embeddings], 1)?.to_device(&self.device)?;
