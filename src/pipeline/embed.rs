@@ -369,7 +369,8 @@ where
     embed_sequences_with(model, items, batch_tokens, &mut |_| {})
 }
 
-/// [`embed_sequences`] with a callback after each batch, given the number of sequences done.
+/// [`embed_sequences`] with a callback after each batch, given the number of sequences done (on a
+/// GPU: enqueued; up to `PENDING_BATCHES` batches may still be computing).
 pub fn embed_sequences_with<I, S>(
     model: &EmbeddingModel,
     items: &[(I, S)],
