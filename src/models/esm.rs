@@ -242,11 +242,13 @@ impl EsmAttention {
         let qkv = section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
         let fused = crate::kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // Strided [b, heads, l, d] views of the projection: the fused kernel reads them in place.
+        let views = split_qkv_views(&qkv, self.heads, self.head_dim)?;
         if fused {
             // Hopper: the attention kernel rotates q and k as it loads them (no rotary pass).
-            let (q, k, v) = split_qkv_views(&qkv, self.heads, self.head_dim)?;
+            let (q, k, v) = &views;
             if let Some(ctx) = section("esm attention+rotary", dev, || {
-                attention_rotary(&q, &k, &v, mask, rotary, scale)
+                attention_rotary(q, k, v, mask, rotary, scale)
             })? {
                 return section("esm out linear+res", dev, || {
                     self.out.forward_with(&ctx, Act::Identity, Some(x))
@@ -257,16 +259,17 @@ impl EsmAttention {
             rotary.forward_qkv(&qkv, self.heads)
         })? {
             // Rotated q and k written once by one kernel; v read in place by the fused kernel.
-            let (_, _, v) = split_qkv_views(&qkv, self.heads, self.head_dim)?;
-            let ctx = section("esm attention", dev, || attention(&q, &k, &v, mask, scale))?;
+            let ctx = section("esm attention", dev, || {
+                attention(&q, &k, &views.2, mask, scale)
+            })?;
             return section("esm out linear+res", dev, || {
                 self.out.forward_with(&ctx, Act::Identity, Some(x))
             });
         }
         let (q, k, v) = if fused {
-            // Strided [b, heads, l, d] views: rotary copies q and k once anyway, and the fused
-            // kernel reads v in place (one copy of the projection saved per layer).
-            split_qkv_views(&qkv, self.heads, self.head_dim)?
+            // rotary copies q and k once anyway, and the fused kernel reads v in place (one
+            // copy of the projection saved per layer).
+            views
         } else {
             split_qkv(&qkv, self.heads, self.head_dim)?
         };

@@ -329,6 +329,18 @@ impl AttentionMask {
         })
     }
 
+    /// The row lengths as u32 `[batch]` on `device`, for the fused kernels (made once per batch
+    /// on CUDA devices, by [`AttentionMask::new`]).
+    fn key_lens_on(&self, device: &Device) -> Result<Tensor> {
+        match &self.key_lens {
+            Some(t) => Ok(t.clone()),
+            None => {
+                let l: Vec<u32> = self.lengths.iter().map(|&l| l as u32).collect();
+                Tensor::from_vec(l, self.lengths.len(), device)
+            }
+        }
+    }
+
     /// Adds an additive score bias (e.g. ALiBi) on top of the key-padding mask.
     pub fn with_bias(mut self, bias: Tensor) -> Self {
         self.bias = Some(bias);
@@ -357,13 +369,7 @@ pub fn attention(
     let _enter = tracing::span!(tracing::Level::TRACE, "attention").entered();
     let (b, h, l, d) = q.dims4()?;
     if mask.bias.is_none() && crate::kernels::use_fused(q.dtype(), d, q.device())? {
-        let lens = match &mask.key_lens {
-            Some(t) => t.clone(),
-            None => {
-                let l: Vec<u32> = mask.lengths.iter().map(|&l| l as u32).collect();
-                Tensor::from_vec(l, b, q.device())?
-            }
-        };
+        let lens = mask.key_lens_on(q.device())?;
         let out = crate::kernels::fused_attention(q, k, v, &lens, None, scale as f32)?;
         // [b, h, l, d] view of [b, l, h, d] storage: this transpose is free.
         return out.transpose(1, 2)?.reshape((b, l, h * d));
@@ -408,13 +414,7 @@ pub fn attention_rotary(
     if mask.bias.is_some() || !crate::kernels::use_fused(q.dtype(), d, q.device())? {
         return Ok(None);
     }
-    let lens = match &mask.key_lens {
-        Some(t) => t.clone(),
-        None => {
-            let l: Vec<u32> = mask.lengths.iter().map(|&l| l as u32).collect();
-            Tensor::from_vec(l, b, q.device())?
-        }
-    };
+    let lens = mask.key_lens_on(q.device())?;
     crate::kernels::fused_attention_rotary(q, k, v, &lens, cos, sin, scale as f32)?
         .map(|out| out.transpose(1, 2)?.reshape((b, l, h * d)))
         .transpose()

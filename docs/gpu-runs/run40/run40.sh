@@ -55,20 +55,7 @@ CUDA_INJECTION64_PATH=$D/libktrace.so KTRACE_OUT=$OUT/tr_attn.tsv timeout 120 $V
 python3 $D/summary.py $OUT/tr_attn.tsv --last-ms 400 --top 8 | tee $OUT/attn_trace.log
 CUDA_INJECTION64_PATH=$D/libktrace.so KTRACE_OUT=$OUT/tr_sdpa.tsv timeout 120 python3 /tmp/sdpa_loop.py
 python3 $D/summary.py $OUT/tr_sdpa.tsv --last-ms 50 --top 4 | tee $OUT/sdpa_trace.log
-python3 - <<'PY'
-import numpy as np
-rng = np.random.default_rng(5)
-b = np.frombuffer(b"ACGT", dtype=np.uint8)
-codons = np.array(np.meshgrid(b, b, b, indexing="ij")).reshape(3, -1).T
-stops = {b"TAA", b"TAG", b"TGA"}
-sense = np.array([c for c in codons if bytes(c) not in stops])
-with open("/tmp/g.fa", "w") as f:
-    for i in range(4000):
-        seq = sense[rng.integers(0, len(sense), 1667)].reshape(-1)[:5000].tobytes().decode()
-        f.write(f">r{i}\n")
-        for j in range(0, 5000, 80):
-            f.write(seq[j:j + 80] + "\n")
-PY
+python3 $D/coding_genomes.py /tmp/g.fa 4000
 python3 $D/kmer_tokenizer.py tests/data/oracle/dnabert /tmp/kmer > /dev/null
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > /tmp/mem.csv &
 MON=$!
