@@ -125,18 +125,48 @@ __device__ __forceinline__ void st_shared16(uint32_t addr, uint4 v) {
                  : "memory");
 }
 
-// The producer's copy of rows [row0, row0 + ROWS) x 64 of q or k with the rotary embedding
-// (rotate-half, ESM) applied on the way: element i of a row pairs with i + 32, both turned by
-// the angle of (row position, i) from f32 tables cos/sin [positions, 32]. Thread t handles chunk
-// t % 4 (elements 8c..8c+7) and its partner chunk c + 4 of rows t / 4 + 32 i, through registers
-// into the swizzled tile (the same arithmetic as the rotary q/k kernel of fused_ops.cu, so the
-// rotated values are the same). Rows >= valid_rows are zero.
+__device__ __forceinline__ uint4 ld_shared16(uint32_t addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
+}
+
+// Rotary embedding (rotate-half, ESM) in the producer, in two steps so that a tile costs one
+// memory round trip: copy_tile_pairs issues cp.async for the whole tile (thread t copies chunk
+// t % 4, elements 8c..8c+7, and its partner chunk c + 4 of rows t / 4 + 32 i, into the swizzled
+// tile; rows >= valid_rows zero-filled), and once they have landed rotate_tile_in_place turns
+// each pair by the angle of (row position, i) from the f32 tables cos/sin [positions, 32] (read
+// through L1: every head of a block reads the same rows) and writes it back. The arithmetic is
+// that of the rotary q/k kernel of fused_ops.cu, so the rotated values are the same. (Loading
+// through registers row group by row group, as first written, cost one round trip per 32 rows
+// and made the producer the bottleneck: run 41.)
 template <int ROWS, typename T>
-__device__ __forceinline__ void produce_tile_rot(uint32_t dst, const T* base, long long row_stride,
-                                                 int row0, int valid_rows, int ptid,
-                                                 const float* __restrict__ cosv,
-                                                 const float* __restrict__ sinv) {
+__device__ __forceinline__ void copy_tile_pairs(uint32_t dst, const T* base, long long row_stride,
+                                                int row0, int valid_rows, int ptid) {
     static_assert(ROWS % 32 == 0, "32 rows per pass of 128 threads");
+    const int c = ptid & 3;
+    const int rr = ptid >> 2;
+    const uint32_t d = dst + rr * 128;
+    const uint32_t o1 = (uint32_t)((c ^ (rr & 7)) << 4);
+    const uint32_t o2 = (uint32_t)(((c + 4) ^ (rr & 7)) << 4);
+    const T* src = base + (long long)(row0 + rr) * row_stride + c * 8;
+    const long long step = 32 * row_stride;
+#pragma unroll
+    for (int i = 0; i < ROWS / 32; ++i) {
+        const bool valid = row0 + rr + 32 * i < valid_rows;
+        cp_async16(d + i * 32 * 128 + o1, valid ? src : base, valid);
+        cp_async16(d + i * 32 * 128 + o2, valid ? src + 32 : base, valid);
+        src += step;
+    }
+}
+
+template <int ROWS, typename T>
+__device__ __forceinline__ void rotate_tile_in_place(uint32_t dst, int row0, int valid_rows,
+                                                     int ptid, const float* __restrict__ cosv,
+                                                     const float* __restrict__ sinv) {
     const int c = ptid & 3;
     const int rr = ptid >> 2;
     const uint32_t d = dst + rr * 128;
@@ -145,12 +175,9 @@ __device__ __forceinline__ void produce_tile_rot(uint32_t dst, const T* base, lo
 #pragma unroll
     for (int i = 0; i < ROWS / 32; ++i) {
         const int r = row0 + rr + 32 * i;  // also the token's position
-        uint4 lo = make_uint4(0, 0, 0, 0);
-        uint4 hi = lo;
-        if (r < valid_rows) {
-            const T* src = base + (long long)r * row_stride + c * 8;
-            const uint4 x1 = __ldg(reinterpret_cast<const uint4*>(src));
-            const uint4 x2 = __ldg(reinterpret_cast<const uint4*>(src + 32));
+        if (r < valid_rows) {               // padding rows are zeros already
+            const uint4 x1 = ld_shared16(d + i * 32 * 128 + o1);
+            const uint4 x2 = ld_shared16(d + i * 32 * 128 + o2);
             const float4* cp = reinterpret_cast<const float4*>(cosv + r * 32 + c * 8);
             const float4* sp = reinterpret_cast<const float4*>(sinv + r * 32 + c * 8);
             const float4 c0 = __ldg(cp), c1 = __ldg(cp + 1), s0 = __ldg(sp), s1 = __ldg(sp + 1);
@@ -168,11 +195,9 @@ __device__ __forceinline__ void produce_tile_rot(uint32_t dst, const T* base, lo
                 y1[j] = pack2<T>(fa.x * c_0 - fb.x * s_0, fa.y * c_1 - fb.y * s_1);
                 y2[j] = pack2<T>(fb.x * c_0 + fa.x * s_0, fb.y * c_1 + fa.y * s_1);
             }
-            lo = make_uint4(y1[0], y1[1], y1[2], y1[3]);
-            hi = make_uint4(y2[0], y2[1], y2[2], y2[3]);
+            st_shared16(d + i * 32 * 128 + o1, make_uint4(y1[0], y1[1], y1[2], y1[3]));
+            st_shared16(d + i * 32 * 128 + o2, make_uint4(y2[0], y2[1], y2[2], y2[3]));
         }
-        st_shared16(d + i * 32 * 128 + o1, lo);
-        st_shared16(d + i * 32 * 128 + o2, hi);
     }
 }
 
@@ -538,7 +563,10 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
             // Stores through registers (rotary) are made visible to the tensor cores' async
             // proxy by their writer, before the release of the barrier.
             if constexpr (ROT) {
-                produce_tile_rot<BM>(sQ(qs), qb, q_st, w.q0, sp.len, ptid, rot_cos, rot_sin);
+                copy_tile_pairs<BM>(sQ(qs), qb, q_st, w.q0, sp.len, ptid);
+                cp_async_commit();
+                cp_async_wait<0>();
+                rotate_tile_in_place<BM, T>(sQ(qs), w.q0, sp.len, ptid, rot_cos, rot_sin);
                 fence_async_smem();
                 mbar_arrive(q_full(qs));
             } else {
@@ -549,13 +577,18 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
             for (int t = 0; t < n_tiles; ++t, ++c) {
                 const int st = c % STAGES;
                 if (c >= STAGES) mbar_wait(empty(st), ((c / STAGES) - 1) & 1);
-                produce_tile<BN>(sV(st), vb, v_st, t * BN, sp.len, ptid);
                 if constexpr (ROT) {
-                    produce_tile_rot<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid, rot_cos,
-                                         rot_sin);
+                    // K first, in its own group: rotated as soon as it lands, V still in flight.
+                    copy_tile_pairs<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid);
+                    cp_async_commit();
+                    produce_tile<BN>(sV(st), vb, v_st, t * BN, sp.len, ptid);
+                    cp_async_commit();
+                    cp_async_wait<1>();
+                    rotate_tile_in_place<BN, T>(sK(st), t * BN, sp.len, ptid, rot_cos, rot_sin);
                     fence_async_smem();
                     mbar_arrive(full(st));
                 } else {
+                    produce_tile<BN>(sV(st), vb, v_st, t * BN, sp.len, ptid);
                     produce_tile<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid);
                 }
                 cp_async_arrive(full(st));

@@ -32,6 +32,7 @@ struct Key {
     dtype: DType,
     bias: bool,
     residual: bool,
+    gelu: bool,
     /// Alignment (bytes, at most 256) of A, B, C, D: algorithms are chosen for it.
     align: [u32; 4],
 }
@@ -217,13 +218,20 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
     )?;
     let stream = dev.cuda_stream();
     let bias_ptr = bias.as_ref().map(|b| b.device_ptr(&stream));
-    if let Some((ptr, _)) = &bias_ptr {
-        let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+    let epi = match (bias_ptr.is_some(), op.gelu_tanh) {
+        (true, true) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS),
+        (true, false) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS),
+        (false, true) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU),
+        (false, false) => None,
+    };
+    if let Some(epi) = epi {
         set_desc(
             &desc,
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
             &epi,
         )?;
+    }
+    if let Some((ptr, _)) = &bias_ptr {
         set_desc(
             &desc,
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
@@ -263,6 +271,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         dtype,
         bias: bias.is_some(),
         residual: res.is_some(),
+        gelu: op.gelu_tanh,
     };
     let alpha = 1f32;
     let beta = if res.is_some() { 1f32 } else { 0f32 };
@@ -331,7 +340,11 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         run(&algo)?;
     } else {
         let candidates = heuristics(&ctx, &desc, [&a_l, &b_l, &d_l], align)?;
-        let algo = if cached.is_none() && candidates.len() > 1 && tuning_enabled() {
+        let algo = if cached.is_none()
+            && candidates.len() > 1
+            && rows >= TUNE_MIN_ROWS
+            && tuning_enabled()
+        {
             tune(&candidates, &run, &stream)?
         } else {
             candidates[0]
@@ -350,6 +363,12 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         Shape::from((rows, n)),
     ))
 }
+
+/// Row buckets below this take the heuristic's first choice untimed. Timing waits for the
+/// device (stalling a pipelined run) and costs ~30 ms per new bucket; small buckets come from
+/// the last, partial batch of a work unit, a new one in almost every unit of a `predict` run,
+/// and run too rarely for the choice to matter.
+const TUNE_MIN_ROWS: usize = 4096;
 
 /// Whether new problem shapes get their algorithm by timing cuBLASLt's candidates (default) or
 /// from its heuristic's first choice (`VIRNUCPRO_GEMM_TUNE=0`).

@@ -52,13 +52,15 @@ fn vec_width(dtype: DType) -> usize {
 }
 
 /// `x·Wᵀ + bias + residual` on cuBLASLt for a 2-D `x` `[rows, in]`, `weight` `[out, in]`, `bias`
-/// `[out]`, `residual` `[rows, out]`, all of `x`'s dtype. `None` when the fused path does not
-/// apply (the caller then uses candle's matmul).
+/// `[out]`, `residual` `[rows, out]`, all of `x`'s dtype; with `gelu_tanh`,
+/// `gelu_tanh(x·Wᵀ + bias)` (no residual; f16/bf16 only). `None` when the fused path does not
+/// apply (the caller then uses candle's matmul, or its own GELU pass).
 pub fn linear(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
+    gelu_tanh: bool,
 ) -> Result<Option<Tensor>> {
     let dtype = x.dtype();
     let same = |t: &Tensor| t.dtype() == dtype && t.device().same_device(x.device());
@@ -69,22 +71,32 @@ pub fn linear(
         || !same(weight)
         || !bias.is_none_or(|b| same(b) && b.dims() == [n])
         || !residual.is_none_or(|r| same(r) && r.dims() == [rows, n])
+        // GELU is applied before the residual would be added: not a combination a layer uses.
+        || (gelu_tanh && (residual.is_some() || dtype == DType::F32))
         // cuBLASLt wants 16-byte aligned leading dimensions for its fast kernels.
         || k % vec_width(dtype) != 0
         || n % vec_width(dtype) != 0
     {
         return Ok(None);
     }
-    if LT_FAILED.load(Ordering::Relaxed) {
+    if LT_FAILED.load(Ordering::Relaxed) || (gelu_tanh && GELU_FAILED.load(Ordering::Relaxed)) {
         return Ok(None);
     }
     let op = LtLinear {
         weight: weight.contiguous()?,
         bias: bias.map(Tensor::contiguous).transpose()?,
         residual: residual.map(Tensor::contiguous).transpose()?,
+        gelu_tanh,
     };
     match x.contiguous()?.apply_op1_no_bwd(&op) {
         Ok(y) => Ok(Some(y)),
+        Err(e) if gelu_tanh => {
+            // Only the GELU epilogue is given up: the caller applies the exact GELU itself.
+            if !GELU_FAILED.swap(true, Ordering::Relaxed) {
+                tracing::warn!("cuBLASLt GELU epilogue failed ({e}); using a separate GELU pass");
+            }
+            Ok(None)
+        }
         Err(e) => {
             // A cuBLASLt without an algorithm for this GPU/shape should cost speed, not the run:
             // candle's matmul takes over for the rest of the process.
@@ -97,6 +109,9 @@ pub fn linear(
         }
     }
 }
+
+/// Set once a cuBLASLt call with the GELU epilogue failed: [`linear`] then declines those.
+static GELU_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Set once a cuBLASLt call failed: [`linear`] then leaves every layer to candle's matmul.
 static LT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -208,6 +223,8 @@ pub(crate) struct LtLinear {
     pub(crate) weight: Tensor,
     pub(crate) bias: Option<Tensor>,
     pub(crate) residual: Option<Tensor>,
+    /// GELU (cuBLASLt's tanh approximation) after the bias, in the GEMM's epilogue.
+    pub(crate) gelu_tanh: bool,
 }
 
 cuda_only_op1!(LtLinear, "virnucpro-cublaslt-linear", super::gemm::forward);

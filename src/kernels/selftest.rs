@@ -436,7 +436,7 @@ pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> 
                 if with_b { "+bias" } else { "" },
                 if with_r { "+residual" } else { "" }
             );
-            let got = super::linear(&x, &w, with_b.then_some(&b), with_r.then_some(&r))?;
+            let got = super::linear(&x, &w, with_b.then_some(&b), with_r.then_some(&r), false)?;
             let got = match got {
                 Some(g) => g,
                 None if dev.is_cuda() && super::CUDA_BUILT && super::fused_ops_enabled() => {
@@ -467,6 +467,25 @@ pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> 
                 want = (want + f(&r)?)?;
             }
             out.push((name, rel_of(&got, &want)?, limit));
+        }
+        // Bias + GELU in the cuBLASLt epilogue (tanh approximation, f16/bf16 only) against the
+        // exact GELU: the approximation must stay within the dtype's tolerance.
+        if dtype != DType::F32 {
+            let want = base.broadcast_add(&f(&b)?)?.gelu_erf()?;
+            match super::linear(&x, &w, Some(&b), None, true)? {
+                Some(got) => out.push((
+                    format!("linear+bias+gelu(tanh epilogue) {dtype:?}"),
+                    rel_of(&got, &want)?,
+                    limit,
+                )),
+                None if dev.is_cuda() && super::CUDA_BUILT && super::fused_ops_enabled() => out
+                    .push((
+                        format!("linear+bias+gelu {dtype:?} (cuBLASLt epilogue did not run)"),
+                        f64::INFINITY,
+                        limit,
+                    )),
+                None => {}
+            }
         }
         // LayerNorm over 1280 and 768 columns.
         for cols in [1280usize, 768] {

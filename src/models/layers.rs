@@ -23,6 +23,16 @@ impl Embedding {
         Ok(Self { weight, hidden })
     }
 
+    /// A table from its `[vocab, hidden]` weight.
+    pub fn from_weight(weight: Tensor) -> Result<Self> {
+        let (_, hidden) = weight.dims2()?;
+        Ok(Self { weight, hidden })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// `ids`: `[batch, len]` u32 -> `[batch, len, hidden]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
@@ -102,16 +112,25 @@ impl Linear {
         if let Some(last) = out_dims.last_mut() {
             *last = self.out_dim();
         }
-        // CUDA: bias (and residual) inside the cuBLASLt GEMM; GELU still needs its own pass.
-        let lt_bias = match act {
-            Act::Identity => self.bias.as_ref(),
-            Act::GeluErf => None,
-        };
         let lt_res = match residual {
             Some(r) => Some(r.reshape((rows, self.out_dim()))?),
             None => None,
         };
-        if let Some(y) = crate::kernels::linear(&x2, &self.weight, lt_bias, lt_res.as_ref())? {
+        // Bias + GELU (tanh approximation) in the cuBLASLt epilogue: see gelu_epilogue_enabled.
+        if act == Act::GeluErf && residual.is_none() && crate::kernels::gelu_epilogue_enabled() {
+            if let Some(y) =
+                crate::kernels::linear(&x2, &self.weight, self.bias.as_ref(), None, true)?
+            {
+                return y.reshape(out_dims);
+            }
+        }
+        // CUDA: bias (and residual) inside the cuBLASLt GEMM; the exact GELU needs its own pass.
+        let lt_bias = match act {
+            Act::Identity => self.bias.as_ref(),
+            Act::GeluErf => None,
+        };
+        if let Some(y) = crate::kernels::linear(&x2, &self.weight, lt_bias, lt_res.as_ref(), false)?
+        {
             let y = y.reshape(out_dims)?;
             return match (act, &self.bias) {
                 (Act::Identity, _) => Ok(y),

@@ -370,7 +370,7 @@ pub fn op_profile(
         "linear qkv cuBLASLt (+bias) [N,H]x[H,3H]",
         mm(n, hidden, 3 * hidden),
         "TFLOP/s",
-        &mut || kernels::linear(&x, &w_qkv, Some(&bias_qkv), None).map(drop),
+        &mut || kernels::linear(&x, &w_qkv, Some(&bias_qkv), None, false).map(drop),
     )?;
     // GEMM speed on an H100 depends on the data (power draw): PyTorch's baseline uses weights of
     // std 0.02, as trained models have; this row uses the same.
@@ -379,7 +379,7 @@ pub fn op_profile(
         "linear qkv cuBLASLt (+bias), W std 0.02",
         mm(n, hidden, 3 * hidden),
         "TFLOP/s",
-        &mut || kernels::linear(&x, &w_qkv_small, Some(&bias_qkv), None).map(drop),
+        &mut || kernels::linear(&x, &w_qkv_small, Some(&bias_qkv), None, false).map(drop),
     )?;
     time(
         "bias add [N,3H]",
@@ -449,7 +449,7 @@ pub fn op_profile(
         "linear out cuBLASLt (+bias+res) [N,H]x[H,H]",
         mm(n, hidden, hidden),
         "TFLOP/s",
-        &mut || kernels::linear(&x, &w_out, Some(&b_out), Some(&x)).map(drop),
+        &mut || kernels::linear(&x, &w_out, Some(&b_out), Some(&x), false).map(drop),
     )?;
     time(
         "residual add [N,H]",
@@ -494,7 +494,7 @@ pub fn op_profile(
         "linear ffn1 cuBLASLt [N,H]x[H,F]",
         mm(n, hidden, ffn_in),
         "TFLOP/s",
-        &mut || kernels::linear(&x, &w1, None, None).map(drop),
+        &mut || kernels::linear(&x, &w1, None, None, false).map(drop),
     )?;
     if ffn_in == 2 * ffn_out {
         let g = rnd(&[n, ffn_in])?;
@@ -512,6 +512,14 @@ pub fn op_profile(
         &mut || h1.gelu_erf().map(drop),
     )?;
     let b1 = rnd(&[ffn_out])?;
+    if dtype != DType::F32 {
+        time(
+            "linear ffn1 +bias+gelu(tanh) epilogue",
+            mm(n, hidden, ffn_in),
+            "TFLOP/s",
+            &mut || kernels::linear(&x, &w1, Some(&b1), None, true).map(drop),
+        )?;
+    }
     time(
         "bias+gelu fused [N,F]",
         bytes(2 * n * ffn_out),
@@ -529,7 +537,7 @@ pub fn op_profile(
         "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
         mm(n, ffn_out, hidden),
         "TFLOP/s",
-        &mut || kernels::linear(&h1, &w2, Some(&b2), Some(&x)).map(drop),
+        &mut || kernels::linear(&h1, &w2, Some(&b2), Some(&x), false).map(drop),
     )?;
     Ok(rows)
 }

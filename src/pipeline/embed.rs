@@ -41,7 +41,11 @@ use crate::output::atomic::AtomicFile;
 /// Default `--batch-tokens` on the CPU (padded tokens per forward pass).
 pub const DEFAULT_BATCH_TOKENS_CPU: usize = 4096;
 /// Default `--batch-tokens` on a GPU.
-pub const DEFAULT_BATCH_TOKENS_GPU: usize = 16384;
+///
+/// 24 576: larger batches keep the GEMMs busier (predict on an H100, run 43: 1 920 frames/s at
+/// 16 384, 1 963 at 32 768), while GPU memory stays within the models' weights + 2 GiB
+/// (32 768 took weights + 2.1 GiB).
+pub const DEFAULT_BATCH_TOKENS_GPU: usize = 24576;
 
 /// A loaded embedding model: encoder + tokenizer + what the output files record about it.
 pub struct EmbeddingModel {
@@ -370,7 +374,7 @@ where
 }
 
 /// [`embed_sequences`] with a callback after each batch, given the number of sequences done (on a
-/// GPU: enqueued; up to `PENDING_BATCHES` batches may still be computing).
+/// GPU: enqueued; the device may still be computing them).
 pub fn embed_sequences_with<I, S>(
     model: &EmbeddingModel,
     items: &[(I, S)],
@@ -381,55 +385,59 @@ where
     I: AsRef<str> + Sync,
     S: AsRef<[u8]> + Sync,
 {
-    enqueue_sequences_with(model, items, batch_tokens, on_batch)?.finish()
+    tokenize_sequences(model, items, batch_tokens)?
+        .enqueue(model, on_batch)?
+        .finish()
 }
 
 /// The first half of [`embed_sequences`]: tokenizes `items` and enqueues every batch; on a GPU
-/// the pooled rows of the last batches may still be on the device (or not computed yet) when it
-/// returns. [`PendingEmbeddings::finish`] copies them out. In between, the host can prepare and
-/// enqueue other work (`predict` tokenizes and enqueues the protein model while the device runs
-/// the nucleotide model) instead of leaving the device idle while it waits.
+/// the pooled rows may still be on the device (or not computed yet) when it returns.
+/// [`PendingEmbeddings::finish`] copies them out. In between, the host can prepare and enqueue
+/// other work instead of leaving the device idle while it waits.
 pub fn enqueue_sequences<'a, I, S>(
     model: &'a EmbeddingModel,
-    items: &'a [(I, S)],
+    items: &[(I, S)],
     batch_tokens: usize,
-) -> anyhow::Result<PendingEmbeddings<'a, I, S>>
+) -> anyhow::Result<PendingEmbeddings<'a>>
 where
     I: AsRef<str> + Sync,
     S: AsRef<[u8]> + Sync,
 {
-    enqueue_sequences_with(model, items, batch_tokens, &mut |_| {})
+    tokenize_sequences(model, items, batch_tokens)?.enqueue(model, &mut |_| {})
 }
 
-/// Embeddings whose last batches may still be on the device; see [`enqueue_sequences`].
-pub struct PendingEmbeddings<'a, I, S> {
-    model: &'a EmbeddingModel,
-    items: &'a [(I, S)],
-    pending: Vec<(Vec<usize>, Tensor)>,
-    out: Vec<f32>,
+/// Sequences tokenized and grouped into padded batches, ready for the device: the host half of
+/// [`enqueue_sequences`]. Made apart from the enqueueing so that a caller can tokenize the next
+/// piece of work while the device still computes the previous one (`predict` does).
+#[derive(Debug)]
+pub struct Tokenized {
+    /// Record IDs in input order, for error messages.
+    ids: Vec<String>,
+    /// Each batch: the input indices of its rows and their padded token ids.
+    batches: Vec<(Vec<usize>, TokenBatch)>,
     stats: EmbedStats,
     started: Instant,
 }
 
-impl<I: AsRef<str>, S> PendingEmbeddings<'_, I, S> {
-    /// Waits for the device, copies the remaining pooled rows out (checking each value) and
-    /// returns the embeddings in input order.
-    pub fn finish(mut self) -> anyhow::Result<Embeddings> {
-        collect_pooled(self.model, self.items, &mut self.pending, &mut self.out)?;
-        let mut stats = self.stats;
-        stats.seconds = self.started.elapsed().as_secs_f64();
-        let hidden = self.model.hidden_size;
-        let embeddings = Tensor::from_vec(self.out, (self.items.len(), hidden), &Device::Cpu)?;
-        Ok(Embeddings { embeddings, stats })
+impl Tokenized {
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
-fn enqueue_sequences_with<'a, I, S>(
-    model: &'a EmbeddingModel,
-    items: &'a [(I, S)],
+/// Tokenizes `items` (`(id, sequence)`) on the host (rayon) and plans length-sorted batches of at
+/// most `batch_tokens` padded tokens ([`plan_batches`]); nothing touches the device. Errors name
+/// the record that could not be tokenized (e.g. DNA longer than the tokenizer's limit).
+pub fn tokenize_sequences<I, S>(
+    model: &EmbeddingModel,
+    items: &[(I, S)],
     batch_tokens: usize,
-    on_batch: &mut dyn FnMut(usize),
-) -> anyhow::Result<PendingEmbeddings<'a, I, S>>
+) -> anyhow::Result<Tokenized>
 where
     I: AsRef<str> + Sync,
     S: AsRef<[u8]> + Sync,
@@ -450,117 +458,331 @@ where
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let lengths: Vec<usize> = tokenized.iter().map(Vec::len).collect();
-    let hidden = model.hidden_size;
-    let mut out = vec![0f32; items.len() * hidden];
-    let mut stats = EmbedStats {
-        sequences: items.len(),
-        tokens: lengths.iter().sum(),
-        ..Default::default()
-    };
     let pad = model.tokenizer.pad_id();
-    let mut done = 0;
-    let mut pending: Vec<(Vec<usize>, Tensor)> = Vec::new();
-    for rows in plan_batches(&lengths, batch_tokens) {
-        let max_len = rows.iter().map(|&i| lengths[i]).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(rows.len() * max_len);
-        for &i in &rows {
-            ids.extend_from_slice(&tokenized[i]);
-            ids.resize(ids.len() + max_len - lengths[i], pad);
-        }
-        let batch = TokenBatch {
-            ids,
-            lengths: rows.iter().map(|&i| lengths[i]).collect(),
-            max_len,
-        };
-        let pooled = model
-            .encoder
-            .forward_pooled(&batch)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .with_context(|| {
-                format!(
-                    "{} forward pass failed on a batch of {} sequences of up to {max_len} tokens \
-                     (first: `{}`); on a GPU out of memory, lower --batch-tokens",
-                    model.family,
-                    rows.len(),
-                    items[rows[0]].0.as_ref()
-                )
-            })?;
-        // On a GPU the pooled rows stay on the device for a few batches: the host prepares the
-        // next batches while the device computes, instead of waiting at every batch.
-        let on_cpu = pooled.device().is_cpu();
-        pending.push((rows.clone(), pooled));
-        if on_cpu || pending.len() >= PENDING_BATCHES {
-            collect_pooled(model, items, &mut pending, &mut out)?;
-        }
-        stats.batches += 1;
-        stats.padded_tokens += rows.len() * max_len;
-        done += rows.len();
-        tracing::debug!(
-            "batch {}: {} sequences x {max_len} tokens ({done}/{} done)",
-            stats.batches,
-            rows.len(),
-            items.len()
-        );
-        on_batch(done);
-    }
-    Ok(PendingEmbeddings {
-        model,
-        items,
-        pending,
-        out,
-        stats,
+    let batches: Vec<(Vec<usize>, TokenBatch)> = plan_batches(&lengths, batch_tokens)
+        .into_par_iter()
+        .map(|rows| {
+            let max_len = rows.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+            let mut ids = Vec::with_capacity(rows.len() * max_len);
+            for &i in &rows {
+                ids.extend_from_slice(&tokenized[i]);
+                ids.resize(ids.len() + max_len - lengths[i], pad);
+            }
+            let batch = TokenBatch {
+                ids,
+                lengths: rows.iter().map(|&i| lengths[i]).collect(),
+                max_len,
+            };
+            (rows, batch)
+        })
+        .collect();
+    Ok(Tokenized {
+        ids: items
+            .iter()
+            .map(|(id, _)| id.as_ref().to_string())
+            .collect(),
+        batches,
+        stats: EmbedStats {
+            sequences: items.len(),
+            tokens: lengths.iter().sum(),
+            ..Default::default()
+        },
         started,
     })
 }
 
-/// Batches whose pooled rows may wait on the device before they are copied out. Copying them
-/// waits for everything enqueued so far, which leaves the device idle until the host has
-/// enqueued the next batch (run 30's trace: 2% of a `predict` run in such gaps at 8 batches); the
-/// rows are small (a batch of ~100 proteins is 0.5 MB of f32), so they are collected rarely.
-const PENDING_BATCHES: usize = 64;
+/// Pooled rows that may wait on the device before they are copied to the host. Copying waits
+/// for everything enqueued so far, so it is done once, at the end, in one piece: copying batch
+/// by batch left the device idle between the copies. The cap only bounds device memory for huge
+/// `embed` inputs (65,536 rows of 1280 f32 are 335 MB); a `predict` work unit never reaches it.
+const PENDING_ROWS: usize = 1 << 16;
 
-/// Copies pooled batches to the host rows they belong to, checking each value.
-fn collect_pooled<I, S>(
-    model: &EmbeddingModel,
-    items: &[(I, S)],
-    pending: &mut Vec<(Vec<usize>, Tensor)>,
-    out: &mut [f32],
-) -> anyhow::Result<()>
-where
-    I: AsRef<str>,
-{
-    let hidden = model.hidden_size;
-    for (rows, pooled) in pending.drain(..) {
-        let pooled = pooled
-            .to_device(&Device::Cpu)
-            .and_then(|t| t.to_vec2::<f32>())
-            .with_context(|| {
-                format!(
-                    "{} forward pass failed on a batch of {} sequences (first: `{}`); on a GPU \
-                     out of memory, lower --batch-tokens",
-                    model.family,
+impl Tokenized {
+    /// Launches the encoder on every batch (pooled rows converted to f32, left on the device) and
+    /// calls `on_batch` with the number of sequences enqueued after each. Does not wait for the
+    /// device. `model` must be the one that tokenized.
+    pub fn enqueue<'a>(
+        self,
+        model: &'a EmbeddingModel,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> anyhow::Result<PendingEmbeddings<'a>> {
+        self.enqueue_capped(model, on_batch, PENDING_ROWS)
+    }
+
+    /// [`Tokenized::enqueue`] collecting the pending rows to the host whenever `cap_rows` of them
+    /// are waiting (a parameter so that tests can reach that path).
+    fn enqueue_capped<'a>(
+        self,
+        model: &'a EmbeddingModel,
+        on_batch: &mut dyn FnMut(usize),
+        cap_rows: usize,
+    ) -> anyhow::Result<PendingEmbeddings<'a>> {
+        let hidden = model.hidden_size;
+        let total = self.ids.len();
+        let mut out = PendingEmbeddings {
+            model,
+            ids: self.ids,
+            order: Vec::with_capacity(total),
+            collected: Vec::new(),
+            pending: Vec::new(),
+            pending_rows: 0,
+            stats: self.stats,
+            started: self.started,
+        };
+        for (rows, batch) in self.batches {
+            let max_len = batch.max_len;
+            let pooled = model
+                .encoder
+                .forward_pooled(&batch)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .with_context(|| {
+                    format!(
+                        "{} forward pass failed on a batch of {} sequences of up to {max_len} \
+                         tokens (first: `{}`); on a GPU out of memory, lower --batch-tokens",
+                        model.family,
+                        rows.len(),
+                        out.ids[rows[0]]
+                    )
+                })?;
+            if pooled.dims() != [rows.len(), hidden] {
+                bail!(
+                    "encoder returned shape {:?} for a batch of {} sequences, expected [{}, \
+                     {hidden}]",
+                    pooled.dims(),
                     rows.len(),
-                    items[rows[0]].0.as_ref()
-                )
-            })?;
-        for (row, &i) in pooled.iter().zip(&rows) {
-            if row.iter().any(|x| !x.is_finite()) {
-                bail!(
-                    "{} gave non-finite values for record `{}` in {:?}; half precision can \
-                     overflow: rerun with --dtype bf16 or --dtype f32",
-                    model.source,
-                    items[i].0.as_ref(),
-                    model.dtype
+                    rows.len()
                 );
             }
-            if row.len() != hidden {
-                bail!(
-                    "encoder returned {} values per sequence, expected {hidden}",
-                    row.len()
-                );
+            out.stats.batches += 1;
+            out.stats.padded_tokens += rows.len() * max_len;
+            out.pending_rows += rows.len();
+            out.order.extend_from_slice(&rows);
+            out.pending.push(pooled);
+            if out.pending_rows >= cap_rows {
+                out.collect_pending()?;
             }
+            tracing::debug!(
+                "batch {}: {} sequences x {max_len} tokens ({}/{total} enqueued)",
+                out.stats.batches,
+                rows.len(),
+                out.order.len(),
+            );
+            on_batch(out.order.len());
+        }
+        Ok(out)
+    }
+}
+
+/// Embeddings being computed; see [`enqueue_sequences`]. Rows are kept in batch order (`order`):
+/// first those already copied to the host (`collected`), then the pending batch tensors.
+pub struct PendingEmbeddings<'a> {
+    model: &'a EmbeddingModel,
+    /// Record IDs in input order.
+    ids: Vec<String>,
+    /// Input index of each enqueued row, in batch order.
+    order: Vec<usize>,
+    /// The first `collected.len() / hidden` rows of `order`, on the host.
+    collected: Vec<f32>,
+    /// The pooled `[rows, hidden]` f32 tensors of the batches after those, on the device.
+    pending: Vec<Tensor>,
+    pending_rows: usize,
+    stats: EmbedStats,
+    started: Instant,
+}
+
+impl<'a> PendingEmbeddings<'a> {
+    /// Waits for the device, copies the rows out (checking each value) and returns the embeddings
+    /// in input order.
+    pub fn finish(mut self) -> anyhow::Result<Embeddings> {
+        if self.collected.is_empty() {
+            return self.into_device_rows()?.to_host();
+        }
+        // Part of a huge input is already on the host: put the rows in order there; sending them
+        // back would take the device memory that the cap is there to save.
+        self.collect_pending()?;
+        let hidden = self.model.hidden_size;
+        let mut out = vec![0f32; self.ids.len() * hidden];
+        for (row, &i) in self.collected.chunks_exact(hidden).zip(&self.order) {
             out[i * hidden..(i + 1) * hidden].copy_from_slice(row);
         }
+        let mut stats = self.stats;
+        stats.seconds = self.started.elapsed().as_secs_f64();
+        let embeddings = Tensor::from_vec(out, (self.ids.len(), hidden), &Device::Cpu)?;
+        Ok(Embeddings { embeddings, stats })
+    }
+
+    /// The embeddings `[N, hidden]` f32 in input order as one tensor on the model's device,
+    /// without waiting for the device: the pending batches are concatenated and put in input
+    /// order there (the rows already on the host, if any, are uploaded first). Only copies: the
+    /// values are those of [`PendingEmbeddings::finish`], bit for bit.
+    pub fn into_device_rows(self) -> anyhow::Result<DeviceRows<'a>> {
+        let model = self.model;
+        let hidden = model.hidden_size;
+        let device = &model.device;
+        let n = self.ids.len();
+        let rows = if n == 0 {
+            Tensor::zeros((0, hidden), DType::F32, device)?
+        } else {
+            let mut parts = Vec::with_capacity(self.pending.len() + 1);
+            if !self.collected.is_empty() {
+                let k = self.collected.len() / hidden;
+                parts.push(Tensor::from_vec(self.collected, (k, hidden), device)?);
+            }
+            parts.extend(self.pending);
+            let in_batch_order = if parts.len() == 1 {
+                parts.pop().expect("one part")
+            } else {
+                Tensor::cat(&parts, 0)?
+            };
+            drop(parts); // the batch tensors, now copied
+            if self.order.iter().enumerate().all(|(j, &i)| i == j) {
+                in_batch_order
+            } else {
+                // Row `i` of the result is row `position[i]` in batch order.
+                let mut position = vec![0u32; n];
+                for (j, &i) in self.order.iter().enumerate() {
+                    position[i] = u32::try_from(j).context("too many sequences for one call")?;
+                }
+                let index = Tensor::from_vec(position, n, device)?;
+                in_batch_order.index_select(&index, 0)?
+            }
+        };
+        Ok(DeviceRows {
+            rows,
+            stats: self.stats,
+            model,
+            ids: self.ids,
+            started: self.started,
+        })
+    }
+
+    /// Copies the pending rows to the host with one device-side concatenation and one copy,
+    /// checking each value.
+    fn collect_pending(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let model = self.model;
+        let hidden = model.hidden_size;
+        let first = self.collected.len() / hidden;
+        let batches = self.pending.len();
+        let values = Tensor::cat(&self.pending, 0)
+            .and_then(|t| t.to_device(&Device::Cpu))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .with_context(|| {
+                format!(
+                    "{} forward pass failed on one of {batches} batches of {} sequences (first: \
+                     `{}`); on a GPU out of memory, lower --batch-tokens",
+                    model.family, self.pending_rows, self.ids[self.order[first]]
+                )
+            })?;
+        let order = &self.order[first..first + self.pending_rows];
+        check_rows(model, &self.ids, &values, order.iter().copied())?;
+        self.collected.extend_from_slice(&values);
+        self.pending.clear();
+        self.pending_rows = 0;
+        Ok(())
+    }
+}
+
+/// Embeddings in input order on the model's device; see [`PendingEmbeddings::into_device_rows`].
+/// Nothing has been checked yet: [`DeviceRows::to_host`] or [`DeviceRows::check_finite`] does.
+pub struct DeviceRows<'a> {
+    /// `[N, hidden]` f32, row `i` = input `i`.
+    pub rows: Tensor,
+    pub stats: EmbedStats,
+    model: &'a EmbeddingModel,
+    ids: Vec<String>,
+    started: Instant,
+}
+
+impl DeviceRows<'_> {
+    /// Record IDs in input order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// Waits for the device, copies the rows to the host in one piece and checks each value.
+    pub fn to_host(self) -> anyhow::Result<Embeddings> {
+        let values = self.host_values()?;
+        let mut stats = self.stats;
+        stats.seconds = self.started.elapsed().as_secs_f64();
+        let embeddings = Tensor::from_vec(
+            values,
+            (self.ids.len(), self.model.hidden_size),
+            &Device::Cpu,
+        )?;
+        Ok(Embeddings { embeddings, stats })
+    }
+
+    /// Copies the rows to the host and fails naming the first record with a non-finite value
+    /// (for diagnosis, after a check on the device found one).
+    pub fn check_finite(&self) -> anyhow::Result<()> {
+        self.host_values().map(drop)
+    }
+
+    fn host_values(&self) -> anyhow::Result<Vec<f32>> {
+        let model = self.model;
+        let (n, hidden) = (self.ids.len(), model.hidden_size);
+        if self.rows.dims() != [n, hidden] {
+            bail!(
+                "encoder returned {:?} values for {n} sequences, expected [{n}, {hidden}]",
+                self.rows.dims()
+            );
+        }
+        let values = self
+            .rows
+            .to_device(&Device::Cpu)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .with_context(|| {
+                format!(
+                    "{} forward pass failed on one of {} batches of {n} sequences (first: `{}`); \
+                     on a GPU out of memory, lower --batch-tokens",
+                    model.family,
+                    self.stats.batches,
+                    self.ids.first().map_or("", String::as_str)
+                )
+            })?;
+        check_rows(model, &self.ids, &values, 0..n)?;
+        Ok(values)
+    }
+}
+
+/// Checks every row of `values` (`[rows, hidden]`, row `j` = input `order[j]`) for non-finite
+/// numbers, naming the record of the first one found.
+fn check_rows(
+    model: &EmbeddingModel,
+    ids: &[String],
+    values: &[f32],
+    order: impl IntoIterator<Item = usize>,
+) -> anyhow::Result<()> {
+    let hidden = model.hidden_size;
+    let mut rows = 0;
+    for (row, i) in values.chunks(hidden).zip(order) {
+        rows += 1;
+        if row.len() != hidden {
+            bail!(
+                "encoder returned {} values per sequence, expected {hidden}",
+                row.len()
+            );
+        }
+        if row.iter().any(|x| !x.is_finite()) {
+            bail!(
+                "{} gave non-finite values for record `{}` in {:?}; half precision can overflow: \
+                 rerun with --dtype bf16 or --dtype f32",
+                model.source,
+                ids[i],
+                model.dtype
+            );
+        }
+    }
+    if rows * hidden != values.len() {
+        bail!(
+            "encoder returned {} values for {rows} sequences of {hidden}",
+            values.len()
+        );
     }
     Ok(())
 }
@@ -811,6 +1033,124 @@ mod tests {
         // Longest first; the one over budget alone.
         assert_eq!(batches[0], vec![6]);
         assert_eq!(batches[1], vec![1]);
+    }
+
+    fn oracle_esm2() -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/oracle");
+        let model = load_embedding_model(
+            &dir.join("esm2").display().to_string(),
+            &Device::Cpu,
+            DTypeSpec::F32,
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let records = RecordReader::new(&[dir.join("inputs/proteins.fa")])
+            .unwrap()
+            .map(|r| r.map(|r| (r.id, r.seq)))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        (model, records)
+    }
+
+    fn bits(t: &Tensor) -> Vec<Vec<u32>> {
+        t.to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .map(|r| r.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    }
+
+    /// `into_device_rows` and `finish` give the rows in input order, bit for bit the same with
+    /// and without the pending-rows cap (rows collected to the host on the way).
+    #[test]
+    fn rows_come_back_in_input_order_whatever_the_cap() {
+        let (m, recs) = oracle_esm2();
+        assert!(recs.len() >= 5);
+        let hidden = m.hidden_size;
+        // Each record alone: with a budget of 1 token every record also gets a batch of its own
+        // below, so those rows must be identical.
+        let alone: Vec<Vec<u32>> = recs
+            .iter()
+            .map(|r| {
+                let e = embed_sequences(&m, std::slice::from_ref(r), 1).unwrap();
+                bits(&e.embeddings).remove(0)
+            })
+            .collect();
+        for budget in [1, 300, usize::MAX] {
+            let enqueue = |cap: usize| {
+                tokenize_sequences(&m, &recs, budget)
+                    .unwrap()
+                    .enqueue_capped(&m, &mut |_| {}, cap)
+                    .unwrap()
+            };
+            let reference = enqueue(usize::MAX).into_device_rows().unwrap();
+            assert_eq!(reference.rows.dims(), &[recs.len(), hidden]);
+            reference.check_finite().unwrap();
+            let reference = reference.to_host().unwrap();
+            assert_eq!(reference.stats.sequences, recs.len());
+            let want = bits(&reference.embeddings);
+            if budget == 1 {
+                assert_eq!(reference.stats.batches, recs.len());
+                assert_eq!(want, alone, "budget 1");
+            } else {
+                // Padding changes the arithmetic a little, never the order.
+                let got = reference.embeddings.to_vec2::<f32>().unwrap();
+                for (row, one) in got.iter().zip(&alone) {
+                    let norm = one.iter().map(|&b| f32::from_bits(b).powi(2)).sum::<f32>();
+                    let diff = row
+                        .iter()
+                        .zip(one)
+                        .map(|(a, &b)| (a - f32::from_bits(b)).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff <= 1e-6 * norm.sqrt(), "budget {budget}: {diff}");
+                }
+            }
+            for cap in [1, 2, 3] {
+                let pending = enqueue(cap);
+                if pending.stats.batches > cap {
+                    assert!(!pending.collected.is_empty(), "cap {cap} not reached");
+                }
+                let on_device = pending.into_device_rows().unwrap().to_host().unwrap();
+                assert_eq!(
+                    bits(&on_device.embeddings),
+                    want,
+                    "budget {budget} cap {cap}"
+                );
+                let finished = enqueue(cap).finish().unwrap();
+                assert_eq!(
+                    bits(&finished.embeddings),
+                    want,
+                    "budget {budget} cap {cap}"
+                );
+                assert_eq!(finished.stats.batches, reference.stats.batches);
+            }
+        }
+
+        let empty: Vec<(String, Vec<u8>)> = Vec::new();
+        let rows = tokenize_sequences(&m, &empty, 100)
+            .unwrap()
+            .enqueue(&m, &mut |_| {})
+            .unwrap()
+            .into_device_rows()
+            .unwrap();
+        assert_eq!(rows.rows.dims(), &[0, hidden]);
+        rows.check_finite().unwrap();
+        assert_eq!(rows.to_host().unwrap().embeddings.dims(), &[0, hidden]);
+    }
+
+    #[test]
+    fn non_finite_rows_name_the_record() {
+        let (m, recs) = oracle_esm2();
+        let ids: Vec<String> = recs.iter().map(|(id, _)| id.clone()).collect();
+        let hidden = m.hidden_size;
+        let mut values = vec![0.5f32; 3 * hidden];
+        values[hidden + 7] = f32::NAN;
+        let err = check_rows(&m, &ids, &values, [4, 2, 0])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{}`", ids[2])), "{err}");
+        assert!(err.contains("--dtype f32"), "{err}");
+        check_rows(&m, &ids, &values[..hidden], [1]).unwrap();
     }
 
     proptest::proptest! {

@@ -2,7 +2,9 @@
 //!
 //! read (background thread) → chunk + six-frame translation (background thread, rayon inside)
 //! → DNABERT and ESM embeddings in length-sorted batches → classifier → writers, with bounded
-//! queues so memory stays flat in the input size and rows come out in input order.
+//! queues so memory stays flat in the input size and rows come out in input order. The host
+//! tokenizes one work unit and writes the results of another while the device computes (see
+//! [`run`]), so the device does not wait for the host between units.
 //!
 //! Before any sequence is read, the classifier's input size is checked against the two models'
 //! hidden sizes (taken from their `config.json`, without loading weights), so a wrong
@@ -14,7 +16,7 @@ use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{device_name, select_device, DTypeSpec, DeviceSpec};
@@ -31,8 +33,8 @@ use crate::output::predictions::{
     RESULTS_FILE, SUMMARY_FILE,
 };
 use crate::pipeline::embed::{
-    enqueue_sequences, load_from_files, random_embedding_model, EmbeddingModel, LoadOptions,
-    RandomModel,
+    load_from_files, random_embedding_model, tokenize_sequences, DeviceRows, EmbeddingModel,
+    LoadOptions, RandomModel, Tokenized,
 };
 use crate::pipeline::frames::{translate_batch, RecordBatches};
 
@@ -153,15 +155,10 @@ struct Models {
 }
 
 impl Models {
-    /// Embeds and scores `frames`, in order.
-    fn score(
-        &self,
-        frames: &[&Frame],
-        batch_tokens: Option<usize>,
-    ) -> anyhow::Result<Vec<FrameScore>> {
-        if frames.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// The host half of scoring `frames`: tokenizes their DNA and proteins and builds the padded
+    /// batches of both models. Nothing touches the device, so `run` does this for the next work
+    /// unit while the device still computes the previous one.
+    fn prepare(&self, frames: &[&Frame], batch_tokens: Option<usize>) -> anyhow::Result<Prepared> {
         let dna: Vec<(&str, &[u8])> = frames
             .iter()
             .map(|f| (f.id.as_str(), f.dna.as_slice()))
@@ -170,38 +167,115 @@ impl Models {
             .iter()
             .map(|f| (f.id.as_str(), f.protein.as_slice()))
             .collect();
-        // Both models are enqueued before either is collected: the host tokenizes and enqueues
-        // the proteins while the device runs the nucleotide model.
-        let dna = enqueue_sequences(
+        let dna = tokenize_sequences(
             &self.dnabert,
             &dna,
             batch_tokens.unwrap_or_else(|| self.dnabert.default_batch_tokens()),
         )?;
-        let protein = enqueue_sequences(
+        let protein = tokenize_sequences(
             &self.esm,
             &protein,
             batch_tokens.unwrap_or_else(|| self.esm.default_batch_tokens()),
         )?;
-        let dna = dna.finish()?;
-        let protein = protein.finish()?;
+        Ok(Prepared { dna, protein })
+    }
+
+    /// Enqueues all the device work of a prepared unit (both models, the merged features, the
+    /// classifier and a per-row sum for the finiteness check) without waiting for the device;
+    /// [`PendingScores::finish`] collects the result.
+    fn launch(&self, prepared: Prepared) -> anyhow::Result<PendingScores<'_>> {
+        if prepared.dna.is_empty() {
+            return Ok(PendingScores { work: None });
+        }
+        let dna = prepared
+            .dna
+            .enqueue(&self.dnabert, &mut |_| {})?
+            .into_device_rows()?;
+        let protein = prepared
+            .protein
+            .enqueue(&self.esm, &mut |_| {})?
+            .into_device_rows()?;
         // Merged feature = [nucleotide | protein] (PIPELINE.md §4).
-        let features =
-            Tensor::cat(&[&dna.embeddings, &protein.embeddings], 1)?.to_device(&self.device)?;
+        let features = Tensor::cat(&[&dna.rows, &protein.rows], 1)?.to_device(&self.device)?;
         let probs = self
             .classifier
             .forward(&features)
-            .context("classifier forward pass failed")?
-            .to_device(&Device::Cpu)?
-            .to_vec2::<f32>()?;
-        Ok(frames
-            .iter()
-            .zip(probs)
-            .map(|(f, p)| FrameScore {
-                id: f.id.clone(),
-                score1: p[0],
-                score2: p[1],
-            })
-            .collect())
+            .context("classifier forward pass failed")?;
+        // A non-finite embedding value makes its row's sum non-finite: the rows are checked on
+        // the device and only the sums come back, not every value.
+        let sums = features.sum_keepdim(1)?;
+        let out = Tensor::cat(&[&probs.to_dtype(DType::F32)?, &sums], 1)
+            .context("classifier forward pass failed")?;
+        Ok(PendingScores {
+            work: Some(Launched { dna, protein, out }),
+        })
+    }
+}
+
+/// A work unit tokenized for both models; see [`Models::prepare`].
+struct Prepared {
+    dna: Tokenized,
+    protein: Tokenized,
+}
+
+/// A work unit whose scores the device is computing; see [`Models::launch`].
+struct PendingScores<'a> {
+    /// `None` for a unit without frames (nothing was sent to the device).
+    work: Option<Launched<'a>>,
+}
+
+struct Launched<'a> {
+    dna: DeviceRows<'a>,
+    protein: DeviceRows<'a>,
+    /// `[n, 3]`: the two probabilities and the sum of the row's features.
+    out: Tensor,
+}
+
+impl PendingScores<'_> {
+    /// Waits for the device and returns the probabilities `[score1, score2]` of every frame, in
+    /// order. Fails naming the record when an embedding is not finite.
+    fn finish(self) -> anyhow::Result<Vec<[f32; 2]>> {
+        let Some(Launched { dna, protein, out }) = self.work else {
+            return Ok(Vec::new());
+        };
+        let n = dna.ids().len();
+        let values = out
+            .to_device(&Device::Cpu)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .with_context(|| {
+                format!(
+                    "the models or the classifier failed on a work unit of {n} frames (first: \
+                     `{}`); on a GPU out of memory, lower --batch-tokens",
+                    dna.ids()[0]
+                )
+            })?;
+        if values.len() != n * 3 {
+            bail!(
+                "classifier returned {} values for {n} frames, expected {}",
+                values.len(),
+                n * 3
+            );
+        }
+        let rows = values.chunks_exact(3);
+        if rows.clone().any(|r| !r[2].is_finite()) {
+            // Copy the embeddings out to name the record (a sum can also overflow with finite
+            // values, then both checks pass and the probabilities decide).
+            dna.check_finite()?;
+            protein.check_finite()?;
+        }
+        if let Some(i) = rows
+            .clone()
+            .position(|r| !(r[0].is_finite() && r[1].is_finite()))
+        {
+            bail!(
+                "the classifier gave non-finite probabilities for frame `{}` although its input \
+                 embeddings are finite; rerun with --device cpu to tell a device problem from a \
+                 classifier one",
+                dna.ids()[i]
+            );
+        }
+        Ok(rows.map(|r| [r[0], r[1]]).collect())
     }
 }
 
@@ -363,6 +437,11 @@ fn random_classifier(input: usize, device: &Device) -> anyhow::Result<Classifier
 
 /// Runs the whole pipeline; outputs appear in `out_dir` only when everything succeeded.
 pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
+    run_in_units(req, None)
+}
+
+/// [`run`] with work units of `unit_bases` bases instead of the device's default (for tests).
+fn run_in_units(req: &PredictRequest, unit_bases: Option<usize>) -> anyhow::Result<PredictReport> {
     let started = Instant::now();
     if req.chunk_len == 0 {
         bail!("--chunk-len must be at least 1");
@@ -383,11 +462,11 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
 
     // 4. Stream.
     let mut outputs = Outputs::create(&req.out_dir, req.keep_frames, req.min_viral_fraction)?;
-    let batch_bases = if device.is_cpu() {
+    let batch_bases = unit_bases.unwrap_or(if device.is_cpu() {
         BATCH_BASES_CPU
     } else {
         BATCH_BASES_GPU
-    };
+    });
     let chunk_len = req.chunk_len;
     let (sender, receiver) = sync_channel::<anyhow::Result<Vec<RecordFrames>>>(QUEUE_DEPTH);
     let mut batches = RecordBatches::spawn(reader, batch_bases);
@@ -405,49 +484,35 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
         })
         .context("cannot start the translation thread")?;
 
+    // The device must never wait for the host between work units. Per unit received: tokenize
+    // it (host work while the device still runs the previous unit), collect the previous unit
+    // (waiting for the device), launch this one, then write the previous unit's results while
+    // the device runs. Launching before collecting would not help: the copy of the previous
+    // results would queue behind the new unit's work on the device's single stream.
     let progress = progress_bar(req.progress);
     let mut report = PredictReport::default();
+    let mut in_flight: Option<(Vec<RecordFrames>, PendingScores<'_>)> = None;
     for work in receiver.iter() {
-        let records = work?;
-        let frames: Vec<&Frame> = records
-            .iter()
-            .flat_map(|r| r.chunks.iter().flat_map(|c| c.frames.iter()))
-            .collect();
-        let scores = models.score(&frames, req.batch_tokens)?;
-        let mut scores = scores.as_slice();
-        for record in &records {
-            let n = record.frame_count();
-            let (mine, rest) = scores.split_at(n);
-            scores = rest;
-            for s in mine {
-                outputs.results.write(s)?;
-                outputs.highest.add(s);
-            }
-            if let Some(w) = outputs.frames.as_mut() {
-                for frame in record.chunks.iter().flat_map(|c| c.frames.iter()) {
-                    w.write_frame(frame)?;
-                }
-            }
-            let summary =
-                RecordSummary::from_scores(&record.id, record.len, record.chunks.len(), mine);
-            outputs.summary.write(&summary)?;
-            report.records += 1;
-            report.chunks += record.chunks.len() as u64;
-            report.frames += n as u64;
-            if n == 0 {
-                report.records_without_frames += 1;
-            }
-            if summary.call(req.min_viral_fraction) == "virus" {
-                report.virus_records += 1;
-            }
+        let next = work.and_then(|records| {
+            let prepared = models.prepare(&frames_of(&records), req.batch_tokens)?;
+            Ok((records, prepared))
+        });
+        // The previous unit's errors come first, as when units ran one after another.
+        let done = match in_flight.take() {
+            Some((records, pending)) => Some((records, pending.finish()?)),
+            None => None,
+        };
+        let (records, prepared) = next?;
+        in_flight = Some((records, models.launch(prepared)?));
+        if let Some((records, scores)) = done {
+            write_unit(&records, &scores, &mut outputs, &mut report, req)?;
+            show_progress(&progress, &report, started);
         }
-        progress.set_message(format!(
-            "{} records, {} frames ({:.0} frames/s)",
-            report.records,
-            report.frames,
-            report.frames as f64 / started.elapsed().as_secs_f64().max(1e-9)
-        ));
-        progress.tick();
+    }
+    if let Some((records, pending)) = in_flight.take() {
+        let scores = pending.finish()?;
+        write_unit(&records, &scores, &mut outputs, &mut report, req)?;
+        show_progress(&progress, &report, started);
     }
     report.empty_skipped = translator
         .join()
@@ -469,6 +534,79 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
     Ok(report)
 }
 
+/// The frames of a work unit, in order.
+fn frames_of(records: &[RecordFrames]) -> Vec<&Frame> {
+    records
+        .iter()
+        .flat_map(|r| r.chunks.iter().flat_map(|c| c.frames.iter()))
+        .collect()
+}
+
+/// Writes a scored work unit: per frame to the results (and frame FASTA files), per record to
+/// the summary; `scores` are those of [`frames_of`]`(records)`, in order.
+fn write_unit(
+    records: &[RecordFrames],
+    scores: &[[f32; 2]],
+    outputs: &mut Outputs,
+    report: &mut PredictReport,
+    req: &PredictRequest,
+) -> anyhow::Result<()> {
+    let frames = frames_of(records);
+    if frames.len() != scores.len() {
+        bail!(
+            "{} scores for {} frames in a work unit",
+            scores.len(),
+            frames.len()
+        );
+    }
+    let scores: Vec<FrameScore> = frames
+        .iter()
+        .zip(scores)
+        .map(|(f, p)| FrameScore {
+            id: f.id.clone(),
+            score1: p[0],
+            score2: p[1],
+        })
+        .collect();
+    let mut scores = scores.as_slice();
+    for record in records {
+        let n = record.frame_count();
+        let (mine, rest) = scores.split_at(n);
+        scores = rest;
+        for s in mine {
+            outputs.results.write(s)?;
+            outputs.highest.add(s);
+        }
+        if let Some(w) = outputs.frames.as_mut() {
+            for frame in record.chunks.iter().flat_map(|c| c.frames.iter()) {
+                w.write_frame(frame)?;
+            }
+        }
+        let summary = RecordSummary::from_scores(&record.id, record.len, record.chunks.len(), mine);
+        outputs.summary.write(&summary)?;
+        report.records += 1;
+        report.chunks += record.chunks.len() as u64;
+        report.frames += n as u64;
+        if n == 0 {
+            report.records_without_frames += 1;
+        }
+        if summary.call(req.min_viral_fraction) == "virus" {
+            report.virus_records += 1;
+        }
+    }
+    Ok(())
+}
+
+fn show_progress(progress: &ProgressBar, report: &PredictReport, started: Instant) {
+    progress.set_message(format!(
+        "{} records, {} frames ({:.0} frames/s)",
+        report.records,
+        report.frames,
+        report.frames as f64 / started.elapsed().as_secs_f64().max(1e-9)
+    ));
+    progress.tick();
+}
+
 fn progress_bar(show: bool) -> ProgressBar {
     if !show || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -480,4 +618,89 @@ fn progress_bar(show: bool) -> ProgressBar {
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(path: &Path) -> Vec<Vec<String>> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    }
+
+    /// Many small work units (each record alone, some without frames) go through the pipelined
+    /// loop and give the rows of one unit holding everything, in the same order.
+    #[test]
+    fn results_do_not_depend_on_the_work_units() {
+        let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/oracle");
+        let tmp = tempfile::tempdir().unwrap();
+        // A record with a stop codon in all six frames (a unit without frames), then another.
+        let extra = tmp.path().join("extra.fa");
+        std::fs::write(
+            &extra,
+            ">no_frames\nCATGCGGGTGTGCACGCCACTAAGACGAAACCTAGTGCCTCTTGCTAGTCATTATTAGTA\n\
+             >after\nACGTTGCAAGGCTTACCGGATCGATCGGCTAGCTTAGGCATCGATCGGATCGACGGCATCGCGATCGCATT\n",
+        )
+        .unwrap();
+        let request = |out: &str| PredictRequest {
+            inputs: vec![oracle.join("inputs/genomes.fa"), extra.clone()],
+            chunk_len: 60,
+            classifier: oracle.join("classifier/model_full.pth"),
+            dnabert: oracle.join("dnabert").display().to_string(),
+            esm: oracle.join("fastesm").display().to_string(),
+            out_dir: tmp.path().join(out),
+            device: DeviceSpec::Cpu,
+            dtype: DTypeSpec::F32,
+            batch_tokens: None,
+            esm_token_dropout: TokenDropout::default(),
+            keep_frames: true,
+            min_viral_fraction: 0.5,
+            strict: false,
+            progress: false,
+            random_weights: None,
+        };
+        let whole = run_in_units(&request("whole"), Some(usize::MAX)).unwrap();
+        let units = run_in_units(&request("units"), Some(1)).unwrap();
+        assert!(
+            whole.records > 2 && whole.records_without_frames > 0,
+            "{whole}"
+        );
+        for (a, b) in [
+            (whole.records, units.records),
+            (whole.chunks, units.chunks),
+            (whole.frames, units.frames),
+            (whole.records_without_frames, units.records_without_frames),
+            (whole.virus_records, units.virus_records),
+        ] {
+            assert_eq!(a, b, "{whole} vs {units}");
+        }
+        for file in [
+            HIGHEST_SCORE_FILE,
+            "identified_nucleotide.fa",
+            "identified_protein.faa",
+        ] {
+            let read = |dir: &str| std::fs::read_to_string(tmp.path().join(dir).join(file));
+            assert_eq!(read("whole").unwrap(), read("units").unwrap(), "{file}");
+        }
+        for file in [RESULTS_FILE, SUMMARY_FILE] {
+            let a = rows(&tmp.path().join("whole").join(file));
+            let b = rows(&tmp.path().join("units").join(file));
+            assert_eq!(a.len(), b.len(), "{file}");
+            for (x, y) in a.iter().zip(&b) {
+                // Other batches, other padding: scores may differ in the last digits only.
+                assert_eq!(x[0], y[0], "{file}: order");
+                assert_eq!(x.len(), y.len(), "{file}");
+                for (u, v) in x.iter().zip(y) {
+                    match (u.parse::<f64>(), v.parse::<f64>()) {
+                        (Ok(u), Ok(v)) => assert!((u - v).abs() <= 1e-5, "{file}: {x:?} {y:?}"),
+                        _ => assert_eq!(u, v, "{file}"),
+                    }
+                }
+            }
+        }
+    }
 }
