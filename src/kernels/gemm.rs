@@ -365,7 +365,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
 }
 
 /// Row buckets below this take the heuristic's first choice untimed. Timing waits for the
-/// device (stalling a pipelined run) and costs ~30 ms per new bucket; small buckets come from
+/// device (stalling a pipelined run) and runs every candidate four times; small buckets come from
 /// the last, partial batch of a work unit, a new one in almost every unit of a `predict` run,
 /// and run too rarely for the choice to matter.
 const TUNE_MIN_ROWS: usize = 4096;
