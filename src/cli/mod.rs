@@ -98,7 +98,7 @@ pub struct ComputeArgs {
     pub dtype: virnucpro::device::DTypeSpec,
 
     /// Padded tokens per forward pass (batch size x longest sequence, sequences sorted by length).
-    /// Default: 4096 on CPU, 24576 on GPU; lower it if a GPU runs out of memory.
+    /// Default: 4096 on CPU, 28672 on GPU; lower it if a GPU runs out of memory.
     #[arg(long, value_name = "N", help_heading = "Compute",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_tokens: Option<u64>,

@@ -723,6 +723,113 @@ where
     ))
 }
 
+pub(super) fn gather_rows(
+    op: &super::ops::GatherRows,
+    ids: &CudaStorage,
+    lids: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(
+        op.table.dtype(),
+        "gather_rows",
+        gather_rows_t(op, ids, lids)
+    )
+}
+
+fn gather_rows_t<T>(
+    op: &super::ops::GatherRows,
+    ids: &CudaStorage,
+    lids: &Layout,
+) -> Result<(CudaStorage, Shape)>
+where
+    T: candle_core::cuda_backend::CudaDType + DeviceRepr,
+{
+    let dev: &CudaDevice = ids.device();
+    let idv = input_slice::<u32>(ids, lids, "gather_rows ids")?;
+    let rows = lids.shape().elem_count();
+    let (vocab, cols) = op.table.dims2()?;
+    let (tst, tl) = op.table.storage_and_layout();
+    let table = held_slice::<T>(&tst, tl, "embedding table")?;
+    let cols_vec = cols * std::mem::size_of::<T>() / 16;
+    // SAFETY: every element is written (a row per id).
+    let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
+    if rows > 0 && cols_vec > 0 {
+        let func =
+            dev.get_or_load_custom_func("virnucpro_gather_rows", OPS_MODULE, FUSED_OPS_PTX)?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.min(132 * 32) as u32, 1, 1),
+            block_dim: (cols_vec.clamp(32, 256).next_multiple_of(32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (r, cv, vb) = (rows as u32, cols_vec as u32, vocab as u32);
+        let mut bld = func.builder();
+        bld.arg(&table);
+        bld.arg(&idv);
+        bld.arg(&mut out);
+        bld.arg(&r);
+        bld.arg(&cv);
+        bld.arg(&vb);
+        // SAFETY: arguments match virnucpro_gather_rows in fused_ops.cu; rows of 16-byte vectors.
+        unsafe { bld.launch(cfg) }.w()?;
+    }
+    let mut dims = lids.dims().to_vec();
+    dims.push(cols);
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(dims),
+    ))
+}
+
+pub(super) fn weighted_pool(
+    op: &super::ops::WeightedPool,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.dtype(), "weighted_pool", weighted_pool_t(op, x, lx))
+}
+
+fn weighted_pool_t<T>(
+    op: &super::ops::WeightedPool,
+    x: &CudaStorage,
+    lx: &Layout,
+) -> Result<(CudaStorage, Shape)>
+where
+    T: candle_core::cuda_backend::CudaDType + DeviceRepr,
+{
+    let dev: &CudaDevice = x.device();
+    let xs = input_slice::<T>(x, lx, "weighted_pool")?;
+    let (b, l, cols) = lx.shape().dims3()?;
+    let (wst, wl) = op.weights.storage_and_layout();
+    let w = held_slice::<f32>(&wst, wl, "pooling weights")?;
+    // SAFETY: every element is written (a thread per column pair and row).
+    let mut out = unsafe { dev.alloc::<f32>(b * cols)? };
+    if b > 0 && cols > 0 {
+        let func = dev.get_or_load_custom_func(
+            &format!("virnucpro_weighted_pool_{}", dtype_name(x.dtype())?),
+            OPS_MODULE,
+            FUSED_OPS_PTX,
+        )?;
+        let threads = 128u32;
+        let cfg = LaunchConfig {
+            grid_dim: ((cols / 2).div_ceil(threads as usize) as u32, b as u32, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (lu, cu) = (l as u32, cols as u32);
+        let mut bld = func.builder();
+        bld.arg(&xs);
+        bld.arg(&w);
+        bld.arg(&mut out);
+        bld.arg(&lu);
+        bld.arg(&cu);
+        // SAFETY: arguments match virnucpro_weighted_pool_* in fused_ops.cu.
+        unsafe { bld.launch(cfg) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((b, cols)),
+    ))
+}
+
 /// Keeps freed device memory in the CUDA memory pool instead of returning it to the driver at
 /// every synchronization (the pool's default release threshold is 0). candle allocates with
 /// `cuMemAllocAsync`; without this, every batch (and every timed repeat) re-maps its working set,

@@ -524,8 +524,9 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
     const int wg = tid >> 7;
     if (tid == 0) {
         for (int st = 0; st < STAGES; ++st) {
-            // Every producer thread, via cp.async (and once more for its rotated K stores).
-            mbar_init(full(st), ROT ? 256 : 128);
+            // Every producer thread: via cp.async, or (rotary) once its tile has landed and
+            // been rotated.
+            mbar_init(full(st), 128);
             mbar_init(empty(st), NWG * 4);  // one lane per consumer warp
         }
         for (int i = 0; i < 2; ++i) {
@@ -551,6 +552,27 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
         const int ptid = tid - NWG * 128;
         int c = 0;  // K/V tiles issued so far (ring position and phase)
         int n = 0;  // items loaded so far (Q buffer and phase)
+        // Rotary: a tile can be rotated only once it has landed, so the producer runs one tile
+        // behind its loads: it issues the copies of tile e, then waits for tile e - 1 (in flight
+        // since the previous step), rotates it and releases it to the consumers. One memory
+        // round trip then covers two tiles instead of one (run 46: waiting for each tile before
+        // issuing the next made this producer the bottleneck on short rows). No deadlock with
+        // four stages: issuing K/V tile c waits for the stage of tile c - 4, which the consumers
+        // free once tile c - 3 is full, and tile c - 3 was released before c - 1 was issued; a
+        // Q buffer waits for the item two back, whose tiles are all released by then.
+        uint32_t pend_dst = 0, pend_bar = 0;
+        int pend_row0 = 0, pend_len = 0;
+        bool pending = false, pend_q = false;  // a Q tile (BM rows) or a K tile (BN rows)
+        auto release_pending = [&]() {
+            if (!pending) return;
+            if (pend_q)
+                rotate_tile_in_place<BM, T>(pend_dst, pend_row0, pend_len, ptid, rot_cos, rot_sin);
+            else
+                rotate_tile_in_place<BN, T>(pend_dst, pend_row0, pend_len, ptid, rot_cos, rot_sin);
+            fence_async_smem();  // the rotated stores and the landed copies, for wgmma
+            mbar_arrive(pend_bar);
+            pending = false;
+        };
         for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
             const Item w = item(it);
             const attn::SeqSpan sp = seq_span(w.b, key_lens, cu_seqlens, t_rows);
@@ -560,15 +582,17 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
             const T* vb = v + w.b * v_sb + sp.start * v_st + w.h * v_sh;
             const int qs = n & 1;
             if (n >= 2) mbar_wait(q_empty(qs), ((n >> 1) - 1) & 1);
-            // Stores through registers (rotary) are made visible to the tensor cores' async
-            // proxy by their writer, before the release of the barrier.
             if constexpr (ROT) {
                 copy_tile_pairs<BM>(sQ(qs), qb, q_st, w.q0, sp.len, ptid);
                 cp_async_commit();
-                cp_async_wait<0>();
-                rotate_tile_in_place<BM, T>(sQ(qs), w.q0, sp.len, ptid, rot_cos, rot_sin);
-                fence_async_smem();
-                mbar_arrive(q_full(qs));
+                cp_async_wait<1>();  // everything but this Q has landed
+                release_pending();
+                pend_dst = sQ(qs);
+                pend_row0 = w.q0;
+                pend_len = sp.len;
+                pend_q = true;
+                pend_bar = q_full(qs);
+                pending = true;
             } else {
                 produce_tile<BM>(sQ(qs), qb, q_st, w.q0, sp.len, ptid);
                 cp_async_arrive(q_full(qs));
@@ -578,24 +602,27 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                 const int st = c % STAGES;
                 if (c >= STAGES) mbar_wait(empty(st), ((c / STAGES) - 1) & 1);
                 if constexpr (ROT) {
-                    // K first, in its own group: rotated as soon as it lands, V still in flight.
                     copy_tile_pairs<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid);
-                    cp_async_commit();
                     produce_tile<BN>(sV(st), vb, v_st, t * BN, sp.len, ptid);
                     cp_async_commit();
                     cp_async_wait<1>();
-                    rotate_tile_in_place<BN, T>(sK(st), t * BN, sp.len, ptid, rot_cos, rot_sin);
-                    fence_async_smem();
-                    mbar_arrive(full(st));
+                    release_pending();
+                    pend_dst = sK(st);
+                    pend_row0 = t * BN;
+                    pend_len = sp.len;
+                    pend_q = false;
+                    pend_bar = full(st);
+                    pending = true;
                 } else {
                     produce_tile<BN>(sV(st), vb, v_st, t * BN, sp.len, ptid);
                     produce_tile<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid);
+                    cp_async_arrive(full(st));
                 }
-                cp_async_arrive(full(st));
             }
             ++n;
         }
         cp_async_wait<0>();
+        if constexpr (ROT) release_pending();
         return;
     }
     reg_alloc<REG_CONSUMER>();

@@ -224,6 +224,62 @@ __device__ __forceinline__ void gated_gelu(const T* __restrict__ g, T* __restric
     }
 }
 
+
+// Embedding lookup: out[r, :] = table[ids[r], :] in 16-byte vectors, one block per row (grid-
+// stride); an id past the table gives a zero row (the tokenizers' ids are checked on the host,
+// this only keeps a bad one from reading outside the table). candle's index_select moved one
+// element per thread with a division each, at ~400 GB/s on an H100.
+__device__ __forceinline__ void gather_rows(const uint4* __restrict__ table,
+                                            const uint32_t* __restrict__ ids,
+                                            uint4* __restrict__ out, unsigned rows,
+                                            unsigned cols_vec, unsigned vocab) {
+    for (unsigned r = blockIdx.x; r < rows; r += gridDim.x) {
+        const uint32_t id = ids[r];
+        const uint4* src = table + (size_t)id * cols_vec;
+        uint4* dst = out + (size_t)r * cols_vec;
+        for (unsigned c = threadIdx.x; c < cols_vec; c += blockDim.x)
+            dst[c] = id < vocab ? src[c] : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+template <typename T> __device__ __forceinline__ float2 load2(const T* p);
+template <> __device__ __forceinline__ float2 load2<float>(const float* p) {
+    return *reinterpret_cast<const float2*>(p);
+}
+template <> __device__ __forceinline__ float2 load2<__half>(const __half* p) {
+    return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+template <> __device__ __forceinline__ float2 load2<__nv_bfloat16>(const __nv_bfloat16* p) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+
+// Weighted pooling of the last hidden state: out[b, c] = sum_l w[b, l] * x[b, l, c] in f32
+// (x [batch, len, cols] of T, w [batch, len] f32), two columns per thread, grid (column blocks,
+// batch). Positions of weight 0 (padding, and for ESM <cls>/<eos>) are not read. Replaces a cast
+// of the whole hidden state to f32 and a batched GEMV.
+template <typename T>
+__device__ __forceinline__ void weighted_pool(const T* __restrict__ x, const float* __restrict__ w,
+                                              float* __restrict__ out, unsigned len,
+                                              unsigned cols) {
+    const unsigned b = blockIdx.y;
+    const unsigned c = 2 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (c >= cols) return;
+    const T* xb = x + (size_t)b * len * cols + c;
+    const float* wb = w + (size_t)b * len;
+    float a0 = 0.f, a1 = 0.f;
+#pragma unroll 4
+    for (unsigned l = 0; l < len; ++l) {
+        const float wl = wb[l];
+        if (wl != 0.f) {
+            const float2 v = load2<T>(xb + (size_t)l * cols);
+            a0 = fmaf(wl, v.x, a0);
+            a1 = fmaf(wl, v.y, a1);
+        }
+    }
+    out[(size_t)b * cols + c] = a0;
+    out[(size_t)b * cols + c + 1] = a1;
+}
+
 }  // namespace
 
 #define LN_ENTRY(NAME, T, MAXV)                                                             \
@@ -261,3 +317,19 @@ ROTARY_ENTRY(virnucpro_rotary_qk_f32, float)
 GATED_ENTRY(virnucpro_gated_gelu_f16, __half)
 GATED_ENTRY(virnucpro_gated_gelu_bf16, __nv_bfloat16)
 GATED_ENTRY(virnucpro_gated_gelu_f32, float)
+
+extern "C" __global__ void virnucpro_gather_rows(const uint4* table, const uint32_t* ids,
+                                                 uint4* out, unsigned rows, unsigned cols_vec,
+                                                 unsigned vocab) {
+    gather_rows(table, ids, out, rows, cols_vec, vocab);
+}
+
+#define POOL_ENTRY(NAME, T)                                                                  \
+    extern "C" __global__ void NAME(const T* x, const float* w, float* out, unsigned len,    \
+                                    unsigned cols) {                                          \
+        weighted_pool<T>(x, w, out, len, cols);                                              \
+    }
+
+POOL_ENTRY(virnucpro_weighted_pool_f16, __half)
+POOL_ENTRY(virnucpro_weighted_pool_bf16, __nv_bfloat16)
+POOL_ENTRY(virnucpro_weighted_pool_f32, float)

@@ -31,7 +31,10 @@ pub mod selftest;
 
 #[cfg(feature = "cuda")]
 pub use cuda::hold_pool_memory;
-pub use ops::{fused_ops_enabled, gated_gelu, layer_norm, linear, rotary_qk, set_fused_ops};
+pub use ops::{
+    fused_ops_enabled, gated_gelu, gather_rows, layer_norm, linear, rotary_qk, set_fused_ops,
+    weighted_pool,
+};
 
 pub use reference::{alibi_bias, alibi_slopes, key_padding_mask, materialized_attention, row_mask};
 
@@ -760,7 +763,7 @@ mod tests {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn fused_ops_match_candle_on_gpu() -> anyhow::Result<()> {
-        let dev = Device::new_cuda(0)?;
+        let dev = crate::device::open_cuda(0)?;
         for (name, rel, limit) in selftest::check_bias_act(&dev)? {
             assert!(rel <= limit, "{name}: {rel:.2e} > {limit:.0e}");
         }
@@ -771,7 +774,7 @@ mod tests {
     #[test]
     #[ignore = "needs a compute capability 9.0 GPU"]
     fn rotary_in_attention_matches_on_gpu() -> anyhow::Result<()> {
-        let dev = Device::new_cuda(0)?;
+        let dev = crate::device::open_cuda(0)?;
         assert!(hopper_attention(&dev), "this test needs an H100/H200");
         let checks = selftest::check_rotary_attention(&dev)?;
         assert_eq!(checks.len(), 6, "3 variants x 2 dtypes");
@@ -844,7 +847,7 @@ mod tests {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn fused_matches_materialized_on_gpu() -> anyhow::Result<()> {
-        let dev = Device::new_cuda(0)?;
+        let dev = crate::device::open_cuda(0)?;
         for variant in FaVariant::available(hopper_attention(&dev)) {
             for case in selftest::cases() {
                 let r = selftest::run_case(&case, &dev, Some(variant))?;

@@ -188,6 +188,49 @@ pub fn gated_gelu(g: &Tensor, inter: usize) -> Result<Tensor> {
     gate * g.narrow(d, inter, inter)?
 }
 
+/// Embedding lookup `table[ids]`: `table` `[vocab, hidden]`, `ids` u32 of any shape -> `ids`'
+/// shape + `[hidden]`. One 16-byte vector per thread on CUDA; candle's `index_select` elsewhere.
+pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (_, hidden) = table.dims2()?;
+    let fits = fast_path(table)
+        && ids.dtype() == DType::U32
+        && ids.device().same_device(table.device())
+        && hidden % vec_width(table.dtype()) == 0
+        && hidden > 0;
+    if fits {
+        let op = GatherRows {
+            table: table.contiguous()?,
+        };
+        return ids.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    let mut dims = ids.dims().to_vec();
+    dims.push(hidden);
+    table.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
+}
+
+/// `out[b, :] = sum_l weights[b, l] * x[b, l, :]` in f32 for `x` `[batch, len, hidden]` (any
+/// float dtype) and f32 `weights` `[batch, len]`; positions of weight 0 are skipped on CUDA.
+/// Elsewhere: `x` cast to f32 and a batched matmul.
+pub fn weighted_pool(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let (b, l, hidden) = x.dims3()?;
+    let fits = fast_path(x)
+        && weights.dtype() == DType::F32
+        && weights.dims() == [b, l]
+        && weights.device().same_device(x.device())
+        && hidden % 2 == 0
+        && b <= 65_535;
+    if fits {
+        let op = WeightedPool {
+            weights: weights.contiguous()?,
+        };
+        return x.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    weights
+        .reshape((b, 1, l))?
+        .matmul(&x.to_dtype(DType::F32)?)?
+        .squeeze(1)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The candle ops behind them (CUDA only; the public functions never call them elsewhere).
 // ---------------------------------------------------------------------------------------------
@@ -258,3 +301,27 @@ pub(crate) struct GatedGelu {
 }
 
 cuda_only_op1!(GatedGelu, "virnucpro-gated-gelu", super::cuda::gated_gelu);
+
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct GatherRows {
+    pub(crate) table: Tensor,
+}
+
+cuda_only_op1!(
+    GatherRows,
+    "virnucpro-gather-rows",
+    super::cuda::gather_rows
+);
+
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct WeightedPool {
+    pub(crate) weights: Tensor,
+}
+
+cuda_only_op1!(
+    WeightedPool,
+    "virnucpro-weighted-pool",
+    super::cuda::weighted_pool
+);

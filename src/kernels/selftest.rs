@@ -527,6 +527,34 @@ pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> 
         let g32 = f(&g)?;
         let want = (g32.narrow(1, 0, 3072)?.gelu_erf()? * g32.narrow(1, 3072, 3072)?)?;
         out.push((format!("gated_gelu {dtype:?}"), rel_of(&got, &want)?, limit));
+        // Embedding lookup: the rows are copied, so exactly index_select's (limit 0).
+        let (vocab, hidden) = (33, 1280);
+        let table = rnd(&[vocab, hidden], 1.0)?;
+        let ids: Vec<u32> = (0..3 * 57).map(|i| (i * 7 % vocab) as u32).collect();
+        let ids_t = Tensor::from_vec(ids, (3, 57), dev)?;
+        let got = super::gather_rows(&table, &ids_t)?;
+        let want = f(&table)?
+            .index_select(&ids_t.flatten_all()?, 0)?
+            .reshape((3, 57, hidden))?;
+        out.push((
+            format!("embedding lookup {dtype:?}"),
+            rel_of(&got, &want)?,
+            0.0,
+        ));
+        // Masked mean pooling of [3, 57, 1280] (weights 0 on padding) against an f32 matmul.
+        let x = rnd(&[3, 57, hidden], 1.0)?;
+        let mut w = vec![0f32; 3 * 57];
+        for (row, len) in [(0usize, 57usize), (1, 20), (2, 1)] {
+            w[row * 57..row * 57 + len].fill(1.0 / len as f32);
+        }
+        let w = Tensor::from_vec(w, (3, 57), dev)?;
+        let got = super::weighted_pool(&x, &w)?;
+        let want = w.reshape((3, 1, 57))?.matmul(&f(&x)?)?.squeeze(1)?;
+        out.push((
+            format!("weighted pool {dtype:?}"),
+            rel_of(&got, &want)?,
+            1e-5,
+        ));
     }
     Ok(out)
 }

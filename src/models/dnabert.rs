@@ -23,9 +23,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::layers::{split_qkv, split_qkv_views, Act, Linear};
+use super::layers::{split_qkv, split_qkv_views, Act, Embedding, Linear};
 use super::profile::section;
 use serde::Deserialize;
 
@@ -338,7 +338,7 @@ impl DnaBertEmbeddings {
             .get((cfg.type_vocab_size, h), "weight")?;
         let table = word.broadcast_add(&token_type.get(0)?)?;
         Ok(Self {
-            word_and_type0: Embedding::new(table, h),
+            word_and_type0: Embedding::from_weight(table)?,
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
         })
     }

@@ -36,10 +36,7 @@ impl Embedding {
     /// `ids`: `[batch, len]` u32 -> `[batch, len, hidden]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
-        let flat = ids.flatten_all()?;
-        self.weight
-            .index_select(&flat, 0)?
-            .reshape((b, l, self.hidden))
+        crate::kernels::gather_rows(&self.weight, ids)?.reshape((b, l, self.hidden))
     }
 }
 
@@ -470,10 +467,9 @@ pub fn split_qkv(qkv: &Tensor, heads: usize, head_dim: usize) -> Result<(Tensor,
 /// (already divided by the count), `x` is `[batch, len, hidden]`; returns `[batch, hidden]` f32.
 pub fn weighted_pool(x: &Tensor, weights: Vec<f32>) -> Result<Tensor> {
     let (b, l, _) = x.dims3()?;
-    let w = Tensor::from_vec(weights, (b, 1, l), x.device())?;
-    // Pool in f32 whatever the compute dtype.
-    let x = x.to_dtype(DType::F32)?;
-    w.matmul(&x)?.squeeze(1)
+    let w = Tensor::from_vec(weights, (b, l), x.device())?;
+    // Pooled in f32 whatever the compute dtype.
+    crate::kernels::weighted_pool(x, &w)
 }
 
 #[cfg(test)]

@@ -42,10 +42,10 @@ use crate::output::atomic::AtomicFile;
 pub const DEFAULT_BATCH_TOKENS_CPU: usize = 4096;
 /// Default `--batch-tokens` on a GPU.
 ///
-/// 24 576: larger batches keep the GEMMs busier (predict on an H100, run 43: 1 920 frames/s at
-/// 16 384, 1 963 at 32 768), while GPU memory stays within the models' weights + 2 GiB
-/// (32 768 took weights + 2.1 GiB).
-pub const DEFAULT_BATCH_TOKENS_GPU: usize = 24576;
+/// 28 672: larger batches keep the GEMMs busier, while GPU memory stays within the models'
+/// weights + 2 GiB (predict on an H100, docs/BENCHMARKS.md run 48: 2 024 frames/s at 24 576, 2 061
+/// at 28 672 with a peak of weights + 1.6 GiB; 32 768 took weights + 2.1 GiB).
+pub const DEFAULT_BATCH_TOKENS_GPU: usize = 28672;
 
 /// A loaded embedding model: encoder + tokenizer + what the output files record about it.
 pub struct EmbeddingModel {
