@@ -1,10 +1,12 @@
-//! Compiles the hand-written CUDA kernels (`src/kernels/*.cu`) to PTX with nvcc, only when the
-//! `cuda` feature is on: CPU builds (and CI) never need a CUDA toolkit.
+//! Compiles the hand-written CUDA kernels (`src/kernels/*.cu`) with nvcc, only when the `cuda`
+//! feature is on: CPU builds (and CI) never need a CUDA toolkit.
 //!
-//! The PTX targets `compute_$CUDA_COMPUTE_CAP` (default 90: H100/H200) and is embedded in the
-//! binary; the driver compiles it for the GPU it runs on at first use (PTX runs on that compute
-//! capability and every later one). nvcc is taken from `$NVCC`, else `$CUDA_ROOT/bin`,
-//! `$CUDA_PATH/bin`, `$CUDA_HOME/bin`, else `PATH`. See docs/GPU.md.
+//! Each source becomes a fatbin embedded in the binary: machine code (SASS) for
+//! `sm_$CUDA_COMPUTE_CAP` (default 90: H100/H200) plus the PTX for `compute_$CUDA_COMPUTE_CAP`,
+//! which the driver compiles at first use on any later GPU (GB10, Blackwell). With PTX alone every
+//! fresh machine or container paid that compilation on the build's own GPU too (~9 s for the
+//! Hopper attention file). nvcc is taken from `$NVCC`, else `$CUDA_ROOT/bin`, `$CUDA_PATH/bin`,
+//! `$CUDA_HOME/bin`, else `PATH`. See docs/GPU.md.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -36,7 +38,7 @@ fn main() {
     sources.sort();
     for src in &sources {
         let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
-        let ptx = out_dir.join(format!("{stem}.ptx"));
+        let fatbin = out_dir.join(format!("{stem}.fatbin"));
         // `*_sm90.cu` use Hopper-only instructions (wgmma): always compute_90a, whatever the
         // target; the launcher uses them on compute capability 9.0 only.
         let arch = if stem.ends_with("_sm90") {
@@ -45,10 +47,11 @@ fn main() {
             cap.clone()
         };
         let status = Command::new(&nvcc)
-            .args(["--ptx", "-O3", "-std=c++17", "--expt-relaxed-constexpr"])
-            .arg(format!("-arch=compute_{arch}"))
+            .args(["--fatbin", "-O3", "-std=c++17", "--expt-relaxed-constexpr"])
+            .arg(format!("-gencode=arch=compute_{arch},code=sm_{arch}"))
+            .arg(format!("-gencode=arch=compute_{arch},code=compute_{arch}"))
             .arg("-o")
-            .arg(&ptx)
+            .arg(&fatbin)
             .arg(src)
             .status()
             .unwrap_or_else(|e| {
@@ -59,7 +62,7 @@ fn main() {
                 )
             });
         if !status.success() {
-            panic!("nvcc failed on {} (compute_{arch})", src.display());
+            panic!("nvcc failed on {} (sm_{arch})", src.display());
         }
     }
     println!("cargo::rustc-env=VIRNUCPRO_CUDA_COMPUTE_CAP={cap}");

@@ -1,5 +1,6 @@
-//! Hand-written CUDA kernels, compiled by `build.rs` with nvcc to PTX only when the `cuda` feature
-//! is on, and loaded at run time through candle's CUDA device (`get_or_load_custom_func`).
+//! Hand-written CUDA kernels, compiled by `build.rs` with nvcc (machine code for the target GPU
+//! plus PTX, in one fatbin per source) only when the `cuda` feature is on, and loaded at run time
+//! on candle's CUDA device and stream (`cuda::load_kernel`).
 //!
 //! # Fused attention
 //!
@@ -46,7 +47,7 @@ pub const FUSED_HEAD_DIM: usize = 64;
 /// True when this binary was built with the `cuda` feature (the kernels are compiled in).
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
-/// Compute capability the kernels' PTX was generated for (`CUDA_COMPUTE_CAP` at build time), if
+/// Compute capability the kernels were compiled for (`CUDA_COMPUTE_CAP` at build time), if
 /// the binary has them.
 pub fn kernels_compute_cap() -> Option<&'static str> {
     #[cfg(feature = "cuda")]

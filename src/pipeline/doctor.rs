@@ -204,9 +204,9 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         "ENV-01",
         "PASS",
         format!(
-            "virnucpro {} built with features: {feats}; kernels: PTX for compute_{} (JIT-compiled \
-             by the driver for newer GPUs) and compute_90a (wgmma attention, used on H100/H200); \
-             candle 0.11",
+            "virnucpro {} built with features: {feats}; kernels: machine code for sm_{} plus its \
+             PTX (JIT-compiled by the driver for newer GPUs), and sm_90a (wgmma attention, used \
+             on H100/H200); candle 0.11",
             rep.version,
             rep.kernels_compute_cap.unwrap_or("?")
         ),
