@@ -55,7 +55,8 @@ impl Kernel {
     }
 }
 
-/// Function `name` of the module built from `image`, loaded once per candle device.
+/// Function `name` of the module built from `image`, loaded once per candle device and kept for
+/// the life of the process (a program opens one device; tests a few).
 fn load_kernel(
     dev: &CudaDevice,
     name: &str,
