@@ -644,7 +644,7 @@ impl<'a> PendingEmbeddings<'a> {
                     position[i] = u32::try_from(j).context("too many sequences for one call")?;
                 }
                 let index = Tensor::from_vec(position, n, device)?;
-                in_batch_order.index_select(&index, 0)?
+                crate::kernels::gather_rows(&in_batch_order, &index)?
             }
         };
         Ok(DeviceRows {
