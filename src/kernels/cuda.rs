@@ -307,7 +307,7 @@ where
     if variant.persistent() && n_items > i32::MAX as usize {
         candle_core::bail!("fused attention: {n_items} work items do not fit the kernel's i32");
     }
-    let grid_dim = if variant.persistent() {
+    let split = if variant.persistent() {
         let sms = dev
             .cuda_stream()
             .context()
@@ -316,9 +316,14 @@ where
             )
             .w()?
             .max(1) as usize;
-        (n_items.min(sms) as u32, 1, 1)
+        let tiles = grid_rows.div_ceil(variant.key_tile());
+        Some(super::WorkSplit::plan(n_items, tiles, sms, split_enabled()))
     } else {
-        (n_qblocks as u32, heads as u32, batch as u32)
+        None
+    };
+    let grid_dim = match &split {
+        Some(sp) => (sp.grid as u32, 1, 1),
+        None => (n_qblocks as u32, heads as u32, batch as u32),
     };
     let cfg = LaunchConfig {
         grid_dim,
@@ -352,6 +357,15 @@ where
     }
     b.arg(&scale_log2);
     let item_args = [n_qblocks as i32, heads as i32, n_items as i32];
+    let split_args = split.map_or([0; 2], |sp| [sp.n_dp as i32, sp.tiles as i32]);
+    // Partial results of the items split between blocks, and their piece counters.
+    let ws = match &split {
+        Some(sp) if sp.n_dp < n_items => Some(split_workspace(dev, sp.grid)?),
+        _ => None,
+    };
+    let mut ws_guard = ws
+        .as_ref()
+        .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner));
     let rot_guard = op
         .rotary
         .as_ref()
@@ -382,12 +396,69 @@ where
         for a in &item_args {
             b.arg(a);
         }
+        for a in &split_args {
+            b.arg(a);
+        }
+        match ws_guard.as_deref_mut() {
+            Some(w) => {
+                b.arg(&mut w.part);
+                b.arg(&mut w.count);
+            }
+            None => {
+                b.arg(&null);
+                b.arg(&null);
+            }
+        }
     }
     // SAFETY: argument list matches the kernel's signature in flash_attn.cu; all buffers live
     // until the launch is enqueued (cudarc records their use on the stream).
     unsafe { b.launch(cfg) }.w()?;
     drop(b);
     Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), out_shape))
+}
+
+/// Floats per consumer thread in a partial result of the persistent kernels (PART_VALUES in
+/// flash_attn_sm90.cu).
+const PART_VALUES: usize = 36;
+
+/// Workspace of the persistent kernels' split items (`part`, `part_count` in
+/// flash_attn_sm90.cu), one per candle device (each has its own stream), sized for `sms` blocks
+/// of three consumers and kept for the life of the process: kernels on one stream run one after
+/// another, and each leaves the counters zero for the next, so no allocation or memset per call
+/// (those cost more than the split saves at 1-2k tokens).
+struct SplitWorkspace {
+    part: CudaSlice<f32>,
+    count: CudaSlice<u32>,
+}
+
+fn split_workspace(dev: &CudaDevice, grid: usize) -> Result<Arc<Mutex<SplitWorkspace>>> {
+    type Workspaces = HashMap<DeviceId, Arc<Mutex<SplitWorkspace>>>;
+    static WORKSPACES: OnceLock<Mutex<Workspaces>> = OnceLock::new();
+    let mut all = WORKSPACES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(w) = all.get(&dev.id()) {
+        let fits = w.lock().unwrap_or_else(PoisonError::into_inner).count.len() >= 2 * grid;
+        if fits {
+            return Ok(w.clone());
+        }
+    }
+    // At most two rounds of items are split (WorkSplit::plan), at most three consumers.
+    let w = Arc::new(Mutex::new(SplitWorkspace {
+        // SAFETY: the kernel writes every slot before reading it back.
+        part: unsafe { dev.alloc::<f32>(grid * 2 * PART_VALUES * 3 * 128)? },
+        count: dev.alloc_zeros::<u32>(2 * grid)?,
+    }));
+    all.insert(dev.id(), w.clone());
+    Ok(w)
+}
+
+/// Whether the persistent kernels share out their last rounds by key tiles (default;
+/// `VIRNUCPRO_ATTN_SPLIT=0` turns it off, for comparison).
+fn split_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VIRNUCPRO_ATTN_SPLIT").map_or(true, |v| v != "0"))
 }
 
 /// Whether a device runs the wgmma kernels.

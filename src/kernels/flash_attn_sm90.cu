@@ -21,7 +21,10 @@
 
 #include "attn_common.cuh"
 
+// K/V ring depth (the launcher's FaVariant::dynamic_smem assumes 4; -DSTAGES for experiments).
+#ifndef STAGES
 #define STAGES 4
+#endif
 
 namespace {
 
@@ -253,6 +256,7 @@ WG_STRUCT(__nv_bfloat16, "bf16")
 template <typename T, int BN, bool ALIBI>
 struct WgRows {
     static constexpr int NN = BN / 8;  // n8 column groups of the score accumulator
+    static constexpr bool kAlibi = ALIBI;
     float acc[8][4];
     float m_run[2];
     float l_run[2];
@@ -488,6 +492,110 @@ __device__ __forceinline__ void reg_dealloc() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
+// The work of one persistent block, as pieces (item, key tiles [t0, t1)): whole items
+// blockIdx.x, + gridDim.x, ... below n_dp, then an equal share of the remaining items' key tiles
+// ("stream-K"): those items' tiles, (n_items - n_dp) * tiles_nom units, are cut into gridDim.x
+// contiguous ranges, so every block ends within a tile of the others instead of a whole item
+// (4x2048 on 132 SMs: 880 items of 16 tiles = 6.67 rounds, 7 without the split). An item cut
+// between blocks is combined by the block that finishes last (partial_or_finish).
+// tiles_nom: key tiles of the longest row; shorter rows' items have fewer real tiles, so their
+// pieces may be short or empty (balanced for uniform batches, correct for all).
+struct Sched {
+    int n_dp, tiles_nom;
+    uint32_t units;  // the launcher keeps units * gridDim.x below 2^31
+    __device__ __forceinline__ Sched(int n_items, int n_dp_, int tiles_nom_)
+        : n_dp(n_dp_), tiles_nom(tiles_nom_),
+          units((uint32_t)(n_items - n_dp_) * (uint32_t)tiles_nom_) {}
+    // The block whose range holds tail unit x (ranges are never empty: units >= gridDim.x).
+    __device__ __forceinline__ int block_of(uint32_t x) const {
+        return (int)(((x + 1) * gridDim.x + units - 1) / units) - 1;
+    }
+    // Calls piece(item, first key tile, end key tile, split between blocks) for this block's
+    // work in order. Two plain loops: one loop around a "next piece" function made ptxas
+    // serialize the consumers' wgmma (C7520).
+    template <typename F>
+    __device__ __forceinline__ void walk(F&& piece) const {
+        for (int it = blockIdx.x; it < n_dp; it += gridDim.x) piece(it, 0, 0x7fffffff, false);
+        const uint32_t u_end = units * (blockIdx.x + 1) / gridDim.x;
+        for (uint32_t u = units * blockIdx.x / gridDim.x; u < u_end;) {
+            const uint32_t i = u / (uint32_t)tiles_nom;
+            const int t0 = (int)(u - i * (uint32_t)tiles_nom);
+            const int t1 = (int)min((uint32_t)tiles_nom, (uint32_t)t0 + (u_end - u));
+            // An item's last piece runs to its last real tile (rows longer than tiles_nom
+            // tiles, packed batches with a short max_len, keep all their keys).
+            piece(n_dp + (int)i, t0, t1 == tiles_nom ? 0x7fffffff : t1,
+                  t0 != 0 || t1 != tiles_nom);
+            u += (uint32_t)(t1 - t0);
+        }
+    }
+};
+
+// Values per consumer thread in a partial result: its 32 output accumulators, then the running
+// max and sum of its two rows.
+#define PART_VALUES 36
+
+// End of a piece of a split item (Sched): writes this block's partial result (unnormalised
+// output, running max and sum, per consumer thread) to its slot of `part`, and counts the piece
+// in part_count[item - n_dp]. The block that counts last has every other piece's result
+// visible (each writer fences before counting): it merges them into `w` (the softmax merge:
+// rescale each side to the larger max) and returns true to store the rows. Slots: block b
+// writes at most two split pieces, the one it starts with (slot 0: the item began in an
+// earlier block) and the one it ends with (slot 1: the item begins in b), so `part` holds
+// gridDim.x * 2 slots of PART_VALUES * consumer-threads floats, laid out value-major so
+// consecutive threads write consecutive words.
+template <int NWG, typename W>
+__device__ __forceinline__ bool partial_or_finish(W& w, const Sched& sched, int item,
+                                                  float* __restrict__ part,
+                                                  uint32_t* __restrict__ part_count, int ctid) {
+    constexpr int NTC = NWG * 128;
+    __shared__ int last;
+    const uint32_t iu0 = (uint32_t)(item - sched.n_dp) * (uint32_t)sched.tiles_nom;
+    const int bf = sched.block_of(iu0);
+    const int bl = sched.block_of(iu0 + sched.tiles_nom - 1);
+    auto slot = [&](int b) {
+        return part + (size_t)(2 * b + (b == bf ? 1 : 0)) * PART_VALUES * NTC + ctid;
+    };
+    float* mine = slot(blockIdx.x);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) __stcg(mine + i * NTC, w.acc[i >> 2][i & 3]);
+    __stcg(mine + 32 * NTC, w.m_run[0]);
+    __stcg(mine + 33 * NTC, w.m_run[1]);
+    __stcg(mine + 34 * NTC, w.l_run[0]);
+    __stcg(mine + 35 * NTC, w.l_run[1]);
+    __threadfence();
+    named_sync(NWG + 1, NTC);  // every consumer thread's part is written and fenced
+    if (ctid == 0) last = atomicAdd(part_count + (item - sched.n_dp), 1u) == (uint32_t)(bl - bf);
+    named_sync(NWG + 1, NTC);
+    if (!last) return false;
+    __threadfence();
+    const float c = W::kAlibi ? 1.f : w.scale_log2;  // units of the running max -> log2
+    for (int b = bf; b <= bl; ++b) {
+        if (b == (int)blockIdx.x) continue;
+        const float* p = slot(b);
+        float a_me[2], a_p[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float m_p = __ldcg(p + (32 + r) * NTC);
+            const float l_p = __ldcg(p + (34 + r) * NTC);
+            const float m_new = fmaxf(w.m_run[r], m_p);
+            const float m_use = m_new == -INFINITY ? 0.f : m_new;
+            a_me[r] = attn::fast_exp2((w.m_run[r] - m_use) * c);
+            a_p[r] = attn::fast_exp2((m_p - m_use) * c);
+            w.m_run[r] = m_new;
+            w.l_run[r] = w.l_run[r] * a_me[r] + l_p * a_p[r];
+        }
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            const int r = (i & 3) >> 1;  // accumulator element e: row e >> 1
+            w.acc[i >> 2][i & 3] = w.acc[i >> 2][i & 3] * a_me[r] + __ldcg(p + i * NTC) * a_p[r];
+        }
+    }
+    // Every piece has counted: zero the counter for the next launch (the launcher keeps the
+    // workspace between launches on a stream).
+    if (ctid == 0) part_count[item - sched.n_dp] = 0;
+    return true;
+}
+
 template <typename T, int NWG, int BN, bool ALIBI, bool ROT>
 __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const T* __restrict__ k,
                                                  const T* __restrict__ v, T* __restrict__ o,
@@ -501,7 +609,10 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                                                  float scale_log2,
                                                  const float* __restrict__ rot_cos,
                                                  const float* __restrict__ rot_sin, int n_qblocks,
-                                                 int n_heads, int n_items, uint8_t* smem_raw) {
+                                                 int n_heads, int n_items, int n_dp, int tiles_nom,
+                                                 float* __restrict__ part,
+                                                 uint32_t* __restrict__ part_count,
+                                                 uint8_t* smem_raw) {
     constexpr int BM = NWG * 64;
     // The rotating producer holds a row's values and angles in registers.
     constexpr int REG_PRODUCER = NWG == 2 ? (ROT ? 64 : 40) : (ROT ? 56 : 32);
@@ -573,10 +684,13 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
             mbar_arrive(pend_bar);
             pending = false;
         };
-        for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
+        const Sched sched(n_items, n_dp, tiles_nom);
+        sched.walk([&](int it, int t0, int t1, bool) {
             const Item w = item(it);
             const attn::SeqSpan sp = seq_span(w.b, key_lens, cu_seqlens, t_rows);
-            if (w.q0 >= sp.len) continue;  // padding only: the consumers write zeros
+            if (w.q0 >= sp.len) return;  // padding only: the consumers write zeros
+            t1 = min(t1, (sp.len + BN - 1) / BN);
+            if (t0 >= t1) return;  // no real keys in this piece: nothing to load
             const T* qb = q + w.b * q_sb + sp.start * q_st + w.h * q_sh;
             const T* kb = k + w.b * k_sb + sp.start * k_st + w.h * k_sh;
             const T* vb = v + w.b * v_sb + sp.start * v_st + w.h * v_sh;
@@ -597,8 +711,7 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                 produce_tile<BM>(sQ(qs), qb, q_st, w.q0, sp.len, ptid);
                 cp_async_arrive(q_full(qs));
             }
-            const int n_tiles = (sp.len + BN - 1) / BN;
-            for (int t = 0; t < n_tiles; ++t, ++c) {
+            for (int t = t0; t < t1; ++t, ++c) {
                 const int st = c % STAGES;
                 if (c >= STAGES) mbar_wait(empty(st), ((c / STAGES) - 1) & 1);
                 if constexpr (ROT) {
@@ -620,7 +733,7 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                 }
             }
             ++n;
-        }
+        });
         cp_async_wait<0>();
         if constexpr (ROT) release_pending();
         return;
@@ -643,55 +756,62 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
 
     int c = 0;
     int n = 0;
-    for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
+    const Sched sched(n_items, n_dp, tiles_nom);
+    sched.walk([&](int it, int t0, int t1, bool split) {
         const Item wi = item(it);
         const attn::SeqSpan sp = seq_span(wi.b, key_lens, cu_seqlens, t_rows);
-        if (wi.q0 >= sp.rows) continue;
+        if (wi.q0 >= sp.rows) return;
         T* ob = o + wi.b * o_sb + sp.start * o_st + wi.h * o_sh;
-        if (wi.q0 >= sp.len) {
+        if (wi.q0 >= sp.len) {  // every piece of it writes the same zeros
             zero_tile<BM, NWG * 128>(ob, o_st, wi.q0, sp.rows, tid);
-            continue;
+            return;
         }
         const int qs = n & 1;
         const float slope_log2 = ALIBI ? slopes[wi.h] * 1.4426950408889634f : 0.f;
         // All-padding warpgroups compute too (see attn_fwd_sm90).
         WgRows<T, BN, ALIBI> w(sQ(qs) + wg * 64 * 128, wi.q0 + wg * 64 + warp * 16 + g, tg,
                                sp.len, scale_log2, slope_log2);
-        const int n_tiles = (sp.len + BN - 1) / BN;
-        mbar_wait(q_full(qs), (n >> 1) & 1);
-        int prev = 0;
-        for (int j = 0; j < n_tiles; ++j, ++c) {
-            const int st = c % STAGES;
-            mbar_wait(full(st), (c / STAGES) & 1);
-            fence_async_smem();
-            token_wait();
-            wg_fence();
-            w.issue_qk(sK(st));
-            if (j > 0) w.issue_pv(sV(prev));
-            // The softmax of S(j) runs while this warpgroup's P(j-1) V(j-1) is still on the
-            // tensor cores. The token moves on once S(j) has landed: a named barrier between
-            // issuing and this partial wait makes ptxas serialize every wgmma (C7514).
-            if (j > 0)
-                wg_wait<1>();
-            else
+        t1 = min(t1, (sp.len + BN - 1) / BN);
+        if (t0 < t1) {  // else no real keys here: the piece's partial result is empty
+            mbar_wait(q_full(qs), (n >> 1) & 1);
+            int prev = 0;
+            for (int j = t0; j < t1; ++j, ++c) {
+                const int st = c % STAGES;
+                mbar_wait(full(st), (c / STAGES) & 1);
+                fence_async_smem();
+                token_wait();
+                wg_fence();
+                w.issue_qk(sK(st));
+                if (j > t0) w.issue_pv(sV(prev));
+                // The softmax of S(j) runs while this warpgroup's P(j-1) V(j-1) is still on the
+                // tensor cores. The token moves on once S(j) has landed: a named barrier
+                // between issuing and this partial wait makes ptxas serialize every wgmma
+                // (C7514).
+                if (j > t0)
+                    wg_wait<1>();
+                else
+                    wg_wait<0>();
+                token_pass();
+                if (j == t1 - 1) arrive_one_lane(q_empty(qs));  // the last S has read Q
+                float alpha[2];
+                w.softmax(j, alpha);
                 wg_wait<0>();
-            token_pass();
-            if (j == n_tiles - 1) arrive_one_lane(q_empty(qs));  // the last S has read Q
-            float alpha[2];
-            w.softmax(j, alpha);
+                if (j > t0) arrive_one_lane(empty(prev));  // K and V of the previous tile are read
+                w.rescale_and_pack(alpha);
+                prev = st;
+            }
+            wg_fence();
+            w.issue_pv(sV(prev));
             wg_wait<0>();
-            if (j > 0) arrive_one_lane(empty(prev));  // K and V of the previous tile are read
-            w.rescale_and_pack(alpha);
-            prev = st;
+            arrive_one_lane(empty(prev));
+            reg_fence(w.acc);
+            ++n;
         }
-        wg_fence();
-        w.issue_pv(sV(prev));
-        wg_wait<0>();
-        arrive_one_lane(empty(prev));
-        reg_fence(w.acc);
-        store_rows<T>(w.acc, w.l_run, w.qrow, sp.len, sp.rows, ob, o_st, tg);
-        ++n;
-    }
+        if (!split)
+            store_rows<T>(w.acc, w.l_run, w.qrow, sp.len, sp.rows, ob, o_st, tg);
+        else if (partial_or_finish<NWG>(w, sched, it, part, part_count, tid))
+            store_rows<T>(w.acc, w.l_run, w.qrow, sp.len, sp.rows, ob, o_st, tg);
+    });
     // Consumer 0 takes the token the last consumer passed after its final tile, so every named
     // barrier ends balanced.
     if (wg == 0) token_wait();
@@ -728,9 +848,13 @@ FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64
 
 // Persistent entry points: virnucpro_flash_attn_sm90_<dtype>_p<consumers>n<key tile>; the
 // arguments of the others, then the rotary tables (f32 cos, sin [positions, 32], positions >=
-// the rows of any sequence; null: q and k are used as they are) and the item count (n_qblocks x
-// heads x batch, in that order of nesting). Grid: one block per multiprocessor (at most
-// n_items); block (consumers + 1) * 128 threads; dynamic shared memory
+// the rows of any sequence; null: q and k are used as they are), the item count (n_qblocks x
+// heads x batch, in that order of nesting), and the split of the work (Sched): n_dp items
+// walked whole, the others' key tiles (tiles_nom per item) shared out, with `part` (gridDim.x
+// * 2 * 36 * 128 * consumers floats) and `part_count` (n_items - n_dp counters, zero before the
+// launch and left zero after it) for the items cut between blocks; n_dp = n_items: no split (part and part_count unused, may be null); else
+// (n_items - n_dp) * tiles_nom >= gridDim.x. Grid: one block per multiprocessor (without a
+// split at most n_items); block (consumers + 1) * 128 threads; dynamic shared memory
 // (2 * 64 * consumers + 4 * 2 * key tile) * 128 + 1024 bytes.
 #define FLASH_ATTN_SM90_PS_ENTRY(NAME, T, NWG, BN, ROT_OK)                                     \
     extern "C" __global__ void __launch_bounds__((NWG + 1) * 128, 1)                             \
@@ -739,24 +863,25 @@ FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64
              long long q_st, long long q_sh, long long k_sb, long long k_st, long long k_sh,     \
              long long v_sb, long long v_st, long long v_sh, long long o_sb, long long o_st,     \
              long long o_sh, float scale_log2, const float* rot_cos, const float* rot_sin,       \
-             int n_qblocks, int n_heads, int n_items) {                                          \
+             int n_qblocks, int n_heads, int n_items, int n_dp, int tiles_nom, float* part,      \
+             uint32_t* part_count) {                                                             \
         extern __shared__ uint8_t smem_raw[];                                                    \
         const int mode = slopes != nullptr ? 1 : (ROT_OK && rot_cos != nullptr ? 2 : 0);         \
         if (mode == 1)                                                                           \
             attn_fwd_sm90_ps<T, NWG, BN, true, false>(                                           \
                 q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
                 k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
-                n_qblocks, n_heads, n_items, smem_raw);                                          \
+                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count, smem_raw);       \
         else if (mode == 2)                                                                      \
             attn_fwd_sm90_ps<T, NWG, BN, false, ROT_OK>(                                         \
                 q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
                 k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
-                n_qblocks, n_heads, n_items, smem_raw);                                          \
+                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count, smem_raw);       \
         else                                                                                     \
             attn_fwd_sm90_ps<T, NWG, BN, false, false>(                                          \
                 q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
                 k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
-                n_qblocks, n_heads, n_items, smem_raw);                                          \
+                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count, smem_raw);       \
     }
 
 // Rotary in the producer: not for p3n128, whose consumers cannot give up the registers (ptxas

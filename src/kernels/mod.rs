@@ -444,6 +444,46 @@ pub enum FaVariant {
     P2N64,
 }
 
+/// How a persistent (Hopper) kernel shares out its work items (`Sched` in flash_attn_sm90.cu):
+/// the first `n_dp` items whole, one per block in turn; the key tiles of the others in equal
+/// contiguous ranges, one per block, items cut between blocks combined through a workspace.
+/// Without the split the last round of items leaves multiprocessors idle: 4x2048 at 192 query
+/// rows is 880 items for 132 SMs, 6.67 rounds that take 7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkSplit {
+    pub grid: usize,
+    pub n_dp: usize,
+    /// Key tiles of the longest row (the unit of the shared-out part).
+    pub tiles: usize,
+}
+
+impl WorkSplit {
+    /// `tiles`: key tiles per item of the longest row; `sms`: multiprocessors.
+    pub fn plan(n_items: usize, tiles: usize, sms: usize, enabled: bool) -> WorkSplit {
+        let whole = WorkSplit {
+            grid: n_items.min(sms).max(1),
+            n_dp: n_items,
+            tiles: tiles.max(1),
+        };
+        // Short rows: too few tiles to cut finely, and many items even out anyway. Fewer items
+        // than multiprocessors: cutting every item costs more in merges than it gives (run 53:
+        // 1x502 0.0123 -> 0.0130 ms).
+        if !enabled || tiles < 4 || n_items <= sms || n_items % sms == 0 {
+            return whole;
+        }
+        // Whole items for all rounds but the last full one; that one and the remainder
+        // (between one and two rounds) shared out by tiles.
+        let n_dp = (n_items / sms - 1) * sms;
+        let units = (n_items - n_dp) * tiles;
+        let grid = sms.min(units);
+        // The kernel counts units in 32 bits (units * grid < 2^31).
+        if units.checked_mul(grid).is_none_or(|x| x >= 1 << 31) {
+            return whole;
+        }
+        WorkSplit { grid, n_dp, tiles }
+    }
+}
+
 impl FaVariant {
     pub const ALL: [FaVariant; 9] = [
         FaVariant::W4M1,
@@ -525,6 +565,14 @@ impl FaVariant {
             // p…: their consumer warpgroups and the producer warpgroup.
             Self::H3N128 | Self::P2N128 | Self::P2N64 => 384,
             Self::P3N128 | Self::P3N64 => 512,
+        }
+    }
+
+    /// Key rows per tile of the wgmma kernels.
+    pub fn key_tile(self) -> usize {
+        match self {
+            Self::H3N128 | Self::P3N128 | Self::P2N128 => 128,
+            _ => 64,
         }
     }
 
@@ -731,6 +779,93 @@ impl CustomOp3 for FusedAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pieces each block of a persistent kernel works on, as `Sched::walk` in
+    /// flash_attn_sm90.cu cuts them: (item, first tile, end tile, split).
+    fn walk(sp: &WorkSplit, n_items: usize, block: usize) -> Vec<(usize, usize, usize, bool)> {
+        let mut out = Vec::new();
+        let mut it = block;
+        while it < sp.n_dp {
+            out.push((it, 0, sp.tiles, false));
+            it += sp.grid;
+        }
+        let units = (n_items - sp.n_dp) * sp.tiles;
+        let (mut u, end) = (units * block / sp.grid, units * (block + 1) / sp.grid);
+        while u < end {
+            let i = u / sp.tiles;
+            let t0 = u - i * sp.tiles;
+            let t1 = sp.tiles.min(t0 + end - u);
+            out.push((sp.n_dp + i, t0, t1, t0 != 0 || t1 != sp.tiles));
+            u += t1 - t0;
+        }
+        out
+    }
+
+    /// `Sched::block_of`: the block whose range holds tail unit x.
+    fn block_of(sp: &WorkSplit, n_items: usize, x: usize) -> usize {
+        let units = (n_items - sp.n_dp) * sp.tiles;
+        ((x + 1) * sp.grid).div_ceil(units) - 1
+    }
+
+    /// The work split covers every key tile of every item exactly once, the last round is
+    /// shared out evenly, and the workspace slots of split pieces never collide.
+    #[test]
+    fn work_split_covers_every_tile_once_and_balances() {
+        let sms = 132;
+        // (items, tiles): doctor's 4x2048 and 8x1026 (p3n128), and odd sizes.
+        for (n_items, tiles) in [(880, 16), (960, 9), (133, 4), (1000, 5), (300, 40)] {
+            let sp = WorkSplit::plan(n_items, tiles, sms, true);
+            assert!(
+                sp.n_dp < n_items,
+                "{n_items}x{tiles}: expected a split, got {sp:?}"
+            );
+            assert!(sp.n_dp % sp.grid == 0);
+            let mut seen = vec![0u32; n_items * tiles];
+            let mut load = Vec::new();
+            let mut slots = std::collections::HashSet::new();
+            for b in 0..sp.grid {
+                let pieces = walk(&sp, n_items, b);
+                assert!(!pieces.is_empty(), "block {b} has no work");
+                load.push(pieces.iter().map(|p| p.2 - p.1).sum::<usize>());
+                for &(item, t0, t1, split) in &pieces {
+                    for t in t0..t1 {
+                        seen[item * tiles + t] += 1;
+                    }
+                    if split {
+                        let u0 = (item - sp.n_dp) * tiles;
+                        let (bf, bl) = (
+                            block_of(&sp, n_items, u0),
+                            block_of(&sp, n_items, u0 + tiles - 1),
+                        );
+                        assert!(
+                            bf <= b && b <= bl && bl > bf,
+                            "item {item}: block {b} outside {bf}..={bl}"
+                        );
+                        assert!(slots.insert((b, usize::from(b == bf))), "slot reused");
+                    }
+                }
+            }
+            assert!(
+                seen.iter().all(|&n| n == 1),
+                "{n_items}x{tiles}: a tile missed or repeated"
+            );
+            let (lo, hi) = (load.iter().min().unwrap(), load.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{n_items}x{tiles}: loads {lo}..{hi} tiles");
+            let ideal = (n_items * tiles).div_ceil(sp.grid);
+            assert_eq!(*hi, ideal, "{n_items}x{tiles}: not the ideal makespan");
+        }
+        // No split: short rows, whole rounds, or turned off.
+        for (n_items, tiles, on) in [
+            (880, 3, true),
+            (264, 16, true),
+            (60, 8, true),
+            (880, 16, false),
+        ] {
+            let sp = WorkSplit::plan(n_items, tiles, sms, on);
+            assert_eq!(sp.n_dp, n_items);
+            assert_eq!(sp.grid, n_items.min(sms));
+        }
+    }
 
     #[test]
     fn fused_is_unavailable_on_cpu() {
