@@ -43,6 +43,9 @@ int main(int argc, char** argv) {
     printf("EXP_EMU=%d ", FA_SM90_EXP_EMU);
 #endif
     const bool normal = argc > 3 && argv[3][0] == 'n';  // N(0,1) q, k, v instead of uniform
+#ifdef ATTN_L2_PREFETCH
+    printf("L2 prefetch %d ", ATTN_L2_PREFETCH);  // run 56's knob (removed from attn_common.cuh)
+#endif
     printf("sms=%d data=%s\n", sms, normal ? "normal" : "uniform");
     for (int si = 0; si < (int)(sizeof(shapes) / sizeof(shapes[0])); ++si) {
         if (only >= 0 && si != only) continue;
@@ -70,8 +73,18 @@ int main(int argc, char** argv) {
         }
         __half *q, *kk, *v, *o;
         uint32_t* lens;
-        CK(cudaMalloc(&q, n * 2)); CK(cudaMalloc(&kk, n * 2)); CK(cudaMalloc(&v, n * 2));
-        CK(cudaMalloc(&o, n * 2)); CK(cudaMalloc(&lens, sh.b * 4));
+        // FA_ONEBUF=1: q, k, v, o back to back in one allocation (as from a pool) instead of one
+        // cudaMalloc each.
+        const char* onebuf = getenv("FA_ONEBUF");
+        const bool onebuf_on = onebuf && onebuf[0] == '1';
+        if (onebuf_on) {
+            CK(cudaMalloc(&q, n * 2 * 4 + 4096));
+            kk = q + n + 256; v = kk + n + 256; o = v + n + 256;
+        } else {
+            CK(cudaMalloc(&q, n * 2)); CK(cudaMalloc(&kk, n * 2)); CK(cudaMalloc(&v, n * 2));
+            CK(cudaMalloc(&o, n * 2));
+        }
+        CK(cudaMalloc(&lens, sh.b * 4));
         CK(cudaMemcpy(q, hq.data(), n * 2, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(kk, hk.data(), n * 2, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(v, hv.data(), n * 2, cudaMemcpyHostToDevice));
@@ -161,7 +174,9 @@ int main(int argc, char** argv) {
                sh.var, n_dp < items ? "split" : "whole", sh.b, sh.t, ts[ts.size() / 2], ts[0], ts.back(),
                flops / (ts[ts.size() / 2] * 1e-3) / 1e12, max_err, max_ref);
         if (part) { CK(cudaFree(part)); CK(cudaFree(part_count)); }
-        CK(cudaFree(q)); CK(cudaFree(kk)); CK(cudaFree(v)); CK(cudaFree(o)); CK(cudaFree(lens));
+        CK(cudaFree(q));
+        if (!onebuf_on) { CK(cudaFree(kk)); CK(cudaFree(v)); CK(cudaFree(o)); }
+        CK(cudaFree(lens));
     }
     return 0;
 }
