@@ -21,6 +21,15 @@
 
 #include "attn_common.cuh"
 
+// FA_TMA=1 (experiment, kernel harness only): p3n128 without rotary loads its full K/V tiles with
+// TMA bulk tensor copies; the entry points then take two tensor maps (K, V) as extra arguments.
+#ifndef FA_TMA
+#define FA_TMA 0
+#endif
+#if FA_TMA
+#include <cuda.h>
+#endif
+
 // K/V ring depth (the launcher's FaVariant::dynamic_smem assumes 4; -DSTAGES for experiments).
 #ifndef STAGES
 #define STAGES 4
@@ -477,6 +486,23 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ void cp_async_arrive(uint32_t bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
+#if FA_TMA
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+// Tile [c1, c1 + box) x 64 of (c2, c3) from a 4-D tensor map {64, rows, heads, batch} into a
+// 128-byte-swizzled tile at `dst`, completing `bytes` on `bar`.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tmap, int c1, int c2, int c3,
+                                            uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, "
+        "{%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(tmap)), "r"(0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+        : "memory");
+}
+#endif
+
 __device__ __forceinline__ void named_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -612,7 +638,8 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                                                  int n_heads, int n_items, int n_dp, int tiles_nom,
                                                  float* __restrict__ part,
                                                  uint32_t* __restrict__ part_count,
-                                                 uint8_t* smem_raw) {
+                                                 uint8_t* smem_raw, const void* tm_k = nullptr,
+                                                 const void* tm_v = nullptr) {
     constexpr int BM = NWG * 64;
     // The rotating producer holds a row's values and angles in registers.
     constexpr int REG_PRODUCER = NWG == 2 ? (ROT ? 64 : 40) : (ROT ? 56 : 32);
@@ -727,6 +754,23 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                     pend_bar = full(st);
                     pending = true;
                 } else {
+#if FA_TMA
+                    if (tm_k != nullptr && (t + 1) * BN <= sp.len) {
+                        // Every producer thread arrives (the barrier counts 128); thread 0 also
+                        // expects the two tiles' bytes and issues the copies.
+                        if (ptid == 0) {
+                            const uint32_t bar = full(st);
+                            mbar_arrive_expect_tx(bar, 2 * BN * 128);
+                            const int row = (int)sp.start + t * BN;
+                            const int bb = cu_seqlens != nullptr ? 0 : w.b;
+                            tma_load_4d(sV(st), tm_v, row, w.h, bb, bar);
+                            tma_load_4d(sK(st), tm_k, row, w.h, bb, bar);
+                        } else {
+                            mbar_arrive(full(st));
+                        }
+                        continue;
+                    }
+#endif
                     produce_tile<BN>(sV(st), vb, v_st, t * BN, sp.len, ptid);
                     produce_tile<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid);
                     cp_async_arrive(full(st));
@@ -856,6 +900,13 @@ FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64
 // (n_items - n_dp) * tiles_nom >= gridDim.x. Grid: one block per multiprocessor (without a
 // split at most n_items); block (consumers + 1) * 128 threads; dynamic shared memory
 // (2 * 64 * consumers + 4 * 2 * key tile) * 128 + 1024 bytes.
+#if FA_TMA
+#define TMA_PARAMS , const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v
+#define TMA_ARGS , &tm_k, &tm_v
+#else
+#define TMA_PARAMS
+#define TMA_ARGS
+#endif
 #define FLASH_ATTN_SM90_PS_ENTRY(NAME, T, NWG, BN, ROT_OK)                                     \
     extern "C" __global__ void __launch_bounds__((NWG + 1) * 128, 1)                             \
         NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* key_lens,                 \
@@ -864,24 +915,27 @@ FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64
              long long v_sb, long long v_st, long long v_sh, long long o_sb, long long o_st,     \
              long long o_sh, float scale_log2, const float* rot_cos, const float* rot_sin,       \
              int n_qblocks, int n_heads, int n_items, int n_dp, int tiles_nom, float* part,      \
-             uint32_t* part_count) {                                                             \
+             uint32_t* part_count TMA_PARAMS) {                                                  \
         extern __shared__ uint8_t smem_raw[];                                                    \
         const int mode = slopes != nullptr ? 1 : (ROT_OK && rot_cos != nullptr ? 2 : 0);         \
         if (mode == 1)                                                                           \
             attn_fwd_sm90_ps<T, NWG, BN, true, false>(                                           \
                 q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
                 k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
-                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count, smem_raw);       \
+                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count,                  \
+                smem_raw TMA_ARGS);                                                              \
         else if (mode == 2)                                                                      \
             attn_fwd_sm90_ps<T, NWG, BN, false, ROT_OK>(                                         \
                 q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
                 k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
-                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count, smem_raw);       \
+                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count,                  \
+                smem_raw TMA_ARGS);                                                              \
         else                                                                                     \
             attn_fwd_sm90_ps<T, NWG, BN, false, false>(                                          \
                 q, k, v, o, key_lens, cu_seqlens, slopes, t_rows, q_sb, q_st, q_sh, k_sb, k_st,  \
                 k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh, scale_log2, rot_cos, rot_sin,          \
-                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count, smem_raw);       \
+                n_qblocks, n_heads, n_items, n_dp, tiles_nom, part, part_count,                  \
+                smem_raw TMA_ARGS);                                                              \
     }
 
 // Rotary in the producer: not for p3n128, whose consumers cannot give up the registers (ptxas

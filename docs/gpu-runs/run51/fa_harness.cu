@@ -26,7 +26,11 @@ typedef void (*Kern)(const __half*, const __half*, const __half*, __half*, const
                      const uint32_t*, const float*, int, long long, long long, long long,
                      long long, long long, long long, long long, long long, long long, long long,
                      long long, long long, float, const float*, const float*, int, int, int, int,
-                     int, float*, uint32_t*);
+                     int, float*, uint32_t*
+#if FA_TMA
+                     , const CUtensorMap, const CUtensorMap
+#endif
+                     );
 
 static float h2f(__half h) { return __half2float(h); }
 
@@ -111,11 +115,34 @@ int main(int argc, char** argv) {
         const long long sb = (long long)H * sh.t * D, st = D, shh = (long long)sh.t * D;
         const long long ob = (long long)sh.t * H * D, ot = H * D, oh = D;
         const float scale = 0.125f * 1.4426950408889634f;
+#if FA_TMA
+        // Tensor maps {64, rows, heads, batch} of K and V, 128-key boxes, 128-byte swizzle (the
+        // layout of the kernel's tiles); p3n64 takes them too and ignores them.
+        CUtensorMap tmk, tmv;
+        auto encode = [&](CUtensorMap* tm, void* base) {
+            cuuint64_t dims[4] = {64, (cuuint64_t)sh.t, (cuuint64_t)H, (cuuint64_t)sh.b};
+            cuuint64_t strides[3] = {(cuuint64_t)st * 2, (cuuint64_t)shh * 2, (cuuint64_t)sb * 2};
+            cuuint32_t box[4] = {64, (cuuint32_t)BN, 1, 1};
+            cuuint32_t es[4] = {1, 1, 1, 1};
+            CUresult r = cuTensorMapEncodeTiled(tm, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, base, dims,
+                                                strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                                CU_TENSOR_MAP_SWIZZLE_128B,
+                                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+            if (r != CUDA_SUCCESS) { fprintf(stderr, "cuTensorMapEncodeTiled: %d\n", (int)r); exit(1); }
+        };
+        encode(&tmk, kk);
+        encode(&tmv, v);
+#endif
         auto launch = [&]() {
             k<<<grid, (NWG + 1) * 128, smem>>>(q, kk, v, o, lens, nullptr, nullptr, sh.t, sb, st,
                                                shh, sb, st, shh, sb, st, shh, ob, ot, oh, scale,
                                                nullptr, nullptr, nq, H, items, n_dp, tiles,
-                                               part, part_count);
+                                               part, part_count
+#if FA_TMA
+                                               , tmk, tmv
+#endif
+                                               );
         };
         for (int i = 0; i < 20; ++i) launch();
         CK(cudaDeviceSynchronize());
