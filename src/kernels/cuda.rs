@@ -457,7 +457,7 @@ fn split_workspace(dev: &CudaDevice, grid: usize) -> Result<Arc<Mutex<SplitWorks
 /// Whether the persistent kernels share out their last rounds by key tiles (default;
 /// `VIRNUCPRO_ATTN_SPLIT=0` turns it off, for comparison).
 fn split_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("VIRNUCPRO_ATTN_SPLIT").map_or(true, |v| v != "0"))
 }
 
