@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use candle_core::cuda_backend::cudarc::driver::{
-    result as drv, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtrMut,
-    DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    result as drv, sys, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
+    DevicePtrMut, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{DeviceId, WrapErr};
@@ -410,11 +410,127 @@ where
             }
         }
     }
+    // Tensor maps for the persistent kernels' TMA loads: q (boxes of a query block) and k, v
+    // (boxes of a key tile), over the same elements as the pointers above.
+    let stream = dev.cuda_stream();
+    let (q_ptr, _q_sync) = qs.device_ptr(&stream);
+    let (k_ptr, _k_sync) = ks.device_ptr(&stream);
+    let (v_ptr, _v_sync) = vs.device_ptr(&stream);
+    let map_rows = if packed { dims[0] } else { grid_rows };
+    let map_batch = if packed { 1 } else { batch };
+    let maps = if variant.persistent() && tma_enabled() {
+        let map = |ptr, s: &Strides, box_rows: usize| {
+            TmaMap::encode(ptr, q.dtype(), s, map_rows, heads, map_batch, box_rows)
+        };
+        match (
+            map(q_ptr, &sq, variant.block_m()),
+            map(k_ptr, &sk, variant.key_tile()),
+            map(v_ptr, &sv, variant.key_tile()),
+        ) {
+            (Some(mq), Some(mk), Some(mv)) => Some([mq, mk, mv]),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let tma_flag: i32 = maps.is_some().into();
+    let maps = maps.unwrap_or([TmaMap::ZERO; 3]);
+    if variant.persistent() {
+        b.arg(&tma_flag);
+        for m in &maps {
+            b.arg(m);
+        }
+    }
     // SAFETY: argument list matches the kernel's signature in flash_attn.cu; all buffers live
     // until the launch is enqueued (cudarc records their use on the stream).
     unsafe { b.launch(cfg) }.w()?;
     drop(b);
     Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), out_shape))
+}
+
+/// A TMA tensor map (`CUtensorMap`, `TmaMap` in flash_attn_sm90.cu), passed to the persistent
+/// kernels by value.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct TmaMap([u64; 16]);
+
+// SAFETY: 128 plain bytes, the size and layout of the kernel parameter it is passed as.
+unsafe impl DeviceRepr for TmaMap {}
+
+impl TmaMap {
+    const ZERO: TmaMap = TmaMap([0; 16]);
+
+    /// The 4-D map {64, rows, heads, batch} of an attention operand at `ptr` with element
+    /// strides `s`, boxes of `box_rows` rows of one head, in the 128-byte-swizzled layout of the
+    /// kernel's tiles. None where TMA cannot describe it (a stride or address not a multiple of
+    /// 16 bytes, or the driver refuses): the kernel then loads with cp.async, as without maps.
+    fn encode(
+        ptr: sys::CUdeviceptr,
+        dtype: DType,
+        s: &Strides,
+        rows: usize,
+        heads: usize,
+        batch: usize,
+        box_rows: usize,
+    ) -> Option<TmaMap> {
+        let data_type = match dtype {
+            DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            DType::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            _ => return None,
+        };
+        let dims = [64u64, rows as u64, heads as u64, batch as u64];
+        // A size-1 dimension's stride never moves the pointer: any valid value will do.
+        let stride = |st: i64, n: usize| -> Option<u64> {
+            let bytes = if n == 1 { 16 } else { st.checked_mul(2)? };
+            (bytes > 0 && bytes % 16 == 0 && bytes < 1 << 40).then_some(bytes as u64)
+        };
+        let strides = [stride(s.t, rows)?, stride(s.h, heads)?, stride(s.b, batch)?];
+        if ptr % 16 != 0 || rows == 0 || box_rows > 256 {
+            return None;
+        }
+        let boxes = [64u32, box_rows as u32, 1, 1];
+        let elem = [1u32; 4];
+        let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+        // SAFETY: the pointers are to arrays of the rank (4) or rank - 1 entries the call reads;
+        // `map` is written by the driver on success only, and read only then.
+        let r = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                map.as_mut_ptr(),
+                data_type,
+                4,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                elem.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            // Once per process: the loads still work (cp.async), only slower.
+            static SAID: OnceLock<()> = OnceLock::new();
+            SAID.get_or_init(|| {
+                tracing::debug!(
+                    "fused attention: the driver refused a TMA tensor map ({r:?}; dims {dims:?}, \
+                     strides {strides:?} bytes); loading tiles with cp.async"
+                )
+            });
+            return None;
+        }
+        // SAFETY: initialised by the successful call.
+        let map = unsafe { map.assume_init() };
+        Some(TmaMap(map.opaque))
+    }
+}
+
+/// Whether the persistent kernels load full tiles by TMA (default; `VIRNUCPRO_ATTN_TMA=0`: all
+/// by cp.async, for comparison).
+fn tma_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VIRNUCPRO_ATTN_TMA").map_or(true, |v| v != "0"))
 }
 
 /// Floats per consumer thread in a partial result of the persistent kernels (PART_VALUES in

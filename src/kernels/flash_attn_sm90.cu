@@ -21,14 +21,11 @@
 
 #include "attn_common.cuh"
 
-// FA_TMA=1 (experiment, kernel harness only): p3n128 without rotary loads its full K/V tiles with
-// TMA bulk tensor copies; the entry points then take two tensor maps (K, V) as extra arguments.
-#ifndef FA_TMA
-#define FA_TMA 0
-#endif
-#if FA_TMA
-#include <cuda.h>
-#endif
+// A TMA tensor map (CUtensorMap: 128 opaque bytes, 64-byte aligned) as the persistent kernels
+// take it by value; declared here so that the kernels need no driver header.
+struct alignas(64) TmaMap {
+    unsigned long long opaque[16];
+};
 
 // K/V ring depth (the launcher's FaVariant::dynamic_smem assumes 4; -DSTAGES for experiments).
 #ifndef STAGES
@@ -447,11 +444,12 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
 
 
 // ---------------------------------------------------------------------------------------------
-// Warp-specialized, persistent form (the FlashAttention-3 structure, with cp.async instead of
-// TMA). One block per multiprocessor walks the work items (query block, head, sequence)
-// blockIdx.x, blockIdx.x + gridDim.x, ...
+// Warp-specialized, persistent form (the FlashAttention-3 structure). One block per
+// multiprocessor walks the work items (query block, head, sequence) blockIdx.x, blockIdx.x +
+// gridDim.x, ... (see Sched for the split of the last rounds).
 // - A producer warpgroup fills a four-stage K/V ring and signals each stage on an mbarrier
-//   ("full"); NWG consumer warpgroups wait on it, compute, and hand the stage back on a second
+//   ("full"): by TMA bulk copies from one thread where the launcher passed tensor maps, else by
+//   cp.async from all 128 (see the entry points); NWG consumer warpgroups wait on it, compute, and hand the stage back on a second
 //   mbarrier ("empty"). No block-wide barrier in the loop, so consumers drift apart instead of
 //   running in lockstep.
 // - A token passed round the consumers on named barriers orders their tensor-core work: while
@@ -486,7 +484,6 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ void cp_async_arrive(uint32_t bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
-#if FA_TMA
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                  : "memory");
@@ -501,7 +498,6 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tmap, int 
         "l"(reinterpret_cast<uint64_t>(tmap)), "r"(0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
         : "memory");
 }
-#endif
 
 __device__ __forceinline__ void named_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
@@ -638,8 +634,8 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                                                  int n_heads, int n_items, int n_dp, int tiles_nom,
                                                  float* __restrict__ part,
                                                  uint32_t* __restrict__ part_count,
-                                                 uint8_t* smem_raw, const void* tm_k = nullptr,
-                                                 const void* tm_v = nullptr) {
+                                                 uint8_t* smem_raw, bool tma, const void* tm_q,
+                                                 const void* tm_k, const void* tm_v) {
     constexpr int BM = NWG * 64;
     // The rotating producer holds a row's values and angles in registers.
     constexpr int REG_PRODUCER = NWG == 2 ? (ROT ? 64 : 40) : (ROT ? 56 : 32);
@@ -721,6 +717,7 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
             const T* qb = q + w.b * q_sb + sp.start * q_st + w.h * q_sh;
             const T* kb = k + w.b * k_sb + sp.start * k_st + w.h * k_sh;
             const T* vb = v + w.b * v_sb + sp.start * v_st + w.h * v_sh;
+            const int tma_b = cu_seqlens != nullptr ? 0 : w.b;  // packed: one "sequence" of rows
             const int qs = n & 1;
             if (n >= 2) mbar_wait(q_empty(qs), ((n >> 1) - 1) & 1);
             if constexpr (ROT) {
@@ -734,6 +731,15 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                 pend_q = true;
                 pend_bar = q_full(qs);
                 pending = true;
+            } else if (tma) {
+                // Whole block by TMA even past the sequence's end: query rows are independent,
+                // rows past the tensor arrive as zeros, and rows >= len are never stored.
+                if (ptid == 0) {
+                    mbar_arrive_expect_tx(q_full(qs), BM * 128);
+                    tma_load_4d(sQ(qs), tm_q, (int)sp.start + w.q0, w.h, tma_b, q_full(qs));
+                } else {
+                    mbar_arrive(q_full(qs));
+                }
             } else {
                 produce_tile<BM>(sQ(qs), qb, q_st, w.q0, sp.len, ptid);
                 cp_async_arrive(q_full(qs));
@@ -753,27 +759,35 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
                     pend_q = false;
                     pend_bar = full(st);
                     pending = true;
-                } else {
-#if FA_TMA
-                    if (tm_k != nullptr && (t + 1) * BN <= sp.len) {
-                        // Every producer thread arrives (the barrier counts 128); thread 0 also
-                        // expects the two tiles' bytes and issues the copies.
-                        if (ptid == 0) {
-                            const uint32_t bar = full(st);
-                            mbar_arrive_expect_tx(bar, 2 * BN * 128);
-                            const int row = (int)sp.start + t * BN;
-                            const int bb = cu_seqlens != nullptr ? 0 : w.b;
-                            tma_load_4d(sV(st), tm_v, row, w.h, bb, bar);
-                            tma_load_4d(sK(st), tm_k, row, w.h, bb, bar);
-                        } else {
-                            mbar_arrive(full(st));
-                        }
-                        continue;
+                } else if (tma && ((t + 1) * BN <= sp.len ||
+                                   (cu_seqlens == nullptr && sp.len == t_rows))) {
+                    // A tile of real keys only, or one that ends past the tensor's rows (TMA
+                    // fills those with zeros, as cp.async's zero fill does). Every producer
+                    // thread arrives (the barrier counts 128); thread 0 also expects the two
+                    // tiles' bytes and issues the copies.
+                    if (ptid == 0) {
+                        const uint32_t bar = full(st);
+                        mbar_arrive_expect_tx(bar, 2 * BN * 128);
+                        const int row = (int)sp.start + t * BN;
+                        tma_load_4d(sV(st), tm_v, row, w.h, tma_b, bar);
+                        tma_load_4d(sK(st), tm_k, row, w.h, tma_b, bar);
+                    } else {
+                        mbar_arrive(full(st));
                     }
-#endif
+                } else {
                     produce_tile<BN>(sV(st), vb, v_st, t * BN, sp.len, ptid);
                     produce_tile<BN>(sK(st), kb, k_st, t * BN, sp.len, ptid);
-                    cp_async_arrive(full(st));
+                    if (tma) {
+                        // A sequence's last, partial tile (keys past its end zero-filled): with
+                        // TMA on, the consumers do not fence the tiles they read, so the
+                        // producer waits for its copies and fences them itself (once per item).
+                        cp_async_commit();
+                        cp_async_wait<0>();
+                        fence_async_smem();
+                        mbar_arrive(full(st));
+                    } else {
+                        cp_async_arrive(full(st));
+                    }
                 }
             }
             ++n;
@@ -812,17 +826,45 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
         }
         const int qs = n & 1;
         const float slope_log2 = ALIBI ? slopes[wi.h] * 1.4426950408889634f : 0.f;
-        // All-padding warpgroups compute too (see attn_fwd_sm90).
         WgRows<T, BN, ALIBI> w(sQ(qs) + wg * 64 * 128, wi.q0 + wg * 64 + warp * 16 + g, tg,
                                sp.len, scale_log2, slope_log2);
         t1 = min(t1, (sp.len + BN - 1) / BN);
-        if (t0 < t1) {  // else no real keys here: the piece's partial result is empty
+        // A warpgroup whose 64 rows are all padding (the last query block of a sequence: 4x2048
+        // at 192 rows leaves one of three idle, 8x1026 two) skips the products and the softmax
+        // but keeps its part in the barriers and the token ring; it stores zeros (or an empty
+        // partial); -0.6% at 8x1026 (run 59), and less power under the cap. The condition
+        // is made warp-uniform with a shuffle, and each branch holds its whole loop: otherwise
+        // ptxas serializes every wgmma (C7520, C7514).
+#ifndef FA_NO_IDLE_SKIP  // (kernel harness: -DFA_NO_IDLE_SKIP to compare)
+        const bool idle = __shfl_sync(0xffffffff, wi.q0 + wg * 64 >= sp.len, 0);
+#else
+        const bool idle = false;
+#endif
+        if (t0 < t1 && idle) {
+            mbar_wait(q_full(qs), (n >> 1) & 1);
+            int prev = 0;
+            for (int j = t0; j < t1; ++j, ++c) {
+                const int st = c % STAGES;
+                mbar_wait(full(st), (c / STAGES) & 1);  // arrivals stay in the ring's phases
+                token_wait();
+                token_pass();
+                if (j == t1 - 1) arrive_one_lane(q_empty(qs));
+                if (j > t0) arrive_one_lane(empty(prev));
+                prev = st;
+            }
+            arrive_one_lane(empty(prev));
+            ++n;
+        } else if (t0 < t1) {  // else no real keys here: the piece's partial result is empty
             mbar_wait(q_full(qs), (n >> 1) & 1);
             int prev = 0;
             for (int j = t0; j < t1; ++j, ++c) {
                 const int st = c % STAGES;
                 mbar_wait(full(st), (c / STAGES) & 1);
-                fence_async_smem();
+                // Tiles by cp.async are generic-proxy writes that wgmma (the async proxy) must
+                // be fenced against. Tiles by TMA need no fence, and where cp.async remains with
+                // TMA on, or under rotary, the producer has fenced its landed copies before it
+                // arrived; the fence costs a memory barrier per tile and warp (MEMBAR.ALL.CTA).
+                if (!ROT && !tma) fence_async_smem();
                 token_wait();
                 wg_fence();
                 w.issue_qk(sK(st));
@@ -896,17 +938,21 @@ FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64
 // heads x batch, in that order of nesting), and the split of the work (Sched): n_dp items
 // walked whole, the others' key tiles (tiles_nom per item) shared out, with `part` (gridDim.x
 // * 2 * 36 * 128 * consumers floats) and `part_count` (n_items - n_dp counters, zero before the
-// launch and left zero after it) for the items cut between blocks; n_dp = n_items: no split (part and part_count unused, may be null); else
-// (n_items - n_dp) * tiles_nom >= gridDim.x. Grid: one block per multiprocessor (without a
-// split at most n_items); block (consumers + 1) * 128 threads; dynamic shared memory
-// (2 * 64 * consumers + 4 * 2 * key tile) * 128 + 1024 bytes.
-#if FA_TMA
-#define TMA_PARAMS , const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v
-#define TMA_ARGS , &tm_k, &tm_v
-#else
-#define TMA_PARAMS
-#define TMA_ARGS
-#endif
+// launch and left zero after it) for the items cut between blocks; n_dp = n_items: no split
+// (part and part_count unused, may be null); else (n_items - n_dp) * tiles_nom >= gridDim.x.
+// Last, `tma` and three tensor maps (q, k, v; read only when tma != 0): 4-D {64, rows, heads,
+// batch} (packed: batch 1, rows all rows) over the same elements and strides as the pointers,
+// f16/bf16, boxes {64, 64 * consumers, 1, 1} for q and {64, key tile, 1, 1} for k and v, 128-byte
+// swizzle. With them the producer loads full tiles by TMA bulk copies (one thread) instead of
+// cp.async (all 128), which costs fewer instructions and less power (runs 57-58); partial
+// tiles, and q and k under the in-kernel rotary, stay on cp.async (zero fill past the end).
+// Grid: one block per multiprocessor (without a split at most n_items); block (consumers + 1)
+// * 128 threads; dynamic shared memory (2 * 64 * consumers + 4 * 2 * key tile) * 128 + 1024
+// bytes.
+#define TMA_PARAMS                                                                               \
+    , int tma, const __grid_constant__ TmaMap tm_q, const __grid_constant__ TmaMap tm_k,         \
+        const __grid_constant__ TmaMap tm_v
+#define TMA_ARGS , tma != 0, &tm_q, &tm_k, &tm_v
 #define FLASH_ATTN_SM90_PS_ENTRY(NAME, T, NWG, BN, ROT_OK)                                     \
     extern "C" __global__ void __launch_bounds__((NWG + 1) * 128, 1)                             \
         NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* key_lens,                 \

@@ -1,11 +1,13 @@
 // Kernel-level harness for the Hopper attention kernels (flash_attn_sm90.cu): times the
 // persistent variants on doctor's shapes with CUDA events and checks sampled rows against a
-// double-precision reference. Built once per compile-time knob (-DFA_SM90_EXP_EMU=k), so
-// variants of the kernel can be compared on the device without rebuilding virnucpro.
-//   nvcc -arch=sm_90a -O3 -std=c++17 --expt-relaxed-constexpr -DFA_SM90_EXP_EMU=2 \
-//        -o fa_e2 fa_harness.cu
-//   ./fa_e2 [repeats [shape index (-1: all) [n: normal data]]]
+// double-precision reference, so variants of the kernel (compile-time knobs, edits) can be
+// compared on the device without rebuilding virnucpro. Links the driver for the TMA maps:
+//   nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -std=c++17 --expt-relaxed-constexpr \
+//        -o fa fa_harness.cu -lcuda
+//   [FA_TMA=0] [FA_SPLIT=0] [FA_ONEBUF=1] [FA_HEADS=n] ./fa [repeats [shape index (-1: all) [n: normal data]]]
 #include "../../../src/kernels/flash_attn_sm90.cu"
+
+#include <cuda.h>
 
 #include <algorithm>
 #include <cmath>
@@ -26,11 +28,7 @@ typedef void (*Kern)(const __half*, const __half*, const __half*, __half*, const
                      const uint32_t*, const float*, int, long long, long long, long long,
                      long long, long long, long long, long long, long long, long long, long long,
                      long long, long long, float, const float*, const float*, int, int, int, int,
-                     int, float*, uint32_t*
-#if FA_TMA
-                     , const CUtensorMap, const CUtensorMap
-#endif
-                     );
+                     int, float*, uint32_t*, int, const TmaMap, const TmaMap, const TmaMap);
 
 static float h2f(__half h) { return __half2float(h); }
 
@@ -40,7 +38,8 @@ int main(int argc, char** argv) {
     struct Shape { int b, t; const char* var; };
     const Shape shapes[] = {{1, 502, "p3n64"}, {64, 168, "p3n64"}, {8, 1026, "p3n128"},
                             {4, 2048, "p3n128"}, {8, 2048, "p3n128"}};
-    const int H = 20, D = 64;
+    // FA_HEADS=n: n heads instead of FastESM2's 20 (more work per launch, same per item).
+    const int H = getenv("FA_HEADS") ? atoi(getenv("FA_HEADS")) : 20, D = 64;
     int sms = 0;
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
 #ifdef FA_SM90_EXP_EMU
@@ -54,7 +53,7 @@ int main(int argc, char** argv) {
     for (int si = 0; si < (int)(sizeof(shapes) / sizeof(shapes[0])); ++si) {
         if (only >= 0 && si != only) continue;
         const Shape& sh = shapes[si];
-        const bool n128 = sh.var[4] == '1';
+        const bool n128 = sh.var[3] == '1';  // "p3n128" (runs 51-63 read [4]: every shape ran p3n64)
         const int NWG = 3, BN = n128 ? 128 : 64, BM = 64 * NWG;
         Kern k = n128 ? virnucpro_flash_attn_sm90_f16_p3n128 : virnucpro_flash_attn_sm90_f16_p3n64;
         const size_t n = (size_t)sh.b * H * sh.t * D;
@@ -115,34 +114,32 @@ int main(int argc, char** argv) {
         const long long sb = (long long)H * sh.t * D, st = D, shh = (long long)sh.t * D;
         const long long ob = (long long)sh.t * H * D, ot = H * D, oh = D;
         const float scale = 0.125f * 1.4426950408889634f;
-#if FA_TMA
-        // Tensor maps {64, rows, heads, batch} of K and V, 128-key boxes, 128-byte swizzle (the
-        // layout of the kernel's tiles); p3n64 takes them too and ignores them.
-        CUtensorMap tmk, tmv;
-        auto encode = [&](CUtensorMap* tm, void* base) {
+        // Tensor maps {64, rows, heads, batch} of Q, K and V, boxes of a query block (Q) or key
+        // tile, 128-byte swizzle (the layout of the kernel's tiles), as cuda.rs encodes them.
+        // FA_TMA=0: the kernel is told not to use them (all loads by cp.async).
+        const char* tma_env = getenv("FA_TMA");
+        const int tma = !(tma_env && tma_env[0] == '0');
+        TmaMap tmq, tmk, tmv;
+        auto encode = [&](TmaMap* tm, void* base, int box_rows) {
             cuuint64_t dims[4] = {64, (cuuint64_t)sh.t, (cuuint64_t)H, (cuuint64_t)sh.b};
             cuuint64_t strides[3] = {(cuuint64_t)st * 2, (cuuint64_t)shh * 2, (cuuint64_t)sb * 2};
-            cuuint32_t box[4] = {64, (cuuint32_t)BN, 1, 1};
+            cuuint32_t box[4] = {64, (cuuint32_t)box_rows, 1, 1};
             cuuint32_t es[4] = {1, 1, 1, 1};
-            CUresult r = cuTensorMapEncodeTiled(tm, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, base, dims,
+            CUresult r = cuTensorMapEncodeTiled((CUtensorMap*)tm, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, base, dims,
                                                 strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
                                                 CU_TENSOR_MAP_SWIZZLE_128B,
                                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
             if (r != CUDA_SUCCESS) { fprintf(stderr, "cuTensorMapEncodeTiled: %d\n", (int)r); exit(1); }
         };
-        encode(&tmk, kk);
-        encode(&tmv, v);
-#endif
+        encode(&tmq, q, BM);
+        encode(&tmk, kk, BN);
+        encode(&tmv, v, BN);
         auto launch = [&]() {
             k<<<grid, (NWG + 1) * 128, smem>>>(q, kk, v, o, lens, nullptr, nullptr, sh.t, sb, st,
                                                shh, sb, st, shh, sb, st, shh, ob, ot, oh, scale,
                                                nullptr, nullptr, nq, H, items, n_dp, tiles,
-                                               part, part_count
-#if FA_TMA
-                                               , tmk, tmv
-#endif
-                                               );
+                                               part, part_count, tma, tmq, tmk, tmv);
         };
         for (int i = 0; i < 20; ++i) launch();
         CK(cudaDeviceSynchronize());
@@ -197,8 +194,8 @@ int main(int argc, char** argv) {
             }
         }
         const double flops = 4.0 * sh.b * H * (double)sh.t * sh.t * D;
-        printf("%-6s %s %dx%d  median %.4f ms  min %.4f  max %.4f  (%.1f TFLOP/s)  max|err| %.2e (max|ref| %.2e)\n",
-               sh.var, n_dp < items ? "split" : "whole", sh.b, sh.t, ts[ts.size() / 2], ts[0], ts.back(),
+        printf("%-6s %s%s %dx%d  median %.4f ms  min %.4f  max %.4f  (%.1f TFLOP/s)  max|err| %.2e (max|ref| %.2e)\n",
+               sh.var, n_dp < items ? "split" : "whole", tma ? " tma" : "", sh.b, sh.t, ts[ts.size() / 2], ts[0], ts.back(),
                flops / (ts[ts.size() / 2] * 1e-3) / 1e12, max_err, max_ref);
         if (part) { CK(cudaFree(part)); CK(cudaFree(part_count)); }
         CK(cudaFree(q));
