@@ -412,20 +412,21 @@ where
     }
     // Tensor maps for the persistent kernels' TMA loads: q (boxes of a query block) and k, v
     // (boxes of a key tile), over the same elements as the pointers above.
-    let stream = dev.cuda_stream();
-    let (q_ptr, _q_sync) = qs.device_ptr(&stream);
-    let (k_ptr, _k_sync) = ks.device_ptr(&stream);
-    let (v_ptr, _v_sync) = vs.device_ptr(&stream);
-    let map_rows = if packed { dims[0] } else { grid_rows };
-    let map_batch = if packed { 1 } else { batch };
     let maps = if variant.persistent() && tma_enabled() {
-        let map = |ptr, s: &Strides, box_rows: usize| {
+        let stream = dev.cuda_stream();
+        let (map_rows, map_batch) = if packed {
+            (dims[0], 1)
+        } else {
+            (grid_rows, batch)
+        };
+        let map = |view: &CudaView<T>, s: &Strides, box_rows: usize| {
+            let (ptr, _sync) = view.device_ptr(&stream);
             TmaMap::encode(ptr, q.dtype(), s, map_rows, heads, map_batch, box_rows)
         };
         match (
-            map(q_ptr, &sq, variant.block_m()),
-            map(k_ptr, &sk, variant.key_tile()),
-            map(v_ptr, &sv, variant.key_tile()),
+            map(&qs, &sq, variant.block_m()),
+            map(&ks, &sk, variant.key_tile()),
+            map(&vs, &sv, variant.key_tile()),
         ) {
             (Some(mq), Some(mk), Some(mv)) => Some([mq, mk, mv]),
             _ => None,
@@ -530,7 +531,7 @@ impl TmaMap {
 /// by cp.async, for comparison).
 fn tma_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("VIRNUCPRO_ATTN_TMA").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| super::switch_on("VIRNUCPRO_ATTN_TMA"))
 }
 
 /// Floats per consumer thread in a partial result of the persistent kernels (PART_VALUES in
@@ -574,7 +575,7 @@ fn split_workspace(dev: &CudaDevice, grid: usize) -> Result<Arc<Mutex<SplitWorks
 /// `VIRNUCPRO_ATTN_SPLIT=0` turns it off, for comparison).
 fn split_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("VIRNUCPRO_ATTN_SPLIT").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| super::switch_on("VIRNUCPRO_ATTN_SPLIT"))
 }
 
 /// Whether a device runs the wgmma kernels.

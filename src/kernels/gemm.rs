@@ -374,7 +374,7 @@ const TUNE_MIN_ROWS: usize = 4096;
 /// from its heuristic's first choice (`VIRNUCPRO_GEMM_TUNE=0`).
 fn tuning_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("VIRNUCPRO_GEMM_TUNE").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| super::switch_on("VIRNUCPRO_GEMM_TUNE"))
 }
 
 /// Up to 16 algorithms cuBLASLt proposes for this problem, best guess first.

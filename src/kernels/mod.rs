@@ -273,7 +273,14 @@ pub fn fused_attention_rotary(
 /// gone: FastESM2 512x168 399 595 -> 417 285 tokens/s.
 pub fn rotary_in_attention_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("VIRNUCPRO_ROTARY_IN_ATTENTION").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| switch_on("VIRNUCPRO_ROTARY_IN_ATTENTION"))
+}
+
+/// The value of an on-by-default comparison switch (the `VIRNUCPRO_…=0` variables of
+/// docs/GPU.md): on unless the variable is set to "0". Callers keep it in a `OnceLock` of their
+/// own (read once per process) or, where it can be changed at run time, in an atomic.
+pub(crate) fn switch_on(var: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v != "0")
 }
 
 /// Whether the ESM feed-forward applies its GELU in the cuBLASLt GEMM's epilogue (f16/bf16 on
@@ -284,7 +291,7 @@ pub fn rotary_in_attention_enabled() -> bool {
 /// (max 4.7e-4). Elsewhere (CPU, f32, Metal) the exact GELU runs.
 pub fn gelu_epilogue_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("VIRNUCPRO_GELU_EPILOGUE").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| switch_on("VIRNUCPRO_GELU_EPILOGUE"))
 }
 
 /// [`fused_attention_rotary`] on a given tile variant (one with [`FaVariant::fuses_rotary`];
@@ -580,13 +587,11 @@ impl FaVariant {
     /// tile (two for the persistent kernels), four stages of K and V tiles (128 bytes a row),
     /// 1 KiB of alignment slack.
     pub fn dynamic_smem(self) -> u32 {
-        let key_tile = match self {
-            Self::H3N128 | Self::P3N128 | Self::P2N128 => 128,
-            Self::H2N64 | Self::P3N64 | Self::P2N64 => 64,
-            _ => return 0,
-        };
+        if !self.hopper() {
+            return 0;
+        }
         let q_tiles = if self.persistent() { 2 } else { 1 };
-        ((q_tiles * self.block_m() + 4 * 2 * key_tile) * 128 + 1024) as u32
+        ((q_tiles * self.block_m() + 4 * 2 * self.key_tile()) * 128 + 1024) as u32
     }
 
     /// The variant forced by `VIRNUCPRO_FA_VARIANT` (benchmarks), if set.

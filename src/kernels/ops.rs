@@ -29,7 +29,7 @@ pub fn fused_ops_enabled() -> bool {
         1 => true,
         2 => false,
         _ => {
-            let on = std::env::var("VIRNUCPRO_FUSED_OPS").map_or(true, |v| v != "0");
+            let on = super::switch_on("VIRNUCPRO_FUSED_OPS");
             FUSED_OPS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
             on
         }
