@@ -268,7 +268,7 @@ struct WgRows {
     float l_run[2];
     float s[NN][4];
     uint32_t pa[BN / 16][4];  // P of the previous tile, the A operand of O += P V
-    uint64_t dq;              // descriptor of this warpgroup's 64 Q rows
+    uint32_t q_tile;          // shared address of this warpgroup's 64 Q rows
     int qrow;                 // query position of this thread's fragment row g
     int tg;
     int len;
@@ -277,7 +277,7 @@ struct WgRows {
 
     __device__ __forceinline__ WgRows(uint32_t q_rows, int qrow_, int tg_, int len_, float scale,
                                       float slope)
-        : dq(sw128_desc(q_rows)), qrow(qrow_), tg(tg_), len(len_), scale_log2(scale),
+        : q_tile(q_rows), qrow(qrow_), tg(tg_), len(len_), scale_log2(scale),
           slope_log2(slope) {
 #pragma unroll
         for (int i = 0; i < 8; ++i)
@@ -290,12 +290,23 @@ struct WgRows {
     // S = Q K^T with the K tile at shared address `k_tile` (issued, not waited for).
     __device__ __forceinline__ void issue_qk(uint32_t k_tile) {
         const uint64_t dk = sw128_desc(k_tile);
+        // The Q descriptors are rebuilt per tile from the address (a few integer operations):
+        // held across the loop, p3n128's consumers spilled them and reloaded them from local
+        // memory before every S product. The empty asm keeps ptxas from hoisting them again.
+        // The steps along the row add to the 14-bit start-address field only (shared addresses
+        // stay below 2^18 bytes), so the adds are 32-bit on the low word.
+        uint32_t qa = q_tile;
+        asm volatile("" : "+r"(qa));
+        const uint64_t dq = sw128_desc(qa);
+        const uint32_t dq_lo = (uint32_t)dq;
+        const uint64_t dq_hi = dq & 0xFFFFFFFF00000000ull;
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {  // 16 head dims = 32 bytes per step along the row
+            const uint64_t dqk = dq_hi | (uint32_t)(dq_lo + 2 * kk);
             if constexpr (BN == 128)
-                Wg<T>::ss_n128(s, dq + 2 * kk, dk + 2 * kk, kk);
+                Wg<T>::ss_n128(s, dqk, dk + 2 * kk, kk);
             else
-                Wg<T>::ss_n64(s, dq + 2 * kk, dk + 2 * kk, kk);
+                Wg<T>::ss_n64(s, dqk, dk + 2 * kk, kk);
         }
         wg_commit();
     }
