@@ -32,6 +32,10 @@ pub struct Case {
     pub layout: QkvLayout,
     /// Standard deviation of q (larger: sharper softmax).
     pub q_std: f32,
+    /// Keys scaled by 1 + `k_ramp` · position: scores grow along the row, so a row's maximum
+    /// moves by tens of log2 units from one key tile to the next and the kernels' lazy
+    /// rescaling (`attn_common.cuh`) takes its rescaling branch on every tile.
+    pub k_ramp: f32,
 }
 
 /// Outcome of one case.
@@ -64,6 +68,7 @@ pub fn cases() -> Vec<Case> {
         alibi,
         layout,
         q_std,
+        k_ramp: 0.0,
     };
     use QkvLayout::*;
     vec![
@@ -167,6 +172,19 @@ pub fn cases() -> Vec<Case> {
             Packed,
             1.0,
         ),
+        Case {
+            k_ramp: 1.0 / 32.0,
+            ..c(
+                "f16 rising scores (the maximum moves every tile)",
+                DType::F16,
+                4,
+                &[1026, 300],
+                0,
+                false,
+                Bhtd,
+                2.0,
+            )
+        },
     ]
 }
 
@@ -192,13 +210,22 @@ pub fn run_case(
     let t = case.lens.iter().copied().max().unwrap_or(0) as usize + case.extra_pad;
     let t = t.max(1);
     let scale = 1.0 / (D as f64).sqrt();
-    let gen = |std: f32| -> candle_core::Result<Tensor> {
+    let gen = |std: f32, ramp: f32| -> candle_core::Result<Tensor> {
         // Generated as [B, T, H, D] storage; viewed as [B, H, T, D].
-        Tensor::randn(0f32, std, (b, t, h, D), dev)?
-            .to_dtype(case.dtype)?
-            .transpose(1, 2)
+        let x = Tensor::randn(0f32, std, (b, t, h, D), dev)?;
+        let x = if ramp > 0.0 {
+            let r: Vec<f32> = (0..t).map(|j| 1.0 + ramp * j as f32).collect();
+            x.broadcast_mul(&Tensor::from_vec(r, (1, t, 1, 1), dev)?)?
+        } else {
+            x
+        };
+        x.to_dtype(case.dtype)?.transpose(1, 2)
     };
-    let (q, k, v) = (gen(case.q_std)?, gen(1.0)?, gen(1.0)?);
+    let (q, k, v) = (
+        gen(case.q_std, 0.0)?,
+        gen(1.0, case.k_ramp)?,
+        gen(1.0, 0.0)?,
+    );
     let (q, k, v) = if case.layout == QkvLayout::Bthd {
         (q, k, v)
     } else {
