@@ -110,7 +110,8 @@ __device__ __forceinline__ void softmax_scores(float (&s)[NN][4], float (&m_run)
 }
 
 __device__ __forceinline__ void rescale_acc(float (&acc)[8][4], const float (&alpha)[2]) {
-    // Rescale the accumulators only when some row's maximum moved (rare after the first tiles).
+    // Rescale the accumulators only when some row's reference maximum moved (lazy rescaling in
+    // softmax_scores: rare after the first tile).
     if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {

@@ -460,9 +460,9 @@ __device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* 
 // gridDim.x, ... (see Sched for the split of the last rounds).
 // - A producer warpgroup fills a four-stage K/V ring and signals each stage on an mbarrier
 //   ("full"): by TMA bulk copies from one thread where the launcher passed tensor maps, else by
-//   cp.async from all 128 (see the entry points); NWG consumer warpgroups wait on it, compute, and hand the stage back on a second
-//   mbarrier ("empty"). No block-wide barrier in the loop, so consumers drift apart instead of
-//   running in lockstep.
+//   cp.async from all 128 (see the entry points); NWG consumer warpgroups wait on it, compute,
+//   and hand the stage back on a second mbarrier ("empty"). No block-wide barrier in the loop,
+//   so consumers drift apart instead of running in lockstep.
 // - A token passed round the consumers on named barriers orders their tensor-core work: while
 //   one runs its two products, the others compute their softmax.
 // - The producer fetches the next item's Q (two Q buffers, with their own full/empty barriers)
