@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use crate::models::config::ModelFamily;
 
 /// What `--device` asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeviceSpec {
     /// The first GPU this build supports and the machine has, else the CPU.
     #[default]
@@ -131,6 +131,108 @@ pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
     }
 }
 
+/// What `predict --device` asked for: one device, a list (`cuda:0,cuda:1`), or every GPU
+/// (`cuda:all`). Each entry gets its own copy of the models; a list may name `cpu` more than once
+/// (several CPU workers, for tests of the scheduler).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceList {
+    Some(Vec<DeviceSpec>),
+    AllCuda,
+}
+
+impl Default for DeviceList {
+    fn default() -> Self {
+        DeviceList::Some(vec![DeviceSpec::Auto])
+    }
+}
+
+impl FromStr for DeviceList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("cuda:all") || s.trim().eq_ignore_ascii_case("gpu:all") {
+            return Ok(DeviceList::AllCuda);
+        }
+        let specs = s
+            .split(',')
+            .map(|one| one.parse::<DeviceSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        if specs.len() > 1 && specs.contains(&DeviceSpec::Auto) {
+            return Err(format!("`{s}`: `auto` cannot be part of a list"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for spec in &specs {
+            if !matches!(spec, DeviceSpec::Cpu) && !seen.insert(*spec) {
+                return Err(format!("`{s}`: {spec} is listed twice"));
+            }
+        }
+        Ok(DeviceList::Some(specs))
+    }
+}
+
+impl fmt::Display for DeviceList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceList::AllCuda => f.write_str("cuda:all"),
+            DeviceList::Some(specs) => {
+                let names: Vec<String> = specs.iter().map(ToString::to_string).collect();
+                f.write_str(&names.join(","))
+            }
+        }
+    }
+}
+
+/// Opens every device of `list` (`cuda:all`: every CUDA device of the machine).
+pub fn select_devices(list: &DeviceList) -> anyhow::Result<Vec<Device>> {
+    match list {
+        DeviceList::Some(specs) => specs.iter().map(|s| select_device(*s)).collect(),
+        DeviceList::AllCuda => {
+            let n = cuda_device_count()?;
+            if n == 0 {
+                bail!("--device cuda:all: no CUDA device found; check `nvidia-smi`, or use --device cpu");
+            }
+            (0..n).map(|i| select_device(DeviceSpec::Cuda(i))).collect()
+        }
+    }
+}
+
+/// Number of CUDA devices the driver sees.
+pub fn cuda_device_count() -> anyhow::Result<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        let n = CudaContext::device_count().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot count the CUDA devices: {e:?}; check the driver and `nvidia-smi`"
+            )
+        })?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+    #[cfg(not(feature = "cuda"))]
+    bail!(
+        "--device cuda:all: this virnucpro was built without CUDA support; rebuild with \
+         `cargo build --release --features cuda`, or use --device cpu"
+    )
+}
+
+/// What kind of device this is, precisely enough that two devices of one kind compute the same
+/// numbers: `cpu`, the GPU's name and compute capability, `metal`.
+pub fn device_kind(device: &Device) -> anyhow::Result<String> {
+    match device {
+        Device::Cpu => Ok("cpu".into()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(c) => {
+            let ctx = c.cuda_stream().context();
+            let name = ctx.name().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let (major, minor) = ctx
+                .compute_capability()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            Ok(format!("{name} (compute capability {major}.{minor})"))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Ok(device_name(device)),
+    }
+}
+
 /// Short name of a device for logs and messages.
 pub fn device_name(device: &Device) -> String {
     match device.location() {
@@ -206,6 +308,26 @@ mod tests {
         assert_eq!("metal".parse::<DeviceSpec>(), Ok(DeviceSpec::Metal(0)));
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
         assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn parses_device_lists() {
+        assert_eq!(
+            "cuda:0,cuda:1".parse::<DeviceList>(),
+            Ok(DeviceList::Some(vec![
+                DeviceSpec::Cuda(0),
+                DeviceSpec::Cuda(1)
+            ]))
+        );
+        assert_eq!("cuda:all".parse::<DeviceList>(), Ok(DeviceList::AllCuda));
+        assert_eq!(
+            "cpu,cpu".parse::<DeviceList>(),
+            Ok(DeviceList::Some(vec![DeviceSpec::Cpu, DeviceSpec::Cpu]))
+        );
+        assert!("cuda:0,cuda:0".parse::<DeviceList>().is_err());
+        assert!("auto,cpu".parse::<DeviceList>().is_err());
+        assert!("cuda:0,tpu".parse::<DeviceList>().is_err());
+        assert_eq!(DeviceList::AllCuda.to_string(), "cuda:all");
     }
 
     #[test]

@@ -9,6 +9,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.quiet);
+    if let Err(err) = cli::set_threads(args.threads) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     virnucpro::kernels::set_attention_impl(args.attention);
     match cli::run(args.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,7 +52,7 @@ fn write_dataset(dir: &Path, n: usize, chunk: usize) {
         viral_frames: n.div_ceil(2) as u64,
         host_frames_available: (n / 2) as u64,
         host_frames_written: (n / 2) as u64,
-        balanced: n % 2 == 0,
+        balanced: n.is_multiple_of(2),
         groups: Vec::new(),
     };
     fs::write(

@@ -166,7 +166,7 @@ proptest! {
 
     #[test]
     fn records_are_chunked_then_translated(seq in dna("ACGTN", 400), l in 1usize..90) {
-        let record = SeqRecord { id: "rec".into(), seq: seq.clone().into_bytes() };
+        let record = SeqRecord::new("rec", seq.clone().into_bytes());
         let frames = record_frames(&record, l);
         let spans = naive_chunks(seq.len(), l);
         prop_assert_eq!(frames.chunks.len(), spans.len());

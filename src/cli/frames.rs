@@ -42,10 +42,6 @@ pub struct Args {
     /// repeated ID is an error.
     #[arg(long)]
     pub allow_duplicate_ids: bool,
-
-    /// Worker threads (0 = one per core).
-    #[arg(short = 'j', long, value_name = "N", default_value_t = 0)]
-    pub threads: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -54,7 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let options = FramesOptions {
         chunk_len,
         allow_duplicate_ids: args.allow_duplicate_ids,
-        threads: args.threads,
+        // The pool's default size follows --threads (global), through RAYON_NUM_THREADS.
+        threads: 0,
     };
     let summary = frames::run(&args.inputs, &args.out_dir, &options)?;
     let without = summary.records_without_frames;

@@ -10,6 +10,7 @@ mod embed;
 mod evaluate;
 mod extract;
 mod frames;
+mod merge;
 mod plot;
 mod predict;
 mod prepare;
@@ -29,6 +30,11 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Threads for everything that runs on the CPU (reading, translation, tokenization, CPU
+    /// inference); default: all cores.
+    #[arg(short = 'j', long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
     /// Attention implementation of the encoders: auto (the fused CUDA kernel where it applies:
     /// CUDA build and device, head size 64, f16/bf16; else materialized), fused, naive.
     #[arg(
@@ -47,6 +53,7 @@ pub enum Command {
     Frames(frames::Args),
     Embed(embed::Args),
     Predict(predict::Args),
+    Merge(merge::Args),
     Convert(convert::Args),
     Doctor(doctor::Args),
     Bench(bench::Args),
@@ -64,6 +71,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Frames(a) => frames::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Bench(a) => bench::run(a),
@@ -129,6 +137,19 @@ pub fn parse_shape(s: &str, min_len: usize) -> anyhow::Result<(usize, usize)> {
         anyhow::bail!("--shapes: `{s}`: batch must be positive and length at least {min_len}");
     }
     Ok((b, t))
+}
+
+/// Applies `--threads` to every pool of CPU threads: rayon's global pool (translation,
+/// tokenization) and candle's CPU kernels, which size their own parallelism from
+/// `RAYON_NUM_THREADS`. Must run before any thread pool starts.
+pub fn set_threads(threads: Option<u64>) -> anyhow::Result<()> {
+    let Some(n) = threads else { return Ok(()) };
+    // Single-threaded here: called first thing in main, before any other thread exists.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(usize::try_from(n)?)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("--threads {n}: cannot start the thread pool: {e}"))
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level chosen by -v/-q.

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use virnucpro::device::{DTypeSpec, DeviceList};
+use virnucpro::input::units::ShardSpec;
 use virnucpro::models::esm::TokenDropout;
 use virnucpro::models::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
 use virnucpro::pipeline::embed::RandomModel;
@@ -20,18 +22,51 @@ Examples:
   virnucpro predict demo/genomes.fa --chunk-len 60 --dnabert demo/models/dnabert \\
       --esm demo/models/fastesm --classifier demo/classifier.safetensors --out-dir demo-out
 
+  # Every GPU of the machine; rerun the same command after an interruption to resume:
+  virnucpro predict metagenome.fa.gz --chunk-len 500 --classifier 500_model.pth \\
+      --esm facebook/esm2_t36_3B_UR50D --device cuda:all --out-dir out/
+
+  # Shard 3 of 8 (e.g. one cluster job each), then merge the eight directories:
+  virnucpro predict contigs.fa --shard 3/8 ... --out-dir shards/3
+  virnucpro merge shards/1 shards/2 ... shards/8 --out-dir out/
+
 Outputs in --out-dir: prediction_results.txt (one row per kept frame),
 prediction_results_highestscore.csv (one row per chunk; tab-separated like the original),
-prediction_summary.tsv (one row per input record with a call), and with --keep-frames
-identified_nucleotide.fa / identified_protein.faa. Files appear only when the run succeeds.";
+prediction_summary.tsv (one row per input record with a call), with --keep-frames
+identified_nucleotide.fa / identified_protein.faa, with --write-viral-fasta viral_records.fa.
+Files appear only when the run succeeds. While it runs, the directory holds a journal
+(.virnucpro.journal) of the finished work: the same command again after Ctrl-C, a crash or a
+killed job continues where it stopped.";
 
 /// Predict which records are viral: chunk, translate in six frames, embed with DNABERT-S and an
 /// ESM2-family model, and score every open frame with the VirNucPro classifier.
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
-    #[command(flatten)]
-    pub compute: super::ComputeArgs,
+    /// Where to run: auto, cpu, cuda, cuda:N, a list (cuda:0,cuda:1), cuda:all (every GPU), or
+    /// metal. Each device gets its own copy of the models; work goes to whichever is free.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DEVICE[,DEVICE...]",
+        help_heading = "Compute"
+    )]
+    pub device: DeviceList,
+
+    /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16, bf16.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DTYPE",
+        help_heading = "Compute"
+    )]
+    pub dtype: DTypeSpec,
+
+    /// Padded tokens per forward pass. Default: 4096 on CPU, 28672 on GPU. A batch that runs
+    /// out of GPU memory is split and retried, and the smaller budget kept.
+    #[arg(long, value_name = "N", help_heading = "Compute",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_tokens: Option<u64>,
 
     /// FASTA/FASTQ files, plain or gzip/bzip2/xz/zstd compressed; `-` reads stdin.
     #[arg(required = true, value_name = "INPUT")]
@@ -84,6 +119,20 @@ pub struct Args {
     #[arg(long, help_heading = "Output")]
     pub keep_frames: bool,
 
+    /// Also write viral_records.fa: the input records called `virus` (header and sequence as
+    /// read, in input order).
+    #[arg(long, help_heading = "Output")]
+    pub write_viral_fasta: bool,
+
+    /// Handle only share I of N of the input (balanced by bases), for `virnucpro merge`.
+    #[arg(long, value_name = "I/N", help_heading = "Large inputs")]
+    pub shard: Option<ShardSpec>,
+
+    /// Discard the journal of an earlier, different run found in --out-dir (by default such a
+    /// run is refused, and the same command resumes).
+    #[arg(long, help_heading = "Large inputs")]
+    pub restart: bool,
+
     /// A record is called `virus` when at least this fraction of its scored chunks is viral.
     #[arg(long, value_name = "F", default_value_t = 0.5, help_heading = "Output")]
     pub min_viral_fraction: f64,
@@ -102,13 +151,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dnabert: args.dnabert,
         esm: args.esm,
         out_dir: args.out_dir,
-        device: args.compute.device,
-        dtype: args.compute.dtype,
-        batch_tokens: args.compute.batch_tokens(),
+        devices: args.device,
+        dtype: args.dtype,
+        batch_tokens: args
+            .batch_tokens
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         esm_token_dropout: args.esm_token_dropout,
         keep_frames: args.keep_frames,
+        write_viral_fasta: args.write_viral_fasta,
         min_viral_fraction: args.min_viral_fraction,
         strict: args.strict,
+        shard: args.shard,
+        restart: args.restart,
         progress: tracing::enabled!(tracing::Level::INFO),
         random_weights: args.random_weights,
     };

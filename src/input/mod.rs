@@ -4,13 +4,28 @@
 pub mod chunk;
 pub mod fasta;
 pub mod translate;
+pub mod units;
 
-/// One input record: its ID (first word of the header) and its sequence bytes as read
-/// (case preserved, line breaks and spaces removed).
+/// One input record: its ID (first word of the header), the whole header line as read (without
+/// the leading `>`/`@`) and its sequence bytes as read (case preserved, line breaks and spaces
+/// removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqRecord {
     pub id: String,
+    pub header: Vec<u8>,
     pub seq: Vec<u8>,
+}
+
+impl SeqRecord {
+    /// A record whose header is its ID alone.
+    pub fn new(id: impl Into<String>, seq: impl Into<Vec<u8>>) -> SeqRecord {
+        let id = id.into();
+        SeqRecord {
+            header: id.clone().into_bytes(),
+            id,
+            seq: seq.into(),
+        }
+    }
 }
 
 /// A kept translated frame: `<chunk id>F1..F3|R1..R3`, the DNA handed to the nucleotide model

@@ -475,7 +475,7 @@ impl WorkSplit {
         // Short rows: too few tiles to cut finely, and many items even out anyway. Fewer items
         // than multiprocessors: cutting every item costs more in merges than it gives (run 53:
         // 1x502 0.0123 -> 0.0130 ms).
-        if !enabled || tiles < 4 || n_items <= sms || n_items % sms == 0 {
+        if !enabled || tiles < 4 || n_items <= sms || n_items.is_multiple_of(sms) {
             return whole;
         }
         // Whole items for all rounds but the last full one; that one and the remainder
@@ -824,7 +824,7 @@ mod tests {
                 sp.n_dp < n_items,
                 "{n_items}x{tiles}: expected a split, got {sp:?}"
             );
-            assert!(sp.n_dp % sp.grid == 0);
+            assert!(sp.n_dp.is_multiple_of(sp.grid));
             let mut seen = vec![0u32; n_items * tiles];
             let mut load = Vec::new();
             let mut slots = std::collections::HashSet::new();

@@ -157,7 +157,7 @@ pub fn rotary_qk(
     let half = head_dim / 2;
     let fits = fast_path(qkv)
         && w == 3 * heads * head_dim
-        && half % 8 == 0
+        && half.is_multiple_of(8)
         && cos.dtype() == DType::F32
         && sin.dtype() == DType::F32
         && cos.dims().len() == 2
@@ -182,7 +182,8 @@ pub fn rotary_qk(
 /// `gelu(g[..., :inter]) * g[..., inter:]` (exact GELU) for `g` `[..., 2 * inter]`.
 pub fn gated_gelu(g: &Tensor, inter: usize) -> Result<Tensor> {
     let cols = g.dims().last().copied().unwrap_or(0);
-    if fast_path(g) && cols == 2 * inter && inter % vec_width(g.dtype()) == 0 && inter > 0 {
+    if fast_path(g) && cols == 2 * inter && inter.is_multiple_of(vec_width(g.dtype())) && inter > 0
+    {
         return g.contiguous()?.apply_op1_no_bwd(&GatedGelu { inter });
     }
     let d = candle_core::D::Minus1;

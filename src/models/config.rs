@@ -58,6 +58,7 @@ pub const SUPPORTED_MODEL_TYPES: &str =
     "\"esm\" / \"fast_esm\" (ESM2, FastESM2) and \"bert\" (DNABERT-2/-S, MosaicBERT with ALiBi)";
 
 /// A parsed `config.json`.
+#[derive(Clone)]
 pub enum ModelConfig {
     Esm(EsmConfig),
     DnaBert(DnaBertConfig),

@@ -97,13 +97,13 @@ impl EsmConfig {
                 self.hidden_size, self.num_attention_heads, self.num_hidden_layers
             ));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if (self.hidden_size / self.num_attention_heads) % 2 != 0 {
+        if !(self.hidden_size / self.num_attention_heads).is_multiple_of(2) {
             return Err(format!(
                 "head size {} is odd; rotary embeddings need an even head size",
                 self.hidden_size / self.num_attention_heads

@@ -25,7 +25,7 @@ pub const ESM2_3B_MODEL: &str = "facebook/esm2_t36_3B_UR50D";
 const TOKENIZER_EXTRAS: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
 
 /// Everything needed to build a model, as local paths.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ModelFiles {
     /// What the user asked for (directory or Hub ID), for logs and output metadata.
     pub source: String,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod dnabert;
 pub mod esm;
 pub mod hub;
+pub mod identity;
 pub mod layers;
 pub mod pickle;
 pub mod profile;

@@ -229,7 +229,7 @@ impl Machine {
 }
 
 fn pairs(items: Vec<ObjId>, op: &str) -> Result<Vec<(ObjId, ObjId)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         bail!(
             "opcode {op} got an odd number of keys and values ({})",
             items.len()

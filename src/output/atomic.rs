@@ -201,6 +201,31 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Removes the temporary files that [`AtomicFile`]s for `names` in `dir` left behind when their
+/// process was killed (`kill -9`, a power cut): `.<name>.tmp-<pid>-<n>`. Only call it while
+/// holding the directory (e.g. its journal's lock), when no other process can be writing there.
+/// Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let ours = std::process::id();
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            names.iter().any(|n| {
+                name.strip_prefix(&format!(".{n}.tmp-"))
+                    .and_then(|rest| rest.split('-').next())
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| pid != ours)
+            })
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Directories [`create_output_dir`] made, outermost first.
 static CREATED_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -347,6 +372,18 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("x")).unwrap(), b"new x");
         assert_eq!(fs::read(dir.path().join("y")).unwrap(), b"new y");
         assert_eq!(names(dir.path()), ["x", "y"]);
+    }
+
+    #[test]
+    fn stale_temps_of_other_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = AtomicFile::create(dir.path().join("a.txt")).unwrap();
+        fs::write(dir.path().join(".a.txt.tmp-999999999-0"), "old").unwrap();
+        fs::write(dir.path().join(".b.txt.tmp-999999999-3"), "old").unwrap();
+        fs::write(dir.path().join("a.txt.tmp-1-0"), "not hidden: not ours").unwrap();
+        assert_eq!(remove_stale_temps(dir.path(), &["a.txt", "b.txt"]), 2);
+        assert!(mine.temp_path().exists(), "this process's own file stays");
+        assert_eq!(names(dir.path()).len(), 2);
     }
 
     #[test]

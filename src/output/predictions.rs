@@ -62,6 +62,11 @@ impl<W: Write> ResultsWriter<W> {
         Ok(Self { out })
     }
 
+    /// A writer of rows only (no header): a work unit's part of the file.
+    pub fn rows(out: W) -> Self {
+        Self { out }
+    }
+
     pub fn write(&mut self, s: &FrameScore) -> io::Result<()> {
         writeln!(
             self.out,
@@ -123,11 +128,17 @@ impl HighestScores {
     /// Rows sorted by chunk ID as byte strings (`String`'s order), as the reference's sort.
     pub fn write<W: Write>(&self, mut out: W) -> io::Result<W> {
         writeln!(out, "Modified_ID\tIs_Virus")?;
+        self.write_rows(&mut out)?;
+        Ok(out)
+    }
+
+    /// The rows without the header.
+    pub fn write_rows<W: Write>(&self, mut out: W) -> io::Result<()> {
         for (id, m) in &self.chunks {
             let call = if m.is_virus() { "True" } else { "False" };
             writeln!(out, "{id}\t{call}")?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -206,6 +217,14 @@ impl<W: Write> SummaryWriter<W> {
             out,
             min_viral_fraction,
         })
+    }
+
+    /// A writer of rows only (no header): a work unit's part of the file.
+    pub fn rows(out: W, min_viral_fraction: f64) -> Self {
+        Self {
+            out,
+            min_viral_fraction,
+        }
     }
 
     pub fn write(&mut self, r: &RecordSummary) -> io::Result<()> {

@@ -491,6 +491,50 @@ where
     })
 }
 
+/// Test switch: with `VIRNUCPRO_TEST_OOM_TOKENS=N`, every batch of more than `N` padded tokens
+/// fails as a GPU out of memory would, so the back-off can be tested on any machine.
+pub const INJECT_OOM_ENV: &str = "VIRNUCPRO_TEST_OOM_TOKENS";
+
+fn injected_oom_tokens() -> Option<usize> {
+    std::env::var(INJECT_OOM_ENV).ok()?.trim().parse().ok()
+}
+
+/// Whether an error is the device running out of memory (CUDA's and cuBLAS's wordings).
+pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let text = c.to_string().to_ascii_lowercase();
+        text.contains("out of memory")
+            || text.contains("out_of_memory")
+            || text.contains("alloc_failed")
+    })
+}
+
+/// A batch the encoder could not run: the context of the error, so that a caller can tell an
+/// out-of-memory failure (and which sequences it was on) from others.
+#[derive(Debug, Clone)]
+pub struct BatchFailure {
+    pub model: ModelFamily,
+    pub rows: usize,
+    pub max_len: usize,
+    /// ID of the batch's first (longest) sequence.
+    pub first: String,
+    pub out_of_memory: bool,
+}
+
+impl fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} forward pass failed on a batch of {} sequences of up to {} tokens (first: `{}`)",
+            self.model, self.rows, self.max_len, self.first
+        )?;
+        if self.out_of_memory {
+            write!(f, "; out of memory: lower --batch-tokens")?;
+        }
+        Ok(())
+    }
+}
+
 /// Pooled rows that may wait on the device before they are copied to the host. Copying waits
 /// for everything enqueued so far, so it is done once, at the end, in one piece: copying batch
 /// by batch left the device idle between the copies. The cap only bounds device memory for huge
@@ -529,21 +573,31 @@ impl Tokenized {
             stats: self.stats,
             started: self.started,
         };
+        let injected_oom = injected_oom_tokens();
         for (rows, batch) in self.batches {
             let max_len = batch.max_len;
-            let pooled = model
-                .encoder
-                .forward_pooled(&batch)
-                .and_then(|t| t.to_dtype(DType::F32))
-                .with_context(|| {
-                    format!(
-                        "{} forward pass failed on a batch of {} sequences of up to {max_len} \
-                         tokens (first: `{}`); on a GPU out of memory, lower --batch-tokens",
-                        model.family,
-                        rows.len(),
-                        out.ids[rows[0]]
-                    )
-                })?;
+            let pooled = match injected_oom {
+                Some(limit) if rows.len() * max_len > limit => Err(candle_core::Error::Msg(
+                    format!("out of memory (injected: {INJECT_OOM_ENV}={limit})"),
+                )),
+                _ => model.encoder.forward_pooled(&batch),
+            }
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|e| {
+                let failure = BatchFailure {
+                    model: model.family,
+                    rows: rows.len(),
+                    max_len,
+                    first: out.ids[rows[0]].clone(),
+                    out_of_memory: false,
+                };
+                let e = anyhow::Error::from(e);
+                let failure = BatchFailure {
+                    out_of_memory: is_out_of_memory(&e),
+                    ..failure
+                };
+                e.context(failure)
+            })?;
             if pooled.dims() != [rows.len(), hidden] {
                 bail!(
                     "encoder returned shape {:?} for a batch of {} sequences, expected [{}, \

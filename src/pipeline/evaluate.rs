@@ -39,7 +39,7 @@ impl FrameScorer for Classifier {
     fn predict_proba(&self, features: &[f32]) -> Result<Vec<[f32; 2]>> {
         let d = Classifier::input_dim(self);
         ensure!(
-            d > 0 && features.len() % d == 0,
+            d > 0 && features.len().is_multiple_of(d),
             "{} feature values are not whole rows of {d}",
             features.len()
         );

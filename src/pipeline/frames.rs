@@ -430,13 +430,10 @@ mod tests {
         (0..n)
             .map(|i| {
                 let len = (next() % 700) as usize;
-                let seq = (0..len)
+                let seq: Vec<u8> = (0..len)
                     .map(|_| b"ACGTacgtNR"[(next() % 10) as usize])
                     .collect();
-                SeqRecord {
-                    id: format!("r{i}"),
-                    seq,
-                }
+                SeqRecord::new(format!("r{i}"), seq)
             })
             .collect()
     }
@@ -473,10 +470,7 @@ mod tests {
 
     #[test]
     fn units_split_long_records() {
-        let records = vec![SeqRecord {
-            id: "big".into(),
-            seq: vec![b'A'; 3 * UNIT_BASES + 5],
-        }];
+        let records = vec![SeqRecord::new("big", vec![b'A'; 3 * UNIT_BASES + 5])];
         let units = work_units(&records, 100);
         assert!(units.len() > 3);
         let total: usize = units.iter().map(|u| u.count).sum();

@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod predict;
 pub mod prepare;
 pub mod rng;
+pub mod scheduler;
 pub mod timing;
 pub mod train;

@@ -1,49 +1,64 @@
-//! `virnucpro predict`: the whole pipeline, streaming.
+//! `virnucpro predict`: the whole pipeline, streaming, resumable, on one or several devices.
 //!
-//! read (background thread) → chunk + six-frame translation (background thread, rayon inside)
-//! → DNABERT and ESM embeddings in length-sorted batches → classifier → writers, with bounded
-//! queues so memory stays flat in the input size and rows come out in input order. The host
-//! tokenizes one work unit and writes the results of another while the device computes (see
-//! [`run`]), so the device does not wait for the host between units.
+//! ```text
+//! reader + translation thread ──units in input order──▶ scheduler ──▶ one worker per device
+//!        │ (finished units come from the journal)            │          tokenize unit N+1 while
+//!        ▼                                                   ▼          the device runs unit N
+//!   journal: every finished unit, as soon as it is done    writers: the files, in input order
+//! ```
+//! The input is cut into work units ([`crate::input::units`]) by a rule that depends only on the
+//! input, so a unit's results do not depend on which device computed it or when. Each finished
+//! unit is appended to the journal in the output directory; a rerun of the same command reuses
+//! the units it holds (a different command is refused, see [`Fingerprint`]). With `--shard I/N`
+//! the run computes only its share of the units and keeps the sealed journal for `merge`.
+//! Every output byte comes from [`UnitOutput`]s assembled in unit order, so resumed, multi-device
+//! and merged runs write the bytes of one uninterrupted run.
 //!
 //! Before any sequence is read, the classifier's input size is checked against the two models'
 //! hidden sizes (taken from their `config.json`, without loading weights), so a wrong
 //! combination fails in a second rather than after hours.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
+use crossbeam_channel::bounded;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::device::{device_name, select_device, DTypeSpec, DeviceSpec};
+use crate::device::{
+    device_kind, device_name, resolve_dtype, select_devices, DTypeSpec, DeviceList,
+};
 use crate::input::fasta::RecordReader;
-use crate::input::{Frame, RecordFrames};
+use crate::input::units::{
+    total_input_bytes, ShardSpec, Unit, UnitId, UnitPlan, UnitReader, UnitRule,
+};
+use crate::input::{Frame, RecordFrames, SeqRecord};
 use crate::models::classifier::Classifier;
 use crate::models::config::{ModelConfig, ModelFamily};
 use crate::models::esm::TokenDropout;
 use crate::models::hub::{resolve_model, ModelFiles};
-use crate::output::atomic::{commit_all, AtomicFile};
-use crate::output::fasta::FrameFastaWriter;
-use crate::output::predictions::{
-    FrameScore, HighestScores, RecordSummary, ResultsWriter, SummaryWriter, HIGHEST_SCORE_FILE,
-    RESULTS_FILE, SUMMARY_FILE,
-};
+use crate::models::identity::{file_identity, model_identity};
+use crate::output::journal::{Fingerprint, Journal, ShardSeal};
+use crate::output::merge::SHARD_KEY;
+use crate::output::units::{Assembler, OutputOptions, UnitCounts, UnitOutput};
 use crate::pipeline::embed::{
-    load_from_files, random_embedding_model, tokenize_sequences, DeviceRows, EmbeddingModel,
-    LoadOptions, RandomModel, Tokenized,
+    is_out_of_memory, load_from_files, random_embedding_model, tokenize_sequences, BatchFailure,
+    DeviceRows, EmbeddingModel, LoadOptions, RandomModel, Tokenized,
 };
-use crate::pipeline::frames::{translate_batch, RecordBatches};
+use crate::pipeline::frames::translate_batch;
+use crate::pipeline::scheduler::{self, Handler, Item, Lane, Worker};
 
-/// Bases read per work unit on a CPU: small enough for a lively progress bar.
-const BATCH_BASES_CPU: usize = 256 << 10;
-/// Bases per work unit on a GPU: enough frames to fill several full batches.
-const BATCH_BASES_GPU: usize = 2 << 20;
-/// Translated work units waiting for the models.
-const QUEUE_DEPTH: usize = 2;
+/// Units read and translated ahead of the devices, per device.
+const AHEAD_PER_DEVICE: usize = 3;
+/// Test switch: `VIRNUCPRO_TEST_FAIL_DEVICE=K:N` makes device K (0-based position in `--device`)
+/// fail as it takes its N-th work unit, so that redistribution can be tested on any machine.
+pub const FAIL_DEVICE_ENV: &str = "VIRNUCPRO_TEST_FAIL_DEVICE";
+/// How often progress is logged when stderr is not a terminal (cluster logs).
+const LOG_PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything `predict` needs (the CLI fills it from its flags).
 #[derive(Debug, Clone)]
@@ -56,23 +71,71 @@ pub struct PredictRequest {
     /// Protein model: directory or Hub ID.
     pub esm: String,
     pub out_dir: PathBuf,
-    pub device: DeviceSpec,
+    /// One device, several (each gets its own copy of the models), or every GPU.
+    pub devices: DeviceList,
     pub dtype: DTypeSpec,
     /// Padded tokens per forward pass; `None` picks the device default.
     pub batch_tokens: Option<usize>,
     pub esm_token_dropout: TokenDropout,
     /// Also write `identified_nucleotide.fa` and `identified_protein.faa`.
     pub keep_frames: bool,
+    /// Also write `viral_records.fa`: the input records called `virus`.
+    pub write_viral_fasta: bool,
     pub min_viral_fraction: f64,
     /// Refuse (instead of warning) when the classifier's metadata names other models or
     /// another chunk length.
     pub strict: bool,
+    /// Only this share of the work units (`--shard I/N`), for `merge`.
+    pub shard: Option<ShardSpec>,
+    /// Discard the journal of an earlier, different run in `out_dir` instead of refusing.
+    pub restart: bool,
     /// Show a progress bar (the CLI turns it on for a terminal).
     pub progress: bool,
     /// Benchmarks only: random weights of the real DNABERT-S shape and of this protein-model
     /// shape, and a random classifier that fits them (`classifier` is not read; the DNABERT
     /// tokenizer still comes from `dnabert`). The scores are meaningless.
     pub random_weights: Option<RandomModel>,
+}
+
+impl PredictRequest {
+    /// A request with the defaults of the command line for everything but the essentials.
+    pub fn new(
+        inputs: Vec<PathBuf>,
+        chunk_len: usize,
+        classifier: PathBuf,
+        dnabert: String,
+        esm: String,
+        out_dir: PathBuf,
+    ) -> PredictRequest {
+        PredictRequest {
+            inputs,
+            chunk_len,
+            classifier,
+            dnabert,
+            esm,
+            out_dir,
+            devices: DeviceList::default(),
+            dtype: DTypeSpec::Auto,
+            batch_tokens: None,
+            esm_token_dropout: TokenDropout::Auto,
+            keep_frames: false,
+            write_viral_fasta: false,
+            min_viral_fraction: 0.5,
+            strict: false,
+            shard: None,
+            restart: false,
+            progress: false,
+            random_weights: None,
+        }
+    }
+
+    fn output_options(&self) -> OutputOptions {
+        OutputOptions {
+            keep_frames: self.keep_frames,
+            viral_fasta: self.write_viral_fasta,
+            min_viral_fraction: self.min_viral_fraction,
+        }
+    }
 }
 
 /// Counters of a finished run.
@@ -84,6 +147,14 @@ pub struct PredictReport {
     pub frames: u64,
     pub records_without_frames: u64,
     pub virus_records: u64,
+    /// Work units of this run (of its shard with `--shard`).
+    pub units: u64,
+    /// Of those, finished by an earlier run and taken from the journal.
+    pub reused_units: u64,
+    /// Frames of the reused units (not computed by this run).
+    pub reused_frames: u64,
+    /// Devices that failed during the run (their units went to the others).
+    pub failed_devices: Vec<String>,
     /// Whole run, from the start of `run` (device set-up and model loading included).
     pub seconds: f64,
     /// Device set-up and model loading, part of `seconds`.
@@ -91,13 +162,23 @@ pub struct PredictReport {
 }
 
 impl PredictReport {
+    /// Frames computed by this run per second, everything included.
     pub fn frames_per_second(&self) -> f64 {
-        self.frames as f64 / self.seconds.max(1e-9)
+        (self.frames - self.reused_frames) as f64 / self.seconds.max(1e-9)
     }
 
     /// Frames per second once the models are loaded (what a long run approaches).
     pub fn frames_per_second_after_loading(&self) -> f64 {
-        self.frames as f64 / (self.seconds - self.load_seconds).max(1e-9)
+        (self.frames - self.reused_frames) as f64 / (self.seconds - self.load_seconds).max(1e-9)
+    }
+
+    fn add(&mut self, c: &UnitCounts) {
+        self.records += c.records;
+        self.chunks += c.chunks;
+        self.frames += c.frames;
+        self.records_without_frames += c.records_without_frames;
+        self.virus_records += c.virus_records;
+        self.empty_skipped += c.empty_skipped;
     }
 }
 
@@ -116,8 +197,22 @@ impl std::fmt::Display for PredictReport {
             self.load_seconds,
             self.frames_per_second_after_loading()
         )?;
+        if self.reused_units > 0 {
+            write!(
+                f,
+                "; {} of {} work units ({} frames) reused from the journal",
+                self.reused_units, self.units, self.reused_frames
+            )?;
+        }
         if self.empty_skipped > 0 {
             write!(f, "; {} empty records skipped", self.empty_skipped)?;
+        }
+        if !self.failed_devices.is_empty() {
+            write!(
+                f,
+                "; {} failed and its units were redone elsewhere",
+                self.failed_devices.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -146,7 +241,7 @@ fn resolve_family(spec: &str, want: ModelFamily, flag: &str) -> anyhow::Result<M
     Ok(files)
 }
 
-/// The loaded models of a run.
+/// The loaded models of one device.
 struct Models {
     dnabert: EmbeddingModel,
     esm: EmbeddingModel,
@@ -156,9 +251,10 @@ struct Models {
 
 impl Models {
     /// The host half of scoring `frames`: tokenizes their DNA and proteins and builds the padded
-    /// batches of both models. Nothing touches the device, so `run` does this for the next work
-    /// unit while the device still computes the previous one.
-    fn prepare(&self, frames: &[&Frame], batch_tokens: Option<usize>) -> anyhow::Result<Prepared> {
+    /// batches of both models, each under `budget(model)` padded tokens. Nothing touches the
+    /// device, so a worker does this for the next work unit while the device still computes
+    /// the previous one.
+    fn prepare(&self, frames: &[&Frame], budget: &Budget) -> anyhow::Result<Prepared> {
         let dna: Vec<(&str, &[u8])> = frames
             .iter()
             .map(|f| (f.id.as_str(), f.dna.as_slice()))
@@ -167,16 +263,8 @@ impl Models {
             .iter()
             .map(|f| (f.id.as_str(), f.protein.as_slice()))
             .collect();
-        let dna = tokenize_sequences(
-            &self.dnabert,
-            &dna,
-            batch_tokens.unwrap_or_else(|| self.dnabert.default_batch_tokens()),
-        )?;
-        let protein = tokenize_sequences(
-            &self.esm,
-            &protein,
-            batch_tokens.unwrap_or_else(|| self.esm.default_batch_tokens()),
-        )?;
+        let dna = tokenize_sequences(&self.dnabert, &dna, budget.tokens(&self.dnabert))?;
+        let protein = tokenize_sequences(&self.esm, &protein, budget.tokens(&self.esm))?;
         Ok(Prepared { dna, protein })
     }
 
@@ -210,6 +298,110 @@ impl Models {
             work: Some(Launched { dna, protein, out }),
         })
     }
+
+    /// Scores `frames` start to finish (no overlap) after `failure` ran out of memory: halves the
+    /// batch budget until the unit fits, then says once what the budget is now.
+    fn score_after_oom(
+        &self,
+        frames: &[&Frame],
+        budget: &Budget,
+        failure: anyhow::Error,
+    ) -> anyhow::Result<Vec<[f32; 2]>> {
+        let first = failure.downcast_ref::<BatchFailure>().cloned();
+        let mut error = failure;
+        loop {
+            budget.back_off(&error, &self.device)?;
+            let attempt = self
+                .prepare(frames, budget)
+                .map_err(input_fault)
+                .and_then(|p| self.launch(p))
+                .and_then(PendingScores::finish);
+            match attempt {
+                Err(e) if is_out_of_memory(&e) => error = e,
+                Err(e) => return Err(e),
+                Ok(scores) => {
+                    budget.announce(first.as_ref(), self);
+                    return Ok(scores);
+                }
+            }
+        }
+    }
+}
+
+/// The padded-token budget per batch, shared by the workers of a run: halved for good after a
+/// batch runs out of device memory.
+struct Budget {
+    /// `--batch-tokens`, or `None` for each model's device default.
+    requested: Option<usize>,
+    /// How many times it was halved.
+    halvings: AtomicU32,
+    /// The halvings already logged.
+    announced: AtomicU32,
+}
+
+impl Budget {
+    fn tokens(&self, model: &EmbeddingModel) -> usize {
+        let base = self
+            .requested
+            .unwrap_or_else(|| model.default_batch_tokens());
+        (base >> self.halvings.load(Ordering::Relaxed).min(63)).max(1)
+    }
+
+    /// After an out-of-memory failure: halves the budget or, when the failed batch held a single
+    /// sequence, gives up with an error naming it.
+    fn back_off(&self, error: &anyhow::Error, device: &Device) -> anyhow::Result<()> {
+        let failure = error.downcast_ref::<BatchFailure>();
+        if let Some(f) = failure.filter(|f| f.rows <= 1) {
+            return Err(input_fault(anyhow::anyhow!(
+                "record `{}` ({} tokens for the {} model) does not fit in the memory of {} even \
+                 alone: shorten it, use a GPU with more memory, or --device cpu",
+                f.first,
+                f.max_len,
+                f.model,
+                device_name(device)
+            )));
+        }
+        if self.halvings.fetch_add(1, Ordering::Relaxed) >= 40 {
+            return Err(error_with(error, "out of memory even with tiny batches"));
+        }
+        Ok(())
+    }
+
+    /// Logs the budget in force after a back-off, once per budget (several workers may back off
+    /// at the same time).
+    fn announce(&self, failure: Option<&BatchFailure>, models: &Models) {
+        let halvings = self.halvings.load(Ordering::Relaxed);
+        if self.announced.fetch_max(halvings, Ordering::Relaxed) >= halvings {
+            return;
+        }
+        let what = failure.map_or_else(
+            || "a work unit".to_string(),
+            |f| {
+                format!(
+                    "a batch of {} sequences of up to {} tokens",
+                    f.rows, f.max_len
+                )
+            },
+        );
+        tracing::warn!(
+            "{} ran out of memory on {what}; split and retried: batches now hold at most {} \
+             (DNABERT) and {} (ESM) padded tokens for the rest of the run (nothing was lost; a \
+             smaller --batch-tokens avoids the retries)",
+            device_name(&models.device),
+            self.tokens(&models.dnabert),
+            self.tokens(&models.esm)
+        );
+    }
+}
+
+fn error_with(error: &anyhow::Error, what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {error:#}")
+}
+
+/// A problem of the input or the options, not of the device: the scheduler stops the run
+/// instead of trying another device.
+fn input_fault(e: anyhow::Error) -> anyhow::Error {
+    scheduler::not_the_device(e)
 }
 
 /// A work unit tokenized for both models; see [`Models::prepare`].
@@ -261,8 +453,8 @@ impl PendingScores<'_> {
         if rows.clone().any(|r| !r[2].is_finite()) {
             // Copy the embeddings out to name the record (a sum can also overflow with finite
             // values, then both checks pass and the probabilities decide).
-            dna.check_finite()?;
-            protein.check_finite()?;
+            dna.check_finite().map_err(input_fault)?;
+            protein.check_finite().map_err(input_fault)?;
         }
         if let Some(i) = rows
             .clone()
@@ -279,129 +471,313 @@ impl PendingScores<'_> {
     }
 }
 
-/// The output files of a run, all committed together at the end.
-struct Outputs {
-    results: ResultsWriter<AtomicFile>,
-    summary: SummaryWriter<AtomicFile>,
-    highest: HighestScores,
-    highest_file: AtomicFile,
-    frames: Option<FrameFastaWriter>,
+/// A unit read and translated, ready for a device.
+struct UnitJob {
+    unit: UnitId,
+    records: Vec<SeqRecord>,
+    frames: Vec<RecordFrames>,
 }
 
-impl Outputs {
-    fn create(dir: &Path, keep_frames: bool, min_viral_fraction: f64) -> anyhow::Result<Self> {
-        crate::output::atomic::create_output_dir(dir)
-            .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
-        let open = |name: &str| {
-            let path = dir.join(name);
-            AtomicFile::create(&path).with_context(|| format!("cannot write {}", path.display()))
-        };
-        Ok(Outputs {
-            results: ResultsWriter::new(open(RESULTS_FILE)?)?,
-            summary: SummaryWriter::new(open(SUMMARY_FILE)?, min_viral_fraction)?,
-            highest: HighestScores::default(),
-            highest_file: open(HIGHEST_SCORE_FILE)?,
-            frames: if keep_frames {
-                Some(FrameFastaWriter::create(dir).with_context(|| {
-                    format!("cannot write the frame FASTA files in {}", dir.display())
-                })?)
-            } else {
-                None
-            },
-        })
+impl UnitJob {
+    fn frame_refs(&self) -> Vec<&Frame> {
+        frames_of(&self.frames)
+    }
+}
+
+/// A unit's result as the scheduler passes it on.
+enum UnitResult {
+    Computed(Box<UnitOutput>),
+    /// Finished by an earlier run: read back from the journal when its turn comes.
+    InJournal(u64),
+}
+
+/// The worker of one device: its models and the run's shared settings.
+struct DeviceWorker {
+    models: Models,
+    budget: Arc<Budget>,
+    output: OutputOptions,
+    /// [`FAIL_DEVICE_ENV`]: fail when taking this (1-based) unit.
+    fail_at: Option<usize>,
+}
+
+impl DeviceWorker {
+    fn format(&self, job: &UnitJob, scores: &[[f32; 2]]) -> anyhow::Result<UnitOutput> {
+        let mut out =
+            UnitOutput::format(job.unit, &job.records, &job.frames, scores, &self.output)?;
+        out.halvings = u64::from(self.budget.halvings.load(Ordering::Relaxed));
+        Ok(out)
+    }
+}
+
+impl Worker<UnitJob, UnitResult> for DeviceWorker {
+    fn name(&self) -> String {
+        device_name(&self.models.device)
     }
 
-    fn commit(self) -> anyhow::Result<()> {
-        let highest_file = self.highest.write(self.highest_file)?;
-        let mut files = vec![
-            self.results.into_inner(),
-            self.summary.into_inner(),
-            highest_file,
-        ];
-        if let Some(frames) = self.frames {
-            files.extend(frames.into_files());
+    /// Per unit taken: tokenize it (host work while the device still runs the previous unit),
+    /// collect the previous unit (waiting for the device), launch this one, then format the
+    /// previous unit's rows while the device runs. Launching before collecting would not help:
+    /// the copy of the previous results would queue behind the new unit on the device's single
+    /// stream.
+    fn run(&mut self, lane: &mut Lane<UnitJob, UnitResult>) -> anyhow::Result<()> {
+        let models = &self.models;
+        let budget = &*self.budget;
+        let mut taken = 0usize;
+        let mut in_flight: Option<(u64, Arc<UnitJob>, PendingScores<'_>)> = None;
+        loop {
+            let next = lane.take();
+            if next.is_some() {
+                taken += 1;
+                if Some(taken) == self.fail_at {
+                    bail!("injected failure ({FAIL_DEVICE_ENV})");
+                }
+            }
+            let prepared = match &next {
+                Some((_, job)) => Some(
+                    models
+                        .prepare(&job.frame_refs(), budget)
+                        .map_err(input_fault)?,
+                ),
+                None => None,
+            };
+            if let Some((pos, job, pending)) = in_flight.take() {
+                let scores = match pending.finish() {
+                    Err(e) if is_out_of_memory(&e) => {
+                        models.score_after_oom(&job.frame_refs(), budget, e)?
+                    }
+                    other => other?,
+                };
+                lane.done(
+                    pos,
+                    UnitResult::Computed(Box::new(self.format(&job, &scores)?)),
+                );
+            }
+            let (Some((pos, job)), Some(prepared)) = (next, prepared) else {
+                return Ok(());
+            };
+            match models.launch(prepared) {
+                Ok(pending) => in_flight = Some((pos, job, pending)),
+                Err(e) if is_out_of_memory(&e) => {
+                    let scores = models.score_after_oom(&job.frame_refs(), budget, e)?;
+                    lane.done(
+                        pos,
+                        UnitResult::Computed(Box::new(self.format(&job, &scores)?)),
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
-        commit_all(files).context("cannot finish writing the output files")
     }
 }
 
-/// The real start-up: cheap checks first (classifier, model configs, the dimension guard), then
-/// the inputs are opened (a missing file fails before the slow model loading), then the models.
-fn load_checked(req: &PredictRequest, device: &Device) -> anyhow::Result<(Models, RecordReader)> {
-    let classifier = Classifier::load(&req.classifier, device)
-        .with_context(|| format!("cannot load the classifier {}", req.classifier.display()))?;
-    let dnabert_files = resolve_family(&req.dnabert, ModelFamily::DnaBert, "--dnabert")?;
-    let esm_files = resolve_family(&req.esm, ModelFamily::Esm, "--esm")?;
-    let warnings = classifier.check_dimensions(
-        (req.dnabert.as_str(), hidden_size(&dnabert_files)),
-        (req.esm.as_str(), hidden_size(&esm_files)),
-        req.chunk_len,
-        req.strict,
-    )?;
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-
-    let reader = RecordReader::new(&req.inputs)?;
-
-    let options = LoadOptions {
-        esm_token_dropout: req.esm_token_dropout,
-    };
-    let dnabert = load_from_files(dnabert_files, device, req.dtype, &options)
-        .with_context(|| format!("cannot load the nucleotide model `{}`", req.dnabert))?;
-    let esm = load_from_files(esm_files, device, req.dtype, &options)
-        .with_context(|| format!("cannot load the protein model `{}`", req.esm))?;
-    tracing::info!(
-        "models: {} ({}, {:?}) + {} ({}, {:?}) -> classifier {} ({} inputs) on {}",
-        req.dnabert,
-        dnabert.hidden_size,
-        dnabert.dtype,
-        req.esm,
-        esm.hidden_size,
-        esm.dtype,
-        req.classifier.display(),
-        classifier.input_dim(),
-        device_name(device)
-    );
-    let models = Models {
-        dnabert,
-        esm,
-        classifier,
-        device: device.clone(),
-    };
-    Ok((models, reader))
+/// The test switch [`FAIL_DEVICE_ENV`] for device `index`.
+fn injected_failure(index: usize) -> Option<usize> {
+    let spec = std::env::var(FAIL_DEVICE_ENV).ok()?;
+    let (device, unit) = spec.trim().split_once(':')?;
+    (device.parse::<usize>().ok()? == index)
+        .then(|| unit.parse().ok())
+        .flatten()
 }
 
-/// Benchmark start-up: random weights of the real shapes (see [`PredictRequest::random_weights`]).
-fn load_random(
-    req: &PredictRequest,
-    protein: RandomModel,
-    device: &Device,
-) -> anyhow::Result<(Models, RecordReader)> {
-    if protein == RandomModel::DnaBertS {
-        bail!("--random-weights takes the protein model's shape: esm2-650m or esm2-3b");
+/// What the run is about, resolved before anything slow happens.
+struct Setup {
+    devices: Vec<Device>,
+    /// Model files (`None` with random weights).
+    dnabert: Option<ModelFiles>,
+    esm: Option<ModelFiles>,
+    fingerprint: Fingerprint,
+    rule: UnitRule,
+}
+
+/// The cheap checks and the run's fingerprint: devices, the classifier against the model
+/// configs (the dimension guard), the inputs' sizes.
+fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
+    if req.chunk_len == 0 {
+        bail!("--chunk-len must be at least 1");
     }
-    tracing::warn!("--random-weights: benchmark mode, random models, meaningless scores");
-    let reader = RecordReader::new(&req.inputs)?;
+    if !(0.0..=1.0).contains(&req.min_viral_fraction) {
+        bail!(
+            "--min-viral-fraction must be between 0 and 1, not {}",
+            req.min_viral_fraction
+        );
+    }
+    if req.shard.is_some() && req.inputs.iter().any(|p| p.as_os_str() == "-") {
+        bail!("--shard needs input files (every shard reads the whole input): stdin (-) cannot be split");
+    }
+    let devices = select_devices(&req.devices)?;
+    let kinds = devices
+        .iter()
+        .map(device_kind)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(other) = kinds.iter().position(|k| *k != kinds[0]) {
+        bail!(
+            "--device {}: {} is a {} but {} is a {}; results would depend on which device \
+             scored a unit: use devices of one kind",
+            req.devices,
+            device_name(&devices[0]),
+            kinds[0],
+            device_name(&devices[other]),
+            kinds[other]
+        );
+    }
+    let mut fp = Fingerprint::default();
+    fp.set("virnucpro version", env!("CARGO_PKG_VERSION"));
+    let (dnabert, esm) = match req.random_weights {
+        None => {
+            let classifier =
+                Classifier::load(&req.classifier, &Device::Cpu).with_context(|| {
+                    format!("cannot load the classifier {}", req.classifier.display())
+                })?;
+            let dnabert = resolve_family(&req.dnabert, ModelFamily::DnaBert, "--dnabert")?;
+            let esm = resolve_family(&req.esm, ModelFamily::Esm, "--esm")?;
+            let warnings = classifier.check_dimensions(
+                (req.dnabert.as_str(), hidden_size(&dnabert)),
+                (req.esm.as_str(), hidden_size(&esm)),
+                req.chunk_len,
+                req.strict,
+            )?;
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            fp.set("classifier", file_identity(&req.classifier)?)
+                .set("nucleotide model", model_identity(&dnabert)?)
+                .set("protein model", model_identity(&esm)?);
+            (Some(dnabert), Some(esm))
+        }
+        Some(RandomModel::DnaBertS) => {
+            bail!("--random-weights takes the protein model's shape: esm2-650m or esm2-3b")
+        }
+        Some(kind) => {
+            fp.set("random weights (benchmark)", kind)
+                .set("nucleotide tokenizer", &req.dnabert);
+            (None, None)
+        }
+    };
+    let dtype = |family| format!("{:?}", resolve_dtype(req.dtype, family, &devices[0]));
+    fp.set("device", &kinds[0])
+        .set(
+            "dtype",
+            format!(
+                "{} (DNABERT), {} (ESM)",
+                dtype(ModelFamily::DnaBert),
+                dtype(ModelFamily::Esm)
+            ),
+        )
+        .set("attention", crate::kernels::attention_impl())
+        .set(
+            "--batch-tokens",
+            req.batch_tokens
+                .map_or_else(|| "device default".into(), |b| b.to_string()),
+        )
+        .set("--esm-token-dropout", req.esm_token_dropout)
+        .set("chunk length", req.chunk_len);
+    req.output_options().add_to(&mut fp);
+
+    // The inputs, and the cut into units that follows from their sizes.
+    RecordReader::new(&req.inputs)?; // every file opens: fail before the slow part
+    let sizes = req
+        .inputs
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into());
+            match total_input_bytes(std::slice::from_ref(p)) {
+                Ok(Some(n)) => Ok(format!("{name} ({n} bytes)")),
+                Ok(None) => Ok("<stdin>".to_string()),
+                Err(e) => Err(e),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rule = UnitRule::for_inputs(&req.inputs)?;
+    fp.set("inputs", sizes.join(", "))
+        .set("bases per work unit", rule.max_bases)
+        .set(
+            SHARD_KEY,
+            req.shard.map_or_else(|| "none".into(), |s| s.to_string()),
+        );
+    Ok(Setup {
+        devices,
+        dnabert,
+        esm,
+        fingerprint: fp,
+        rule,
+    })
+}
+
+/// Loads the models on every device (in parallel: each copy is read from disk on its own).
+fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models>> {
     let options = LoadOptions {
         esm_token_dropout: req.esm_token_dropout,
     };
-    let dnabert = random_embedding_model(
-        RandomModel::DnaBertS,
-        Some(&req.dnabert),
-        device,
-        req.dtype,
-        &options,
-    )?;
-    let esm = random_embedding_model(protein, None, device, req.dtype, &options)?;
-    let classifier = random_classifier(dnabert.hidden_size + esm.hidden_size, device)?;
-    let models = Models {
-        dnabert,
-        esm,
-        classifier,
-        device: device.clone(),
+    let load_one = |device: &Device| -> anyhow::Result<Models> {
+        let (dnabert, esm, classifier) = match (&setup.dnabert, &setup.esm) {
+            (Some(d), Some(e)) => {
+                let dnabert = load_from_files(d.clone(), device, req.dtype, &options)
+                    .with_context(|| {
+                        format!("cannot load the nucleotide model `{}`", req.dnabert)
+                    })?;
+                let esm = load_from_files(e.clone(), device, req.dtype, &options)
+                    .with_context(|| format!("cannot load the protein model `{}`", req.esm))?;
+                let classifier = Classifier::load(&req.classifier, device).with_context(|| {
+                    format!("cannot load the classifier {}", req.classifier.display())
+                })?;
+                (dnabert, esm, classifier)
+            }
+            _ => {
+                let protein = req.random_weights.expect("random weights");
+                let dnabert = random_embedding_model(
+                    RandomModel::DnaBertS,
+                    Some(&req.dnabert),
+                    device,
+                    req.dtype,
+                    &options,
+                )?;
+                let esm = random_embedding_model(protein, None, device, req.dtype, &options)?;
+                let classifier = random_classifier(dnabert.hidden_size + esm.hidden_size, device)?;
+                (dnabert, esm, classifier)
+            }
+        };
+        tracing::info!(
+            "models: {} ({}, {:?}) + {} ({}, {:?}) -> classifier {} ({} inputs) on {}",
+            req.dnabert,
+            dnabert.hidden_size,
+            dnabert.dtype,
+            req.esm,
+            esm.hidden_size,
+            esm.dtype,
+            if req.random_weights.is_some() {
+                "random".to_string()
+            } else {
+                req.classifier.display().to_string()
+            },
+            classifier.input_dim(),
+            device_name(device)
+        );
+        Ok(Models {
+            dnabert,
+            esm,
+            classifier,
+            device: device.clone(),
+        })
     };
-    Ok((models, reader))
+    if setup.devices.len() == 1 {
+        return Ok(vec![load_one(&setup.devices[0])?]);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = setup
+            .devices
+            .iter()
+            .map(|d| s.spawn(|| load_one(d)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("model loading panicked")))
+            })
+            .collect()
+    })
 }
 
 /// A classifier of the published shape (hidden 512) with seeded random weights.
@@ -435,106 +811,293 @@ fn random_classifier(input: usize, device: &Device) -> anyhow::Result<Classifier
     Classifier::from_tensors(tensors, Default::default())
 }
 
-/// Runs the whole pipeline; outputs appear in `out_dir` only when everything succeeded.
+/// Runs the whole pipeline; outputs appear in `out_dir` only when everything succeeded. An
+/// interrupted run leaves its journal there: the same request again resumes it.
 pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
-    run_in_units(req, None)
-}
-
-/// [`run`] with work units of `unit_bases` bases instead of the device's default (for tests).
-fn run_in_units(req: &PredictRequest, unit_bases: Option<usize>) -> anyhow::Result<PredictReport> {
     let started = Instant::now();
-    if req.chunk_len == 0 {
-        bail!("--chunk-len must be at least 1");
+    let mut setup = set_up(req)?;
+
+    // A shard reads the whole input first: the shares are cut from every unit's size.
+    let shard = match req.shard {
+        Some(spec) => {
+            let t = Instant::now();
+            let plan = UnitPlan::read(RecordReader::new(&req.inputs)?, setup.rule)?;
+            if plan.records == 0 {
+                bail!(
+                    "no sequence records in {}: nothing to predict",
+                    inputs_list(&req.inputs)
+                );
+            }
+            let assignment = plan.shards(spec.count);
+            let mine: Vec<u64> = plan
+                .units
+                .iter()
+                .zip(&assignment)
+                .filter(|(_, &a)| a + 1 == spec.index)
+                .map(|(u, _)| u.index)
+                .collect();
+            tracing::info!(
+                "shard {spec}: {} of {} work units ({} records, {} bases in all; input read in {:.1} s)",
+                mine.len(),
+                plan.units.len(),
+                plan.records,
+                plan.bases,
+                t.elapsed().as_secs_f64()
+            );
+            setup.fingerprint.set(
+                "input content",
+                format!("{} work units, xxh3:{:016x}", plan.units.len(), plan.hash()),
+            );
+            Some((spec, plan, assignment))
+        }
+        None => None,
+    };
+
+    crate::output::atomic::create_output_dir(&req.out_dir).with_context(|| {
+        format!(
+            "cannot create the output directory {}",
+            req.out_dir.display()
+        )
+    })?;
+    let (mut journal, opened) = Journal::open(&req.out_dir, &setup.fingerprint, req.restart)?;
+    // The directory is ours now (the journal is locked): what a killed run left half-written
+    // goes.
+    crate::output::atomic::remove_stale_temps(&req.out_dir, &crate::output::units::OUTPUT_FILES);
+    if opened.discarded {
+        tracing::warn!(
+            "--restart: discarded the journal of an earlier run in {}",
+            req.out_dir.display()
+        );
     }
-    if !(0.0..=1.0).contains(&req.min_viral_fraction) {
-        bail!(
-            "--min-viral-fraction must be between 0 and 1, not {}",
-            req.min_viral_fraction
+    if let Some(at) = opened.torn_at {
+        tracing::warn!(
+            "the journal {} ended in an incomplete entry (byte {at}), as after a crash or power \
+             cut: that unit is computed again",
+            journal.path().display()
+        );
+    }
+    if opened.units > 0 {
+        tracing::info!(
+            "resuming: {} work units finished by an earlier run are reused from {}",
+            opened.units,
+            journal.path().display()
         );
     }
 
-    let device = select_device(req.device)?;
-    let (models, reader) = match req.random_weights {
-        None => load_checked(req, &device)?,
-        Some(kind) => load_random(req, kind, &device)?,
-    };
-    let load_seconds = started.elapsed().as_secs_f64();
-
-    // 4. Stream.
-    let mut outputs = Outputs::create(&req.out_dir, req.keep_frames, req.min_viral_fraction)?;
-    let batch_bases = unit_bases.unwrap_or(if device.is_cpu() {
-        BATCH_BASES_CPU
-    } else {
-        BATCH_BASES_GPU
-    });
-    let chunk_len = req.chunk_len;
-    let (sender, receiver) = sync_channel::<anyhow::Result<Vec<RecordFrames>>>(QUEUE_DEPTH);
-    let mut batches = RecordBatches::spawn(reader, batch_bases);
-    let translator = std::thread::Builder::new()
-        .name("translate".into())
-        .spawn(move || {
-            for batch in batches.by_ref() {
-                let item = batch.map(|records| translate_batch(&records, chunk_len));
-                let failed = item.is_err();
-                if sender.send(item).is_err() || failed {
-                    return 0;
-                }
+    let (mut report, out) = match execute(req, &setup, shard.as_ref(), &mut journal, started) {
+        Ok(done) => done,
+        Err(e) => {
+            // Finished units stay for a rerun; a journal without any is not left behind.
+            if journal.is_empty() {
+                let _ = journal.remove();
             }
-            batches.empty_skipped()
-        })
-        .context("cannot start the translation thread")?;
-
-    // The device must never wait for the host between work units. Per unit received: tokenize
-    // it (host work while the device still runs the previous unit), collect the previous unit
-    // (waiting for the device), launch this one, then write the previous unit's results while
-    // the device runs. Launching before collecting would not help: the copy of the previous
-    // results would queue behind the new unit's work on the device's single stream.
-    let progress = progress_bar(req.progress);
-    let mut report = PredictReport::default();
-    let mut in_flight: Option<(Vec<RecordFrames>, PendingScores<'_>)> = None;
-    for work in receiver.iter() {
-        let next = work.and_then(|records| {
-            let prepared = models.prepare(&frames_of(&records), req.batch_tokens)?;
-            Ok((records, prepared))
-        });
-        // The previous unit's errors come first, as when units ran one after another.
-        let done = match in_flight.take() {
-            Some((records, pending)) => Some((records, pending.finish()?)),
-            None => None,
-        };
-        let (records, prepared) = next?;
-        in_flight = Some((records, models.launch(prepared)?));
-        if let Some((records, scores)) = done {
-            write_unit(&records, &scores, &mut outputs, &mut report, req)?;
-            show_progress(&progress, &report, started);
+            return Err(e);
+        }
+    };
+    match shard {
+        Some((spec, plan, assignment)) => {
+            let seal = ShardSeal {
+                shard: spec,
+                units: plan
+                    .units
+                    .iter()
+                    .zip(&assignment)
+                    .filter(|(_, &a)| a + 1 == spec.index)
+                    .map(|(u, _)| u.index)
+                    .collect(),
+                plan: plan.units,
+            };
+            out.commit()?;
+            journal.seal(&seal)?;
+        }
+        None => {
+            out.commit()?;
+            journal.remove()?;
         }
     }
-    if let Some((records, pending)) = in_flight.take() {
-        let scores = pending.finish()?;
-        write_unit(&records, &scores, &mut outputs, &mut report, req)?;
-        show_progress(&progress, &report, started);
-    }
-    report.empty_skipped = translator
-        .join()
-        .map_err(|_| anyhow::anyhow!("the translation thread failed"))?;
-    progress.finish_and_clear();
-    if report.records == 0 {
-        bail!(
-            "no sequence records in {}: nothing to predict",
-            req.inputs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    outputs.commit()?;
     report.seconds = started.elapsed().as_secs_f64();
-    report.load_seconds = load_seconds;
     Ok(report)
 }
 
-/// The frames of a work unit, in order.
+type ShardPlan = (ShardSpec, UnitPlan, Vec<u32>);
+
+/// Loads the models and runs every unit through the devices into the output files (not yet
+/// committed).
+fn execute(
+    req: &PredictRequest,
+    setup: &Setup,
+    shard: Option<&ShardPlan>,
+    journal: &mut Journal,
+    started: Instant,
+) -> anyhow::Result<(PredictReport, Assembler)> {
+    let models = load_models(req, setup)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+
+    // The back-off an interrupted run had reached, so that units come out as they would have.
+    let budget = Arc::new(Budget {
+        requested: req.batch_tokens,
+        halvings: AtomicU32::new(u32::try_from(journal.most_halvings()).unwrap_or(u32::MAX)),
+        announced: AtomicU32::new(0),
+    });
+    let output = req.output_options();
+    let workers: Vec<DeviceWorker> = models
+        .into_iter()
+        .enumerate()
+        .map(|(i, models)| DeviceWorker {
+            models,
+            budget: budget.clone(),
+            output,
+            fail_at: injected_failure(i),
+        })
+        .collect();
+    let n_devices = workers.len();
+
+    // Reader + translation: units in input order, finished ones marked as such.
+    let reader = RecordReader::new(&req.inputs)?;
+    let bytes_read = reader.bytes_read();
+    let total_bytes = total_input_bytes(&req.inputs)?;
+    let journal_units: std::collections::HashMap<u64, UnitId> = journal_ids(journal);
+    let mine = shard.as_ref().map(|(spec, plan, assignment)| {
+        let ids: Vec<Option<UnitId>> = plan
+            .units
+            .iter()
+            .zip(assignment)
+            .map(|(u, &a)| (a + 1 == spec.index).then_some(*u))
+            .collect();
+        ids
+    });
+    let chunk_len = req.chunk_len;
+    let rule = setup.rule;
+    let (items_tx, items) = bounded(AHEAD_PER_DEVICE * n_devices);
+    let empty_skipped = Arc::new(AtomicU64::new(0));
+    let empty_seen = empty_skipped.clone();
+    let inputs_for_errors = inputs_list(&req.inputs);
+    let producer = std::thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || {
+            let mut units = UnitReader::new(reader, rule);
+            for unit in units.by_ref() {
+                let item = unit.map_err(anyhow::Error::from).and_then(|unit| {
+                    classify_unit(
+                        unit,
+                        mine.as_deref(),
+                        &journal_units,
+                        chunk_len,
+                        &inputs_for_errors,
+                    )
+                });
+                let stop = item.is_err();
+                match item {
+                    Ok(None) => continue,
+                    Ok(Some(item)) => {
+                        if items_tx.send(Ok(item)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = items_tx.send(Err(e));
+                    }
+                }
+                if stop {
+                    return;
+                }
+            }
+            empty_seen.store(units.empty_skipped(), Ordering::Relaxed);
+        })
+        .context("cannot start the reader thread")?;
+
+    let progress = Progress::new(req.progress, total_bytes, bytes_read, started);
+    let mut writer = RunWriter {
+        journal,
+        out: Assembler::create(&req.out_dir, &output)?,
+        report: PredictReport::default(),
+        progress,
+    };
+    let schedule = scheduler::run(items, workers, AHEAD_PER_DEVICE * n_devices, &mut writer);
+    let producer_ok = producer.join().is_ok();
+    let scheduled = schedule?;
+    if !producer_ok {
+        bail!("the input reader thread failed");
+    }
+    let RunWriter {
+        out,
+        mut report,
+        progress,
+        ..
+    } = writer;
+    progress.finish();
+    report.failed_devices = scheduled.failed_workers;
+    report.empty_skipped = empty_skipped.load(Ordering::Relaxed);
+    if shard.is_none() && report.records == 0 {
+        bail!(
+            "no sequence records in {}: nothing to predict",
+            inputs_list(&req.inputs)
+        );
+    }
+    report.load_seconds = load_seconds;
+    Ok((report, out))
+}
+
+fn journal_ids(journal: &Journal) -> std::collections::HashMap<u64, UnitId> {
+    journal.units().map(|e| (e.unit.index, e.unit)).collect()
+}
+
+/// What the reader does with a unit: skip it (another shard's), take it from the journal, or
+/// translate it for a device. A unit the journal holds with other records means the input
+/// changed since the journal was written: never mixed, an error.
+fn classify_unit(
+    unit: Unit,
+    mine: Option<&[Option<UnitId>]>,
+    journal: &std::collections::HashMap<u64, UnitId>,
+    chunk_len: usize,
+    inputs: &str,
+) -> anyhow::Result<Option<Item<UnitJob, UnitResult>>> {
+    let id = unit.id();
+    if let Some(mine) = mine {
+        match mine.get(id.index as usize) {
+            Some(Some(planned)) if *planned == id => {}
+            Some(None) => return Ok(None),
+            _ => bail!(
+                "{inputs} changed while this shard ran (work unit {} no longer holds the records \
+                 it held when the input was first read); rerun when the input stays put",
+                id.index
+            ),
+        }
+    }
+    if let Some(done) = journal.get(&id.index) {
+        if *done != id {
+            return Err(input_changed(inputs, done, &unit));
+        }
+        return Ok(Some(Item::Ready(UnitResult::InJournal(id.index))));
+    }
+    let frames = translate_batch(&unit.records, chunk_len);
+    Ok(Some(Item::Compute(UnitJob {
+        unit: id,
+        records: unit.records,
+        frames,
+    })))
+}
+
+fn input_changed(inputs: &str, done: &UnitId, unit: &Unit) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{inputs} changed since the interrupted run: its records {}..{} (from `{}`) differ from \
+         those the journal holds, so its results cannot be reused; rerun with the original \
+         input, or add --restart to start over",
+        done.first_record + 1,
+        done.first_record + done.records,
+        unit.records.first().map_or("", |r| r.id.as_str())
+    )
+}
+
+fn inputs_list(inputs: &[PathBuf]) -> String {
+    inputs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The frames of a unit's records, in order.
 fn frames_of(records: &[RecordFrames]) -> Vec<&Frame> {
     records
         .iter()
@@ -542,165 +1105,122 @@ fn frames_of(records: &[RecordFrames]) -> Vec<&Frame> {
         .collect()
 }
 
-/// Writes a scored work unit: per frame to the results (and frame FASTA files), per record to
-/// the summary; `scores` are those of [`frames_of`]`(records)`, in order.
-fn write_unit(
-    records: &[RecordFrames],
-    scores: &[[f32; 2]],
-    outputs: &mut Outputs,
-    report: &mut PredictReport,
-    req: &PredictRequest,
-) -> anyhow::Result<()> {
-    let frames = frames_of(records);
-    if frames.len() != scores.len() {
-        bail!(
-            "{} scores for {} frames in a work unit",
-            scores.len(),
-            frames.len()
-        );
-    }
-    let scores: Vec<FrameScore> = frames
-        .iter()
-        .zip(scores)
-        .map(|(f, p)| FrameScore {
-            id: f.id.clone(),
-            score1: p[0],
-            score2: p[1],
-        })
-        .collect();
-    let mut scores = scores.as_slice();
-    for record in records {
-        let n = record.frame_count();
-        let (mine, rest) = scores.split_at(n);
-        scores = rest;
-        for s in mine {
-            outputs.results.write(s)?;
-            outputs.highest.add(s);
+/// The scheduler's handler: journal every finished unit at once, write units in order.
+struct RunWriter<'a> {
+    journal: &'a mut Journal,
+    out: Assembler,
+    report: PredictReport,
+    progress: Progress,
+}
+
+impl Handler<UnitResult> for RunWriter<'_> {
+    fn computed(&mut self, _pos: u64, out: &UnitResult) -> anyhow::Result<()> {
+        if let UnitResult::Computed(unit) = out {
+            self.journal.append(unit)?;
         }
-        if let Some(w) = outputs.frames.as_mut() {
-            for frame in record.chunks.iter().flat_map(|c| c.frames.iter()) {
-                w.write_frame(frame)?;
+        Ok(())
+    }
+
+    fn in_order(&mut self, _pos: u64, out: UnitResult) -> anyhow::Result<()> {
+        let unit = match out {
+            UnitResult::Computed(unit) => *unit,
+            UnitResult::InJournal(index) => {
+                let unit = self.journal.read(index)?;
+                self.report.reused_units += 1;
+                self.report.reused_frames += unit.counts.frames;
+                unit
             }
-        }
-        let summary = RecordSummary::from_scores(&record.id, record.len, record.chunks.len(), mine);
-        outputs.summary.write(&summary)?;
-        report.records += 1;
-        report.chunks += record.chunks.len() as u64;
-        report.frames += n as u64;
-        if n == 0 {
-            report.records_without_frames += 1;
-        }
-        if summary.call(req.min_viral_fraction) == "virus" {
-            report.virus_records += 1;
-        }
-    }
-    Ok(())
-}
-
-fn show_progress(progress: &ProgressBar, report: &PredictReport, started: Instant) {
-    progress.set_message(format!(
-        "{} records, {} frames ({:.0} frames/s)",
-        report.records,
-        report.frames,
-        report.frames as f64 / started.elapsed().as_secs_f64().max(1e-9)
-    ));
-    progress.tick();
-}
-
-fn progress_bar(show: bool) -> ProgressBar {
-    if !show || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    bar
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rows(path: &Path) -> Vec<Vec<String>> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| l.split('\t').map(str::to_string).collect())
-            .collect()
-    }
-
-    /// Many small work units (each record alone, some without frames) go through the pipelined
-    /// loop and give the rows of one unit holding everything, in the same order.
-    #[test]
-    fn results_do_not_depend_on_the_work_units() {
-        let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/oracle");
-        let tmp = tempfile::tempdir().unwrap();
-        // A record with a stop codon in all six frames (a unit without frames), then another.
-        let extra = tmp.path().join("extra.fa");
-        std::fs::write(
-            &extra,
-            ">no_frames\nCATGCGGGTGTGCACGCCACTAAGACGAAACCTAGTGCCTCTTGCTAGTCATTATTAGTA\n\
-             >after\nACGTTGCAAGGCTTACCGGATCGATCGGCTAGCTTAGGCATCGATCGGATCGACGGCATCGCGATCGCATT\n",
-        )
-        .unwrap();
-        let request = |out: &str| PredictRequest {
-            inputs: vec![oracle.join("inputs/genomes.fa"), extra.clone()],
-            chunk_len: 60,
-            classifier: oracle.join("classifier/model_full.pth"),
-            dnabert: oracle.join("dnabert").display().to_string(),
-            esm: oracle.join("fastesm").display().to_string(),
-            out_dir: tmp.path().join(out),
-            device: DeviceSpec::Cpu,
-            dtype: DTypeSpec::F32,
-            batch_tokens: None,
-            esm_token_dropout: TokenDropout::default(),
-            keep_frames: true,
-            min_viral_fraction: 0.5,
-            strict: false,
-            progress: false,
-            random_weights: None,
         };
-        let whole = run_in_units(&request("whole"), Some(usize::MAX)).unwrap();
-        let units = run_in_units(&request("units"), Some(1)).unwrap();
-        assert!(
-            whole.records > 2 && whole.records_without_frames > 0,
-            "{whole}"
+        self.out.push(&unit)?;
+        self.report.units += 1;
+        self.report.add(&unit.counts);
+        self.progress.update(&self.report);
+        Ok(())
+    }
+}
+
+/// Progress: a bar on a terminal (share of the input read, frames/s, ETA, reused units), a log
+/// line every minute otherwise.
+struct Progress {
+    bar: ProgressBar,
+    log: bool,
+    last_log: Instant,
+    started: Instant,
+    total_bytes: Option<u64>,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new(
+        show: bool,
+        total_bytes: Option<u64>,
+        bytes_read: Arc<AtomicU64>,
+        started: Instant,
+    ) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if show && terminal {
+            let bar = match total_bytes {
+                Some(n) => ProgressBar::new(n).with_style(
+                    ProgressStyle::with_template(
+                        "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% ETA {eta} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ),
+                None => ProgressBar::new_spinner().with_style(
+                    ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ),
+            };
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress {
+            bar,
+            log: show && !terminal,
+            last_log: Instant::now(),
+            started,
+            total_bytes,
+            bytes_read,
+        }
+    }
+
+    fn update(&mut self, r: &PredictReport) {
+        let read = self.bytes_read.load(Ordering::Relaxed);
+        let rate =
+            (r.frames - r.reused_frames) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let reused = if r.reused_units > 0 {
+            format!(", {} units reused", r.reused_units)
+        } else {
+            String::new()
+        };
+        let msg = format!(
+            "{} records, {} frames ({rate:.0} frames/s{reused})",
+            r.records, r.frames
         );
-        for (a, b) in [
-            (whole.records, units.records),
-            (whole.chunks, units.chunks),
-            (whole.frames, units.frames),
-            (whole.records_without_frames, units.records_without_frames),
-            (whole.virus_records, units.virus_records),
-        ] {
-            assert_eq!(a, b, "{whole} vs {units}");
+        if self.total_bytes.is_some() {
+            self.bar.set_position(read);
         }
-        for file in [
-            HIGHEST_SCORE_FILE,
-            "identified_nucleotide.fa",
-            "identified_protein.faa",
-        ] {
-            let read = |dir: &str| std::fs::read_to_string(tmp.path().join(dir).join(file));
-            assert_eq!(read("whole").unwrap(), read("units").unwrap(), "{file}");
-        }
-        for file in [RESULTS_FILE, SUMMARY_FILE] {
-            let a = rows(&tmp.path().join("whole").join(file));
-            let b = rows(&tmp.path().join("units").join(file));
-            assert_eq!(a.len(), b.len(), "{file}");
-            for (x, y) in a.iter().zip(&b) {
-                // Other batches, other padding: scores may differ in the last digits only.
-                assert_eq!(x[0], y[0], "{file}: order");
-                assert_eq!(x.len(), y.len(), "{file}");
-                for (u, v) in x.iter().zip(y) {
-                    match (u.parse::<f64>(), v.parse::<f64>()) {
-                        (Ok(u), Ok(v)) => assert!((u - v).abs() <= 1e-5, "{file}: {x:?} {y:?}"),
-                        _ => assert_eq!(u, v, "{file}"),
-                    }
+        self.bar.set_message(msg.clone());
+        if self.log && self.last_log.elapsed() >= LOG_PROGRESS_EVERY {
+            self.last_log = Instant::now();
+            match self.total_bytes.filter(|&t| t > 0) {
+                Some(total) => {
+                    let done = read as f64 / total as f64;
+                    let eta = self.started.elapsed().as_secs_f64() * (1.0 - done) / done.max(1e-9);
+                    tracing::info!(
+                        "progress: {:.1}% of the input, {msg}, about {:.0} min left",
+                        100.0 * done,
+                        eta / 60.0
+                    );
                 }
+                None => tracing::info!("progress: {msg}"),
             }
         }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 }

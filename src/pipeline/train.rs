@@ -217,7 +217,7 @@ impl EvalMlp {
     fn predict_proba(&self, features: &[f32]) -> Result<Vec<[f32; 2]>> {
         let d = self.input_dim;
         ensure!(
-            features.len() % d == 0,
+            features.len().is_multiple_of(d),
             "{} feature values are not whole rows of {d}",
             features.len()
         );
