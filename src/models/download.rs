@@ -184,6 +184,15 @@ impl Cache {
         })
     }
 
+    /// A cache that is never used (local files need none): offline, no directory.
+    pub(crate) fn unused() -> Cache {
+        Cache {
+            dir: PathBuf::new(),
+            offline: true,
+            progress: false,
+        }
+    }
+
     /// Where the file of `url` with `digest` lives in the cache (whether it is there or not).
     pub fn path_for(&self, url: &str, digest: &Digest) -> PathBuf {
         self.dir.join(digest.dir_name()).join(file_name_of(url))
@@ -219,13 +228,11 @@ impl Cache {
         }
         if self.offline {
             bail!(
-                "{} is not in virnucpro's cache and VIRNUCPRO_OFFLINE or HF_HUB_OFFLINE is set, so \
-                 it is not downloaded from {url}; on a machine with network access download it \
-                 (e.g. `curl -L -o {name} '{url}'`, or run `virnucpro presets --fetch NAME` there \
-                 and copy {cache}), then put it at {path} (its {algorithm} must be {hex})",
-                file_name_of(url),
+                "{name} is not in virnucpro's cache and VIRNUCPRO_OFFLINE or HF_HUB_OFFLINE is \
+                 set, so it is not downloaded from {url}; download it on a machine with network \
+                 access (e.g. `curl -L -o {name} '{url}'`) and put it at {path} (its {algorithm} \
+                 must be {hex})",
                 name = file_name_of(url),
-                cache = self.dir.display(),
                 path = path.display(),
                 algorithm = digest.algorithm(),
                 hex = digest.hex(),

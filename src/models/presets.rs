@@ -120,17 +120,23 @@ pub fn builtin_presets() -> Vec<Preset> {
         .collect()
 }
 
-/// One line per built-in preset, for `--help`.
+/// One line per built-in preset, for `--help` (short lines: clap wraps at 100 columns).
 pub fn builtin_help() -> String {
     let mut s = String::new();
     for p in builtin_presets() {
+        let file = match &p.classifier {
+            ClassifierSource::Url { url, .. } => super::download::file_name_of(url),
+            ClassifierSource::File { path, .. } => path.display().to_string(),
+        };
         let _ = writeln!(
             s,
-            "  {:<15} --chunk-len {} --dnabert {} --esm {}, classifier {} (downloaded once, \
-             verified)",
-            p.name, p.chunk_len, p.dnabert, p.esm, p.classifier
+            "  {:<14} {}-bp chunks: {} + {} + {file}",
+            p.name, p.chunk_len, p.dnabert, p.esm
         );
     }
+    s.push_str(
+        "  The classifiers are downloaded once from github.com/Li-Jing-1997/VirNucPro, verified.\n",
+    );
     s
 }
 
@@ -322,18 +328,19 @@ impl PresetTable {
         if let Some(p) = self.presets.iter().find(|p| p.name == name) {
             return Ok(p);
         }
+        let file = match &self.file {
+            Some((p, true)) => format!(" (built in, and from {})", p.display()),
+            Some((p, false)) => format!(
+                " (built in; there is no presets file at {}: add yours there or pass --presets \
+                 FILE)",
+                p.display()
+            ),
+            None => String::new(),
+        };
         bail!(
-            "there is no preset `{name}`; the presets are {}{} (`virnucpro presets` lists them)",
-            self.names(),
-            match &self.file {
-                Some((p, true)) => format!(" (built in, and from {})", p.display()),
-                Some((p, false)) => format!(
-                    " (built in; there is no presets file at {}: add yours there or pass \
-                     --presets FILE)",
-                    p.display()
-                ),
-                None => String::new(),
-            }
+            "there is no preset `{name}`; the presets are {}{file}; `virnucpro presets` lists \
+             them",
+            self.names()
         )
     }
 
@@ -496,9 +503,20 @@ pub fn classifier_path(
         .map(|n| format!("the classifier of preset `{n}`"))
         .unwrap_or_else(|| "the classifier".into());
     match source {
-        ClassifierSource::Url { url, digest } => cache
-            .fetch(url, digest)
-            .with_context(|| format!("cannot get {whose}")),
+        ClassifierSource::Url { url, digest } => cache.fetch(url, digest).map_err(|e| {
+            let mut msg = format!("cannot get {whose}: {e:#}");
+            if let Some(name) = preset.filter(|_| cache.offline) {
+                let _ = write!(
+                    msg,
+                    "; or run `virnucpro presets --fetch {name}` on a machine with network \
+                     access and copy its download cache to {}; or, instead of --preset, pass \
+                     the classifier file with --classifier FILE (and --dnabert, --esm, \
+                     --chunk-len)",
+                    cache.dir.display()
+                );
+            }
+            anyhow::anyhow!(msg)
+        }),
         ClassifierSource::File { path, digest } => {
             if let Some(digest) = digest {
                 let actual = digest
@@ -521,18 +539,37 @@ pub fn classifier_path(
 }
 
 /// Resolves `choice` against the presets (built in and `presets_file`, see
-/// [`PresetTable::load`]), fetching a preset's classifier into `cache` when needed.
-/// `classifier_required`: a command that scores (`predict`) fails here, with the list of
-/// presets, when neither `--classifier` nor `--preset` is given.
+/// [`PresetTable::load`]), fetching a preset's classifier into the cache of the environment
+/// ([`Cache::from_env`], looked up only when a download is needed). `classifier_required`: a
+/// command that scores (`predict`) fails here, with the list of presets, when neither
+/// `--classifier` nor `--preset` is given. `progress`: a download progress bar on a terminal.
 pub fn resolve(
     choice: &ModelChoice,
     presets_file: Option<&Path>,
-    cache: &Cache,
     classifier_required: bool,
+    progress: bool,
 ) -> anyhow::Result<Resolved> {
-    let needs_table = choice.preset.is_some() || classifier_required || presets_file.is_some();
-    let table = if needs_table {
+    resolve_with(choice, presets_file, classifier_required, &|| {
+        Cache::from_env(progress)
+    })
+}
+
+/// [`resolve`] with the cache given by `cache` (called only when a URL classifier is needed).
+pub fn resolve_with(
+    choice: &ModelChoice,
+    presets_file: Option<&Path>,
+    classifier_required: bool,
+    cache: &dyn Fn() -> anyhow::Result<Cache>,
+) -> anyhow::Result<Resolved> {
+    // The presets file is read only when it matters: a run with --classifier never fails on it.
+    let table = if choice.preset.is_some() || presets_file.is_some() {
         PresetTable::load(presets_file)?
+    } else if classifier_required && choice.classifier.is_none() {
+        // Only to list the presets in the error below.
+        PresetTable::load(None).unwrap_or_else(|e| {
+            tracing::warn!("{e:#}");
+            PresetTable::builtin()
+        })
     } else {
         PresetTable::builtin()
     };
@@ -545,7 +582,10 @@ pub fn resolve(
     let classifier = applied
         .classifier
         .as_ref()
-        .map(|c| classifier_path(c, name, cache))
+        .map(|c| match c {
+            ClassifierSource::Url { .. } => classifier_path(c, name, &cache()?),
+            ClassifierSource::File { .. } => classifier_path(c, name, &Cache::unused()),
+        })
         .transpose()?;
     if let Some(p) = &applied.preset {
         tracing::info!(
@@ -568,6 +608,17 @@ pub fn resolve(
         chunk_len: applied.chunk_len,
         esm_token_dropout: applied.esm_token_dropout,
     })
+}
+
+impl Resolved {
+    /// The chunk length, or an error saying it is needed.
+    pub fn require_chunk_len(&self) -> anyhow::Result<usize> {
+        self.chunk_len.context(
+            "--chunk-len N is required with --classifier: the chunk length the classifier was \
+             trained for (300 or 500 for the published ones; `virnucpro train` also writes it \
+             into STEM.preset.toml beside the classifier); or use --preset NAME, which sets it",
+        )
+    }
 }
 
 /// Whether a preset's classifier is available without the network, for `virnucpro presets`.
@@ -593,6 +644,96 @@ pub fn availability(preset: &Preset, cache: &Cache) -> Availability {
         }
         ClassifierSource::File { path, .. } => Availability::Missing(path.clone()),
     }
+}
+
+/// `virnucpro presets`: an aligned table (name, chunk length, models, classifier source, whether
+/// it is cached and where) and lines saying where the cache and the presets file are.
+pub fn render_table(table: &PresetTable, cache: Option<&Cache>) -> String {
+    let mut rows: Vec<[String; 7]> = vec![[
+        "NAME".into(),
+        "CHUNK_LEN".into(),
+        "DNABERT".into(),
+        "ESM".into(),
+        "CACHED".into(),
+        "CLASSIFIER".into(),
+        "PATH".into(),
+    ]];
+    for p in table.all() {
+        let (cached, path) = match cache.map(|c| availability(p, c)) {
+            Some(Availability::Present(path)) => (
+                match p.classifier {
+                    ClassifierSource::Url { .. } => "yes",
+                    ClassifierSource::File { .. } => "local",
+                },
+                path.display().to_string(),
+            ),
+            Some(Availability::NotCached(path)) => ("no", path.display().to_string()),
+            Some(Availability::Missing(path)) => ("MISSING", path.display().to_string()),
+            None => ("?", String::new()),
+        };
+        rows.push([
+            p.name.clone(),
+            p.chunk_len.to_string(),
+            p.dnabert.clone(),
+            p.esm.clone(),
+            cached.into(),
+            p.classifier.to_string(),
+            path,
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    match cache {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "\ndownload cache: {}{}",
+                c.dir.display(),
+                if c.offline {
+                    " (offline: VIRNUCPRO_OFFLINE or HF_HUB_OFFLINE is set)"
+                } else {
+                    ""
+                }
+            );
+        }
+        None => out
+            .push_str("\ndownload cache: unknown (set VIRNUCPRO_CACHE, XDG_CACHE_HOME or HOME)\n"),
+    }
+    match table.file() {
+        Some((path, true)) => {
+            let _ = writeln!(out, "presets file: {}", path.display());
+        }
+        Some((path, false)) => {
+            let _ = writeln!(
+                out,
+                "presets file: none at {} (docs/FORMATS.md, \"Presets file\", says how to write one)",
+                path.display()
+            );
+        }
+        None => {}
+    }
+    out.push_str(
+        "Use one with `virnucpro predict --preset NAME INPUT... --out-dir DIR`; the models come \
+         from the Hugging Face cache (downloaded on first use unless offline).\n",
+    );
+    out
 }
 
 /// The presets-file table `virnucpro train` writes next to a classifier it made: models and
