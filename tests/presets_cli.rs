@@ -151,7 +151,7 @@ fn download_is_verified_cached_and_not_repeated() {
             .join("clf.pth")
     );
     // Only the file: no temporary left beside it.
-    assert_eq!(files_under(tmp.path()), [path.clone()]);
+    assert_eq!(files_under(tmp.path()), std::slice::from_ref(&path));
 
     // Cached: no request.
     assert_eq!(c.fetch(&url, &digest).unwrap(), path);

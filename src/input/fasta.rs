@@ -637,7 +637,9 @@ mod tests {
         let path = dir.path().join("p.faa");
         std::fs::write(&path, b">ubq\nMQIFVKTLTG\n>x\nACGT\n").unwrap();
         // The first record is read by the constructor.
-        let err = RecordReader::new(&[path.clone()]).err().unwrap();
+        let err = RecordReader::new(std::slice::from_ref(&path))
+            .err()
+            .unwrap();
         assert!(matches!(err, InputError::NotNucleotide { .. }), "{err}");
         let text = err.to_string();
         assert!(
@@ -665,7 +667,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.fa");
         std::fs::write(&path, b">a\nAC\n>a\nGG\n").unwrap();
-        let reader = RecordReader::new(&[path.clone()])
+        let reader = RecordReader::new(std::slice::from_ref(&path))
             .unwrap()
             .allow_duplicate_ids(true)
             .allow_duplicate_ids(false);
