@@ -114,6 +114,7 @@ fn cli_writes_model_log_and_evaluates_with_plots() {
         .assert()
         .success()
         .stdout(predicate::str::contains("best epoch"))
+        .stdout(predicate::str::contains("model.preset.toml"))
         .stderr(predicate::str::contains("val acc"));
 
     // The model is format v1 with provenance from the manifest and the training record.
@@ -148,6 +149,30 @@ fn cli_writes_model_log_and_evaluates_with_plots() {
     assert_eq!(
         lines.count(),
         training["epochs_run"].as_u64().unwrap() as usize
+    );
+
+    // A preset beside it names the models, the chunk length and the classifier with its hash.
+    let preset_file = tmp.path().join("model.preset.toml");
+    let text = fs::read_to_string(&preset_file).unwrap();
+    assert!(
+        text.contains("replace `classifier` by its http(s)"),
+        "{text}"
+    );
+    let presets = virnucpro::models::presets::parse_presets_file(&text, &preset_file).unwrap();
+    assert_eq!(presets.len(), 1);
+    let p = &presets[0];
+    assert_eq!(p.name, "model");
+    assert_eq!(
+        (p.dnabert.as_str(), p.esm.as_str(), p.chunk_len),
+        ("zhihan1996/DNABERT-S", "Synthyra/FastESM2_650", 300)
+    );
+    let sha = virnucpro::models::download::Digest::sha256_of_file(&model).unwrap();
+    assert_eq!(
+        p.classifier,
+        virnucpro::models::presets::ClassifierSource::File {
+            path: model.clone(),
+            digest: Some(sha)
+        }
     );
 
     // Evaluate it and a copy side by side, with plots.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+use virnucpro::models::presets::{self, ModelChoice};
 use virnucpro::pipeline::doctor::{self, DoctorOptions};
 
 /// Check the environment: build features, the GPU, your models and classifier (resolvable,
@@ -11,7 +12,7 @@ use virnucpro::pipeline::doctor::{self, DoctorOptions};
 /// and the fused kernel's speed-up (ENV-01..05). Stops at the first failure and says what to do.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  virnucpro doctor\n  virnucpro doctor --device cuda:1 --json doctor.json\n  virnucpro doctor --shapes 64x168,4x2048 --repeats 50\n  virnucpro doctor --device cpu --dnabert zhihan1996/DNABERT-S --esm Synthyra/FastESM2_650 --classifier my.safetensors"
+    after_help = "Examples:\n  virnucpro doctor\n  virnucpro doctor --device cuda:1 --json doctor.json\n  virnucpro doctor --shapes 64x168,4x2048 --repeats 50\n  virnucpro doctor --device cpu --dnabert zhihan1996/DNABERT-S --esm Synthyra/FastESM2_650 --classifier my.safetensors\n  virnucpro doctor --device cpu --preset virnucpro-500"
 )]
 pub struct Args {
     /// Device to check: cuda, cuda:N, or cpu (models and classifier only).
@@ -29,6 +30,8 @@ pub struct Args {
     /// Chunk length you will predict with (checked against the classifier's metadata).
     #[arg(long, value_name = "N", help_heading = "Models")]
     pub chunk_len: Option<usize>,
+    #[command(flatten)]
+    pub presets: super::PresetArgs,
     /// Batch x length shapes for the attention timing, comma-separated.
     #[arg(
         long,
@@ -77,13 +80,26 @@ fn parse_ordinal(device: &str) -> anyhow::Result<Option<usize>> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let ordinal = parse_ordinal(&args.device)?;
+    let models = presets::resolve(
+        &ModelChoice {
+            preset: args.presets.preset,
+            dnabert: args.dnabert,
+            esm: args.esm,
+            classifier: args.classifier,
+            chunk_len: args.chunk_len,
+            esm_token_dropout: None,
+        },
+        args.presets.presets.as_deref(),
+        false,
+        tracing::enabled!(tracing::Level::INFO),
+    )?;
     let opts = DoctorOptions {
         ordinal: ordinal.unwrap_or(0),
         cpu: ordinal.is_none(),
-        esm: args.esm,
-        dnabert: args.dnabert,
-        classifier: args.classifier,
-        chunk_len: args.chunk_len,
+        esm: models.esm,
+        dnabert: models.dnabert,
+        classifier: models.classifier,
+        chunk_len: models.chunk_len,
         shapes: args
             .shapes
             .iter()

@@ -14,6 +14,7 @@ mod merge;
 mod plot;
 mod predict;
 mod prepare;
+mod presets;
 mod train;
 
 #[derive(Parser, Debug)]
@@ -62,6 +63,7 @@ pub enum Command {
     Train(train::Args),
     Evaluate(evaluate::Args),
     Plot(plot::Args),
+    Presets(presets::Args),
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -80,6 +82,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Presets(a) => presets::run(a),
     }
 }
 
@@ -117,6 +120,22 @@ impl ComputeArgs {
         self.batch_tokens
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
+}
+
+/// `--preset` and `--presets`: shared by `predict` and `doctor`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PresetArgs {
+    /// A ready configuration: sets --dnabert, --esm, --classifier and --chunk-len (a flag that
+    /// contradicts it is an error). Built in: virnucpro-300 and virnucpro-500 (DNABERT-S +
+    /// ESM2-3B + the published VirNucPro classifiers, downloaded once and verified); more in the
+    /// presets file. `virnucpro presets` lists them.
+    #[arg(long, value_name = "NAME", help_heading = "Models")]
+    pub preset: Option<String>,
+
+    /// Presets file (TOML, one table per preset; docs/FORMATS.md). Default:
+    /// $XDG_CONFIG_HOME/virnucpro/presets.toml (~/.config/virnucpro/presets.toml), if it exists.
+    #[arg(long, value_name = "FILE", help_heading = "Models")]
+    pub presets: Option<std::path::PathBuf>,
 }
 
 /// `BATCHxLENGTH` (e.g. `512x168`) of `--shapes`-style options; `min_len` is the shortest length

@@ -6,25 +6,27 @@ use virnucpro::device::{DTypeSpec, DeviceList};
 use virnucpro::input::units::ShardSpec;
 use virnucpro::models::esm::TokenDropout;
 use virnucpro::models::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
+use virnucpro::models::presets::{self, ModelChoice};
 use virnucpro::pipeline::embed::RandomModel;
 use virnucpro::pipeline::predict::{self, PredictRequest};
 
 const EXAMPLES: &str = "\
 Examples:
-  # A FastESM2 classifier made with `virnucpro train`, default models from the Hugging Face cache:
-  virnucpro predict contigs.fa.gz --chunk-len 500 --classifier fastesm_500.safetensors --out-dir out/
+  # The published 500-bp classifier with its models (DNABERT-S + ESM2-3B), all fetched once:
+  virnucpro predict contigs.fa.gz --preset virnucpro-500 --out-dir out/ --device cuda
 
-  # The published 500-bp classifier (trained on ESM2-3B features):
-  virnucpro predict reads.fq.gz --chunk-len 500 --classifier 500_model.pth \\
-      --esm facebook/esm2_t36_3B_UR50D --out-dir out/ --device cuda
+  # A FastESM2 classifier made with `virnucpro train`, default models from the Hugging Face cache:
+  virnucpro predict contigs.fa.gz --chunk-len 500 --classifier fastesm_500.safetensors -o out/
+
+  # The same, through the preset `virnucpro train` wrote beside it:
+  virnucpro predict contigs.fa.gz --presets fastesm_500.preset.toml --preset fastesm_500 -o out/
 
   # The bundled demo (tiny random-weight models):
   virnucpro predict demo/genomes.fa --chunk-len 60 --dnabert demo/models/dnabert \\
       --esm demo/models/fastesm --classifier demo/classifier.safetensors --out-dir demo-out
 
   # Every GPU of the machine; rerun the same command after an interruption to resume:
-  virnucpro predict metagenome.fa.gz --chunk-len 500 --classifier 500_model.pth \\
-      --esm facebook/esm2_t36_3B_UR50D --device cuda:all --out-dir out/
+  virnucpro predict metagenome.fa.gz --preset virnucpro-500 --device cuda:all --out-dir out/
 
   # Shard 3 of 8 (e.g. one cluster job each), then merge the eight directories:
   virnucpro predict contigs.fa --shard 3/8 ... --out-dir shards/3
@@ -36,12 +38,22 @@ prediction_summary.tsv (one row per input record with a call), with --keep-frame
 identified_nucleotide.fa / identified_protein.faa, with --write-viral-fasta viral_records.fa.
 Files appear only when the run succeeds. While it runs, the directory holds a journal
 (.virnucpro.journal) of the finished work: the same command again after Ctrl-C, a crash or a
-killed job continues where it stopped.";
+killed job continues where it stopped. The input must be nucleotide sequence: a record with
+letters no nucleotide alphabet uses (protein FASTA given by mistake) stops the run
+(docs/FORMATS.md, \"Nucleotide alphabet\").";
+
+/// The after-help: the built-in presets, then the examples.
+fn after_help() -> String {
+    format!(
+        "Built-in presets (`virnucpro presets` lists them and those of your presets file):\n{}\n{EXAMPLES}",
+        presets::builtin_help()
+    )
+}
 
 /// Predict which records are viral: chunk, translate in six frames, embed with DNABERT-S and an
 /// ESM2-family model, and score every open frame with the VirNucPro classifier.
 #[derive(clap::Args, Debug)]
-#[command(after_help = EXAMPLES)]
+#[command(after_help = after_help())]
 pub struct Args {
     /// Where to run: auto, cpu, cuda, cuda:N, a list (cuda:0,cuda:1), cuda:all (every GPU), or
     /// metal. Each device gets its own copy of the models; work goes to whichever is free.
@@ -73,42 +85,37 @@ pub struct Args {
     pub inputs: Vec<PathBuf>,
 
     /// Chunk length in bases: the one the classifier was trained for (300 or 500 for the
-    /// published models).
+    /// published models). Required unless --preset sets it.
     #[arg(short = 'l', long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub chunk_len: u64,
+    pub chunk_len: Option<u64>,
 
     /// Classifier: this project's .safetensors, a published VirNucPro .pth (pickled module), or a
-    /// PyTorch state dict.
-    #[arg(
-        short,
-        long,
-        value_name = "FILE",
-        required_unless_present = "random_weights"
-    )]
+    /// PyTorch state dict. Required unless --preset.
+    #[arg(short, long, value_name = "FILE")]
     pub classifier: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub presets: super::PresetArgs,
 
     /// Output directory (created if missing; existing files are replaced only on success).
     #[arg(short, long, value_name = "DIR")]
     pub out_dir: PathBuf,
 
-    /// Nucleotide model: directory or Hugging Face Hub ID.
-    #[arg(long, value_name = "DIR|HUB_ID", default_value = DEFAULT_NUCLEOTIDE_MODEL, help_heading = "Models")]
-    pub dnabert: String,
+    /// Nucleotide model: directory or Hugging Face Hub ID [default: zhihan1996/DNABERT-S, or
+    /// the preset's].
+    #[arg(long, value_name = "DIR|HUB_ID", help_heading = "Models")]
+    pub dnabert: Option<String>,
 
     /// Protein model: directory or Hub ID (facebook/esm2_t36_3B_UR50D for the published
-    /// classifiers).
-    #[arg(long, value_name = "DIR|HUB_ID", default_value = DEFAULT_PROTEIN_MODEL, help_heading = "Models")]
-    pub esm: String,
+    /// classifiers) [default: Synthyra/FastESM2_650, or the preset's].
+    #[arg(long, value_name = "DIR|HUB_ID", help_heading = "Models")]
+    pub esm: Option<String>,
 
-    /// ESM2 token-dropout rescaling: auto (on for model_type esm, off for fast_esm), on, off.
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "auto|on|off",
-        help_heading = "Models"
-    )]
-    pub esm_token_dropout: TokenDropout,
+    /// ESM2 token-dropout rescaling: auto (on for model_type esm, off for fast_esm), on, off
+    /// [default: auto, or the preset's].
+    #[arg(long, value_name = "auto|on|off", help_heading = "Models")]
+    pub esm_token_dropout: Option<TokenDropout>,
 
     /// Refuse to run when the classifier's metadata names other models or another chunk length
     /// (by default a warning).
@@ -144,29 +151,72 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let req = PredictRequest {
-        inputs: args.inputs,
-        chunk_len: usize::try_from(args.chunk_len)?,
-        classifier: args.classifier.unwrap_or_default(),
+    let progress = tracing::enabled!(tracing::Level::INFO);
+    let choice = ModelChoice {
+        preset: args.presets.preset,
         dnabert: args.dnabert,
         esm: args.esm,
+        classifier: args.classifier,
+        chunk_len: args.chunk_len.map(usize::try_from).transpose()?,
+        esm_token_dropout: args.esm_token_dropout,
+    };
+    let models = presets::resolve(
+        &choice,
+        args.presets.presets.as_deref(),
+        args.random_weights.is_none(),
+        progress,
+    )?;
+    let req = PredictRequest {
+        inputs: args.inputs,
+        chunk_len: models.require_chunk_len()?,
+        classifier: models.classifier.unwrap_or_default(),
+        dnabert: models
+            .dnabert
+            .unwrap_or_else(|| DEFAULT_NUCLEOTIDE_MODEL.to_string()),
+        esm: models
+            .esm
+            .unwrap_or_else(|| DEFAULT_PROTEIN_MODEL.to_string()),
         out_dir: args.out_dir,
         devices: args.device,
         dtype: args.dtype,
         batch_tokens: args
             .batch_tokens
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        esm_token_dropout: args.esm_token_dropout,
+        esm_token_dropout: models.esm_token_dropout.unwrap_or_default(),
         keep_frames: args.keep_frames,
         write_viral_fasta: args.write_viral_fasta,
         min_viral_fraction: args.min_viral_fraction,
         strict: args.strict,
         shard: args.shard,
         restart: args.restart,
-        progress: tracing::enabled!(tracing::Level::INFO),
+        progress,
         random_weights: args.random_weights,
     };
     let report = predict::run(&req)?;
     tracing::info!("{report}; results in {}", req.out_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The defaults written in the help are the ones `run` applies, and the help lists every
+    /// built-in preset.
+    #[test]
+    fn help_names_the_defaults_and_the_builtin_presets() {
+        let mut cmd = crate::cli::Cli::command();
+        let predict = cmd.find_subcommand_mut("predict").unwrap();
+        let help = predict.render_long_help().to_string();
+        for default in [
+            super::DEFAULT_NUCLEOTIDE_MODEL,
+            super::DEFAULT_PROTEIN_MODEL,
+            "[default: auto",
+        ] {
+            assert!(help.contains(default), "{default} missing from the help");
+        }
+        for p in virnucpro::models::presets::builtin_presets() {
+            assert!(help.contains(&p.name), "{} missing from the help", p.name);
+        }
+    }
 }

@@ -11,7 +11,9 @@ use virnucpro::pipeline::train::{log_path, train_to_file, TrainOptions};
 Defaults are the published training's: SGD with momentum, StepLR, batch 32, a seeded 90/10
 train/validation split and early stopping on validation loss (the best epoch's weights are kept).
 The same seed on the same data gives identical weights. Writes FILE (classifier safetensors
-format v1) and FILE.log.csv (one line per epoch).
+format v1), FILE.log.csv (one line per epoch) and STEM.preset.toml: a preset naming the models,
+the chunk length and the classifier's SHA-256, for `predict --presets STEM.preset.toml --preset
+STEM` (to share the classifier, publish it and put its URL in `classifier`).
 
 Example:
   virnucpro train --features train300/features --out 300_model.safetensors --seed 7")]
@@ -84,10 +86,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         best.val.auroc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
         report.samples_per_s
     );
-    println!(
-        "wrote {} and {}",
-        args.out.display(),
-        log_path(&args.out).display()
-    );
+    match &report.preset_file {
+        Some(preset) => println!(
+            "wrote {}, {} and {}",
+            args.out.display(),
+            log_path(&args.out).display(),
+            preset.display()
+        ),
+        None => println!(
+            "wrote {} and {}",
+            args.out.display(),
+            log_path(&args.out).display()
+        ),
+    }
     Ok(())
 }

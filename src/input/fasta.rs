@@ -7,6 +7,9 @@
 //! - removes whitespace from sequences (line ends, CR of CRLF files, spaces) and rejects control
 //!   or non-ASCII bytes, which mean the input is not a text sequence file;
 //! - skips empty records with a warning naming them (the reference crashes on them);
+//! - refuses, by default, a record with letters no nucleotide alphabet uses (protein FASTA given
+//!   by mistake; [`super::alphabet`]), naming them; [`RecordReader::with_alphabet`] with
+//!   [`Alphabet::Any`] reads proteins;
 //! - rejects duplicate IDs unless told otherwise (the reference silently merges them);
 //! - puts the input name, record number and line in every error.
 
@@ -22,7 +25,19 @@ use needletail::errors::{ParseError, ParseErrorKind};
 use needletail::parser::SequenceRecord;
 use needletail::FastxReader;
 
+use super::alphabet::{check_nucleotides, Finding, NotNucleotide};
 use super::SeqRecord;
+
+/// What the records must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Alphabet {
+    /// Nucleotides (DNA or RNA, IUPAC codes, masked and gap characters): a record with other
+    /// letters is an [`InputError::NotNucleotide`].
+    #[default]
+    Nucleotide,
+    /// Any letters (protein FASTA).
+    Any,
+}
 
 /// The input name that means standard input.
 pub const STDIN: &str = "-";
@@ -104,6 +119,18 @@ pub enum InputError {
     },
 
     #[error(
+        "{location}: record '{id}' holds {}. This needs nucleotide sequences (A, C, G, T or U, the \
+         IUPAC codes, N, X and gaps; docs/FORMATS.md, \"Nucleotide alphabet\"): give the genomes, \
+         contigs or reads as DNA FASTA/FASTQ, not their proteins",
+        detail.describe()
+    )]
+    NotNucleotide {
+        location: RecordLocation,
+        id: String,
+        detail: NotNucleotide,
+    },
+
+    #[error(
         "duplicate record ID '{id}': {first} and {second}; record IDs must be unique (rename one, \
          or pass --allow-duplicate-ids to keep both)"
     )]
@@ -136,6 +163,12 @@ pub struct RecordReader {
     location: Option<RecordLocation>,
     empty_skipped: u64,
     failed: bool,
+    alphabet: Alphabet,
+    /// The first record, read by the constructor.
+    peeked: Option<SeqRecord>,
+    /// Whether RNA (`U`) and gaps were already reported (once per reader).
+    warned_rna: bool,
+    warned_gaps: bool,
     /// Bytes read from the inputs as stored (compressed where they are), for progress.
     bytes_read: Arc<AtomicU64>,
 }
@@ -163,9 +196,21 @@ struct OpenInput {
 }
 
 impl RecordReader {
-    /// A reader over `inputs` in order (`-` is stdin). Checks now that every file can be opened,
-    /// so that a typo in the last name fails before hours of work on the first.
+    /// A reader of nucleotide records ([`Alphabet::Nucleotide`]) over `inputs` in order (`-` is
+    /// stdin); see [`with_alphabet`](Self::with_alphabet).
     pub fn new(inputs: &[PathBuf]) -> Result<RecordReader, InputError> {
+        Self::with_alphabet(inputs, Alphabet::Nucleotide)
+    }
+
+    /// A reader over `inputs` in order (`-` is stdin). Checks now that every file can be opened,
+    /// so that a typo in the last name fails before hours of work on the first, and reads the
+    /// first record (unless the first input is stdin), so that an input of the wrong kind (not
+    /// FASTA/FASTQ, protein where nucleotides are needed) fails before the caller's slow set-up
+    /// such as model loading.
+    pub fn with_alphabet(
+        inputs: &[PathBuf],
+        alphabet: Alphabet,
+    ) -> Result<RecordReader, InputError> {
         let mut stdin_seen = false;
         let mut files = std::collections::HashSet::new();
         for path in inputs {
@@ -184,7 +229,7 @@ impl RecordReader {
                 });
             }
         }
-        Ok(RecordReader {
+        let mut reader = RecordReader {
             inputs: inputs.to_vec(),
             next_input: 0,
             current: None,
@@ -193,7 +238,16 @@ impl RecordReader {
             empty_skipped: 0,
             failed: false,
             bytes_read: Arc::new(AtomicU64::new(0)),
-        })
+            alphabet,
+            peeked: None,
+            warned_rna: false,
+            warned_gaps: false,
+        };
+        // Not from stdin: a pipe may hold back its first record for as long as it likes.
+        if inputs.first().is_some_and(|p| p.as_os_str() != STDIN) {
+            reader.peeked = reader.next_record()?;
+        }
+        Ok(reader)
     }
 
     /// A counter of the bytes read so far from the inputs as stored (before decompression),
@@ -206,7 +260,16 @@ impl RecordReader {
     /// duplicate check keeps every ID in memory (a few dozen bytes per record); allowing
     /// duplicates also drops that.
     pub fn allow_duplicate_ids(mut self, allow: bool) -> RecordReader {
-        self.seen = if allow { None } else { Some(HashMap::new()) };
+        if allow {
+            self.seen = None;
+        } else if self.seen.is_none() {
+            // The first record is already read: it must be in the map.
+            let mut seen = HashMap::new();
+            if let (Some(first), Some(location)) = (&self.peeked, &self.location) {
+                seen.insert(first.id.clone(), location.clone());
+            }
+            self.seen = Some(seen);
+        }
         self
     }
 
@@ -314,6 +377,9 @@ impl RecordReader {
                 }
                 seen.insert(record.id.clone(), location.clone());
             }
+            if self.alphabet == Alphabet::Nucleotide {
+                self.check_alphabet(&record, &location)?;
+            }
             if record.seq.is_empty() {
                 tracing::warn!(
                     "skipping record '{}' at {location}: empty sequence",
@@ -328,10 +394,62 @@ impl RecordReader {
     }
 }
 
+impl RecordReader {
+    /// Refuses a record that is not nucleotides; reports RNA and gaps once.
+    fn check_alphabet(
+        &mut self,
+        record: &SeqRecord,
+        location: &RecordLocation,
+    ) -> Result<(), InputError> {
+        match check_nucleotide_record(&record.id, &record.seq, location) {
+            Ok(found) => {
+                if found.rna && !self.warned_rna {
+                    self.warned_rna = true;
+                    tracing::warn!(
+                        "record '{}' at {location} holds U (RNA): codons with U are dropped like \
+                         those with N, as in the original pipeline; convert RNA to DNA first \
+                         (e.g. `seqkit seq --rna2dna`) (reported once)",
+                        record.id
+                    );
+                }
+                if found.gaps && !self.warned_gaps {
+                    self.warned_gaps = true;
+                    tracing::warn!(
+                        "record '{}' at {location} holds alignment gaps (- or .): they stay in \
+                         place like N; remove them first (e.g. `seqkit seq -g`) to read the \
+                         sequence itself (reported once)",
+                        record.id
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Checks a record already read (`location`: where it came from) against the nucleotide
+/// alphabet, as [`RecordReader`] does with [`Alphabet::Nucleotide`]; for callers that learn only
+/// later whether their records must be nucleotides (`embed`: from the model).
+pub fn check_nucleotide_record(
+    id: &str,
+    seq: &[u8],
+    location: &RecordLocation,
+) -> Result<Finding, InputError> {
+    check_nucleotides(seq).map_err(|detail| InputError::NotNucleotide {
+        location: location.clone(),
+        id: id.to_owned(),
+        detail,
+    })
+}
+
 impl Iterator for RecordReader {
     type Item = Result<SeqRecord, InputError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(first) = self.peeked.take() {
+            return Some(Ok(first));
+        }
         if self.failed {
             return None;
         }
@@ -548,6 +666,54 @@ mod tests {
             RecordReader::new(&["-".into(), "-".into()]),
             Err(InputError::StdinTwice)
         ));
+    }
+
+    #[test]
+    fn protein_is_refused_unless_any_alphabet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.faa");
+        std::fs::write(&path, b">ubq\nMQIFVKTLTG\n>x\nACGT\n").unwrap();
+        // The first record is read by the constructor.
+        let err = RecordReader::new(std::slice::from_ref(&path))
+            .err()
+            .unwrap();
+        assert!(matches!(err, InputError::NotNucleotide { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("p.faa, line 1 (record 1): record 'ubq' holds the letters F, I, L, Q"),
+            "{text}"
+        );
+        let records: Vec<SeqRecord> = RecordReader::with_alphabet(&[path], Alphabet::Any)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(records, vec![rec("ubq", "MQIFVKTLTG"), rec("x", "ACGT")]);
+
+        // A later record fails when it is read, naming its line.
+        let err = read(b">a\nACGTN\n>b\nacgu\n>c\nMKVL*\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 5 (record 3): record 'c' holds the letters *, L"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_first_record_read_early_still_counts_for_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.fa");
+        std::fs::write(&path, b">a\nAC\n>a\nGG\n").unwrap();
+        let reader = RecordReader::new(std::slice::from_ref(&path))
+            .unwrap()
+            .allow_duplicate_ids(true)
+            .allow_duplicate_ids(false);
+        let err = reader.collect::<Result<Vec<_>, _>>().unwrap_err();
+        assert!(matches!(err, InputError::DuplicateId { .. }), "{err}");
+        let reader = RecordReader::new(&[path])
+            .unwrap()
+            .allow_duplicate_ids(true);
+        assert_eq!(reader.count(), 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Sequence input: FASTA/FASTQ records, chunking (PIPELINE.md §2) and six-frame translation
-//! with frame selection (PIPELINE.md §3).
+//! Sequence input: FASTA/FASTQ records, the nucleotide alphabet check ([`alphabet`]), chunking
+//! (PIPELINE.md §2) and six-frame translation with frame selection (PIPELINE.md §3).
 
+pub mod alphabet;
 pub mod chunk;
 pub mod fasta;
 pub mod translate;

@@ -73,7 +73,7 @@ pub fn known_hidden_size(model: &str) -> Option<usize> {
 
 /// Model names match when equal, or when their last path components are equal ignoring case:
 /// `zhihan1996/DNABERT-S` and `/models/DNABERT-S/` name the same model in practice.
-fn same_model(a: &str, b: &str) -> bool {
+pub fn same_model(a: &str, b: &str) -> bool {
     fn last(s: &str) -> &str {
         let s = s.trim_end_matches(['/', '\\']);
         s.rsplit(['/', '\\']).next().unwrap_or(s)

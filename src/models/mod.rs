@@ -4,6 +4,7 @@
 //! paired with a [`SeqTokenizer`]; `pipeline::embed` does the length-sorted batching on top.
 //!
 //! - [`hub`]: a model directory or Hub ID -> local files (HF cache, offline mode);
+//! - [`presets`]: named model + classifier configurations; [`download`]: URL -> verified cache;
 //! - [`config`]: `config.json` -> architecture ([`config::ModelFamily`]);
 //! - [`weights`]: safetensors / `pytorch_model.bin` -> `VarBuilder`, shape-checked;
 //! - [`layers`]: shared blocks (linear, layer norm, GELU, rotary, [`layers::attention`]);
@@ -12,11 +13,13 @@
 pub mod classifier;
 pub mod config;
 pub mod dnabert;
+pub mod download;
 pub mod esm;
 pub mod hub;
 pub mod identity;
 pub mod layers;
 pub mod pickle;
+pub mod presets;
 pub mod profile;
 pub mod tokenize;
 pub mod weights;

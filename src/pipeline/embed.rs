@@ -28,7 +28,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::device::{device_name, resolve_dtype, select_device, DTypeSpec, DeviceSpec};
-use crate::input::fasta::RecordReader;
+use crate::input::fasta::{check_nucleotide_record, Alphabet, RecordReader};
 use crate::models::config::{ModelConfig, ModelFamily};
 use crate::models::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
 use crate::models::esm::{Esm, EsmConfig, TokenDropout};
@@ -864,10 +864,16 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
     if req.inputs.is_empty() {
         bail!("no input files given");
     }
-    // The whole input is held: `embed` is for protein/frame sets, not genomes.
-    let records: Vec<(String, Vec<u8>)> = RecordReader::new(&req.inputs)?
-        .map(|r| r.map(|r| (r.id, r.seq)))
-        .collect::<Result<_, _>>()?;
+    // The whole input is held: `embed` is for protein/frame sets, not genomes. Whether it must
+    // be nucleotides is known once the model is (below), so where each record was is kept.
+    let mut reader = RecordReader::with_alphabet(&req.inputs, Alphabet::Any)?;
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut locations = Vec::new();
+    while let Some(record) = reader.next() {
+        let record = record?;
+        locations.push(reader.location().cloned());
+        records.push((record.id, record.seq));
+    }
     if records.is_empty() {
         bail!(
             "no sequences to embed: {} hold(s) no FASTA records",
@@ -892,6 +898,15 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
         (None, Some(spec)) => load_embedding_model(spec, &device, req.dtype, &options)?,
         (None, None) => bail!("--model is required (a model directory or a Hugging Face Hub ID)"),
     };
+    if model.family == ModelFamily::DnaBert {
+        // A nucleotide model: protein records are refused before it runs.
+        for ((id, seq), location) in records.iter().zip(&locations) {
+            if let Some(location) = location {
+                check_nucleotide_record(id, seq, location)
+                    .map_err(|e| anyhow::anyhow!("{e}; {} is a nucleotide model", model.source))?;
+            }
+        }
+    }
     warn_on_alphabet_mismatch(&model, &records);
     let budget = req
         .batch_tokens
@@ -1098,7 +1113,7 @@ mod tests {
             &LoadOptions::default(),
         )
         .unwrap();
-        let records = RecordReader::new(&[dir.join("inputs/proteins.fa")])
+        let records = RecordReader::with_alphabet(&[dir.join("inputs/proteins.fa")], Alphabet::Any)
             .unwrap()
             .map(|r| r.map(|r| (r.id, r.seq)))
             .collect::<Result<Vec<_>, _>>()

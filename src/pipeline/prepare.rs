@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::rng::Rng;
+use crate::input::alphabet::check_nucleotides;
 use crate::input::chunk::{chunk_id, chunk_spans};
 use crate::input::translate::{for_each_kept_frame, FrameScratch};
 use crate::input::Frame;
@@ -401,6 +402,17 @@ fn process_file(
                 )
             });
             continue;
+        }
+        if let Err(detail) = check_nucleotides(&seq.seq) {
+            bail!(
+                "{}:{}: GenBank record #{} ({id}) holds {}. prepare needs nucleotide GenBank \
+                 records (e.g. NCBI RefSeq's viral.1.1.genomic.gbff), not protein records \
+                 (GenPept, .gpff); see docs/FORMATS.md, \"Nucleotide alphabet\"",
+                path.display(),
+                rec.line,
+                rec.index,
+                detail.describe()
+            );
         }
         let mut translations = Vec::new();
         let mut n_cds = 0u64;

@@ -281,6 +281,10 @@ pub struct TrainReport {
     pub epochs: Vec<EpochLog>,
     /// Mean training throughput over all epochs.
     pub samples_per_s: f64,
+    /// The preset written next to the classifier ([`preset_path`]), when the features record
+    /// the models and the chunk length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset_file: Option<PathBuf>,
 }
 
 impl TrainReport {
@@ -650,6 +654,7 @@ pub fn train(
         stopped_early,
         epochs,
         samples_per_s: total_samples as f64 / total_secs.max(1e-9),
+        preset_file: None,
     };
     Ok((weights, report))
 }
@@ -721,7 +726,62 @@ pub fn log_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// `virnucpro train`: reads `features_dir`, trains, writes the model and its CSV log.
+/// `<stem>.preset.toml` beside a model path (`fast_500.safetensors` -> `fast_500.preset.toml`).
+pub fn preset_path(out: &Path) -> PathBuf {
+    out.with_extension("preset.toml")
+}
+
+/// Writes [`preset_path`]`(classifier)`: a presets-file table naming the models and the chunk
+/// length the classifier was trained with (from the features' manifest), the classifier's file
+/// name and its SHA-256 (docs/FORMATS.md, "Presets file"). `None` (and a warning) when the
+/// features do not record the models or the chunk length.
+pub fn write_preset(classifier: &Path, manifest: &FeatureManifest) -> Result<Option<PathBuf>> {
+    let info = &manifest.info;
+    let (Some(dnabert), Some(esm), Some(chunk_len)) =
+        (&info.dnabert_model, &info.esm_model, info.chunk_len)
+    else {
+        tracing::warn!(
+            "no preset written next to {}: the features do not record the models and the chunk              length (they were not made by `virnucpro extract`)",
+            classifier.display()
+        );
+        return Ok(None);
+    };
+    let file_name = classifier
+        .file_name()
+        .context("the classifier path has no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let name: String = classifier
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let sha = crate::models::download::Digest::sha256_of_file(classifier)
+        .with_context(|| format!("cannot read back {}", classifier.display()))?;
+    let text = crate::models::presets::preset_toml_for(
+        &name,
+        dnabert,
+        esm,
+        &file_name,
+        &sha.hex(),
+        chunk_len,
+    );
+    let path = preset_path(classifier);
+    write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("cannot write the preset {}", path.display()))?;
+    Ok(Some(path))
+}
+
+/// `virnucpro train`: reads `features_dir`, trains, writes the model, its CSV log and its
+/// preset ([`write_preset`]).
 pub fn train_to_file(features_dir: &Path, out: &Path, opts: &TrainOptions) -> Result<TrainReport> {
     opts.validate()?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -741,7 +801,7 @@ pub fn train_to_file(features_dir: &Path, out: &Path, opts: &TrainOptions) -> Re
     );
     let csv = log_path(out);
     let mut so_far: Vec<EpochLog> = Vec::new();
-    let (weights, report) = train(&data, opts, |e| {
+    let (weights, mut report) = train(&data, opts, |e| {
         tracing::info!(
             "epoch {:>3}  lr {:.3e}  train loss {:.5}  val loss {:.5}  val acc {:.4}  F1 {:.4}  \
              ({:.0} samples/s)",
@@ -788,6 +848,7 @@ pub fn train_to_file(features_dir: &Path, out: &Path, opts: &TrainOptions) -> Re
         .and_then(|c| c.save(out))
         .with_context(|| format!("cannot write the trained classifier {}", out.display()))?;
     write_atomic(&csv, log_csv(&report.epochs).as_bytes())?;
+    report.preset_file = write_preset(out, &data.manifest)?;
     Ok(report)
 }
 
