@@ -14,6 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
 const O: &str = "tests/data/oracle";
 const JOURNAL: &str = ".virnucpro.journal";
 const SHARD_FILE: &str = "virnucpro-shard.journal";
+const SHARD_INFO: &str = "virnucpro-shard.json";
 
 /// Random records of skewed lengths (short reads to a few kb), some lower case and N runs.
 fn write_input(path: &Path, records: usize, seed: u64) {
@@ -100,10 +101,10 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The files of a directory that look like results: not hidden (the journal, temporary files
-/// of an unfinished run) and not the shard record.
+/// of an unfinished run) and not the shard record and its description.
 fn results(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut f = files(dir);
-    f.retain(|name, _| !name.starts_with('.') && name != SHARD_FILE);
+    f.retain(|name, _| !name.starts_with('.') && name != SHARD_FILE && name != SHARD_INFO);
     f
 }
 
@@ -141,43 +142,66 @@ fn kill9(pid: u32) {
     assert!(ok);
 }
 
-/// Kill -9 at several points of a run, rerun the same command: the files equal one
-/// uninterrupted run's, finished units are reused, and no journal is left.
+/// Finished units in a journal file: its entries are `[u32 length][u8 kind][payload][u64
+/// checksum]` after a 16-byte magic; kind 2 is a unit. A torn tail is not counted.
+fn journal_units(path: &Path) -> usize {
+    let Ok(bytes) = fs::read(path) else { return 0 };
+    let mut at = 16;
+    let mut units = 0;
+    while at + 5 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if at + 5 + len + 8 > bytes.len() {
+            break;
+        }
+        units += usize::from(bytes[at + 4] == 2);
+        at += 5 + len + 8;
+    }
+    units
+}
+
+/// Kill -9 at several points of a run (before any unit is finished, and after some), rerun the
+/// same command: the files equal one uninterrupted run's, finished units are reused, and
+/// nothing of the killed run is left.
 #[cfg(unix)]
 #[test]
 fn killed_runs_resume_to_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.fa");
-    write_input(&input, 160, 1);
+    write_input(&input, 100, 1);
     let reference = tmp.path().join("reference");
-    let t = Instant::now();
     run_ok(predict_cmd(&input, &reference, &[]));
-    let full = t.elapsed();
     assert!(
         !reference.join(JOURNAL).exists(),
         "a finished run leaves no journal"
     );
+    // The number of work units: a shard of one keeps its journal.
+    let whole = tmp.path().join("whole");
+    run_ok(predict_cmd(&input, &whole, &["--shard", "1/1"]));
+    let total = journal_units(&whole.join(SHARD_FILE));
+    assert!(total >= 50, "{total} work units");
 
-    for (k, fraction) in [0.0, 0.3, 0.7].into_iter().enumerate() {
+    for (k, after) in [0, total / 3, 2 * total / 3].into_iter().enumerate() {
         let out = tmp.path().join(format!("killed{k}"));
         let mut child = predict_cmd(&input, &out, &[])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let start = Instant::now();
-        while !out.join(JOURNAL).exists() && start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(5));
+        while !(out.join(JOURNAL).exists() && journal_units(&out.join(JOURNAL)) >= after)
+            && start.elapsed() < Duration::from_secs(300)
+        {
+            std::thread::sleep(Duration::from_millis(2));
         }
-        std::thread::sleep(full.mul_f64(fraction));
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the run finished before it could be killed ({fraction})"
+            "the run finished before it could be killed after {after} units"
         );
         kill9(child.id());
         child.wait().unwrap();
+        let done = journal_units(&out.join(JOURNAL));
         assert!(
-            out.join(JOURNAL).exists(),
-            "the journal stays after kill -9"
+            done >= after && done < total,
+            "{done} of {total} units journaled"
         );
         assert!(
             results(&out).is_empty(),
@@ -186,8 +210,11 @@ fn killed_runs_resume_to_the_same_bytes() {
         );
         let rerun = run_ok(predict_cmd(&input, &out, &[]));
         let log = String::from_utf8_lossy(&rerun.stderr);
-        if fraction > 0.0 {
-            assert!(log.contains("reused from the journal"), "{log}");
+        if done > 0 {
+            assert!(
+                log.contains(&format!("{done} of {total} work units")),
+                "{done} units should be reused: {log}"
+            );
         }
         assert_same_results(&out, &reference);
         // Nothing of the killed run is left: no journal, no temporary file.
@@ -322,6 +349,10 @@ fn merged_shards_equal_one_run() {
             let spec = format!("{}/{n}", i + 1);
             run_ok(predict_cmd(&input, dir, &["--shard", &spec]));
             assert!(dir.join(SHARD_FILE).exists());
+            let info: serde_json::Value =
+                serde_json::from_slice(&fs::read(dir.join(SHARD_INFO)).unwrap()).unwrap();
+            assert_eq!(info["shard"], spec.as_str());
+            assert_eq!(info["run"]["chunk length"], "60");
             assert!(!dir.join(JOURNAL).exists());
             let summary = fs::read_to_string(dir.join("prediction_summary.tsv")).unwrap();
             records += summary.lines().count() - 1;

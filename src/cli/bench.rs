@@ -46,9 +46,22 @@ pub struct Args {
     /// shape (matmuls, bias add, layer norm, GELU, rotary, attention) at the first --shapes.
     #[arg(long)]
     pub ops: bool,
+    /// Instead of a model, time the input pass of resumable runs and shards on these FASTA/FASTQ
+    /// files: read, parse, cut into work units and hash them (the input's fingerprint).
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "ops")]
+    pub input: Vec<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.input.is_empty() {
+        let r = virnucpro::input::units::measure_input(&args.input, args.repeats.max(1))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!("{r}");
+        }
+        return Ok(());
+    }
     let device = select_device(args.device)?;
     let attention = if args.compare_attention && device.is_cuda() {
         vec![AttentionImpl::Fused, AttentionImpl::Naive]

@@ -140,6 +140,10 @@ pub struct Args {
     #[arg(long, help_heading = "Large inputs")]
     pub restart: bool,
 
+    /// Benchmarks only: keep no journal (the run cannot be resumed), to measure its cost.
+    #[arg(long, hide = true, conflicts_with = "shard")]
+    pub no_journal: bool,
+
     /// A record is called `virus` when at least this fraction of its scored chunks is viral.
     #[arg(long, value_name = "F", default_value_t = 0.5, help_heading = "Output")]
     pub min_viral_fraction: f64,
@@ -189,6 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         strict: args.strict,
         shard: args.shard,
         restart: args.restart,
+        no_journal: args.no_journal,
         progress,
         random_weights: args.random_weights,
     };

@@ -304,6 +304,86 @@ pub fn assign_shards(bases: &[u64], count: u32) -> Vec<u32> {
     shard
 }
 
+/// Throughput of the input pass (`bench --input`): the median of `repeats` runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InputThroughput {
+    pub bytes: u64,
+    pub records: u64,
+    pub bases: u64,
+    pub units: usize,
+    /// Read, decompress, parse, cut into units and hash every record (what a shard's first pass
+    /// and a resumed run's input check do), in MB/s of the files as stored.
+    pub units_mb_per_s: f64,
+    /// The hash alone over the files' bytes (from the page cache).
+    pub hash_mb_per_s: f64,
+}
+
+impl fmt::Display for InputThroughput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "input: {:.1} MB, {} records, {} bases, {} work units",
+            self.bytes as f64 / 1e6,
+            self.records,
+            self.bases,
+            self.units
+        )?;
+        writeln!(
+            f,
+            "read + parse + cut + hash (fingerprint pass): {:.0} MB/s",
+            self.units_mb_per_s
+        )?;
+        write!(
+            f,
+            "xxh3 alone over the bytes: {:.0} MB/s",
+            self.hash_mb_per_s
+        )
+    }
+}
+
+/// Times [`UnitPlan::read`] and the bare hash on `inputs`.
+pub fn measure_input(inputs: &[PathBuf], repeats: usize) -> anyhow::Result<InputThroughput> {
+    use std::time::Instant;
+    let bytes = total_input_bytes(inputs)?
+        .ok_or_else(|| anyhow::anyhow!("--input needs files, not stdin"))?;
+    let rule = UnitRule::for_inputs(inputs)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut plan = None;
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        plan = Some(UnitPlan::read(
+            RecordReader::with_alphabet(inputs, super::fasta::Alphabet::Any)?,
+            rule,
+        )?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let plan = plan.expect("repeats >= 1");
+    let data: Vec<Vec<u8>> = inputs.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let mut hash_times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let mut h = Xxh3::new();
+        for d in &data {
+            h.update(d);
+        }
+        std::hint::black_box(h.digest());
+        hash_times.push(t.elapsed().as_secs_f64());
+    }
+    let mb = bytes as f64 / 1e6;
+    Ok(InputThroughput {
+        bytes,
+        records: plan.records,
+        bases: plan.bases,
+        units: plan.units.len(),
+        units_mb_per_s: mb / median(times).max(1e-9),
+        hash_mb_per_s: mb / median(hash_times).max(1e-9),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

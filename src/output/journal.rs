@@ -35,6 +35,8 @@ use crate::input::units::{ShardSpec, UnitId};
 pub const JOURNAL_FILE: &str = ".virnucpro.journal";
 /// A finished shard's sealed journal: its units, read by `merge`.
 pub const SHARD_FILE: &str = "virnucpro-shard.journal";
+/// What a finished shard holds, for people: which shard of which input and options.
+pub const SHARD_INFO_FILE: &str = "virnucpro-shard.json";
 
 const MAGIC: &[u8; 16] = b"VIRNUCPRO-JRNL1\n";
 /// Bytes around a payload: length, kind, checksum.
@@ -127,11 +129,12 @@ pub struct OpenReport {
     pub from_shard_file: bool,
 }
 
-/// An open, locked journal.
+/// An open, locked journal (or none at all, for benchmarks: [`Journal::disabled`]).
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    file: File,
+    /// `None`: journaling is off.
+    file: Option<File>,
     entries: HashMap<u64, EntryInfo>,
     last_sync: Instant,
     dirty: bool,
@@ -160,6 +163,8 @@ impl Journal {
                 .fingerprint
                 .map(|f| f.differences(fingerprint, &[]))
                 .unwrap_or_else(|| vec!["the record is damaged".into()]);
+            // The description goes with the seal; a new one is written when sealed again.
+            let _ = fs::remove_file(dir.join(SHARD_INFO_FILE));
             if diff.is_empty() {
                 fs::rename(&shard_path, &path).with_context(|| {
                     format!("cannot reopen the shard record {}", shard_path.display())
@@ -189,13 +194,14 @@ impl Journal {
         let len = file.metadata()?.len();
         let mut journal = Journal {
             path: path.clone(),
-            file,
+            file: Some(file),
             entries: HashMap::new(),
             last_sync: Instant::now(),
             dirty: false,
         };
+        let file = journal.file.as_mut().expect("just opened");
         if len > 0 {
-            let scan = scan(&mut journal.file)
+            let scan = scan(file)
                 .with_context(|| format!("cannot read the journal {}", path.display()))?;
             let usable = match &scan.fingerprint {
                 Some(old) => {
@@ -224,18 +230,30 @@ impl Journal {
                 if scan.end < len {
                     report.torn_at = Some(scan.end);
                 }
-                journal.file.set_len(scan.end)?;
-                journal.file.seek(SeekFrom::Start(scan.end))?;
+                file.set_len(scan.end)?;
+                file.seek(SeekFrom::Start(scan.end))?;
                 return Ok((journal, report));
             }
             report.discarded |= scan.fingerprint.is_some();
         }
-        journal.file.set_len(0)?;
-        journal.file.seek(SeekFrom::Start(0))?;
-        journal.file.write_all(MAGIC)?;
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(MAGIC)?;
         journal.write_entry(Kind::Header, &serde_json::to_vec(fingerprint)?)?;
         journal.sync()?;
         Ok((journal, report))
+    }
+
+    /// No journal: nothing is written and nothing can be resumed (benchmarks of the journal's
+    /// cost).
+    pub fn disabled(dir: &Path) -> Journal {
+        Journal {
+            path: dir.join(JOURNAL_FILE),
+            file: None,
+            entries: HashMap::new(),
+            last_sync: Instant::now(),
+            dirty: false,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -271,12 +289,16 @@ impl Journal {
             .entries
             .get(&index)
             .with_context(|| format!("work unit {index} is not in the journal"))?;
-        read_payload(&mut self.file, &self.path, &e)
+        let file = self.file.as_mut().context("journaling is off")?;
+        read_payload(file, &self.path, &e)
     }
 
     /// Appends a finished unit. The entry is handed to the operating system before this returns
     /// and synced to disk every few seconds.
     pub fn append(&mut self, unit: &UnitOutput) -> anyhow::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
         let payload = unit.encode();
         let offset = self.write_entry(Kind::Unit, &payload)?;
         self.entries.insert(
@@ -298,23 +320,24 @@ impl Journal {
     /// Writes an entry at the end; returns the payload's offset.
     fn write_entry(&mut self, kind: Kind, payload: &[u8]) -> anyhow::Result<u64> {
         let len = u32::try_from(payload.len()).context("a journal entry over 4 GiB")?;
-        let start = self.file.seek(SeekFrom::End(0))?;
+        let file = self.file.as_mut().context("journaling is off")?;
+        let start = file.seek(SeekFrom::End(0))?;
         let mut entry = Vec::with_capacity(payload.len() + FRAME as usize);
         entry.extend_from_slice(&len.to_le_bytes());
         entry.push(kind as u8);
         entry.extend_from_slice(payload);
         let sum = xxhash_rust::xxh3::xxh3_64(&entry);
         entry.extend_from_slice(&sum.to_le_bytes());
-        self.file
-            .write_all(&entry)
+        file.write_all(&entry)
             .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
         Ok(start + 5)
     }
 
     fn sync(&mut self) -> anyhow::Result<()> {
-        self.file
-            .sync_data()
-            .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
+        if let Some(file) = &self.file {
+            file.sync_data()
+                .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
+        }
         self.last_sync = Instant::now();
         self.dirty = false;
         Ok(())
@@ -322,14 +345,33 @@ impl Journal {
 
     /// The run is finished and its outputs committed: the journal goes.
     pub fn remove(self) -> anyhow::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
         fs::remove_file(&self.path)
             .with_context(|| format!("cannot remove the journal {}", self.path.display()))
     }
 
-    /// A shard is finished: seals the journal and keeps it as [`SHARD_FILE`] for `merge`.
-    pub fn seal(mut self, seal: &ShardSeal) -> anyhow::Result<PathBuf> {
+    /// A shard is finished: seals the journal and keeps it as [`SHARD_FILE`] for `merge`, with
+    /// [`SHARD_INFO_FILE`] beside it saying what it holds.
+    pub fn seal(mut self, seal: &ShardSeal, fingerprint: &Fingerprint) -> anyhow::Result<PathBuf> {
         self.write_entry(Kind::Seal, &serde_json::to_vec(seal)?)?;
         self.sync()?;
+        let mine: std::collections::HashSet<u64> = seal.units.iter().copied().collect();
+        let held = seal.plan.iter().filter(|u| mine.contains(&u.index));
+        let info = serde_json::json!({
+            "shard": seal.shard.to_string(),
+            "work_units": seal.units.len(),
+            "records": held.clone().map(|u| u.records).sum::<u64>(),
+            "bases": held.map(|u| u.bases).sum::<u64>(),
+            "work_units_of_the_whole_input": seal.plan.len(),
+            "records_of_the_whole_input": seal.plan.iter().map(|u| u.records).sum::<u64>(),
+            "run": fingerprint.0,
+            "merge": "virnucpro merge <the N shard directories> --out-dir <dir>",
+        });
+        let info_path = self.path.with_file_name(SHARD_INFO_FILE);
+        super::atomic::write_atomic(&info_path, &serde_json::to_vec_pretty(&info)?)
+            .with_context(|| format!("cannot write {}", info_path.display()))?;
         let target = self.path.with_file_name(SHARD_FILE);
         fs::rename(&self.path, &target).with_context(|| {
             format!(
@@ -344,8 +386,8 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        if self.dirty {
-            let _ = self.file.sync_data();
+        if let (true, Some(file)) = (self.dirty, &self.file) {
+            let _ = file.sync_data();
         }
     }
 }
@@ -644,8 +686,13 @@ mod tests {
             plan: vec![unit(4).unit],
             units: vec![4],
         };
-        j.seal(&seal).unwrap();
+        j.seal(&seal, &fp(500)).unwrap();
         assert!(!dir.path().join(JOURNAL_FILE).exists());
+        let info: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join(SHARD_INFO_FILE)).unwrap()).unwrap();
+        assert_eq!(info["shard"], "1/2");
+        assert_eq!(info["records"], 2);
+        assert_eq!(info["run"]["chunk length"], "500");
         let mut s = SealedShard::open(dir.path()).unwrap();
         assert_eq!(s.seal, seal);
         assert_eq!(s.fingerprint, fp(500));

@@ -89,6 +89,8 @@ pub struct PredictRequest {
     pub shard: Option<ShardSpec>,
     /// Discard the journal of an earlier, different run in `out_dir` instead of refusing.
     pub restart: bool,
+    /// Benchmarks of the journal's cost only: keep no journal (the run cannot be resumed).
+    pub no_journal: bool,
     /// Show a progress bar (the CLI turns it on for a terminal).
     pub progress: bool,
     /// Benchmarks only: random weights of the real DNABERT-S shape and of this protein-model
@@ -124,6 +126,7 @@ impl PredictRequest {
             strict: false,
             shard: None,
             restart: false,
+            no_journal: false,
             progress: false,
             random_weights: None,
         }
@@ -859,7 +862,14 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
             req.out_dir.display()
         )
     })?;
-    let (mut journal, opened) = Journal::open(&req.out_dir, &setup.fingerprint, req.restart)?;
+    if req.no_journal && req.shard.is_some() {
+        bail!("a shard needs its journal: --no-journal and --shard cannot go together");
+    }
+    let (mut journal, opened) = if req.no_journal {
+        (Journal::disabled(&req.out_dir), Default::default())
+    } else {
+        Journal::open(&req.out_dir, &setup.fingerprint, req.restart)?
+    };
     // The directory is ours now (the journal is locked): what a killed run left half-written
     // goes.
     crate::output::atomic::remove_stale_temps(&req.out_dir, &crate::output::units::OUTPUT_FILES);
@@ -908,7 +918,7 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
                 plan: plan.units,
             };
             out.commit()?;
-            journal.seal(&seal)?;
+            journal.seal(&seal, &setup.fingerprint)?;
         }
         None => {
             out.commit()?;
