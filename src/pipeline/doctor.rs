@@ -712,11 +712,11 @@ impl AttnInputs {
 
 /// Times the attention op alone at one shape, in the order `bench_torch.py` times PyTorch's
 /// (SDPA, SDPA with a mask, materialized): the fused kernel the models use, the fused kernel
-/// with ALiBi, the materialized path. The other tile variants are timed by `time_variants`,
-/// after every shape's headline numbers: at 1-2k tokens a second of attention holds the board
-/// at its power cap and lowers the clock, so timing eight more variants between two shapes made
-/// the next shape's numbers those of a hotter board than the one PyTorch is timed on
-/// (BENCHMARKS.md, runs 58 and 70-74).
+/// with ALiBi, the materialized path. The other tile variant is timed by `time_variants`, after
+/// every shape's headline numbers: at 1-2k tokens a second of attention holds the board at its
+/// power cap and lowers the clock, so timing more variants between two shapes made the next
+/// shape's numbers those of a hotter board than the one PyTorch is timed on (docs/GPU.md, "The
+/// power cap").
 pub fn time_attention(
     dev: &Device,
     b: usize,
