@@ -1,8 +1,20 @@
-//! Writes a random genome FASTA for benchmarking `virnucpro frames`:
-//! `cargo run --release --example gen_genome -- OUT.fa [MEGABASES] [SEED]` (default 200 Mb).
+//! Writes synthetic genome FASTA for benchmarks (no Python needed):
 //!
-//! Contigs of 5 kb to 500 kb (uniform A/C/G/T, a few lower-case stretches and N runs, as in
-//! assemblies), 60 bases per line. Deterministic for a given seed.
+//! ```text
+//! cargo run --release --example gen_genome -- OUT.fa [MEGABASES] [SEED]          # `frames`
+//! cargo run --release --example gen_genome -- --coding OUT.fa [RECORDS] [SEED]   # `predict`
+//! ```
+//!
+//! Default mode (`scripts/bench-frames.sh`): contigs of 5 kb to 500 kb of uniform A/C/G/T, a few
+//! lower-case stretches and N runs, as in assemblies, 60 bases per line; 200 Mb by default.
+//!
+//! `--coding` (the GPU `predict` benchmarks, `scripts/gpu-bench.sh`): RECORDS records (default
+//! 4000) of 5,000 bases of random sense codons (no stop codon in the codon frame), 80 bases per
+//! line, IDs `r0`, `r1`, ... Each 500-bp chunk then keeps about one open frame of 166 residues,
+//! as coding sequence does (plain random DNA keeps ~0.03% of 500-bp frames): 4000 records give
+//! 40,000 chunks and about 40,000 frames to score.
+//!
+//! Deterministic for a given seed (default 1, `--coding` 5).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,6 +23,10 @@ use std::io::{BufWriter, Write};
 struct Rng(u64);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -23,23 +39,44 @@ impl Rng {
     }
 }
 
+const USAGE: &str =
+    "usage: gen_genome OUT.fa [MEGABASES (default 200)] [SEED (default 1)]\n       \
+                     gen_genome --coding OUT.fa [RECORDS (default 4000)] [SEED (default 5)]";
+
+fn number(args: &[String], i: usize, default: u64, what: &str) -> u64 {
+    args.get(i).map_or(default, |s| {
+        s.parse().unwrap_or_else(|_| {
+            eprintln!("{what}: expected a number, got `{s}`\n{USAGE}");
+            std::process::exit(2)
+        })
+    })
+}
+
 fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(path) = args.first() else {
-        eprintln!("usage: gen_genome OUT.fa [MEGABASES (default 200)] [SEED (default 1)]");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let coding = args.first().is_some_and(|a| a == "--coding");
+    if coding {
+        args.remove(0);
+    }
+    let Some(path) = args.first().cloned() else {
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    let megabases: u64 = args
-        .get(1)
-        .map_or(Ok(200), |s| s.parse())
-        .expect("MEGABASES: a number");
-    let seed: u64 = args
-        .get(2)
-        .map_or(Ok(1), |s| s.parse())
-        .expect("SEED: a number");
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    if coding {
+        let records = number(&args, 1, 4000, "RECORDS");
+        let seed = number(&args, 2, 5, "SEED");
+        coding_records(&path, records, seed)
+    } else {
+        let megabases = number(&args, 1, 200, "MEGABASES");
+        let seed = number(&args, 2, 1, "SEED");
+        contigs(&path, megabases, seed)
+    }
+}
 
+/// Random contigs with soft-masked stretches and N gaps (`virnucpro frames` benchmarks).
+fn contigs(path: &str, megabases: u64, seed: u64) -> std::io::Result<()> {
+    let mut rng = Rng::new(seed);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let total = megabases * 1_000_000;
     let mut written = 0u64;
     let mut contig = 0u64;
@@ -71,5 +108,42 @@ fn main() -> std::io::Result<()> {
     }
     out.flush()?;
     eprintln!("wrote {path}: {contig} contigs, {written} bases");
+    Ok(())
+}
+
+/// Records of random sense codons (`virnucpro predict` benchmarks on the GPU).
+fn coding_records(path: &str, records: u64, seed: u64) -> std::io::Result<()> {
+    const LEN: usize = 5_000;
+    let mut sense = Vec::with_capacity(61);
+    for a in b"ACGT" {
+        for b in b"ACGT" {
+            for c in b"ACGT" {
+                let codon = [*a, *b, *c];
+                if !matches!(&codon, b"TAA" | b"TAG" | b"TGA") {
+                    sense.push(codon);
+                }
+            }
+        }
+    }
+    let mut rng = Rng::new(seed);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut seq = Vec::with_capacity(LEN + 3);
+    for i in 0..records {
+        seq.clear();
+        while seq.len() < LEN {
+            seq.extend_from_slice(&sense[rng.below(sense.len() as u64) as usize]);
+        }
+        seq.truncate(LEN);
+        writeln!(out, ">r{i}")?;
+        for line in seq.chunks(80) {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "wrote {path}: {records} records of {LEN} bases of random sense codons ({} bases)",
+        records * LEN as u64
+    );
     Ok(())
 }

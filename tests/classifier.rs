@@ -489,6 +489,45 @@ fn truncated_files_are_refused() {
     assert!(err.contains("cut.safetensors"), "{err}");
 }
 
+/// One flipped byte in a tensor's zip entry (bit rot, a bad copy): every entry carries a
+/// CRC-32, so the load fails and names the file and the entry instead of scoring differently.
+#[test]
+fn a_flipped_byte_in_a_tensor_entry_fails_its_crc() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = oracle("classifier/model_full.pth");
+    let mut bytes = std::fs::read(&src).unwrap();
+    let entry = "model_full/data/0"; // the hidden layer's weight, 32 KiB
+    let start = {
+        let mut zip = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
+        let f = zip.by_name(entry).unwrap();
+        assert_eq!(f.compression(), zip::CompressionMethod::Stored);
+        f.data_start() as usize
+    };
+    bytes[start + 1000] ^= 0x10;
+    let p = dir.path().join("bitrot.pth");
+    std::fs::write(&p, &bytes).unwrap();
+    let err = load_err(&p);
+    assert!(
+        err.contains("bitrot.pth") && err.contains(entry) && err.contains("CRC-32"),
+        "{err}"
+    );
+    // The pickle entry is checked the same way.
+    let mut bytes = std::fs::read(&src).unwrap();
+    let start = {
+        let mut zip = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
+        let f = zip.by_name("model_full/data.pkl").unwrap();
+        f.data_start() as usize
+    };
+    bytes[start + 200] ^= 0x01;
+    let p = dir.path().join("badpickle.pth");
+    std::fs::write(&p, &bytes).unwrap();
+    let err = load_err(&p);
+    assert!(
+        err.contains("badpickle.pth") && err.contains("data.pkl") && err.contains("CRC-32"),
+        "{err}"
+    );
+}
+
 #[test]
 fn zip_without_a_checkpoint_or_without_tensors_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,9 @@ fn consistent_models_and_classifier_pass() {
         .stdout(predicate::str::contains("[PASS] ENV-03 --dnabert"))
         .stdout(predicate::str::contains("hidden 128"))
         .stdout(predicate::str::contains("256 inputs = 128 + 128"))
+        .stdout(predicate::str::contains(
+            "not hash-checked (a local directory",
+        ))
         .stdout(predicate::str::contains("[SKIP] ENV-04"))
         .stdout(predicate::str::contains("all checks passed"));
 }
@@ -99,4 +102,102 @@ fn mismatched_classifier_fails_with_both_sizes() {
             "[FAIL] ENV-03 --classifier nope.pth",
         ))
         .stderr(predicate::str::contains("nope.pth"));
+}
+
+/// A Hugging Face cache as `huggingface-cli download` leaves it, holding the oracle's tiny
+/// FastESM2 under the Hub ID `test/tiny-fastesm`: `snapshots/<rev>/<file>` links to
+/// `blobs/<hash>`, the weights named by their sha256 (Git LFS), the small files by their git
+/// blob SHA-1. Returns the `hub` directory and the weights' blob.
+#[cfg(unix)]
+fn fake_hub_cache(root: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use sha1::Digest;
+    let hub = root.join("hub");
+    let repo = hub.join("models--test--tiny-fastesm");
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(rev)).unwrap();
+    std::fs::write(repo.join("refs/main"), rev).unwrap();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut weights_blob = std::path::PathBuf::new();
+    for file in [
+        "config.json",
+        "vocab.txt",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+    ] {
+        let bytes = std::fs::read(format!("{O}/fastesm/{file}")).unwrap();
+        let name = if file.ends_with(".safetensors") {
+            hex(&sha2::Sha256::digest(&bytes))
+        } else {
+            let mut h = sha1::Sha1::new();
+            h.update(format!("blob {}\0", bytes.len()).as_bytes());
+            h.update(&bytes);
+            hex(&h.finalize())
+        };
+        let blob = repo.join("blobs").join(&name);
+        std::fs::write(&blob, &bytes).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../blobs/{name}"),
+            repo.join("snapshots").join(rev).join(file),
+        )
+        .unwrap();
+        if file == "model.safetensors" {
+            weights_blob = blob;
+        }
+    }
+    (hub, weights_blob)
+}
+
+/// doctor checks the model files it resolves from the Hugging Face cache against the hashes the
+/// cache names them by: an intact cache passes, a blob changed by one byte fails, naming the
+/// file and both hashes.
+#[cfg(unix)]
+#[test]
+fn cached_model_files_are_checked_against_their_blob_hashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, weights) = fake_hub_cache(tmp.path());
+    let run = || {
+        let mut cmd = doctor();
+        cmd.env("HF_HUB_CACHE", &hub)
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["--esm", "test/tiny-fastesm"]);
+        cmd
+    };
+    run()
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "[PASS] ENV-03 --esm test/tiny-fastesm",
+        ))
+        .stdout(predicate::str::contains(
+            "3 files match the content hashes the Hugging Face cache names them by (1 sha256, \
+             2 git SHA-1)",
+        ));
+
+    // One byte of the weights' blob changed (the end of the file: tensor data).
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let expected = weights.file_name().unwrap().to_string_lossy().into_owned();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&weights, &bytes).unwrap();
+    let actual = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    run()
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "[FAIL] ENV-03 --esm test/tiny-fastesm",
+        ))
+        .stdout(predicate::str::contains("model.safetensors"))
+        .stdout(predicate::str::contains(format!(
+            "expected sha256 {expected}, got {actual}"
+        )))
+        .stderr(predicate::str::contains("--force-download"));
 }

@@ -312,6 +312,10 @@ fn host_frames_are_sampled_in_proportion_to_group_sizes() {
 // ---- bad input ------------------------------------------------------------------------------
 
 fn prepare_err(dir: &Path, viral_text: &str) -> String {
+    prepare_err_with(dir, viral_text, &[])
+}
+
+fn prepare_err_with(dir: &Path, viral_text: &str, extra: &[&str]) -> String {
     let viral = dir.join("bad.gbff");
     fs::write(&viral, viral_text).unwrap();
     let host = dir.join("host.gbff");
@@ -327,6 +331,7 @@ fn prepare_err(dir: &Path, viral_text: &str) -> String {
         .arg(&host)
         .arg("--out-dir")
         .arg(dir.join("out"))
+        .args(extra)
         .assert()
         .failure()
         .get_output()
@@ -343,10 +348,11 @@ fn malformed_genbank_names_file_and_line() {
     // A character that is not a base in the ORIGIN block of the second record.
     let bad = record("BAD", CHUNK, &[Cds("1..30", Some("MAKEFGHWPD"))])
         .replace("atggctaaag", "atggc@aaag");
-    let err = prepare_err(tmp.path(), &(good.clone() + &bad));
+    let err = prepare_err_with(tmp.path(), &(good.clone() + &bad), &["--strict"]);
     let locus_line = good.lines().count() + 1;
     assert!(err.contains("bad.gbff"), "{err}");
-    assert!(err.contains("malformed GenBank record #2"), "{err}");
+    assert!(err.contains("GenBank record #2"), "{err}");
+    assert!(err.contains("rejected by the parser"), "{err}");
     assert!(
         err.contains(&format!("LOCUS at line {locus_line}")),
         "{err}"
@@ -369,6 +375,91 @@ fn malformed_genbank_names_file_and_line() {
     assert!(err.contains("GenBank"), "{err}");
     // No partial output after a failure.
     assert!(!tmp.path().join("out/frames.tsv").exists());
+}
+
+/// A master record of an NCBI WGS/TSA/TLS project as NCBI writes them (cf. Biopython's
+/// `tsa_acropora.gb`, `tls_KDHP01000000.gb`): no sequence, and after the features a `TLS` line
+/// with the range of the project's records, which the GenBank parser (gb-io) rejects.
+const MASTER_RECORD: &str = "\
+LOCUS       XXXX01000000              10 rc    DNA     linear   ENV 01-JAN-2000
+DEFINITION  TLS: synthetic targeted locus study master record.
+ACCESSION   XXXX00000000
+VERSION     XXXX00000000.1
+KEYWORDS    TLS; Targeted Locus Study.
+SOURCE      synthetic
+  ORGANISM  synthetic
+            Unclassified.
+FEATURES             Location/Qualifiers
+     source          1..10
+                     /organism=\"synthetic\"
+TLS         XXXX01000001-XXXX01000010
+//
+";
+
+/// One rejected record among good ones: skipped with a warning that names the file, the record
+/// number and the line, counted in summary.json; the records after it are read. `--strict` stops
+/// at it instead.
+#[test]
+fn a_record_the_parser_rejects_is_skipped_and_counted_unless_strict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = record("G1", CHUNK, &[Cds("1..30", Some("MAKEFGHWPD"))]);
+    let last = record("G2", CHUNK, &[Cds("1..30", Some("MAKEFGHWPD"))]);
+    let viral = tmp.path().join("mixed.gbff");
+    fs::write(&viral, format!("{first}{MASTER_RECORD}{last}")).unwrap();
+    let host = tmp.path().join("host.gbff");
+    fs::write(
+        &host,
+        record("H", CHUNK, &[Cds("1..30", Some("MAKEFGHWPD"))]),
+    )
+    .unwrap();
+    let cmd = |out: &str| {
+        let mut c = vnp();
+        c.args(["prepare", "--chunk-len", "30", "--viral"])
+            .arg(&viral)
+            .arg("--host")
+            .arg(&host)
+            .arg("--out-dir")
+            .arg(tmp.path().join(out));
+        c
+    };
+    let master_line = first.lines().count() + 1;
+    let tls_line = master_line + MASTER_RECORD.lines().count() - 2;
+
+    let assert = cmd("lenient").assert().success();
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "mixed.gbff:{tls_line}: GenBank record #2 (LOCUS at line {master_line})"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("TLS") && stderr.contains("skipped"),
+        "{stderr}"
+    );
+    let frames = fs::read_to_string(tmp.path().join("lenient/frames.tsv")).unwrap();
+    assert!(
+        frames.contains("G1.1_chunk_1F1") && frames.contains("G2.1_chunk_1F1"),
+        "{frames}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("lenient/summary.json")).unwrap())
+            .unwrap();
+    let viral_group = &summary["groups"][0];
+    assert_eq!(viral_group["group"], "mixed");
+    assert_eq!(viral_group["records"], 2);
+    assert_eq!(viral_group["records_rejected"], 1);
+    assert_eq!(summary["groups"][1]["records_rejected"], 0);
+
+    let assert = cmd("strict").arg("--strict").assert().failure();
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("--strict")
+            && stderr.contains("mixed.gbff")
+            && stderr.contains("record #2"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("strict/frames.tsv").exists());
 }
 
 #[test]

@@ -7,9 +7,10 @@ use anyhow::{bail, Context};
 use virnucpro::models::presets::{self, ModelChoice};
 use virnucpro::pipeline::doctor::{self, DoctorOptions};
 
-/// Check the environment: build features, the GPU, your models and classifier (resolvable,
-/// loadable, dimensions consistent), fused attention == materialized attention on random inputs,
-/// and the fused kernel's speed-up (ENV-01..05). Stops at the first failure and says what to do.
+/// Check the environment: build features, the GPU, your models and classifier (resolvable, files
+/// from the Hugging Face cache intact by their content hashes, loadable, dimensions consistent),
+/// fused attention == materialized attention on random inputs, and the fused kernel's speed-up
+/// (ENV-01..05). Stops at the first failure and says what to do.
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  virnucpro doctor\n  virnucpro doctor --device cuda:1 --json doctor.json\n  virnucpro doctor --shapes 64x168,4x2048 --repeats 50\n  virnucpro doctor --device cpu --dnabert zhihan1996/DNABERT-S --esm Synthyra/FastESM2_650 --classifier my.safetensors\n  virnucpro doctor --device cpu --preset virnucpro-500"

@@ -14,6 +14,7 @@ files can share a group. All viral frames are kept; host frames are sampled from
 in proportion to their sizes until there are as many host as viral frames.
 
 Writes DIR/frames.tsv (id, label, group, dna, protein) and DIR/summary.json (counts per group).
+A record the GenBank parser rejects is skipped with a warning and counted (--strict: stop).
 
 Example:
   virnucpro prepare --chunk-len 300 --out-dir train300 \\
@@ -39,6 +40,11 @@ pub struct Args {
     /// Group name for every input given without `GROUP=` (default: its file name).
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// Stop at the first GenBank record the parser rejects. By default such a record (e.g. an
+    /// NCBI WGS/TSA/TLS master record, which has no sequence) is skipped with a warning naming
+    /// the file, record number and line, and counted in summary.json (`records_rejected`).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -53,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         chunk_len: args.chunk_len,
         seed: args.seed,
         out_dir: args.out_dir,
+        strict: args.strict,
     };
     let summary = prepare(&inputs, &opts)?;
     print!("{}", summary_table(&summary));

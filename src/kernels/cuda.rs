@@ -317,7 +317,7 @@ where
             .w()?
             .max(1) as usize;
         let tiles = grid_rows.div_ceil(variant.key_tile());
-        Some(super::WorkSplit::plan(n_items, tiles, sms, split_enabled()))
+        Some(super::WorkSplit::plan(n_items, tiles, sms))
     } else {
         None
     };
@@ -412,7 +412,7 @@ where
     }
     // Tensor maps for the persistent kernels' TMA loads: q (boxes of a query block) and k, v
     // (boxes of a key tile), over the same elements as the pointers above.
-    let maps = if variant.persistent() && tma_enabled() {
+    let maps = if variant.persistent() {
         let stream = dev.cuda_stream();
         let (map_rows, map_batch) = if packed {
             (dims[0], 1)
@@ -527,13 +527,6 @@ impl TmaMap {
     }
 }
 
-/// Whether the persistent kernels load full tiles by TMA (default; `VIRNUCPRO_ATTN_TMA=0`: all
-/// by cp.async, for comparison).
-fn tma_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| super::switch_on("VIRNUCPRO_ATTN_TMA"))
-}
-
 /// Floats per consumer thread in a partial result of the persistent kernels (PART_VALUES in
 /// flash_attn_sm90.cu).
 const PART_VALUES: usize = 36;
@@ -569,13 +562,6 @@ fn split_workspace(dev: &CudaDevice, grid: usize) -> Result<Arc<Mutex<SplitWorks
     }));
     all.insert(dev.id(), w.clone());
     Ok(w)
-}
-
-/// Whether the persistent kernels share out their last rounds by key tiles (default;
-/// `VIRNUCPRO_ATTN_SPLIT=0` turns it off, for comparison).
-fn split_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| super::switch_on("VIRNUCPRO_ATTN_SPLIT"))
 }
 
 /// Whether a device runs the wgmma kernels.
@@ -623,7 +609,7 @@ fn sm90_ready(dev: &CudaDevice, explicit: bool) -> Result<bool> {
         Sm90::Ready => Ok(true),
         Sm90::Off => Ok(false),
         Sm90::Untried => {
-            let probe = "virnucpro_flash_attn_sm90_f16_h2n64";
+            let probe = "virnucpro_flash_attn_sm90_f16_p3n64";
             match load_kernel(dev, probe, SM90_MODULE, FLASH_ATTN_SM90_IMAGE) {
                 Ok(_) => {
                     *state = Sm90::Ready;

@@ -3,9 +3,10 @@
 // the warpgroup tensor-core instructions (wgmma) that Hopper needs for full speed; mma.sync, which
 // flash_attn.cu uses, reaches about two thirds of it there.
 //
-// Block: NWG warpgroups (128 threads each), every warpgroup owns 64 query rows, BM = 64 * NWG.
-// Key/value tiles of BN rows stream through a four-stage shared-memory ring filled with cp.async
-// (tile j + 2 loads while tile j is used; one barrier per tile). Per tile j and warpgroup:
+// One persistent, warp-specialized kernel (described where it starts, below) in two tile shapes:
+// p3n64 (three consumer warpgroups of 64 query rows, 64-key tiles, rows shorter than 768) and
+// p3n128 (128-key tiles, longer rows). Key/value tiles of BN rows stream through a four-stage
+// shared-memory ring. Per tile j and consumer warpgroup:
 //   S(j) = Q K(j)^T        wgmma m64nBNk16 x 4, Q and K from shared memory
 //   O += P(j-1) V(j-1)     wgmma m64n64k16 x BN/16, P from registers, V from shared memory
 //                          (transposed read: V is stored [key][dim] as loaded)
@@ -27,10 +28,8 @@ struct alignas(64) TmaMap {
     unsigned long long opaque[16];
 };
 
-// K/V ring depth (the launcher's FaVariant::dynamic_smem assumes 4; -DSTAGES for experiments).
-#ifndef STAGES
+// K/V ring depth (the launcher's FaVariant::dynamic_smem assumes 4).
 #define STAGES 4
-#endif
 
 namespace {
 
@@ -76,29 +75,11 @@ __device__ __forceinline__ void fence_async_smem() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// Copies rows [row0, row0 + ROWS) x 64 of a strided operand into a 128-byte-swizzled tile at
-// shared address `dst`; rows >= valid_rows are zero-filled (never read from memory).
-template <int ROWS, int NT, typename T>
-__device__ __forceinline__ void load_tile_sw(uint32_t dst, const T* base, long long row_stride,
-                                             int row0, int valid_rows, int tid) {
-    constexpr int CHUNKS = ROWS * 8;  // 16-byte chunks
-#pragma unroll
-    for (int i = 0; i < (CHUNKS + NT - 1) / NT; ++i) {
-        const int idx = tid + i * NT;
-        if (CHUNKS % NT == 0 || idx < CHUNKS) {
-            const int r = idx >> 3;
-            const int c = idx & 7;
-            const bool valid = row0 + r < valid_rows;
-            const T* src = valid ? base + (long long)(row0 + r) * row_stride + c * 8 : base;
-            cp_async16(dst + r * 128 + ((c ^ (r & 7)) << 4), src, valid);
-        }
-    }
-}
-
-// The producer warpgroup's copy of rows [row0, row0 + ROWS) x 64 into a swizzled tile (as
-// load_tile_sw with 128 threads): thread t copies chunk t % 8 of rows t / 8 + 16 i, so its
-// swizzle is fixed and its source and destination just advance by 16 rows. The producer runs on
-// a few dozen registers after setmaxnreg; the generic form spilled there.
+// The producer warpgroup's copy of rows [row0, row0 + ROWS) x 64 into a swizzled tile (16-byte
+// chunk c of row r at chunk c ^ (r % 8)), rows >= valid_rows zero-filled (never read from
+// memory): thread t copies chunk t % 8 of rows t / 8 + 16 i, so its swizzle is fixed and its
+// source and destination just advance by 16 rows. The producer runs on a few dozen registers
+// after setmaxnreg; a generic tile copy spilled there.
 template <int ROWS, typename T>
 __device__ __forceinline__ void produce_tile(uint32_t dst, const T* base, long long row_stride,
                                              int row0, int valid_rows, int ptid) {
@@ -256,9 +237,8 @@ template <typename T> struct Wg;
 WG_STRUCT(__half, "f16")
 WG_STRUCT(__nv_bfloat16, "bf16")
 
-// One warpgroup's part of the products and the online softmax, shared by both kernels: the
-// output accumulators, running max and sum, scores S and packed probabilities P of 64 query rows.
-// The kernels differ only in how K/V tiles arrive and when a warpgroup may issue.
+// One consumer warpgroup's part of the products and the online softmax: the output
+// accumulators, running max and sum, scores S and packed probabilities P of 64 query rows.
 template <typename T, int BN, bool ALIBI>
 struct WgRows {
     static constexpr int NN = BN / 8;  // n8 column groups of the score accumulator
@@ -343,116 +323,6 @@ struct WgRows {
         }
     }
 };
-
-template <typename T, int NWG, int BN, bool ALIBI>
-__device__ __forceinline__ void attn_fwd_sm90(const T* __restrict__ q, const T* __restrict__ k,
-                                              const T* __restrict__ v, T* __restrict__ o,
-                                              const uint32_t* __restrict__ key_lens,
-                                              const uint32_t* __restrict__ cu_seqlens,
-                                              const float* __restrict__ slopes, int t_rows,
-                                              long long q_sb, long long q_st, long long q_sh,
-                                              long long k_sb, long long k_st, long long k_sh,
-                                              long long v_sb, long long v_st, long long v_sh,
-                                              long long o_sb, long long o_st, long long o_sh,
-                                              float scale_log2, uint8_t* smem_raw) {
-    constexpr int NT = NWG * 128;
-    constexpr int BM = NWG * 64;
-    static_assert(BN == 64 || BN == 128, "key tile of 64 or 128 rows");
-    // Swizzled tiles need 1024-byte alignment; the launcher adds 1 KiB of slack.
-    const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const uint32_t sQ = base;
-    auto sK = [&](int st) { return base + BM * 128 + st * 2 * BN * 128; };
-    auto sV = [&](int st) { return base + BM * 128 + st * 2 * BN * 128 + BN * 128; };
-
-    const int tid = threadIdx.x;
-    const int wg = tid >> 7;
-    const int warp = (tid >> 5) & 3;  // warp within the warpgroup: rows 16 * warp ..
-    const int lane = tid & 31;
-    const int g = lane >> 2;
-    const int tg = lane & 3;
-    const int h = blockIdx.y;
-    const int b = blockIdx.z;
-
-    const attn::SeqSpan sp = seq_span(b, key_lens, cu_seqlens, t_rows);
-    const long long start = sp.start;
-    const int len = sp.len;
-    const int rows = sp.rows;
-    const int q0 = blockIdx.x * BM;
-    if (q0 >= rows) return;
-
-    const T* qb = q + b * q_sb + start * q_st + h * q_sh;
-    const T* kb = k + b * k_sb + start * k_st + h * k_sh;
-    const T* vb = v + b * v_sb + start * v_st + h * v_sh;
-    T* ob = o + b * o_sb + start * o_st + h * o_sh;
-
-    if (q0 >= len) {  // the whole tile is padding
-        zero_tile<BM, NT>(ob, o_st, q0, rows, tid);
-        return;
-    }
-
-    const int n_tiles = (len + BN - 1) / BN;
-    const float slope_log2 = ALIBI ? slopes[h] * 1.4426950408889634f : 0.f;
-
-    // Prologue: Q with tile 0 (one group), tile 1 (a second group).
-    load_tile_sw<BM, NT>(sQ, qb, q_st, q0, len, tid);
-    load_tile_sw<BN, NT>(sK(0), kb, k_st, 0, len, tid);
-    load_tile_sw<BN, NT>(sV(0), vb, v_st, 0, len, tid);
-    cp_async_commit();
-    if (n_tiles > 1) {
-        load_tile_sw<BN, NT>(sK(1), kb, k_st, BN, len, tid);
-        load_tile_sw<BN, NT>(sV(1), vb, v_st, BN, len, tid);
-        cp_async_commit();
-    }
-
-    // A warpgroup whose 64 rows are all padding (wq0 >= len) still runs the loop on its zero
-    // Q rows and writes zeros at the end: branching around wgmma on a value ptxas cannot prove
-    // warpgroup-uniform makes it serialize every wgmma in the kernel (ptxas C7520), which cost
-    // far more than the idle warpgroup's products.
-    const int wq0 = q0 + wg * 64;
-    WgRows<T, BN, ALIBI> w(sQ + wg * 64 * 128, wq0 + warp * 16 + g, tg, len, scale_log2,
-                           slope_log2);
-
-    // Software pipeline per warpgroup: while the tensor cores run O += P(j-1) V(j-1), this
-    // warpgroup computes the softmax of S(j) (issued just before it). Tile t's K and V live in
-    // stage t % STAGES; V(j-1) is read during iteration j, so the stage refilled at iteration j
-    // is that of tile j - 2, with tile j + 2.
-    for (int j = 0; j < n_tiles; ++j) {
-        if (j + 1 < n_tiles)
-            cp_async_wait<1>();
-        else
-            cp_async_wait<0>();
-        fence_async_smem();
-        // Tile j is visible to every thread, and every warpgroup has finished iteration j - 1
-        // (the last reads of tile j - 2).
-        __syncthreads();
-        if (j + 2 < n_tiles) {
-            const int st = (j + 2) % STAGES;
-            load_tile_sw<BN, NT>(sK(st), kb, k_st, (j + 2) * BN, len, tid);
-            load_tile_sw<BN, NT>(sV(st), vb, v_st, (j + 2) * BN, len, tid);
-            cp_async_commit();
-        }
-        wg_fence();
-        w.issue_qk(sK(j % STAGES));
-        if (j > 0) w.issue_pv(sV((j - 1) % STAGES));
-        if (j > 0)
-            wg_wait<1>();  // S(j) done; P(j-1) V(j-1) may still run
-        else
-            wg_wait<0>();
-        float alpha[2];
-        w.softmax(j, alpha);
-        wg_wait<0>();
-        w.rescale_and_pack(alpha);
-    }
-    wg_fence();
-    w.issue_pv(sV((n_tiles - 1) % STAGES));
-    wg_wait<0>();
-    reg_fence(w.acc);
-
-    // Normalise and write; padded query rows get zeros (rows >= len, so those of an idle
-    // warpgroup too).
-    store_rows<T>(w.acc, w.l_run, w.qrow, len, rows, ob, o_st, tg);
-}
-
 
 // ---------------------------------------------------------------------------------------------
 // Warp-specialized, persistent form (the FlashAttention-3 structure). One block per
@@ -846,11 +716,7 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
         // partial); -0.6% at 8x1026 (run 59), and less power under the cap. The condition
         // is made warp-uniform with a shuffle, and each branch holds its whole loop: otherwise
         // ptxas serializes every wgmma (C7520, C7514).
-#ifndef FA_NO_IDLE_SKIP  // (kernel harness: -DFA_NO_IDLE_SKIP to compare)
         const bool idle = __shfl_sync(0xffffffff, wi.q0 + wg * 64 >= sp.len, 0);
-#else
-        const bool idle = false;
-#endif
         if (t0 < t1 && idle) {
             mbar_wait(q_full(qs), (n >> 1) & 1);
             int prev = 0;
@@ -915,36 +781,8 @@ __device__ __forceinline__ void attn_fwd_sm90_ps(const T* __restrict__ q, const 
 }
 }  // namespace
 
-// Entry points: virnucpro_flash_attn_sm90_<dtype>_h<warpgroups>n<key tile>; same arguments as
-// flash_attn.cu's. Block: 128 * warpgroups threads; grid (ceil(rows / (64 * warpgroups)), heads,
-// batch); dynamic shared memory: (64 * warpgroups + 4 * 2 * key tile) * 128 + 1024 bytes. h2n64
-// is register-bounded for two blocks per SM (short rows: more blocks in flight).
-#define FLASH_ATTN_SM90_ENTRY(NAME, T, NWG, BN, MINB)                                         \
-    extern "C" __global__ void __launch_bounds__(NWG * 128, MINB)                                \
-        NAME(const T* q, const T* k, const T* v, T* o, const uint32_t* key_lens,                 \
-             const uint32_t* cu_seqlens, const float* slopes, int t_rows, long long q_sb,        \
-             long long q_st, long long q_sh, long long k_sb, long long k_st, long long k_sh,     \
-             long long v_sb, long long v_st, long long v_sh, long long o_sb, long long o_st,     \
-             long long o_sh, float scale_log2) {                                                 \
-        extern __shared__ uint8_t smem_raw[];                                                    \
-        if (slopes != nullptr)                                                                   \
-            attn_fwd_sm90<T, NWG, BN, true>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows,    \
-                                            q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh, \
-                                            o_sb, o_st, o_sh, scale_log2, smem_raw);              \
-        else                                                                                     \
-            attn_fwd_sm90<T, NWG, BN, false>(q, k, v, o, key_lens, cu_seqlens, slopes, t_rows,   \
-                                             q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st,     \
-                                             v_sh, o_sb, o_st, o_sh, scale_log2, smem_raw);       \
-    }
-
-FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h3n128, __half, 3, 128, 1)
-FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h3n128, __nv_bfloat16, 3, 128, 1)
-FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_f16_h2n64, __half, 2, 64, 2)
-FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64, 2)
-
-
-// Persistent entry points: virnucpro_flash_attn_sm90_<dtype>_p<consumers>n<key tile>; the
-// arguments of the others, then the rotary tables (f32 cos, sin [positions, 32], positions >=
+// Entry points: virnucpro_flash_attn_sm90_<dtype>_p<consumers>n<key tile>; the arguments of
+// flash_attn.cu's kernels, then the rotary tables (f32 cos, sin [positions, 32], positions >=
 // the rows of any sequence; null: q and k are used as they are), the item count (n_qblocks x
 // heads x batch, in that order of nesting), and the split of the work (Sched): n_dp items
 // walked whole, the others' key tiles (tiles_nom per item) shared out, with `part` (gridDim.x
@@ -999,9 +837,6 @@ FLASH_ATTN_SM90_ENTRY(virnucpro_flash_attn_sm90_bf16_h2n64, __nv_bfloat16, 2, 64
 // serializes their wgmma: C7512); the launcher rotates q and k beforehand for that one.
 FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_f16_p3n128, __half, 3, 128, false)
 FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_bf16_p3n128, __nv_bfloat16, 3, 128, false)
-FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_f16_p2n128, __half, 2, 128, true)
-FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_bf16_p2n128, __nv_bfloat16, 2, 128, true)
 FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_f16_p3n64, __half, 3, 64, true)
 FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_bf16_p3n64, __nv_bfloat16, 3, 64, true)
-FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_f16_p2n64, __half, 2, 64, true)
-FLASH_ATTN_SM90_PS_ENTRY(virnucpro_flash_attn_sm90_bf16_p2n64, __nv_bfloat16, 2, 64, true)
+

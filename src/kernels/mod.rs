@@ -11,7 +11,8 @@
 //! [`fused_attention_varlen`] runs the same kernel on packed sequences (`cu_seqlens`), so that a
 //! batch of mixed lengths spends nothing on padding. Two kernels implement it: `flash_attn.cu`
 //! (`mma.sync`, every GPU the build targets) and `flash_attn_sm90.cu` (`wgmma`, compute capability
-//! 9.0 only, picked there automatically); [`FaVariant`] names their tile shapes.
+//! 9.0 only, picked there automatically); [`FaVariant`] names their tile shapes, two per kernel
+//! (one for rows shorter than 768 tokens, one for longer rows).
 //!
 //! Layout: inputs are `[batch, heads, len, 64]` in shape, with any strides as long as the head
 //! dimension is contiguous, so both a contiguous `[B, H, T, 64]` tensor and the free view
@@ -258,22 +259,12 @@ pub fn fused_attention_rotary(
     scale: f32,
 ) -> Result<Option<Tensor>> {
     let t = q.dim(2)?;
-    if !rotary_in_attention_enabled()
-        || !hopper_attention(q.device())
-        || !FaVariant::for_len(t, true).fuses_rotary()
-    {
+    // The rotated q and k are bit-identical to the rotary q/k kernel's (predict results
+    // identical with and without), and the separate rotary pass (6% of a `predict` run) is gone.
+    if !hopper_attention(q.device()) || !FaVariant::for_len(t, true).fuses_rotary() {
         return Ok(None);
     }
     fused_padded_rotary(q, k, v, key_lens, cos, sin, scale, None).map(Some)
-}
-
-/// Whether [`fused_attention_rotary`] may run (default; `VIRNUCPRO_ROTARY_IN_ATTENTION=0` turns
-/// it off). The rotated q and k are bit-identical to the rotary q/k kernel's (run 42: predict
-/// results identical with and without), and the separate rotary pass (6% of a `predict` run) is
-/// gone: FastESM2 512x168 399 595 -> 417 285 tokens/s.
-pub fn rotary_in_attention_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| switch_on("VIRNUCPRO_ROTARY_IN_ATTENTION"))
 }
 
 /// The value of an on-by-default comparison switch (the `VIRNUCPRO_…=0` variables of
@@ -423,39 +414,33 @@ fn check_aux(t: &Tensor, dtype: DType, len: usize, what: &str, device: &Device) 
     Ok(())
 }
 
-/// Tile shapes the kernels are compiled in. `w<warps>m<m-tiles of 16 query rows per warp>`:
-/// flash_attn.cu (mma.sync, every CUDA GPU the build targets). `h<warpgroups>n<key tile>`:
-/// flash_attn_sm90.cu (wgmma, compute capability 9.0 only), 64 query rows per warpgroup.
+/// Tile shapes the kernels are compiled in: the ones [`FaVariant::for_len`] picks.
+/// `w<warps>m<m-tiles of 16 query rows per warp>`: flash_attn.cu (mma.sync, every CUDA GPU the
+/// build targets). `p<consumer warpgroups>n<key tile>`: flash_attn_sm90.cu (wgmma, compute
+/// capability 9.0 only), 64 query rows per consumer warpgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum FaVariant {
-    /// 4 warps x 16 rows: 64 query rows per block (138 registers).
+    /// 4 warps x 16 rows: 64 query rows per block (134 registers); rows shorter than 768.
     W4M1,
-    /// 4 warps x 32 rows: 128 query rows per block, each K/V fragment feeds two products.
+    /// 4 warps x 32 rows: 128 query rows per block, each K/V fragment feeds two products; rows
+    /// of 768 and longer.
     W4M2,
-    /// 8 warps x 16 rows: 128 query rows per block sharing each K/V tile.
-    W8M1,
-    /// Hopper: 3 warpgroups (192 query rows), 128-key tiles.
-    H3N128,
-    /// Hopper: 2 warpgroups (128 query rows), 64-key tiles, two blocks per SM.
-    H2N64,
     /// Hopper, warp-specialized and persistent: one block per multiprocessor walks the query
     /// blocks; a producer warpgroup loads Q, K and V (the next block's while the current one
     /// ends), 3 consumer warpgroups (192 query rows) take turns on the tensor cores; 128-key
-    /// tiles.
+    /// tiles; rows of 768 and longer.
     P3N128,
-    /// Persistent: 2 consumers (128 query rows), 128-key tiles.
-    P2N128,
-    /// Persistent: 3 consumers (192 query rows), 64-key tiles.
+    /// Persistent: 3 consumers (192 query rows), 64-key tiles, rotary embedding in the producer;
+    /// rows shorter than 768.
     P3N64,
-    /// Persistent: 2 consumers (128 query rows), 64-key tiles.
-    P2N64,
 }
 
 /// How a persistent (Hopper) kernel shares out its work items (`Sched` in flash_attn_sm90.cu):
 /// the first `n_dp` items whole, one per block in turn; the key tiles of the others in equal
 /// contiguous ranges, one per block, items cut between blocks combined through a workspace.
 /// Without the split the last round of items leaves multiprocessors idle: 4x2048 at 192 query
-/// rows is 880 items for 132 SMs, 6.67 rounds that take 7.
+/// rows is 880 items for 132 SMs, 6.67 rounds that take 7. (Measured in a kernel harness: -3.5%
+/// at 8x1026 and 8x2048 on an H100.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkSplit {
     pub grid: usize,
@@ -466,7 +451,7 @@ pub struct WorkSplit {
 
 impl WorkSplit {
     /// `tiles`: key tiles per item of the longest row; `sms`: multiprocessors.
-    pub fn plan(n_items: usize, tiles: usize, sms: usize, enabled: bool) -> WorkSplit {
+    pub fn plan(n_items: usize, tiles: usize, sms: usize) -> WorkSplit {
         let whole = WorkSplit {
             grid: n_items.min(sms).max(1),
             n_dp: n_items,
@@ -475,7 +460,7 @@ impl WorkSplit {
         // Short rows: too few tiles to cut finely, and many items even out anyway. Fewer items
         // than multiprocessors: cutting every item costs more in merges than it gives (run 53:
         // 1x502 0.0123 -> 0.0130 ms).
-        if !enabled || tiles < 4 || n_items <= sms || n_items.is_multiple_of(sms) {
+        if tiles < 4 || n_items <= sms || n_items.is_multiple_of(sms) {
             return whole;
         }
         // Whole items for all rounds but the last full one; that one and the remainder
@@ -492,29 +477,19 @@ impl WorkSplit {
 }
 
 impl FaVariant {
-    pub const ALL: [FaVariant; 9] = [
+    pub const ALL: [FaVariant; 4] = [
         FaVariant::W4M1,
         FaVariant::W4M2,
-        FaVariant::W8M1,
-        FaVariant::H3N128,
-        FaVariant::H2N64,
         FaVariant::P3N128,
-        FaVariant::P2N128,
         FaVariant::P3N64,
-        FaVariant::P2N64,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::W4M1 => "w4m1",
             Self::W4M2 => "w4m2",
-            Self::W8M1 => "w8m1",
-            Self::H3N128 => "h3n128",
-            Self::H2N64 => "h2n64",
             Self::P3N128 => "p3n128",
-            Self::P2N128 => "p2n128",
             Self::P3N64 => "p3n64",
-            Self::P2N64 => "p2n64",
         }
     }
 
@@ -522,30 +497,22 @@ impl FaVariant {
         Self::ALL.into_iter().find(|v| v.name() == s.trim())
     }
 
-    /// Whether a producer warpgroup loads Q/K/V for the others (the `p…` variants): it computes
-    /// no query rows.
-    pub fn warp_specialized(self) -> bool {
-        self.persistent()
-    }
-
-    /// Whether the kernel can apply the rotary embedding to q and k as it loads them (the
-    /// persistent variants except p3n128, whose consumers need every register they have).
+    /// Whether the kernel can apply the rotary embedding to q and k as it loads them (p3n64;
+    /// not p3n128, whose consumers need every register they have).
     pub fn fuses_rotary(self) -> bool {
-        matches!(self, Self::P2N128 | Self::P3N64 | Self::P2N64)
+        self == Self::P3N64
     }
 
-    /// Whether the kernel is persistent (the `p…` variants): a grid of one block per
-    /// multiprocessor that walks the query blocks, which takes the item count as arguments.
+    /// Whether the kernel is persistent and warp-specialized (the `p…` variants): a grid of one
+    /// block per multiprocessor that walks the query blocks, which takes the item count as
+    /// arguments; a producer warpgroup loads Q/K/V for the consumers and computes no query rows.
     pub fn persistent(self) -> bool {
-        matches!(
-            self,
-            Self::P3N128 | Self::P2N128 | Self::P3N64 | Self::P2N64
-        )
+        matches!(self, Self::P3N128 | Self::P3N64)
     }
 
     /// Whether this is a wgmma (compute capability 9.0 only) variant.
     pub fn hopper(self) -> bool {
-        !matches!(self, Self::W4M1 | Self::W4M2 | Self::W8M1)
+        self.persistent()
     }
 
     /// The variants that run on a GPU with (`hopper`) or without the wgmma kernels.
@@ -560,17 +527,15 @@ impl FaVariant {
     pub fn block_m(self) -> usize {
         match self {
             Self::W4M1 => 64,
-            Self::W4M2 | Self::W8M1 | Self::H2N64 | Self::P2N128 | Self::P2N64 => 128,
-            Self::H3N128 | Self::P3N128 | Self::P3N64 => 192,
+            Self::W4M2 => 128,
+            Self::P3N128 | Self::P3N64 => 192,
         }
     }
 
     pub fn threads(self) -> u32 {
         match self {
             Self::W4M1 | Self::W4M2 => 128,
-            Self::W8M1 | Self::H2N64 => 256,
-            // p…: their consumer warpgroups and the producer warpgroup.
-            Self::H3N128 | Self::P2N128 | Self::P2N64 => 384,
+            // Three consumer warpgroups and the producer warpgroup.
             Self::P3N128 | Self::P3N64 => 512,
         }
     }
@@ -578,43 +543,28 @@ impl FaVariant {
     /// Key rows per tile of the wgmma kernels.
     pub fn key_tile(self) -> usize {
         match self {
-            Self::H3N128 | Self::P3N128 | Self::P2N128 => 128,
+            Self::P3N128 => 128,
             _ => 64,
         }
     }
 
-    /// Dynamic shared memory of a block in bytes (the mma.sync kernels use static memory): the Q
-    /// tile (two for the persistent kernels), four stages of K and V tiles (128 bytes a row),
-    /// 1 KiB of alignment slack.
+    /// Dynamic shared memory of a block in bytes (the mma.sync kernels use static memory): two
+    /// Q tiles, four stages of K and V tiles (128 bytes a row), 1 KiB of alignment slack.
     pub fn dynamic_smem(self) -> u32 {
         if !self.hopper() {
             return 0;
         }
-        let q_tiles = if self.persistent() { 2 } else { 1 };
-        ((q_tiles * self.block_m() + 4 * 2 * self.key_tile()) * 128 + 1024) as u32
+        ((2 * self.block_m() + 4 * 2 * self.key_tile()) * 128 + 1024) as u32
     }
 
-    /// The variant forced by `VIRNUCPRO_FA_VARIANT` (benchmarks), if set.
-    pub fn forced() -> Option<Self> {
-        static V: std::sync::OnceLock<Option<FaVariant>> = std::sync::OnceLock::new();
-        *V.get_or_init(|| {
-            std::env::var("VIRNUCPRO_FA_VARIANT")
-                .ok()
-                .and_then(|s| Self::parse(&s))
-        })
-    }
-
-    /// The variant for rows of `len` tokens, unless `VIRNUCPRO_FA_VARIANT` says otherwise. On a
-    /// compute capability 9.0 GPU (`hopper`) the persistent wgmma kernels: p3n64 below 768
-    /// tokens (a 168-token row is one query block of 192 rows and three 64-key tiles; the
-    /// fastest at 64x168, 24% under h2n64), p3n128 from 768 on (the fastest at 8x1026 and
-    /// 4x2048 and in whole FastESM2 passes at 2x1024 and 1x2048; BENCHMARKS.md run 38).
-    /// Elsewhere w4m1 for short rows (more blocks, 3 per SM) and w4m2 from 768 on (each K/V
-    /// fragment feeds two products; 10-12% faster at 2048 on an H100, runs 1-2).
+    /// The variant for rows of `len` tokens. On a compute capability 9.0 GPU (`hopper`) the
+    /// persistent wgmma kernels: p3n64 below 768 tokens (a 168-token row is one query block of
+    /// 192 rows and three 64-key tiles; the fastest at 64x168), p3n128 from 768 on (the fastest
+    /// at 8x1026 and 4x2048 and in whole FastESM2 passes at 2x1024 and 1x2048). Elsewhere w4m1
+    /// for short rows (more blocks, 3 per SM) and w4m2 from 768 on (each K/V fragment feeds two
+    /// products; 10-12% faster at 2048 on an H100). The other tile shapes measured on the way
+    /// (git history, docs/GPU.md) were slower everywhere and are no longer compiled.
     pub fn for_len(len: usize, hopper: bool) -> Self {
-        if let Some(v) = Self::forced().filter(|v| hopper || !v.hopper()) {
-            return v;
-        }
         match (hopper, len >= 768) {
             (true, false) => Self::P3N64,
             (true, true) => Self::P3N128,
@@ -623,7 +573,7 @@ impl FaVariant {
         }
     }
 
-    /// The variant doctor's per-case lines show (the default for short rows, or the forced one).
+    /// The variant doctor's per-case lines show (the one for short rows).
     pub fn default_for_run(hopper: bool) -> Self {
         Self::for_len(256, hopper)
     }
@@ -819,7 +769,7 @@ mod tests {
         let sms = 132;
         // (items, tiles): doctor's 4x2048 and 8x1026 (p3n128), and odd sizes.
         for (n_items, tiles) in [(880, 16), (960, 9), (133, 4), (1000, 5), (300, 40)] {
-            let sp = WorkSplit::plan(n_items, tiles, sms, true);
+            let sp = WorkSplit::plan(n_items, tiles, sms);
             assert!(
                 sp.n_dp < n_items,
                 "{n_items}x{tiles}: expected a split, got {sp:?}"
@@ -859,14 +809,9 @@ mod tests {
             let ideal = (n_items * tiles).div_ceil(sp.grid);
             assert_eq!(*hi, ideal, "{n_items}x{tiles}: not the ideal makespan");
         }
-        // No split: short rows, whole rounds, or turned off.
-        for (n_items, tiles, on) in [
-            (880, 3, true),
-            (264, 16, true),
-            (60, 8, true),
-            (880, 16, false),
-        ] {
-            let sp = WorkSplit::plan(n_items, tiles, sms, on);
+        // No split: short rows, whole rounds, fewer items than multiprocessors.
+        for (n_items, tiles) in [(880, 3), (264, 16), (60, 8)] {
+            let sp = WorkSplit::plan(n_items, tiles, sms);
             assert_eq!(sp.n_dp, n_items);
             assert_eq!(sp.grid, n_items.min(sms));
         }
@@ -918,7 +863,7 @@ mod tests {
         let dev = crate::device::open_cuda(0)?;
         assert!(hopper_attention(&dev), "this test needs an H100/H200");
         let checks = selftest::check_rotary_attention(&dev)?;
-        assert_eq!(checks.len(), 6, "3 variants x 2 dtypes");
+        assert_eq!(checks.len(), 2, "p3n64 x 2 dtypes");
         for (name, rel, limit) in checks {
             assert!(rel <= limit, "{name}: {rel:.2e} > {limit:.0e}");
         }
@@ -943,7 +888,7 @@ mod tests {
             if v.hopper() {
                 // 64 query rows per computing warpgroup; shared memory within the 227 KiB a
                 // block may use.
-                let consumers = v.threads() as usize / 128 - usize::from(v.warp_specialized());
+                let consumers = v.threads() as usize / 128 - 1; // one producer warpgroup
                 assert_eq!(v.block_m(), 64 * consumers, "{}", v.name());
                 assert!(
                     v.dynamic_smem() <= 227 * 1024,
@@ -960,20 +905,22 @@ mod tests {
                 assert_eq!(v.dynamic_smem(), 0, "{}: static shared memory", v.name());
             }
         }
-        // h2n64 is compiled for two blocks per SM: both must fit in the SM's 228 KiB (1 KiB of
-        // each is reserved by the system).
-        assert!(2 * (FaVariant::H2N64.dynamic_smem() + 1024) <= 228 * 1024);
         assert!(FaVariant::available(false).iter().all(|v| !v.hopper()));
         assert_eq!(FaVariant::available(true).len(), FaVariant::ALL.len());
-        if FaVariant::forced().is_none() {
-            for len in [1, 168, 502, 1026, 2048] {
-                assert!(FaVariant::for_len(len, true).hopper(), "len {len}");
-                assert!(!FaVariant::for_len(len, false).hopper(), "len {len}");
-            }
-            assert_eq!(FaVariant::for_len(2048, false), FaVariant::W4M2);
-            assert_eq!(FaVariant::for_len(168, false), FaVariant::W4M1);
-            assert_eq!(FaVariant::for_len(168, true), FaVariant::P3N64);
-            assert_eq!(FaVariant::for_len(1026, true), FaVariant::P3N128);
+        for len in [1, 168, 502, 1026, 2048] {
+            assert!(FaVariant::for_len(len, true).hopper(), "len {len}");
+            assert!(!FaVariant::for_len(len, false).hopper(), "len {len}");
+        }
+        assert_eq!(FaVariant::for_len(2048, false), FaVariant::W4M2);
+        assert_eq!(FaVariant::for_len(168, false), FaVariant::W4M1);
+        assert_eq!(FaVariant::for_len(168, true), FaVariant::P3N64);
+        assert_eq!(FaVariant::for_len(1026, true), FaVariant::P3N128);
+        // Every compiled variant is one the dispatcher picks.
+        for v in FaVariant::ALL {
+            let picked = [1, 2048]
+                .into_iter()
+                .any(|len| FaVariant::for_len(len, v.hopper()) == v);
+            assert!(picked, "{} is compiled but never chosen", v.name());
         }
     }
 

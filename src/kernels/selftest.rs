@@ -379,9 +379,7 @@ pub fn check_bias_act(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
         }
     }
     out.extend(check_fused_ops(dev)?);
-    if super::rotary_in_attention_enabled() {
-        out.extend(check_rotary_attention(dev)?);
-    }
+    out.extend(check_rotary_attention(dev)?);
     Ok(out)
 }
 

@@ -40,6 +40,138 @@ impl ModelFiles {
     pub fn family(&self) -> ModelFamily {
         self.config.family()
     }
+
+    /// Every file the model is built from: config, tokenizer, weights.
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut v = vec![self.config_path.as_path(), self.tokenizer.as_path()];
+        v.extend(self.weights.files.iter().map(PathBuf::as_path));
+        v
+    }
+}
+
+/// A resolved file checked against the name of its blob in the Hugging Face cache
+/// (`models--org--name/snapshots/<rev>/<file>` links to `blobs/<hash>`): the cache names a file
+/// stored with Git LFS (weights) by the sha256 of its content and a small file kept in git
+/// (config, tokenizer) by its git blob SHA-1, `sha1("blob <size>\0" + content)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// The content hashes to the blob's name; `algo` is `sha256` or `git-sha1`.
+    Match { algo: &'static str },
+    /// It does not: the file changed after it was downloaded (bit rot, a bad copy).
+    Mismatch {
+        algo: &'static str,
+        expected: String,
+        actual: String,
+    },
+    /// Not a blob of a Hugging Face cache (a local model directory, a cache copied without its
+    /// links), or a blob whose name is not a hash: nothing to check against.
+    NotABlob,
+}
+
+/// Checks `path` (a file as resolved, usually a snapshot link) against its cache blob name.
+pub fn check_blob(path: &Path) -> std::io::Result<BlobCheck> {
+    use sha1::Digest as _;
+    use std::io::Read as _;
+    let real = std::fs::canonicalize(path)?;
+    let in_blobs = real
+        .parent()
+        .filter(|d| d.file_name().is_some_and(|n| n == "blobs"))
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .is_some_and(|repo| repo.to_string_lossy().contains("--"));
+    let name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let hex = !name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let algo = match name.len() {
+        64 if in_blobs && hex => "sha256",
+        40 if in_blobs && hex => "git-sha1",
+        _ => return Ok(BlobCheck::NotABlob),
+    };
+    let mut file = std::fs::File::open(&real)?;
+    let size = file.metadata()?.len();
+    let mut sha256 = sha2::Sha256::new();
+    let mut sha1 = sha1::Sha1::new();
+    if algo == "git-sha1" {
+        sha1.update(format!("blob {size}\0").as_bytes());
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if algo == "sha256" {
+            sha256.update(&buf[..n]);
+        } else {
+            sha1.update(&buf[..n]);
+        }
+    }
+    let actual: String = if algo == "sha256" {
+        to_hex(&sha256.finalize())
+    } else {
+        to_hex(&sha1.finalize())
+    };
+    Ok(if actual == name {
+        BlobCheck::Match { algo }
+    } else {
+        BlobCheck::Mismatch {
+            algo,
+            expected: name,
+            actual,
+        }
+    })
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks every file of a resolved model against the content hashes the Hugging Face cache
+/// names its blobs by ([`check_blob`]). Returns a one-line summary, or an error naming the file
+/// whose content does not match, with the expected and actual hash and what to do.
+pub fn verify_cache_hashes(files: &ModelFiles) -> anyhow::Result<String> {
+    let (mut sha256, mut sha1, mut other) = (0, 0, 0);
+    for path in files.paths() {
+        let check = check_blob(path)
+            .with_context(|| format!("cannot read {} to check its hash", path.display()))?;
+        match check {
+            BlobCheck::Match { algo: "sha256" } => sha256 += 1,
+            BlobCheck::Match { .. } => sha1 += 1,
+            BlobCheck::NotABlob => other += 1,
+            BlobCheck::Mismatch {
+                algo,
+                expected,
+                actual,
+            } => {
+                let blob = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+                bail!(
+                    "{} of `{}` does not match the content hash the Hugging Face cache names it \
+                     by: expected {algo} {expected}, got {actual}. The cached file is corrupt \
+                     (bit rot, an interrupted or bad copy): delete {} and download it again \
+                     (`huggingface-cli download {} --force-download`)",
+                    path.display(),
+                    files.source,
+                    blob.display(),
+                    files.source
+                );
+            }
+        }
+    }
+    Ok(match (sha256 + sha1, other) {
+        (0, _) => "not hash-checked (a local directory: only the Hugging Face cache names files \
+                   by their content hashes)"
+            .to_string(),
+        (n, 0) => format!(
+            "{n} files match the content hashes the Hugging Face cache names them by ({sha256} \
+             sha256, {sha1} git SHA-1)"
+        ),
+        (n, m) => format!(
+            "{n} files match their Hugging Face cache hashes ({sha256} sha256, {sha1} git \
+             SHA-1); {m} not hash-checked (not links into the cache's blobs/)"
+        ),
+    })
 }
 
 /// Where the Hub cache lives and whether the network may be used.

@@ -1110,12 +1110,11 @@ impl<R: Read + Seek> PthArchive<R> {
                 anyhow!("`{shown}` is a zip archive but not a PyTorch checkpoint: it has no `data.pkl` entry")
             })?;
         let prefix = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_owned();
-        let big_endian = match read_entry(&mut zip, &format!("{prefix}byteorder"), 16) {
-            Ok(b) => b.trim_ascii() == b"big",
-            Err(_) => false, // archives from before the byteorder record are little-endian
-        };
-        let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES)
-            .with_context(|| format!("cannot read `{pkl_name}` in `{shown}`"))?;
+        let byteorder = format!("{prefix}byteorder");
+        // Archives from before the byteorder record are little-endian.
+        let big_endian = zip.file_names().any(|n| n == byteorder)
+            && read_entry(&mut zip, &byteorder, 16, path)?.trim_ascii() == b"big";
+        let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES, path)?;
         let pickle = Pickle::parse(&pkl)
             .with_context(|| format!("cannot read `{pkl_name}` in `{shown}`"))?;
         Ok(Self {
@@ -1169,9 +1168,7 @@ impl<R: Read + Seek> PthArchive<R> {
             .checked_mul(es)
             .ok_or_else(|| anyhow!("storage size {} overflows", t.storage_len))?;
         let name = format!("{}data/{}", self.prefix, t.storage_key);
-        let bytes = read_entry(&mut self.zip, &name, want as u64).with_context(|| {
-            format!("cannot read storage `{name}` in `{}`", self.path.display())
-        })?;
+        let bytes = read_entry(&mut self.zip, &name, want as u64, &self.path)?;
         if bytes.len() < want {
             bail!(
                 "storage `{name}` in `{}` has {} bytes, expected {want} ({} {} elements): the file is truncated or corrupt",
@@ -1228,20 +1225,47 @@ impl<R: Read + Seek> PthArchive<R> {
     }
 }
 
-/// Reads a zip entry, at most `limit` bytes (the entry's declared size is not trusted).
+/// Reads a zip entry, at most `limit` bytes (the entry's declared size is not trusted), and checks
+/// its CRC-32 when the whole entry was read. (The zip crate checks it only when a read reaches the
+/// end of the entry, which reading exactly `limit` bytes never does: a flipped byte in a tensor
+/// went unnoticed.) `path` is the archive, for messages.
 fn read_entry<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
     limit: u64,
+    path: &Path,
 ) -> Result<Vec<u8>> {
     let entry = zip
         .by_name(name)
-        .map_err(|e| anyhow!("no readable entry `{name}`: {e}"))?;
-    let mut buf = Vec::with_capacity(entry.size().min(limit) as usize);
-    entry
-        .take(limit)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("entry `{name}` is corrupt"))?;
+        .map_err(|e| anyhow!("`{}`: no readable zip entry `{name}`: {e}", path.display()))?;
+    let (size, stored_crc) = (entry.size(), entry.crc32());
+    let mut buf = Vec::with_capacity(size.min(limit) as usize);
+    let read = entry.take(limit).read_to_end(&mut buf);
+    let corrupt = |what: String| {
+        anyhow!(
+            "`{}`: zip entry `{name}` {what}: the file is corrupt (bit rot, an interrupted or bad \
+             copy); copy or download it again",
+            path.display()
+        )
+    };
+    match read {
+        Ok(_) => {}
+        // The zip crate's own check, where a read did reach the end of the entry.
+        Err(e) if e.to_string().contains("checksum") => {
+            return Err(corrupt(format!(
+                "fails its CRC-32 check (stored {stored_crc:08x})"
+            )))
+        }
+        Err(e) => return Err(corrupt(format!("cannot be read ({e})"))),
+    }
+    if buf.len() as u64 == size {
+        let crc = crc32fast::hash(&buf);
+        if crc != stored_crc {
+            return Err(corrupt(format!(
+                "fails its CRC-32 check (stored {stored_crc:08x}, computed {crc:08x})"
+            )));
+        }
+    }
     Ok(buf)
 }
 

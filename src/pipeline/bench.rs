@@ -281,9 +281,20 @@ pub fn run_model(
 pub struct OpRow {
     pub op: String,
     pub time: Timing,
-    /// Achieved rate: TFLOP/s for matmuls and attention, GB/s (read + written) otherwise.
+    /// Achieved rate: FLOP/s for matmuls and attention (TFLOP/s on a GPU, GFLOP/s on a CPU), GB/s
+    /// (read + written) otherwise.
     pub rate: f64,
     pub unit: &'static str,
+}
+
+/// The unit of arithmetic rates on `device`: a CPU does tens of GFLOP/s, a GPU hundreds of
+/// TFLOP/s.
+pub fn flop_unit(device: &Device) -> &'static str {
+    if device.is_cpu() {
+        "GFLOP/s"
+    } else {
+        "TFLOP/s"
+    }
 }
 
 /// Layer sizes of a named architecture: (hidden, heads, FFN rows of the first MLP matmul, FFN
@@ -299,7 +310,9 @@ pub fn layer_dims(model: &str) -> Result<(usize, usize, usize, usize)> {
 }
 
 /// Times the building blocks of one encoder layer separately at `b x t` tokens: where the time of
-/// a forward pass goes.
+/// a forward pass goes. Only what runs on `device` is timed: the fused kernels and cuBLASLt rows
+/// need a CUDA device (elsewhere they would time candle's fallback under a fused kernel's name, or
+/// nothing at all).
 pub fn op_profile(
     device: &Device,
     dtype: DType,
@@ -336,6 +349,9 @@ pub fn op_profile(
     };
     let lens: Vec<usize> = vec![t; b];
     let mask = AttentionMask::new(&lens, t, dtype, device)?;
+    // The fused kernels and cuBLASLt run on a CUDA device of a CUDA build only.
+    let fused = kernels::CUDA_BUILT && device.is_cuda() && kernels::fused_ops_enabled();
+    let flops = flop_unit(device);
     let mut rows = Vec::new();
     let mut time = |name: &str,
                     work: f64,
@@ -344,12 +360,16 @@ pub fn op_profile(
      -> Result<()> {
         let tm = timing::measure(device, 2, repeats, 2.0, f)
             .with_context(|| format!("timing op `{name}`"))?;
-        let rate = if unit == "TFLOP/s" {
-            work / (tm.median_ms * 1e-3) / 1e12
-        } else {
-            work / (tm.median_ms * 1e-3) / 1e9
+        let per_s = work / (tm.median_ms * 1e-3);
+        let rate = match unit {
+            "TFLOP/s" => per_s / 1e12,
+            _ => per_s / 1e9, // GFLOP/s, GB/s
         };
-        eprintln!("op {name}: {:.3} ms, {rate:.0} {unit}", tm.median_ms);
+        eprintln!(
+            "op {name}: {:.3} ms, {} {unit}",
+            tm.median_ms,
+            fmt_rate(rate)
+        );
         rows.push(OpRow {
             op: name.to_string(),
             time: tm,
@@ -360,46 +380,59 @@ pub fn op_profile(
     };
     let mm = |m: usize, k: usize, nn: usize| 2.0 * (m * k * nn) as f64;
     let bytes = |elems: usize| elems as f64 * es;
+    // A cuBLASLt row is timed only where the call takes the cuBLASLt path (it declines shapes
+    // and dtypes it cannot handle, returning None, which would time as nothing).
+    let lt_runs =
+        |x: &candle_core::Tensor,
+         w: &candle_core::Tensor,
+         bias: Option<&candle_core::Tensor>,
+         res: Option<&candle_core::Tensor>,
+         gelu: bool|
+         -> Result<bool> { Ok(fused && kernels::linear(x, w, bias, res, gelu)?.is_some()) };
     time(
         "matmul qkv [N,H]x[H,3H]",
         mm(n, hidden, 3 * hidden),
-        "TFLOP/s",
+        flops,
         &mut || x.matmul(&w_qkv.t()?).map(drop),
     )?;
-    time(
-        "linear qkv cuBLASLt (+bias) [N,H]x[H,3H]",
-        mm(n, hidden, 3 * hidden),
-        "TFLOP/s",
-        &mut || kernels::linear(&x, &w_qkv, Some(&bias_qkv), None, false).map(drop),
-    )?;
-    // GEMM speed on an H100 depends on the data (power draw): PyTorch's baseline uses weights of
-    // std 0.02, as trained models have; this row uses the same.
-    let w_qkv_small = (&w_qkv * 0.02)?;
-    time(
-        "linear qkv cuBLASLt (+bias), W std 0.02",
-        mm(n, hidden, 3 * hidden),
-        "TFLOP/s",
-        &mut || kernels::linear(&x, &w_qkv_small, Some(&bias_qkv), None, false).map(drop),
-    )?;
+    if lt_runs(&x, &w_qkv, Some(&bias_qkv), None, false)? {
+        time(
+            "linear qkv cuBLASLt (+bias) [N,H]x[H,3H]",
+            mm(n, hidden, 3 * hidden),
+            flops,
+            &mut || kernels::linear(&x, &w_qkv, Some(&bias_qkv), None, false).map(drop),
+        )?;
+        // GEMM speed on an H100 depends on the data (power draw): PyTorch's baseline uses
+        // weights of std 0.02, as trained models have; this row uses the same.
+        let w_qkv_small = (&w_qkv * 0.02)?;
+        time(
+            "linear qkv cuBLASLt (+bias), W std 0.02",
+            mm(n, hidden, 3 * hidden),
+            flops,
+            &mut || kernels::linear(&x, &w_qkv_small, Some(&bias_qkv), None, false).map(drop),
+        )?;
+    }
     time(
         "bias add [N,3H]",
         bytes(2 * n * 3 * hidden),
         "GB/s",
         &mut || qkv.broadcast_add(&bias_qkv).map(drop),
     )?;
-    time(
-        "bias add fused [N,3H]",
-        bytes(2 * n * 3 * hidden),
-        "GB/s",
-        &mut || kernels::bias_act(&qkv, &bias_qkv, kernels::Act::Identity, None).map(drop),
-    )?;
+    if fused {
+        time(
+            "bias add fused [N,3H]",
+            bytes(2 * n * 3 * hidden),
+            "GB/s",
+            &mut || kernels::bias_act(&qkv, &bias_qkv, kernels::Act::Identity, None).map(drop),
+        )?;
+    }
     time(
         "split_qkv (3 copies)",
         bytes(2 * n * 3 * hidden),
         "GB/s",
         &mut || split_qkv(&qkv, heads, d).map(drop),
     )?;
-    if let Some((cos, sin)) = rotary_f32.as_ref() {
+    if let Some((cos, sin)) = rotary_f32.as_ref().filter(|_| fused) {
         time(
             "rotary q+k fused from qkv",
             bytes(4 * n * hidden),
@@ -410,14 +443,14 @@ pub fn op_profile(
     time("rotary (q)", bytes(2 * n * hidden), "GB/s", &mut || {
         rotary.forward(&q).map(drop)
     })?;
-    let flops = 4.0 * (b * heads * t * t * d) as f64;
+    let attn_flops = 4.0 * (b * heads * t * t * d) as f64;
     let imp = kernels::attention_impl();
     kernels::set_attention_impl(AttentionImpl::Fused);
     let r = if kernels::fused_attention_available(dtype, d, device) {
         time(
             "attention fused (+out layout)",
+            attn_flops,
             flops,
-            "TFLOP/s",
             &mut || {
                 crate::models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
                     .map(drop)
@@ -429,8 +462,8 @@ pub fn op_profile(
     kernels::set_attention_impl(AttentionImpl::Naive);
     let r2 = time(
         "attention naive (+out layout)",
+        attn_flops,
         flops,
-        "TFLOP/s",
         &mut || {
             crate::models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt()).map(drop)
         },
@@ -441,16 +474,18 @@ pub fn op_profile(
     time(
         "matmul out [N,H]x[H,H]",
         mm(n, hidden, hidden),
-        "TFLOP/s",
+        flops,
         &mut || x.matmul(&w_out.t()?).map(drop),
     )?;
     let b_out = rnd(&[hidden])?;
-    time(
-        "linear out cuBLASLt (+bias+res) [N,H]x[H,H]",
-        mm(n, hidden, hidden),
-        "TFLOP/s",
-        &mut || kernels::linear(&x, &w_out, Some(&b_out), Some(&x), false).map(drop),
-    )?;
+    if lt_runs(&x, &w_out, Some(&b_out), Some(&x), false)? {
+        time(
+            "linear out cuBLASLt (+bias+res) [N,H]x[H,H]",
+            mm(n, hidden, hidden),
+            flops,
+            &mut || kernels::linear(&x, &w_out, Some(&b_out), Some(&x), false).map(drop),
+        )?;
+    }
     time(
         "residual add [N,H]",
         bytes(3 * n * hidden),
@@ -463,12 +498,14 @@ pub fn op_profile(
         "GB/s",
         &mut || candle_nn::ops::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
     )?;
-    time(
-        "layer_norm [N,H] (fused kernel)",
-        bytes(2 * n * hidden),
-        "GB/s",
-        &mut || kernels::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
-    )?;
+    if fused {
+        time(
+            "layer_norm [N,H] (fused kernel)",
+            bytes(2 * n * hidden),
+            "GB/s",
+            &mut || kernels::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
+        )?;
+    }
     time(
         "layer_norm [N,H] (10 ops)",
         bytes(2 * n * hidden),
@@ -487,23 +524,28 @@ pub fn op_profile(
     time(
         "matmul ffn1 [N,H]x[H,F]",
         mm(n, hidden, ffn_in),
-        "TFLOP/s",
+        flops,
         &mut || x.matmul(&w1.t()?).map(drop),
     )?;
-    time(
-        "linear ffn1 cuBLASLt [N,H]x[H,F]",
-        mm(n, hidden, ffn_in),
-        "TFLOP/s",
-        &mut || kernels::linear(&x, &w1, None, None, false).map(drop),
-    )?;
+    if lt_runs(&x, &w1, None, None, false)? {
+        time(
+            "linear ffn1 cuBLASLt [N,H]x[H,F]",
+            mm(n, hidden, ffn_in),
+            flops,
+            &mut || kernels::linear(&x, &w1, None, None, false).map(drop),
+        )?;
+    }
     if ffn_in == 2 * ffn_out {
         let g = rnd(&[n, ffn_in])?;
-        time(
-            "gated_gelu fused [N,2F]->[N,F]",
-            bytes(3 * n * ffn_out),
-            "GB/s",
-            &mut || kernels::gated_gelu(&g, ffn_out).map(drop),
-        )?;
+        // Off CUDA, kernels::gated_gelu is candle's narrow + GELU + multiply.
+        let name = if fused {
+            "gated_gelu fused [N,2F]->[N,F]"
+        } else {
+            "gated_gelu (candle ops) [N,2F]->[N,F]"
+        };
+        time(name, bytes(3 * n * ffn_out), "GB/s", &mut || {
+            kernels::gated_gelu(&g, ffn_out).map(drop)
+        })?;
     }
     time(
         "gelu_erf [N,F]",
@@ -512,48 +554,66 @@ pub fn op_profile(
         &mut || h1.gelu_erf().map(drop),
     )?;
     let b1 = rnd(&[ffn_out])?;
-    if dtype != DType::F32 {
+    if lt_runs(&x, &w1, Some(&b1), None, true)? {
         time(
             "linear ffn1 +bias+gelu(tanh) epilogue",
             mm(n, hidden, ffn_in),
-            "TFLOP/s",
+            flops,
             &mut || kernels::linear(&x, &w1, Some(&b1), None, true).map(drop),
         )?;
     }
-    time(
-        "bias+gelu fused [N,F]",
-        bytes(2 * n * ffn_out),
-        "GB/s",
-        &mut || kernels::bias_act(&h1, &b1, kernels::Act::GeluErf, None).map(drop),
-    )?;
+    if fused {
+        time(
+            "bias+gelu fused [N,F]",
+            bytes(2 * n * ffn_out),
+            "GB/s",
+            &mut || kernels::bias_act(&h1, &b1, kernels::Act::GeluErf, None).map(drop),
+        )?;
+    }
     time(
         "matmul ffn2 [N,F]x[F,H]",
         mm(n, ffn_out, hidden),
-        "TFLOP/s",
+        flops,
         &mut || h1.matmul(&w2.t()?).map(drop),
     )?;
     let b2 = rnd(&[hidden])?;
-    time(
-        "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
-        mm(n, ffn_out, hidden),
-        "TFLOP/s",
-        &mut || kernels::linear(&h1, &w2, Some(&b2), Some(&x), false).map(drop),
-    )?;
+    if lt_runs(&h1, &w2, Some(&b2), Some(&x), false)? {
+        time(
+            "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
+            mm(n, ffn_out, hidden),
+            flops,
+            &mut || kernels::linear(&h1, &w2, Some(&b2), Some(&x), false).map(drop),
+        )?;
+    }
     Ok(rows)
+}
+
+/// A rate with about three significant digits (a CPU's 0.85 GFLOP/s, a GPU's 712 TFLOP/s).
+fn fmt_rate(rate: f64) -> String {
+    if rate >= 100.0 {
+        format!("{rate:.0}")
+    } else if rate >= 10.0 {
+        format!("{rate:.1}")
+    } else {
+        format!("{rate:.2}")
+    }
 }
 
 /// The op profile as a table.
 pub fn op_table(rows: &[OpRow]) -> String {
-    let mut s = format!("{:<34} {:>10} {:>10}\n", "op", "ms", "rate");
+    let mut s = format!("{:<44} {:>10} {:>10}\n", "op", "ms", "rate");
     let mut total = 0.0;
     for r in rows {
         total += r.time.median_ms;
         s.push_str(&format!(
-            "{:<34} {:>10.3} {:>7.0} {}\n",
-            r.op, r.time.median_ms, r.rate, r.unit
+            "{:<44} {:>10.3} {:>10} {}\n",
+            r.op,
+            r.time.median_ms,
+            fmt_rate(r.rate),
+            r.unit
         ));
     }
-    s.push_str(&format!("{:<34} {:>10.3}\n", "sum", total));
+    s.push_str(&format!("{:<44} {:>10.3}\n", "sum", total));
     s
 }
 
@@ -617,6 +677,54 @@ mod tests {
         assert!(batch.lengths.iter().all(|&l| (6..=12).contains(&l)));
         let out = model.encoder.forward_pooled(&batch)?;
         assert_eq!(out.dims(), &[3, 64]);
+        Ok(())
+    }
+
+    /// `bench --ops --device cpu`: only rows that ran on the CPU (no cuBLASLt or fused-kernel
+    /// rows, which need CUDA), and arithmetic rates in GFLOP/s, not TFLOP/s rounded to 0.
+    #[test]
+    fn cpu_op_profile_shows_only_what_ran_in_gflops() -> Result<()> {
+        let dev = Device::Cpu;
+        // A gated MLP (DNABERT-S's layout: 2F rows in, F out), so every row kind is tried.
+        let rows = op_profile(&dev, DType::F32, (2, 16), (64, 2, 256, 128), 1)?;
+        let names: Vec<&str> = rows.iter().map(|r| r.op.as_str()).collect();
+        for r in &rows {
+            assert!(
+                !r.op.contains("cuBLASLt") && !r.op.contains("fused"),
+                "a GPU-only row on the CPU: {names:?}"
+            );
+            assert!(
+                r.unit == "GFLOP/s" || r.unit == "GB/s",
+                "{}: unit {}",
+                r.op,
+                r.unit
+            );
+            assert!(r.time.median_ms > 0.0, "{}: did not run", r.op);
+            assert!(
+                r.rate.is_finite() && r.rate > 0.0,
+                "{}: rate {}",
+                r.op,
+                r.rate
+            );
+        }
+        for must in [
+            "matmul qkv",
+            "attention naive",
+            "matmul ffn2",
+            "gated_gelu (candle ops)",
+        ] {
+            assert!(
+                names.iter().any(|n| n.starts_with(must)),
+                "{must} missing: {names:?}"
+            );
+        }
+        assert!(rows.iter().filter(|r| r.unit == "GFLOP/s").count() >= 5);
+        let table = op_table(&rows);
+        assert!(
+            table.contains("GFLOP/s") && !table.contains("TFLOP/s"),
+            "{table}"
+        );
+        assert_eq!(flop_unit(&dev), "GFLOP/s");
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use crate::device::DTypeSpec;
 use crate::kernels::{self, selftest, AttentionImpl, FaVariant};
 use crate::models::classifier::Classifier;
 use crate::models::config::ModelFamily;
-use crate::models::hub::resolve_model;
+use crate::models::hub::{resolve_model, verify_cache_hashes};
 use crate::pipeline::bench;
 use crate::pipeline::embed::{embed_sequences, load_from_files, LoadOptions};
 use crate::pipeline::timing::{self, Timing};
@@ -447,8 +447,10 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
 }
 
 /// ENV-03 for the user's own models: each given model resolves (directory or Hub ID), is of the
-/// family its flag is for, loads on the device and embeds a test sequence to a finite vector of
-/// its hidden size; the classifier loads and its input size fits the two models.
+/// family its flag is for, its files match the content hashes the Hugging Face cache names them
+/// by (when they come from the cache; a local directory has none), it loads on the device and
+/// embeds a test sequence to a finite vector of its hidden size; the classifier loads and its
+/// input size fits the two models.
 fn check_user_models(rep: &mut DoctorReport, opts: &DoctorOptions, dev: &Device) -> Result<()> {
     let mut hidden = Vec::new();
     for (flag, spec, family, probe) in [
@@ -477,6 +479,8 @@ fn check_user_models(rep: &mut DoctorReport, opts: &DoctorOptions, dev: &Device)
                     files.family()
                 );
             }
+            // Before loading: a corrupt file should be named as such, not fail somewhere inside.
+            let hashes = verify_cache_hashes(&files)?;
             let started = std::time::Instant::now();
             let model = load_from_files(files, dev, DTypeSpec::Auto, &LoadOptions::default())?;
             let out = embed_sequences(&model, &[("doctor-probe", probe)], 4096)?;
@@ -491,7 +495,7 @@ fn check_user_models(rep: &mut DoctorReport, opts: &DoctorOptions, dev: &Device)
             Ok((
                 model.hidden_size,
                 format!(
-                    "{flag} {spec}: {family}, hidden {}, {:?}, loaded and ran in {:.1}s",
+                    "{flag} {spec}: {family}, hidden {}, {:?}, loaded and ran in {:.1}s; {hashes}",
                     model.hidden_size,
                     model.dtype,
                     started.elapsed().as_secs_f64()
@@ -504,7 +508,8 @@ fn check_user_models(rep: &mut DoctorReport, opts: &DoctorOptions, dev: &Device)
                 hidden.push(Some((spec.clone(), h)));
             }
             Err(e) => {
-                rep.line("ENV-03", "FAIL", format!("{flag} {spec}"));
+                // The outermost message only (what failed); the error below has the chain.
+                rep.line("ENV-03", "FAIL", format!("{flag} {spec}: {e}"));
                 return Err(e.context(format!(
                     "{flag} {spec} cannot be used: give a model directory (config.json, weights, \
                      tokenizer) or a Hub ID that is cached or downloadable"
@@ -707,11 +712,11 @@ impl AttnInputs {
 
 /// Times the attention op alone at one shape, in the order `bench_torch.py` times PyTorch's
 /// (SDPA, SDPA with a mask, materialized): the fused kernel the models use, the fused kernel
-/// with ALiBi, the materialized path. The other tile variants are timed by `time_variants`,
-/// after every shape's headline numbers: at 1-2k tokens a second of attention holds the board
-/// at its power cap and lowers the clock, so timing eight more variants between two shapes made
-/// the next shape's numbers those of a hotter board than the one PyTorch is timed on
-/// (BENCHMARKS.md, runs 58 and 70-74).
+/// with ALiBi, the materialized path. The other tile variant is timed by `time_variants`, after
+/// every shape's headline numbers: at 1-2k tokens a second of attention holds the board at its
+/// power cap and lowers the clock, so timing more variants between two shapes made the next
+/// shape's numbers those of a hotter board than the one PyTorch is timed on (docs/GPU.md, "The
+/// power cap").
 pub fn time_attention(
     dev: &Device,
     b: usize,

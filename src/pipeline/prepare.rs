@@ -45,6 +45,9 @@ pub struct PrepareOptions {
     pub chunk_len: usize,
     pub seed: u64,
     pub out_dir: PathBuf,
+    /// Stop at the first record the GenBank parser rejects (default: skip it with a warning,
+    /// counted in `records_rejected`).
+    pub strict: bool,
 }
 
 /// Counts for one (label, group); every record, CDS, chunk and frame lands in one counter.
@@ -54,7 +57,13 @@ pub struct GroupSummary {
     /// `viral` or `host`.
     pub label: String,
     pub files: Vec<String>,
+    /// Records read (parsed); the counters below are parts of it, except `records_rejected`.
     pub records: u64,
+    /// Records the GenBank parser rejected (skipped with a warning; `--strict` stops instead),
+    /// e.g. NCBI's WGS/TSA/TLS master records, whose `WGS`/`TSA`/`TLS` line after the features
+    /// gb-io does not accept. Not part of `records`.
+    #[serde(default)]
+    pub records_rejected: u64,
     /// Records with an empty sequence (skipped).
     pub records_empty: u64,
     /// Records without any CDS feature (skipped: no protein to check frames against).
@@ -288,18 +297,44 @@ fn error_line(rec: &RecordText, message: &str) -> u64 {
     }
 }
 
+/// gb-io's message in one line: its error names no position but quotes the record from where
+/// parsing failed to the end (`Syntax error: Error MapRes while parsing [<text>]`); the first line
+/// of that text says what it could not read. NCBI's WGS/TSA/TLS master records fail this way:
+/// after the features they carry a `WGS`/`TSA`/`TLS` line (the range of the project's records,
+/// in place of a sequence), which gb-io 0.9's grammar (features, optional BASE COUNT, CONTIG,
+/// ORIGIN, then `//`) does not accept.
+fn parse_message(message: &str) -> String {
+    let Some(first) = message
+        .split_once("while parsing [")
+        .and_then(|(_, rest)| rest.lines().map(str::trim_end).find(|l| !l.is_empty()))
+    else {
+        return message.to_string();
+    };
+    let master = ["WGS ", "WGS_SCAFLD ", "TSA ", "TLS "]
+        .iter()
+        .any(|k| first.starts_with(k));
+    format!(
+        "gb-io cannot read the line `{first}`{}",
+        if master {
+            " (a WGS/TSA/TLS master record: it lists a project's records and holds no sequence)"
+        } else {
+            ""
+        }
+    )
+}
+
 fn parse_record(rec: &RecordText, path: &Path) -> Result<gb_io::seq::Seq> {
     match gb_io::reader::SeqReader::new(&rec.text[..]).next() {
         Some(Ok(seq)) => Ok(seq),
         Some(Err(e)) => {
             let msg = e.to_string();
             bail!(
-                "{}:{}: malformed GenBank record #{} (LOCUS at line {}): {msg}; fix or remove \
-                 this record",
+                "{}:{}: GenBank record #{} (LOCUS at line {}) rejected by the parser: {}",
                 path.display(),
                 error_line(rec, &msg),
                 rec.index,
-                rec.line
+                rec.line,
+                parse_message(&msg)
             )
         }
         None => bail!(
@@ -352,6 +387,7 @@ impl WarnCounter {
 fn process_file(
     input: &PrepareInput,
     chunk_len: usize,
+    strict: bool,
     stats: &mut GroupSummary,
     seen_ids: &mut HashSet<String>,
     out: &mut dyn Write,
@@ -367,9 +403,19 @@ fn process_file(
     let mut w_notrans = WarnCounter::default();
     let mut w_empty = WarnCounter::default();
     let mut w_dup = WarnCounter::default();
-    let file_records_before = stats.records;
+    let mut w_rejected = WarnCounter::default();
+    let file_records_before = stats.records + stats.records_rejected;
     while let Some(rec) = splitter.next_record()? {
-        let seq = parse_record(&rec, path)?;
+        let seq = match parse_record(&rec, path) {
+            Ok(seq) => seq,
+            Err(e) if strict => return Err(e.context("--strict: stopped at a rejected record")),
+            Err(e) => {
+                // The splitter has found the record's end (`//`), so the next one starts clean.
+                stats.records_rejected += 1;
+                w_rejected.warn(|| format!("{e:#}; skipped (--strict stops here instead)"));
+                continue;
+            }
+        };
         stats.records += 1;
         let Some(id) = record_id(&seq) else {
             bail!(
@@ -481,9 +527,10 @@ fn process_file(
             }
         }
     }
-    if stats.records == file_records_before {
+    if stats.records + stats.records_rejected == file_records_before {
         tracing::warn!("{}: no GenBank record in this file", path.display());
     }
+    w_rejected.finish(path, "records the GenBank parser rejected");
     w_nocds.finish(path, "records without CDS");
     w_notrans.finish(path, "CDS without /translation");
     w_empty.finish(path, "records without sequence");
@@ -646,7 +693,14 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
                 stats.group
             );
             let sink: &mut dyn Write = if *label == 1 { &mut out } else { &mut spill };
-            process_file(input, opts.chunk_len, stats, &mut seen_ids, sink)?;
+            process_file(
+                input,
+                opts.chunk_len,
+                opts.strict,
+                stats,
+                &mut seen_ids,
+                sink,
+            )?;
         }
         if *label == 0 {
             host_sizes.push(stats.frames_in_cds);
@@ -817,6 +871,7 @@ fn group_table(groups: &[GroupSummary]) -> String {
         "group",
         "label",
         "records",
+        "rejected",
         "no_cds",
         "cds",
         "no_transl",
@@ -832,6 +887,7 @@ fn group_table(groups: &[GroupSummary]) -> String {
             g.group.clone(),
             g.label.clone(),
             g.records.to_string(),
+            g.records_rejected.to_string(),
             g.records_without_cds.to_string(),
             g.cds.to_string(),
             g.cds_without_translation.to_string(),

@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# The GPU section of docs/BENCHMARKS.md in one device session: the GPU tests, `virnucpro doctor`,
+# our attention op against PyTorch's SDPA in alternating pairs, the PyTorch baselines
+# (scripts/bench_torch.py), `predict` on generated coding genomes (ESM2-650M and ESM2-3B shapes,
+# random weights) with the peak GPU memory, and `bench` rows. See docs/GPU.md, "Reproducing the
+# GPU figures".
+#
+#   scripts/gpu-bench.sh pack [CARRY_DIR]    # here, from the repository root: build, fill .gpu-carry/
+#   scripts/gpu-bench.sh run [CARRY_DIR]     # on the GPU machine, from the repository root
+#
+# `pack` builds (release, --features cuda; `source scripts/cuda-toolkit.sh` first where there is
+# no CUDA toolkit) and puts in CARRY_DIR (default .gpu-carry, git-ignored): the stripped binary,
+# the two GPU test binaries, the genome generator (examples/gen_genome.rs) and a 4-mer DNABERT
+# tokenizer directory (examples/kmer_tokenizer.rs), binaries xz-compressed when xz is there.
+# `run` needs the repository's tracked files (tests/data for the parity tests,
+# scripts/bench_torch.py), Python with torch + transformers for the baseline, nvidia-smi, and the
+# CUDA 13 runtime libraries (taken from the torch install, nvidia.cu13, when present).
+#
+# `run` writes at most 8 files under $OUT (default /tmp/virnucpro-gpu-out): tests.log (machine
+# and GPU tests), doctor.log, doctor.json, attn.log, torch.log, torch.json, predict.log,
+# bench.log, and ends its output with a summary. Environment:
+#   STEPS    steps in order (default "tests doctor torch predict attn large bench"):
+#            tests   lib_tests --ignored, gpu_parity --ignored (oracle parity on the GPU)
+#            doctor  virnucpro doctor --device cuda (ENV-01..05, model timings)
+#            torch   bench_torch.py --quick (SDPA, EsmModel, MosaicBERT/BertModel baselines)
+#            predict predict --random-weights esm2-650m on RECORDS coding genomes, 3 runs, peak memory
+#            attn    PAIRS more pairs doctor --skip-models / bench_torch.py --skip-models, alternating
+#            large   predict --random-weights esm2-3b on RECORDS_3B genomes, 2 runs, peak memory
+#            bench   bench esm2-3b (fused vs naive) and bench --ops esm2-650m
+#   BUDGET   seconds the whole run may take (default 570: one device command is limited to 600);
+#            a step that would not fit is skipped, and the summary says how to run it
+#   PAIRS (2), RECORDS (4000: ~40 000 frames), RECORDS_3B (1000)
+set -u
+
+die() { echo "gpu-bench.sh: $*" >&2; exit 1; }
+
+pack() {
+    local carry=${1:-.gpu-carry}
+    [ -f Cargo.toml ] || die "run from the repository root"
+    cargo build --release --locked --features cuda || die "cuda build failed (source scripts/cuda-toolkit.sh first?)"
+    # The examples use no CUDA; built with the same features they reuse the build above.
+    cargo build --release --locked --features cuda --examples || die "examples build failed"
+    # The test binaries' paths, as cargo reports them ("Executable unittests src/lib.rs (PATH)").
+    local built
+    built=$(cargo test --release --locked --features cuda --lib --test gpu_parity --no-run 2>&1) \
+        || { echo "$built" >&2; die "test build failed"; }
+    local lib_tests gpu_parity
+    lib_tests=$(echo "$built" | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p')
+    gpu_parity=$(echo "$built" | sed -n 's/.*Executable tests\/gpu_parity.rs (\(.*\))$/\1/p')
+    local target
+    target=$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
+    local rel="$target/release"
+    [ -x "$rel/virnucpro" ] && [ -x "$lib_tests" ] && [ -x "$gpu_parity" ] || die "missing build outputs in $rel"
+    rm -rf "$carry" && mkdir -p "$carry"
+    strip -o "$carry/virnucpro" "$rel/virnucpro"
+    strip -o "$carry/lib_tests" "$lib_tests"
+    strip -o "$carry/gpu_parity" "$gpu_parity"
+    strip -o "$carry/gen_genome" "$rel/examples/gen_genome"
+    "$rel/examples/kmer_tokenizer" tests/data/oracle/dnabert "$carry/kmer" || die "kmer tokenizer"
+    if command -v xz > /dev/null; then
+        xz -T0 -6 "$carry/virnucpro" "$carry/lib_tests" "$carry/gpu_parity"
+    fi
+    du -sh "$carry"
+    ls -l "$carry"
+    echo "carry $carry (64 MiB at most); on the GPU machine: bash scripts/gpu-bench.sh run $carry"
+}
+
+# ------------------------------------------------------------------------------------------------
+
+unpack() {  # CARRY/NAME[.xz] -> /tmp/virnucpro-bin/NAME
+    local src=$1/$2 dst=/tmp/virnucpro-bin/$2
+    mkdir -p /tmp/virnucpro-bin
+    if [ -f "$src" ]; then
+        cp "$src" "$dst"
+    elif [ -f "$src.xz" ]; then
+        if command -v xz > /dev/null; then
+            xz -dc "$src.xz" > "$dst"
+        else
+            python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$src.xz" "$dst"
+        fi
+    else
+        return 1
+    fi
+    chmod +x "$dst"
+}
+
+# Seconds of BUDGET left (at least 1: `timeout 0` would mean no limit).
+left() {
+    local l=$((BUDGET - SECONDS))
+    echo $((l > 0 ? l : 1))
+}
+
+# Runs step $1 if about $2 seconds remain, else records it as skipped.
+fits() {
+    if [ "$(left)" -lt "$2" ]; then
+        SKIPPED="$SKIPPED $1"
+        echo "== $1: skipped ($(left) s of BUDGET left, needs ~$2 s)"
+        return 1
+    fi
+    echo "== $1 ($(date -u +%H:%M:%S), $(left) s left)"
+}
+
+# Runs "$@", sampling the GPU's used memory every 200 ms; appends the command's last output line
+# (predict's summary) and "peak memory.used N MiB" to LOG.
+with_peak_memory() {
+    local log=$1
+    shift
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > /tmp/virnucpro-mem.csv 2> /dev/null &
+    local mon=$!
+    "$@" > /tmp/virnucpro-cmd.log 2>&1
+    local rc=$?
+    kill "$mon" 2> /dev/null
+    wait "$mon" 2> /dev/null
+    tail -n 1 /tmp/virnucpro-cmd.log >> "$log"
+    echo "peak memory.used $(sort -n /tmp/virnucpro-mem.csv | tail -n 1) MiB (exit $rc)" >> "$log"
+}
+
+predict_runs() {  # SHAPE RECORDS RUNS LOG
+    local shape=$1 records=$2 runs=$3 log=$4 genome=/tmp/virnucpro-genome-$2.fa
+    [ -s "$genome" ] || "$B/gen_genome" --coding "$genome" "$records" 5 2>> "$log"
+    local r
+    for r in $(seq 1 "$runs"); do
+        echo "-- predict --random-weights $shape, $records records, run $r" >> "$log"
+        with_peak_memory "$log" timeout "$(left)" "$V" predict "$genome" --chunk-len 500 \
+            --random-weights "$shape" --dnabert "$CARRY/kmer" --out-dir "/tmp/virnucpro-o-$shape-$r" \
+            --device cuda
+    done
+}
+
+run() {
+    CARRY=$(cd "${1:-.gpu-carry}" && pwd) || die "no carry directory ${1:-.gpu-carry}"
+    [ -f scripts/bench_torch.py ] || die "run from the repository root"
+    OUT=${OUT:-/tmp/virnucpro-gpu-out}
+    STEPS=${STEPS:-tests doctor torch predict attn large bench}
+    BUDGET=${BUDGET:-570}
+    PAIRS=${PAIRS:-2}
+    RECORDS=${RECORDS:-4000}
+    RECORDS_3B=${RECORDS_3B:-1000}
+    SKIPPED=""
+    mkdir -p "$OUT"
+    if python3 -c 'import nvidia.cu13' 2> /dev/null; then
+        local cu13
+        cu13=$(python3 -c 'import nvidia.cu13,os;print(os.path.join(nvidia.cu13.__path__[0],"lib"))')
+        export LD_LIBRARY_PATH="$cu13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
+    B=/tmp/virnucpro-bin
+    unpack "$CARRY" virnucpro || die "no virnucpro in $CARRY"
+    unpack "$CARRY" gen_genome || die "no gen_genome in $CARRY"
+    V=$B/virnucpro
+    export PYTHONUNBUFFERED=1
+    {
+        date -u '+%Y-%m-%d %H:%M:%S UTC'
+        uname -m
+        nproc
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv
+        "$V" --version
+        python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' 2>&1
+    } > "$OUT/tests.log" 2>&1
+    local step
+    for step in $STEPS; do
+        case $step in
+        tests)
+            fits tests 60 || continue
+            if unpack "$CARRY" lib_tests && unpack "$CARRY" gpu_parity; then
+                timeout 150 "$B/lib_tests" --ignored --test-threads 1 2>&1 \
+                    | grep -E "^test |test result|panicked|assert" >> "$OUT/tests.log"
+                CARGO_MANIFEST_DIR=$PWD VIRNUCPRO_BIN=$V timeout 200 "$B/gpu_parity" --ignored \
+                    --test-threads 1 --nocapture 2>&1 \
+                    | grep -E "cosine|score diff|^test |test result|panicked" >> "$OUT/tests.log"
+            else
+                echo "no test binaries in $CARRY" >> "$OUT/tests.log"
+            fi
+            ;;
+        doctor)
+            fits doctor 90 || continue
+            timeout "$(left)" "$V" doctor --device cuda --json "$OUT/doctor.json" > "$OUT/doctor.log" 2>&1
+            echo "doctor exit $?" >> "$OUT/doctor.log"
+            ;;
+        torch)
+            fits torch 120 || continue
+            timeout "$(left)" python3 scripts/bench_torch.py --quick --out "$OUT/torch.json" > "$OUT/torch.log" 2>&1
+            echo "bench_torch exit $?" >> "$OUT/torch.log"
+            ;;
+        predict)
+            fits predict 100 || continue
+            # The first run includes the driver's JIT compilation on a fresh machine.
+            predict_runs esm2-650m "$RECORDS" 3 "$OUT/predict.log"
+            ;;
+        attn)
+            fits attn $((45 * PAIRS)) || continue
+            local r
+            for r in $(seq 1 "$PAIRS"); do
+                local order="doctor torch"
+                [ $((r % 2)) = 0 ] && order="torch doctor"
+                local who
+                for who in $order; do
+                    if [ "$who" = doctor ]; then
+                        echo "--- doctor (pair $r)"
+                        timeout 120 "$V" doctor --device cuda --skip-models 2>&1 | grep -E "^\s+[0-9]+x[0-9]+ |B x T"
+                    else
+                        echo "--- torch attention, 30 repeats (pair $r)"
+                        timeout 120 python3 scripts/bench_torch.py --skip-models 2>&1 | grep -E "^attn [0-9]"
+                    fi
+                done
+            done > "$OUT/attn.log" 2>&1
+            ;;
+        large)
+            fits large 90 || continue
+            predict_runs esm2-3b "$RECORDS_3B" 2 "$OUT/predict.log"
+            ;;
+        bench)
+            fits bench 45 || continue
+            {
+                echo "-- bench --model esm2-3b --shapes 64x168,1x1026 --compare-attention"
+                timeout 120 "$V" bench --model esm2-3b --device cuda --shapes 64x168,1x1026 --compare-attention 2>/dev/null
+                echo "-- bench --model esm2-650m --ops --shapes 512x168"
+                timeout 60 "$V" bench --model esm2-650m --device cuda --ops --shapes 512x168 2>/dev/null
+            } > "$OUT/bench.log" 2>&1
+            ;;
+        *) echo "unknown step $step (tests doctor torch predict attn large bench)" ;;
+        esac
+    done
+
+    # Summary: the end of the output is what comes back first.
+    echo
+    echo "================ summary ($(date -u '+%Y-%m-%d %H:%M UTC'), ${SECONDS} s) ================"
+    sed -n '1,6p' "$OUT/tests.log"
+    grep -E "test result|cosine|score diff" "$OUT/tests.log" 2> /dev/null | head -n 8
+    if [ -f "$OUT/doctor.log" ]; then
+        grep -E "^\[|doctor exit" "$OUT/doctor.log" | cut -c1-200
+        grep -E "^\s+[0-9]+x[0-9]+ |B x T" "$OUT/doctor.log" | cut -c1-200
+    fi
+    [ -f "$OUT/attn.log" ] && cat "$OUT/attn.log"
+    [ -f "$OUT/torch.log" ] && sed -n '/== PyTorch baselines ==/,$p' "$OUT/torch.log" | grep -v "^gemm"
+    [ -f "$OUT/predict.log" ] && grep -v "^wrote" "$OUT/predict.log" | sed 's/^.*INFO //' | cut -c1-200
+    [ -f "$OUT/bench.log" ] && grep -E "^--|^ *[0-9]+x[0-9]+ " "$OUT/bench.log"
+    if [ -n "$SKIPPED" ]; then
+        echo "skipped for time:$SKIPPED; run them in another call: STEPS=\"${SKIPPED# }\" bash scripts/gpu-bench.sh run ${1:-.gpu-carry}"
+    fi
+    echo "logs: $(cd "$OUT" && ls | tr '\n' ' ')"
+}
+
+case ${1:-} in
+pack) shift; pack "$@" ;;
+run) shift; run "$@" ;;
+*) sed -n '2,32p' "$0"; exit 2 ;;
+esac
