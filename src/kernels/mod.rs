@@ -449,6 +449,25 @@ pub struct WorkSplit {
     pub tiles: usize,
 }
 
+/// Rows of at least this many tokens take the attention variant for long rows
+/// ([`FaVariant::for_len`]); batches never mix rows on both sides (`plan_batches`), so that a
+/// row's variant, and its result, does not depend on the batch it is in.
+pub const LONG_ROWS: usize = 768;
+
+static BATCH_INVARIANT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every result independent of how rows are batched (`predict` turns it on: its resumed,
+/// split and multi-GPU runs must give the bits of one run). It turns off the one thing that
+/// depends on the whole batch, [`WorkSplit`] (a few % on long rows; rows of up to 255 tokens, a
+/// 500-bp chunk's frames, are never split anyway).
+pub fn set_batch_invariant(on: bool) {
+    BATCH_INVARIANT.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn batch_invariant() -> bool {
+    BATCH_INVARIANT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl WorkSplit {
     /// `tiles`: key tiles per item of the longest row; `sms`: multiprocessors.
     pub fn plan(n_items: usize, tiles: usize, sms: usize) -> WorkSplit {
@@ -457,6 +476,10 @@ impl WorkSplit {
             n_dp: n_items,
             tiles: tiles.max(1),
         };
+        // How an item is cut depends on how many items the batch has: not with batch invariance.
+        if batch_invariant() {
+            return whole;
+        }
         // Short rows: too few tiles to cut finely, and many items even out anyway. Fewer items
         // than multiprocessors: cutting every item costs more in merges than it gives (run 53:
         // 1x502 0.0123 -> 0.0130 ms).
@@ -565,7 +588,7 @@ impl FaVariant {
     /// products; 10-12% faster at 2048 on an H100). The other tile shapes measured on the way
     /// (git history, docs/GPU.md) were slower everywhere and are no longer compiled.
     pub fn for_len(len: usize, hopper: bool) -> Self {
-        match (hopper, len >= 768) {
+        match (hopper, len >= LONG_ROWS) {
             (true, false) => Self::P3N64,
             (true, true) => Self::P3N128,
             (false, false) => Self::W4M1,

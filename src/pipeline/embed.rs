@@ -337,15 +337,19 @@ pub struct Embeddings {
 
 /// Groups rows into batches under a padded-token budget: `lengths` are visited longest first
 /// (ties in input order) and a batch grows while `rows * longest <= budget`; a row longer than
-/// the budget gets a batch of its own. Returns indices into `lengths`.
+/// the budget gets a batch of its own. A batch never holds rows on both sides of
+/// [`crate::kernels::LONG_ROWS`] (the attention kernel is chosen by a batch's longest row: a
+/// row's result must not depend on its neighbours). Returns indices into `lengths`.
 pub fn plan_batches(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let long = |len: usize| len >= crate::kernels::LONG_ROWS;
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     for i in order {
         let longest = current.first().map_or(lengths[i], |&f| lengths[f]);
-        if !current.is_empty() && (current.len() + 1) * longest > budget {
+        let crosses = long(longest) != long(lengths[i]);
+        if !current.is_empty() && ((current.len() + 1) * longest > budget || crosses) {
             batches.push(std::mem::take(&mut current));
         }
         current.push(i);
@@ -1102,6 +1106,14 @@ mod tests {
         // Longest first; the one over budget alone.
         assert_eq!(batches[0], vec![6]);
         assert_eq!(batches[1], vec![1]);
+    }
+
+    #[test]
+    fn batches_never_straddle_the_long_row_boundary() {
+        let long = crate::kernels::LONG_ROWS;
+        let lengths = [long + 10, long - 1, long, 20, long - 200];
+        let batches = plan_batches(&lengths, 1 << 20);
+        assert_eq!(batches, vec![vec![0, 2], vec![1, 4, 3]]);
     }
 
     fn oracle_esm2() -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {

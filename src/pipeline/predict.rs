@@ -818,6 +818,8 @@ fn random_classifier(input: usize, device: &Device) -> anyhow::Result<Classifier
 /// interrupted run leaves its journal there: the same request again resumes it.
 pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
     let started = Instant::now();
+    // Units are batched by budget and split on out-of-memory failures: no bit may depend on it.
+    crate::kernels::set_batch_invariant(true);
     let mut setup = set_up(req)?;
 
     // A shard reads the whole input first: the shares are cut from every unit's size.
