@@ -19,7 +19,8 @@
 # `run` writes at most 8 files under $OUT (default /tmp/virnucpro-gpu-out): tests.log (machine
 # and GPU tests), doctor.log, doctor.json, attn.log, torch.log, torch.json, predict.log,
 # bench.log, and ends its output with a summary. Environment:
-#   STEPS    steps in order (default "tests doctor torch predict attn large bench"):
+#   STEPS    steps in order (default "tests doctor torch predict attn large bench"; also
+#            invariance, resume, oom, which check large-run behaviour on the GPU):
 #            tests   lib_tests --ignored, gpu_parity --ignored (oracle parity on the GPU)
 #            doctor  virnucpro doctor --device cuda (ENV-01..05, model timings)
 #            torch   bench_torch.py --quick (SDPA, EsmModel, MosaicBERT/BertModel baselines)
@@ -27,9 +28,17 @@
 #            attn    PAIRS more pairs doctor --skip-models / bench_torch.py --skip-models, alternating
 #            large   predict --random-weights esm2-3b on RECORDS_3B genomes, 2 runs, peak memory
 #            bench   bench esm2-3b (fused vs naive) and bench --ops esm2-650m
+#            invariance  predict (esm2-650m) with three --batch-tokens: files must be identical
+#            resume  predict (esm2-650m) killed with -9 halfway, rerun: files identical to an
+#                    uninterrupted run, the log names the reused units
+#            oom     predict (esm2-3b) with a huge --batch-tokens, once with out-of-memory
+#                    failures injected (VIRNUCPRO_TEST_OOM_TOKENS) and once with the GPU's memory
+#                    nearly all taken by another process: files identical to the default budget
 #   BUDGET   seconds the whole run may take (default 570: one device command is limited to 600);
 #            a step that would not fit is skipped, and the summary says how to run it
-#   PAIRS (2), RECORDS (4000: ~40 000 frames), RECORDS_3B (1000)
+#   PAIRS (2), RECORDS (4000: ~40 000 frames), RECORDS_3B (1000), RUNS (3), RUNS_3B (2),
+#   RECORDS_CHECK (1000: the genome of invariance/resume/oom), HOG_FREE_MB (9000: what the
+#   memory hog of `oom` leaves free)
 set -u
 
 die() { echo "gpu-bench.sh: $*" >&2; exit 1; }
@@ -115,6 +124,44 @@ with_peak_memory() {
     echo "peak memory.used $(sort -n /tmp/virnucpro-mem.csv | tail -n 1) MiB (exit $rc)" >> "$log"
 }
 
+# Whether two output directories hold the same result files, byte for byte.
+same_results() {
+    local f
+    for f in prediction_results.txt prediction_results_highestscore.csv prediction_summary.tsv; do
+        cmp -s "$1/$f" "$2/$f" || { echo "DIFFERENT ($f)"; return 1; }
+    done
+    echo "identical"
+}
+
+# Finished work units in a journal (entries [u32 len][u8 kind][payload][u64 sum]; kind 2).
+journal_units() {
+    python3 - "$1" << 'PY' 2> /dev/null || echo 0
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+at, n = 16, 0
+while at + 5 <= len(b):
+    (size,) = struct.unpack_from("<I", b, at)
+    if at + 5 + size + 8 > len(b):
+        break
+    n += b[at + 4] == 2
+    at += 5 + size + 8
+print(n)
+PY
+}
+
+genome() {  # RECORDS -> path of a generated coding genome
+    local g=/tmp/virnucpro-genome-$1.fa
+    [ -s "$g" ] || "$B/gen_genome" --coding "$g" "$1" 5 > /dev/null 2>&1
+    echo "$g"
+}
+
+predict_cmd() {  # SHAPE GENOME OUTDIR [extra...]
+    local shape=$1 g=$2 o=$3
+    shift 3
+    echo "$V" predict "$g" --chunk-len 500 --random-weights "$shape" --dnabert "$CARRY/kmer" \
+        --out-dir "$o" --device cuda "$@"
+}
+
 predict_runs() {  # SHAPE RECORDS RUNS LOG
     local shape=$1 records=$2 runs=$3 log=$4 genome=/tmp/virnucpro-genome-$2.fa
     [ -s "$genome" ] || "$B/gen_genome" --coding "$genome" "$records" 5 2>> "$log"
@@ -136,6 +183,11 @@ run() {
     PAIRS=${PAIRS:-2}
     RECORDS=${RECORDS:-4000}
     RECORDS_3B=${RECORDS_3B:-1000}
+    RUNS=${RUNS:-3}
+    RUNS_3B=${RUNS_3B:-2}
+    RECORDS_CHECK=${RECORDS_CHECK:-1000}
+    RECORDS_OOM=${RECORDS_OOM:-400}
+    HOG_FREE_MB=${HOG_FREE_MB:-9000}
     SKIPPED=""
     mkdir -p "$OUT"
     if python3 -c 'import nvidia.cu13' 2> /dev/null; then
@@ -184,7 +236,7 @@ run() {
         predict)
             fits predict 100 || continue
             # The first run includes the driver's JIT compilation on a fresh machine.
-            predict_runs esm2-650m "$RECORDS" 3 "$OUT/predict.log"
+            predict_runs esm2-650m "$RECORDS" "$RUNS" "$OUT/predict.log"
             ;;
         attn)
             fits attn $((45 * PAIRS)) || continue
@@ -206,7 +258,81 @@ run() {
             ;;
         large)
             fits large 90 || continue
-            predict_runs esm2-3b "$RECORDS_3B" 2 "$OUT/predict.log"
+            predict_runs esm2-3b "$RECORDS_3B" "$RUNS_3B" "$OUT/predict.log"
+            ;;
+        invariance)
+            fits invariance 90 || continue
+            local g
+            g=$(genome "$RECORDS_CHECK")
+            {
+                local bt
+                for bt in default 4096 100000; do
+                    local extra=""
+                    [ "$bt" = default ] || extra="--batch-tokens $bt"
+                    # shellcheck disable=SC2046,SC2086
+                    timeout "$(left)" $(predict_cmd esm2-650m "$g" /tmp/virnucpro-inv-$bt) $extra 2>&1 | tail -n 1
+                done
+                echo "--batch-tokens 4096 vs default: $(same_results /tmp/virnucpro-inv-default /tmp/virnucpro-inv-4096)"
+                echo "--batch-tokens 100000 vs default: $(same_results /tmp/virnucpro-inv-default /tmp/virnucpro-inv-100000)"
+            } > "$OUT/checks.log" 2>&1
+            ;;
+        resume)
+            fits resume 90 || continue
+            local g ref=/tmp/virnucpro-inv-default o=/tmp/virnucpro-resume
+            g=$(genome "$RECORDS_CHECK")
+            {
+                # shellcheck disable=SC2046
+                [ -d "$ref" ] || timeout "$(left)" $(predict_cmd esm2-650m "$g" "$ref") > /dev/null 2>&1
+                rm -rf "$o"
+                # shellcheck disable=SC2046
+                $(predict_cmd esm2-650m "$g" "$o") > /tmp/virnucpro-resume1.log 2>&1 &
+                local pid=$! t=0 total
+                total=$(grep -c '^>' "$g")
+                # Kill once about half of the ~1000 units are journaled.
+                while [ "$(journal_units "$o/.virnucpro.journal")" -lt 400 ] && [ $t -lt 1200 ] && kill -0 $pid 2> /dev/null; do
+                    sleep 0.1
+                    t=$((t + 1))
+                done
+                echo "killed after $(journal_units "$o/.virnucpro.journal") units ($total records)"
+                kill -9 $pid
+                wait $pid 2> /dev/null
+                ls -a "$o"
+                # shellcheck disable=SC2046
+                timeout "$(left)" $(predict_cmd esm2-650m "$g" "$o") 2>&1 | tail -n 2
+                echo "resumed vs uninterrupted: $(same_results "$o" "$ref")"
+                ls -a "$o"
+            } >> "$OUT/checks.log" 2>&1
+            ;;
+        oom)
+            fits oom 150 || continue
+            local g
+            g=$(genome "$RECORDS_OOM")
+            {
+                # shellcheck disable=SC2046
+                timeout "$(left)" $(predict_cmd esm2-3b "$g" /tmp/virnucpro-oom-default) 2>&1 | tail -n 1
+                # shellcheck disable=SC2046
+                VIRNUCPRO_TEST_OOM_TOKENS=3000 timeout "$(left)" $(predict_cmd esm2-3b "$g" /tmp/virnucpro-oom-injected --batch-tokens 10000000) 2>&1 \
+                    | grep -E "WARN|INFO [0-9]+ records|error" | cut -c1-300
+                echo "injected out-of-memory vs default: $(same_results /tmp/virnucpro-oom-default /tmp/virnucpro-oom-injected)"
+                # A real one: another process takes all but HOG_FREE_MB of the GPU's memory.
+                python3 - "$HOG_FREE_MB" << 'PY' &
+import sys, time, torch
+free, total = torch.cuda.mem_get_info()
+keep = int(sys.argv[1]) << 20
+hog = torch.empty(max(free - keep, 0), dtype=torch.uint8, device="cuda")
+print(f"hog: {hog.numel() >> 20} MiB taken, {(free - hog.numel()) >> 20} MiB left of {total >> 20}", flush=True)
+time.sleep(300)
+PY
+                local hog=$!
+                sleep 20
+                nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader
+                # shellcheck disable=SC2046
+                timeout "$(left)" $(predict_cmd esm2-3b "$g" /tmp/virnucpro-oom-real --batch-tokens 10000000) 2>&1 \
+                    | grep -E "WARN|INFO [0-9]+ records|error" | cut -c1-300
+                kill $hog 2> /dev/null
+                wait $hog 2> /dev/null
+                echo "real out-of-memory vs default: $(same_results /tmp/virnucpro-oom-default /tmp/virnucpro-oom-real)"
+            } >> "$OUT/checks.log" 2>&1
             ;;
         bench)
             fits bench 45 || continue
@@ -234,6 +360,7 @@ run() {
     [ -f "$OUT/torch.log" ] && sed -n '/== PyTorch baselines ==/,$p' "$OUT/torch.log" | grep -v "^gemm"
     [ -f "$OUT/predict.log" ] && grep -v "^wrote" "$OUT/predict.log" | sed 's/^.*INFO //' | cut -c1-200
     [ -f "$OUT/bench.log" ] && grep -E "^--|^ *[0-9]+x[0-9]+ " "$OUT/bench.log"
+    [ -f "$OUT/checks.log" ] && sed 's/^.*INFO //' "$OUT/checks.log" | cut -c1-240
     if [ -n "$SKIPPED" ]; then
         echo "skipped for time:$SKIPPED; run them in another call: STEPS=\"${SKIPPED# }\" bash scripts/gpu-bench.sh run ${1:-.gpu-carry}"
     fi

@@ -221,7 +221,8 @@ pub fn device_kind(device: &Device) -> anyhow::Result<String> {
         Device::Cpu => Ok("cpu".into()),
         #[cfg(feature = "cuda")]
         Device::Cuda(c) => {
-            let ctx = c.cuda_stream().context();
+            let stream = c.cuda_stream();
+            let ctx = stream.context();
             let name = ctx.name().map_err(|e| anyhow::anyhow!("{e:?}"))?;
             let (major, minor) = ctx
                 .compute_capability()

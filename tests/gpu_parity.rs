@@ -152,3 +152,78 @@ fn predict_matches_oracle_on_gpu() {
         }
     }
 }
+
+/// On the GPU a sequence's embedding does not depend on the batch it comes in, bit for bit:
+/// `predict` relies on it (a run that backs off after running out of memory, a resumed run and
+/// several GPUs give one run's bits, and a GPU worker batches several work units together).
+/// Random weights of the real shapes; lengths on both sides of the long-row kernel boundary.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embeddings_do_not_depend_on_batching() {
+    use virnucpro::pipeline::embed::{
+        embed_sequences, random_embedding_model, LoadOptions, RandomModel,
+    };
+    virnucpro::kernels::set_batch_invariant(true);
+    set_attention_impl(AttentionImpl::Auto);
+    let device = virnucpro::device::select_device(DeviceSpec::Cuda(0)).unwrap();
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for kind in [RandomModel::Esm2_650m, RandomModel::DnaBertS] {
+        let dna = kind == RandomModel::DnaBertS;
+        let tokenizer = dna.then(|| oracle("dnabert").display().to_string());
+        let model = random_embedding_model(
+            kind,
+            tokenizer.as_deref(),
+            &device,
+            DTypeSpec::Auto,
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let items: Vec<(String, Vec<u8>)> = (0..48)
+            .map(|i| {
+                let (alphabet, len): (&[u8], u64) = if dna {
+                    (b"ACGT", 20 + next(480))
+                } else if i % 8 == 0 {
+                    (b"ACDEFGHIKLMNPQRSTVWY", 700 + next(300))
+                } else {
+                    (b"ACDEFGHIKLMNPQRSTVWY", 1 + next(200))
+                };
+                let seq = (0..len)
+                    .map(|_| alphabet[next(alphabet.len() as u64) as usize])
+                    .collect();
+                (format!("s{i}"), seq)
+            })
+            .collect();
+        let rows = |budget: usize, items: &[(String, Vec<u8>)]| -> Vec<Vec<f32>> {
+            embed_sequences(&model, items, budget)
+                .unwrap()
+                .embeddings
+                .to_vec2()
+                .unwrap()
+        };
+        let together = rows(1 << 20, &items);
+        for budget in [4096, 1000, 1] {
+            assert!(
+                rows(budget, &items) == together,
+                "{kind}: budget {budget} changed bits"
+            );
+        }
+        // Alone, and among other neighbours.
+        for i in [0, 5, 17] {
+            assert!(
+                rows(1 << 20, &items[i..i + 1])[0] == together[i],
+                "{kind}: row {i} alone"
+            );
+        }
+        let reversed: Vec<_> = items.iter().rev().cloned().collect();
+        let back = rows(8192, &reversed);
+        for (i, row) in back.iter().rev().enumerate() {
+            assert!(*row == together[i], "{kind}: row {i} among others");
+        }
+    }
+}

@@ -409,3 +409,54 @@ fn unsafe_kill(pid: u32) {
         .success();
     assert!(ok);
 }
+
+/// `--write-viral-fasta`: exactly the records `prediction_summary.tsv` calls `virus`, in input
+/// order, header and sequence as read; `--min-viral-fraction` moves records in and out of it.
+#[test]
+fn viral_fasta_holds_the_records_called_virus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clf = Path::new(O).join("classifier/model_full.pth");
+    // The input as read: multi-line, lower case, descriptions with tabs.
+    let input = tmp.path().join("in.fa");
+    let mut text = fs::read_to_string(genomes()).unwrap();
+    text.push_str(">wrapped\tsome description\nacgtgcatgcaaatggctagct\nGCATCGATCGGCTAGCTTAGGC\nATGAAACCCGGGTTTAAACCC\n");
+    fs::write(&input, &text).unwrap();
+    // The input records, ID -> (header, sequence without line breaks).
+    let mut records: Vec<(String, String, String)> = Vec::new();
+    for block in text.split('>').skip(1) {
+        let (header, seq) = block.split_once('\n').unwrap();
+        let id = header.split_whitespace().next().unwrap().to_string();
+        records.push((id, header.to_string(), seq.split_whitespace().collect()));
+    }
+    let mut sizes = Vec::new();
+    for fraction in ["0.5", "0.9"] {
+        let out = tmp.path().join(format!("out{fraction}"));
+        predict(&input, "fastesm", &clf, &out)
+            .args(["--write-viral-fasta", "--min-viral-fraction", fraction])
+            .assert()
+            .success();
+        let called: Vec<String> = rows(&out.join(SUMMARY))[1..]
+            .iter()
+            .filter(|r| r[8] == "virus")
+            .map(|r| r[0].clone())
+            .collect();
+        let mut want = String::new();
+        for (id, header, seq) in &records {
+            if called.contains(id) {
+                want.push_str(&format!(">{header}\n{seq}\n"));
+            }
+        }
+        let got = fs::read_to_string(out.join("viral_records.fa")).unwrap();
+        assert_eq!(got, want, "--min-viral-fraction {fraction}");
+        sizes.push(called.len());
+    }
+    assert!(sizes[0] > 0, "some records are called virus: {sizes:?}");
+    assert!(
+        sizes[1] < sizes[0],
+        "a stricter fraction calls fewer: {sizes:?}"
+    );
+    // Without the flag there is no such file.
+    let plain = tmp.path().join("plain");
+    predict(&input, "fastesm", &clf, &plain).assert().success();
+    assert!(!plain.join("viral_records.fa").exists());
+}

@@ -130,7 +130,7 @@ fn strides(layout: &Layout, packed: bool, what: &str) -> Result<Strides> {
     let ok_b = packed || size1(0) || aligned(s.b);
     let ok_t = size1(if packed { 0 } else { 2 }) || aligned(s.t);
     let ok_h = size1(1) || aligned(s.h);
-    if !(ok_b && ok_t && ok_h && layout.start_offset() % 8 == 0) {
+    if !(ok_b && ok_t && ok_h && layout.start_offset().is_multiple_of(8)) {
         candle_core::bail!(
             "fused attention: {what} rows are not 16-byte aligned (strides {st:?}, offset {}); \
              call .contiguous() first",
@@ -486,7 +486,7 @@ impl TmaMap {
             (bytes > 0 && bytes % 16 == 0 && bytes < 1 << 40).then_some(bytes as u64)
         };
         let strides = [stride(s.t, rows)?, stride(s.h, heads)?, stride(s.b, batch)?];
-        if ptr % 16 != 0 || rows == 0 || box_rows > 256 {
+        if !ptr.is_multiple_of(16) || rows == 0 || box_rows > 256 {
             return None;
         }
         let boxes = [64u32, box_rows as u32, 1, 1];

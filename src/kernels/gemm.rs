@@ -303,7 +303,9 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         n: rows as u64,
         ..key
     };
-    if let Some(algo) = ctx.exact.lock().map_err(lock_err)?.get(&exact_key).copied() {
+    // (The guard must be gone before the branch below takes the lock again.)
+    let known = ctx.exact.lock().map_err(lock_err)?.get(&exact_key).copied();
+    if let Some(algo) = known {
         run(&algo)?;
     } else {
         let fits = |algo: &sys::cublasLtMatmulAlgo_t| -> bool {

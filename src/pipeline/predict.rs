@@ -52,8 +52,15 @@ use crate::pipeline::embed::{
 use crate::pipeline::frames::translate_batch;
 use crate::pipeline::scheduler::{self, Handler, Item, Lane, Worker};
 
-/// Units read and translated ahead of the devices, per device.
+/// Units read and translated ahead of the devices, per device: at least this many...
 const AHEAD_PER_DEVICE: usize = 3;
+/// ...and on a GPU as many as hold this many bases (small units are grouped, see
+/// [`GROUP_BATCHES`]), at most [`MAX_AHEAD_PER_DEVICE`].
+const AHEAD_BASES_PER_GPU: u64 = 16 << 20;
+const MAX_AHEAD_PER_DEVICE: usize = 256;
+/// A GPU worker takes the units waiting in the queue together, up to about this many full
+/// protein batches, so that small units still fill the GPU's batches.
+const GROUP_BATCHES: usize = 4;
 /// Test switch: `VIRNUCPRO_TEST_FAIL_DEVICE=K:N` makes device K (0-based position in `--device`)
 /// fail as it takes its N-th work unit, so that redistribution can be tested on any machine.
 pub const FAIL_DEVICE_ENV: &str = "VIRNUCPRO_TEST_FAIL_DEVICE";
@@ -274,7 +281,7 @@ impl Models {
     /// Enqueues all the device work of a prepared unit (both models, the merged features, the
     /// classifier and a per-row sum for the finiteness check) without waiting for the device;
     /// [`PendingScores::finish`] collects the result.
-    fn launch(&self, prepared: Prepared) -> anyhow::Result<PendingScores<'_>> {
+    fn launch(&self, prepared: Prepared, units: &[usize]) -> anyhow::Result<PendingScores<'_>> {
         if prepared.dna.is_empty() {
             return Ok(PendingScores { work: None });
         }
@@ -288,15 +295,23 @@ impl Models {
             .into_device_rows()?;
         // Merged feature = [nucleotide | protein] (PIPELINE.md §4).
         let features = Tensor::cat(&[&dna.rows, &protein.rows], 1)?.to_device(&self.device)?;
-        let probs = self
-            .classifier
-            .forward(&features)
-            .context("classifier forward pass failed")?;
+        // The classifier runs on each work unit's rows alone, as when units come one by one:
+        // its GEMM's algorithm may depend on the number of rows.
+        let mut probs = Vec::with_capacity(units.len());
+        let mut start = 0;
+        for &n in units.iter().filter(|&&n| n > 0) {
+            let p = self
+                .classifier
+                .forward(&features.narrow(0, start, n)?)
+                .context("classifier forward pass failed")?;
+            probs.push(p.to_dtype(DType::F32)?);
+            start += n;
+        }
+        let probs = Tensor::cat(&probs, 0)?;
         // A non-finite embedding value makes its row's sum non-finite: the rows are checked on
         // the device and only the sums come back, not every value.
         let sums = features.sum_keepdim(1)?;
-        let out = Tensor::cat(&[&probs.to_dtype(DType::F32)?, &sums], 1)
-            .context("classifier forward pass failed")?;
+        let out = Tensor::cat(&[&probs, &sums], 1).context("classifier forward pass failed")?;
         Ok(PendingScores {
             work: Some(Launched { dna, protein, out }),
         })
@@ -307,6 +322,7 @@ impl Models {
     fn score_after_oom(
         &self,
         frames: &[&Frame],
+        units: &[usize],
         budget: &Budget,
         failure: anyhow::Error,
     ) -> anyhow::Result<Vec<[f32; 2]>> {
@@ -317,7 +333,7 @@ impl Models {
             let attempt = self
                 .prepare(frames, budget)
                 .map_err(input_fault)
-                .and_then(|p| self.launch(p))
+                .and_then(|p| self.launch(p, units))
                 .and_then(PendingScores::finish);
             match attempt {
                 Err(e) if is_out_of_memory(&e) => error = e,
@@ -517,59 +533,132 @@ impl Worker<UnitJob, UnitResult> for DeviceWorker {
         device_name(&self.models.device)
     }
 
-    /// Per unit taken: tokenize it (host work while the device still runs the previous unit),
-    /// collect the previous unit (waiting for the device), launch this one, then format the
-    /// previous unit's rows while the device runs. Launching before collecting would not help:
-    /// the copy of the previous results would queue behind the new unit on the device's single
-    /// stream.
+    /// Per group of units taken: tokenize it (host work while the device still runs the previous
+    /// group), collect the previous group (waiting for the device), launch this one, then format
+    /// the previous group's rows while the device runs. Launching before collecting would not
+    /// help: the copy of the previous results would queue behind the new group on the device's
+    /// single stream.
     fn run(&mut self, lane: &mut Lane<UnitJob, UnitResult>) -> anyhow::Result<()> {
         let models = &self.models;
         let budget = &*self.budget;
         let mut taken = 0usize;
-        let mut in_flight: Option<(u64, Arc<UnitJob>, PendingScores<'_>)> = None;
+        let mut in_flight: Option<(Group, PendingScores<'_>)> = None;
         loop {
-            let next = lane.take();
-            if next.is_some() {
-                taken += 1;
-                if Some(taken) == self.fail_at {
-                    bail!("injected failure ({FAIL_DEVICE_ENV})");
-                }
-            }
+            let next = self.take_group(lane, &mut taken)?;
             let prepared = match &next {
-                Some((_, job)) => Some(
+                Some(group) => Some(
                     models
-                        .prepare(&job.frame_refs(), budget)
+                        .prepare(&group.frames(), budget)
                         .map_err(input_fault)?,
                 ),
                 None => None,
             };
-            if let Some((pos, job, pending)) = in_flight.take() {
+            if let Some((group, pending)) = in_flight.take() {
                 let scores = match pending.finish() {
                     Err(e) if is_out_of_memory(&e) => {
-                        models.score_after_oom(&job.frame_refs(), budget, e)?
+                        models.score_after_oom(&group.frames(), &group.sizes(), budget, e)?
                     }
                     other => other?,
                 };
-                lane.done(
-                    pos,
-                    UnitResult::Computed(Box::new(self.format(&job, &scores)?)),
-                );
+                self.report(lane, &group, &scores)?;
             }
-            let (Some((pos, job)), Some(prepared)) = (next, prepared) else {
+            let (Some(group), Some(prepared)) = (next, prepared) else {
                 return Ok(());
             };
-            match models.launch(prepared) {
-                Ok(pending) => in_flight = Some((pos, job, pending)),
+            match models.launch(prepared, &group.sizes()) {
+                Ok(pending) => in_flight = Some((group, pending)),
                 Err(e) if is_out_of_memory(&e) => {
-                    let scores = models.score_after_oom(&job.frame_refs(), budget, e)?;
-                    lane.done(
-                        pos,
-                        UnitResult::Computed(Box::new(self.format(&job, &scores)?)),
-                    );
+                    let scores =
+                        models.score_after_oom(&group.frames(), &group.sizes(), budget, e)?;
+                    self.report(lane, &group, &scores)?;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Units a worker computes together: their frames are batched as one (on a GPU, where batching
+/// changes no bit), then each unit's rows are reported on their own.
+struct Group(Vec<(u64, Arc<UnitJob>)>);
+
+impl Group {
+    fn frames(&self) -> Vec<&Frame> {
+        self.0
+            .iter()
+            .flat_map(|(_, job)| job.frame_refs())
+            .collect()
+    }
+
+    /// Frames per unit.
+    fn sizes(&self) -> Vec<usize> {
+        self.0
+            .iter()
+            .map(|(_, job)| job.frames.iter().map(RecordFrames::frame_count).sum())
+            .collect()
+    }
+}
+
+impl DeviceWorker {
+    /// The next unit (waiting for one), and on a GPU the units queued right behind it, up to
+    /// about [`GROUP_BATCHES`] full protein batches; `None` when the run is ending.
+    fn take_group(
+        &self,
+        lane: &mut Lane<UnitJob, UnitResult>,
+        taken: &mut usize,
+    ) -> anyhow::Result<Option<Group>> {
+        let count = |taken: &mut usize| -> anyhow::Result<()> {
+            *taken += 1;
+            if Some(*taken) == self.fail_at {
+                bail!("injected failure ({FAIL_DEVICE_ENV})");
+            }
+            Ok(())
+        };
+        let Some(first) = lane.take() else {
+            return Ok(None);
+        };
+        count(taken)?;
+        let tokens =
+            |job: &UnitJob| -> usize { job.frame_refs().iter().map(|f| f.protein.len() + 2).sum() };
+        let mut group = Group(vec![first]);
+        if self.models.device.is_cpu() {
+            // On the CPU a row's result can depend on its batch: units stay apart.
+            return Ok(Some(group));
+        }
+        let target = GROUP_BATCHES * self.budget.tokens(&self.models.esm);
+        let mut total = tokens(&group.0[0].1);
+        while total < target {
+            let Some(next) = lane.try_take() else { break };
+            count(taken)?;
+            total += tokens(&next.1);
+            group.0.push(next);
+        }
+        Ok(Some(group))
+    }
+
+    /// Hands each unit of a scored group to the scheduler.
+    fn report(
+        &self,
+        lane: &mut Lane<UnitJob, UnitResult>,
+        group: &Group,
+        scores: &[[f32; 2]],
+    ) -> anyhow::Result<()> {
+        let mut rest = scores;
+        for ((pos, job), n) in group.0.iter().zip(group.sizes()) {
+            if rest.len() < n {
+                bail!(
+                    "{} scores for a group of units with more frames",
+                    scores.len()
+                );
+            }
+            let (mine, tail) = rest.split_at(n);
+            rest = tail;
+            lane.done(
+                *pos,
+                UnitResult::Computed(Box::new(self.format(job, mine)?)),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -980,6 +1069,14 @@ fn execute(
     });
     let chunk_len = req.chunk_len;
     let rule = setup.rule;
+    let on_gpu = !setup.devices[0].is_cpu();
+    let ahead = if on_gpu {
+        usize::try_from(AHEAD_BASES_PER_GPU / setup.rule.max_bases)
+            .unwrap_or(MAX_AHEAD_PER_DEVICE)
+            .clamp(AHEAD_PER_DEVICE, MAX_AHEAD_PER_DEVICE)
+    } else {
+        AHEAD_PER_DEVICE
+    } * n_devices;
     let (items_tx, items) = bounded(AHEAD_PER_DEVICE * n_devices);
     let empty_skipped = Arc::new(AtomicU64::new(0));
     let empty_seen = empty_skipped.clone();
@@ -1025,7 +1122,7 @@ fn execute(
         report: PredictReport::default(),
         progress,
     };
-    let schedule = scheduler::run(items, workers, AHEAD_PER_DEVICE * n_devices, &mut writer);
+    let schedule = scheduler::run(items, workers, ahead, &mut writer);
     let producer_ok = producer.join().is_ok();
     let scheduled = schedule?;
     if !producer_ok {

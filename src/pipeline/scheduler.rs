@@ -116,6 +116,11 @@ impl<J> Queue<J> {
         self.ready.notify_all();
     }
 
+    /// The next job if one is waiting.
+    fn try_pop(&self) -> Option<(u64, Arc<J>)> {
+        self.lock().jobs.pop_front()
+    }
+
     /// The next job; `None` once the queue is closed and empty.
     fn pop(&self) -> Option<(u64, Arc<J>)> {
         let mut s = self.lock();
@@ -158,6 +163,13 @@ impl<J, O> Lane<J, O> {
     /// `None` when every job has been handed out and the run is ending.
     pub fn take(&mut self) -> Option<(u64, Arc<J>)> {
         let job = self.queue.pop()?;
+        self.held.push((job.0, job.1.clone()));
+        Some(job)
+    }
+
+    /// The next job if one is waiting now (never blocks).
+    pub fn try_take(&mut self) -> Option<(u64, Arc<J>)> {
+        let job = self.queue.try_pop()?;
         self.held.push((job.0, job.1.clone()));
         Some(job)
     }
