@@ -101,7 +101,18 @@ fn predict_refuses_a_protein_record_after_nucleotide_ones_and_writes_nothing() {
         .stderr(predicate::str::contains(format!(
             "line {line} (record {record}): record 'sp|P0CG48|UBC_HUMAN' holds the letters E, F, I, L, P, Q"
         )));
-    assert!(!out.exists(), "no output directory is left behind");
+    // Nothing that looks like a result; at most the journal of the records scored before the
+    // bad one (a rerun on a repaired file reuses them).
+    let left: Vec<String> = fs::read_dir(&out)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n == ".virnucpro.journal"),
+        "left behind: {left:?}"
+    );
 }
 
 #[test]
