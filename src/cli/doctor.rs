@@ -7,23 +7,6 @@ use anyhow::{bail, Context};
 use virnucpro::models::presets::{self, ModelChoice};
 use virnucpro::pipeline::doctor::{self, DoctorOptions};
 
-const AFTER_HELP: &str = "\
-Examples:
-  virnucpro doctor
-  virnucpro doctor --device cuda:1 --json doctor.json
-  virnucpro doctor --shapes 64x168,4x2048 --repeats 50
-  virnucpro doctor --device cpu --dnabert zhihan1996/DNABERT-S --esm Synthyra/FastESM2_650 --classifier my.safetensors
-  virnucpro doctor --device cpu --preset virnucpro-500
-
-A CUDA build on a machine without the NVIDIA driver (a cluster's CPU-only or login node) does not
-start at all, not even `virnucpro --version` or this command: the system's loader stops first with
-  virnucpro: error while loading shared libraries: libcuda.so.1: cannot open shared object file:
-  No such file or directory
-(candle links the CUDA libraries at load time). Nothing is wrong with the binary: on such nodes run
-a CPU build (`cargo install --locked --path .`, installed beside the CUDA one, e.g. as
-virnucpro_cpu), or run the command on a GPU node. The cluster workflow runs fetch and merge with its
-`virnucpro_cpu` command for this reason (README, \"Many samples on a cluster\").";
-
 /// Check the environment: build features, the GPU, your models and classifier (resolvable,
 /// loadable, dimensions consistent), fused attention == materialized attention on random inputs,
 /// and the fused kernel's speed-up (ENV-01..05). Stops at the first failure and says what to do.
@@ -76,6 +59,23 @@ pub struct Args {
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
+
+const AFTER_HELP: &str = "\
+Examples:
+  virnucpro doctor
+  virnucpro doctor --device cuda:1 --json doctor.json
+  virnucpro doctor --shapes 64x168,4x2048 --repeats 50
+  virnucpro doctor --device cpu --dnabert zhihan1996/DNABERT-S --esm Synthyra/FastESM2_650 --classifier my.safetensors
+  virnucpro doctor --device cpu --preset virnucpro-500
+
+A CUDA build on a machine without the NVIDIA driver (a cluster's CPU-only or login node) does not
+start at all, not even `virnucpro --version` or this command: the system's loader stops first with
+  virnucpro: error while loading shared libraries: libcuda.so.1: cannot open shared object file:
+  No such file or directory
+(candle links the CUDA libraries at load time). Nothing is wrong with the binary: on such nodes run
+a CPU build (`cargo install --locked --path .`, installed beside the CUDA one, e.g. as
+virnucpro_cpu), or run the command on a GPU node. The cluster workflow runs fetch and merge with its
+`virnucpro_cpu` command for this reason (README, \"Many samples on a cluster\").";
 
 /// `None` for the CPU.
 fn parse_ordinal(device: &str) -> anyhow::Result<Option<usize>> {
