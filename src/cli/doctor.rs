@@ -12,9 +12,7 @@ use virnucpro::pipeline::doctor::{self, DoctorOptions};
 /// fused attention == materialized attention on random inputs, and the fused kernel's speed-up
 /// (ENV-01..05). Stops at the first failure and says what to do.
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Examples:\n  virnucpro doctor\n  virnucpro doctor --device cuda:1 --json doctor.json\n  virnucpro doctor --shapes 64x168,4x2048 --repeats 50\n  virnucpro doctor --device cpu --dnabert zhihan1996/DNABERT-S --esm Synthyra/FastESM2_650 --classifier my.safetensors\n  virnucpro doctor --device cpu --preset virnucpro-500"
-)]
+#[command(after_help = AFTER_HELP)]
 pub struct Args {
     /// Device to check: cuda, cuda:N, or cpu (models and classifier only).
     #[arg(long, default_value = "cuda")]
@@ -62,6 +60,23 @@ pub struct Args {
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
+
+const AFTER_HELP: &str = "\
+Examples:
+  virnucpro doctor
+  virnucpro doctor --device cuda:1 --json doctor.json
+  virnucpro doctor --shapes 64x168,4x2048 --repeats 50
+  virnucpro doctor --device cpu --dnabert zhihan1996/DNABERT-S --esm Synthyra/FastESM2_650 --classifier my.safetensors
+  virnucpro doctor --device cpu --preset virnucpro-500
+
+A CUDA build on a machine without the NVIDIA driver (a cluster's CPU-only or login node) does not
+start at all, not even `virnucpro --version` or this command: the system's loader stops first with
+  virnucpro: error while loading shared libraries: libcuda.so.1: cannot open shared object file:
+  No such file or directory
+(candle links the CUDA libraries at load time). Nothing is wrong with the binary: on such nodes run
+a CPU build (`cargo install --locked --path .`, installed beside the CUDA one, e.g. as
+virnucpro_cpu), or run the command on a GPU node. The cluster workflow runs fetch and merge with its
+`virnucpro_cpu` command for this reason (README, \"Many samples on a cluster\").";
 
 /// `None` for the CPU.
 fn parse_ordinal(device: &str) -> anyhow::Result<Option<usize>> {
@@ -133,6 +148,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a CUDA build prints on a node without the driver is not ours to print: the help
+    /// names the loader's error and what to do.
+    #[test]
+    fn help_explains_a_cuda_build_on_a_node_without_the_driver() {
+        use clap::CommandFactory;
+        let mut cmd = crate::cli::Cli::command();
+        let help = cmd
+            .find_subcommand_mut("doctor")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "libcuda.so.1: cannot open shared object file",
+            "virnucpro_cpu",
+            "GPU node",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from doctor --help");
+        }
+    }
 
     #[test]
     fn parses_shapes_and_devices() {

@@ -9,6 +9,7 @@ mod doctor;
 mod embed;
 mod evaluate;
 mod extract;
+mod fetch;
 mod frames;
 mod merge;
 mod plot;
@@ -55,6 +56,7 @@ pub enum Command {
     Embed(embed::Args),
     Predict(predict::Args),
     Merge(merge::Args),
+    Fetch(fetch::Args),
     Convert(convert::Args),
     Doctor(doctor::Args),
     Bench(bench::Args),
@@ -74,6 +76,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Embed(a) => embed::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Fetch(a) => fetch::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Bench(a) => bench::run(a),
@@ -122,7 +125,7 @@ impl ComputeArgs {
     }
 }
 
-/// `--preset` and `--presets`: shared by `predict` and `doctor`.
+/// `--preset` and `--presets`: shared by `predict`, `doctor` and `fetch`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PresetArgs {
     /// A ready configuration: sets --dnabert, --esm, --classifier and --chunk-len (a flag that

@@ -28,6 +28,10 @@ use crate::pipeline::bench;
 use crate::pipeline::embed::{embed_sequences, load_from_files, LoadOptions};
 use crate::pipeline::timing::{self, Timing};
 
+/// ENV-01 of a CUDA build: where it cannot start (the loader's error is in `doctor --help`).
+const CUDA_BUILD_NOTE: &str = "This build starts only where the NVIDIA driver (libcuda.so.1) is: \
+                               use a CPU build on other nodes (doctor --help)";
+
 /// What `doctor` should do.
 #[derive(Debug, Clone)]
 pub struct DoctorOptions {
@@ -175,7 +179,15 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         rep.line(
             "ENV-01",
             "PASS",
-            format!("virnucpro {} built with features: {feats}", rep.version),
+            format!(
+                "virnucpro {} built with features: {feats}{}",
+                rep.version,
+                if kernels::CUDA_BUILT {
+                    format!(". {CUDA_BUILD_NOTE}")
+                } else {
+                    String::new()
+                }
+            ),
         );
         rep.line("ENV-02", "SKIP", "--device cpu: no GPU checked".to_string());
         check_user_models(&mut rep, opts, &Device::Cpu)?;
@@ -206,7 +218,7 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         format!(
             "virnucpro {} built with features: {feats}; kernels: machine code for sm_{} plus its \
              PTX (JIT-compiled by the driver for newer GPUs), and sm_90a (wgmma attention, used \
-             on H100/H200); candle 0.11",
+             on H100/H200); candle 0.11. {CUDA_BUILD_NOTE}",
             rep.version,
             rep.kernels_compute_cap.unwrap_or("?")
         ),

@@ -1,4 +1,4 @@
-//! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `prepare`, `extract`,
+//! Batching and scheduling of the commands: `frames`, `embed`, `predict`, `fetch`, `prepare`, `extract`,
 //! `train`, `evaluate`.
 
 pub mod bench;
@@ -7,6 +7,7 @@ pub mod embed;
 pub mod evaluate;
 pub mod extract;
 pub mod features;
+pub mod fetch;
 pub mod frames;
 pub mod metrics;
 pub mod predict;

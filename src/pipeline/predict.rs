@@ -228,7 +228,8 @@ impl std::fmt::Display for PredictReport {
     }
 }
 
-fn hidden_size(files: &ModelFiles) -> usize {
+/// The hidden size of a resolved model, from its `config.json`.
+pub(crate) fn hidden_size(files: &ModelFiles) -> usize {
     match &files.config {
         ModelConfig::Esm(c) => c.hidden_size,
         ModelConfig::DnaBert(c) => c.hidden_size,
@@ -236,7 +237,11 @@ fn hidden_size(files: &ModelFiles) -> usize {
 }
 
 /// Resolves a model and checks it is of the family its flag is for.
-fn resolve_family(spec: &str, want: ModelFamily, flag: &str) -> anyhow::Result<ModelFiles> {
+pub(crate) fn resolve_family(
+    spec: &str,
+    want: ModelFamily,
+    flag: &str,
+) -> anyhow::Result<ModelFiles> {
     let files = resolve_model(spec)?;
     if files.family() != want {
         bail!(
