@@ -31,14 +31,19 @@
 #            invariance  predict (esm2-650m) with three --batch-tokens: files must be identical
 #            resume  predict (esm2-650m) killed with -9 halfway, rerun: files identical to an
 #                    uninterrupted run, the log names the reused units
+#            multi   several GPUs (issue 23's kinds): predict (MULTI_SHAPE) on one GPU and with
+#                    --device cuda:all, then one process per GPU with --shard I/N + merge, then
+#                    cuda:all with a GPU made to fail (VIRNUCPRO_TEST_FAIL_DEVICE): wall times,
+#                    scaling, files compared with the one-GPU run
 #            oom     predict (esm2-3b) with a huge --batch-tokens, once with out-of-memory
 #                    failures injected (VIRNUCPRO_TEST_OOM_TOKENS) and once with the GPU's memory
 #                    nearly all taken by another process: files identical to the default budget
 #   BUDGET   seconds the whole run may take (default 570: one device command is limited to 600);
 #            a step that would not fit is skipped, and the summary says how to run it
 #   PAIRS (2), RECORDS (4000: ~40 000 frames), RECORDS_3B (1000), RUNS (3), RUNS_3B (2),
-#   RECORDS_CHECK (1000: the genome of invariance/resume/oom), HOG_FREE_MB (9000: what the
-#   memory hog of `oom` leaves free)
+#   RECORDS_CHECK (1000: the genome of invariance/resume), RECORDS_OOM (400), HOG_FREE_MB (9000:
+#   what the memory hog of `oom` leaves free), RECORDS_MULTI (32000: ~320 000 frames),
+#   MULTI_SHAPE (esm2-650m)
 set -u
 
 die() { echo "gpu-bench.sh: $*" >&2; exit 1; }
@@ -188,6 +193,8 @@ run() {
     RECORDS_CHECK=${RECORDS_CHECK:-1000}
     RECORDS_OOM=${RECORDS_OOM:-400}
     HOG_FREE_MB=${HOG_FREE_MB:-9000}
+    RECORDS_MULTI=${RECORDS_MULTI:-32000}
+    MULTI_SHAPE=${MULTI_SHAPE:-esm2-650m}
     SKIPPED=""
     mkdir -p "$OUT"
     if python3 -c 'import nvidia.cu13' 2> /dev/null; then
@@ -301,6 +308,38 @@ run() {
                 timeout "$(left)" $(predict_cmd esm2-650m "$g" "$o") 2>&1 | tail -n 2
                 echo "resumed vs uninterrupted: $(same_results "$o" "$ref")"
                 ls -a "$o"
+            } >> "$OUT/checks.log" 2>&1
+            ;;
+        multi)
+            fits multi 300 || continue
+            local g n i t0 t1
+            g=$(genome "$RECORDS_MULTI")
+            n=$(nvidia-smi -L | wc -l)
+            {
+                echo "$n GPUs; $MULTI_SHAPE; $RECORDS_MULTI records"
+                local m=/tmp/virnucpro-multi
+                rm -rf "$m" && mkdir -p "$m"
+                t0=$SECONDS
+                # shellcheck disable=SC2046
+                timeout "$(left)" $(predict_cmd "$MULTI_SHAPE" "$g" "$m/one" --device cuda:0) 2>&1 | tail -n 1
+                t1=$SECONDS
+                echo "one GPU: $((t1 - t0)) s wall"
+                # shellcheck disable=SC2046
+                timeout "$(left)" $(predict_cmd "$MULTI_SHAPE" "$g" "$m/all" --device cuda:all) 2>&1 | tail -n 1
+                echo "cuda:all: $((SECONDS - t1)) s wall; vs one GPU: $(same_results "$m/all" "$m/one")"
+                t1=$SECONDS
+                for i in $(seq 1 "$n"); do
+                    # shellcheck disable=SC2046
+                    timeout "$(left)" $(predict_cmd "$MULTI_SHAPE" "$g" "$m/shard$i" --device cuda:$((i - 1)) --shard "$i/$n") > "$m/shard$i.log" 2>&1 &
+                done
+                wait
+                "$V" merge "$m"/shard* --out-dir "$m/merged" 2>&1 | tail -n 1
+                echo "$n processes --shard I/$n + merge: $((SECONDS - t1)) s wall; vs one GPU: $(same_results "$m/merged" "$m/one")"
+                t1=$SECONDS
+                # shellcheck disable=SC2046
+                VIRNUCPRO_TEST_FAIL_DEVICE=1:20 timeout "$(left)" $(predict_cmd "$MULTI_SHAPE" "$g" "$m/failing" --device cuda:all) 2>&1 \
+                    | grep -E "WARN|INFO [0-9]+ records|error" | cut -c1-300
+                echo "cuda:all with GPU 1 failing: $((SECONDS - t1)) s wall; vs one GPU: $(same_results "$m/failing" "$m/one")"
             } >> "$OUT/checks.log" 2>&1
             ;;
         oom)

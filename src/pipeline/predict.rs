@@ -927,27 +927,29 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
                     inputs_list(&req.inputs)
                 );
             }
-            let assignment = plan.shards(spec.count);
-            let mine: Vec<u64> = plan
-                .units
-                .iter()
-                .zip(&assignment)
-                .filter(|(_, &a)| a + 1 == spec.index)
-                .map(|(u, _)| u.index)
-                .collect();
+            let shard = ShardPlan {
+                assignment: plan.shards(spec.count),
+                spec,
+                plan,
+            };
             tracing::info!(
-                "shard {spec}: {} of {} work units ({} records, {} bases in all; input read in {:.1} s)",
-                mine.len(),
-                plan.units.len(),
-                plan.records,
-                plan.bases,
+                "shard {spec}: {} of {} work units ({} records, {} bases in all; input read in \
+                 {:.1} s)",
+                shard.units().len(),
+                shard.plan.units.len(),
+                shard.plan.records,
+                shard.plan.bases,
                 t.elapsed().as_secs_f64()
             );
             setup.fingerprint.set(
                 "input content",
-                format!("{} work units, xxh3:{:016x}", plan.units.len(), plan.hash()),
+                format!(
+                    "{} work units, xxh3:{:016x}",
+                    shard.plan.units.len(),
+                    shard.plan.hash()
+                ),
             );
-            Some((spec, plan, assignment))
+            Some(shard)
         }
         None => None,
     };
@@ -1000,32 +1002,51 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
             return Err(e);
         }
     };
+    out.commit()?;
     match shard {
-        Some((spec, plan, assignment)) => {
+        Some(shard) => {
             let seal = ShardSeal {
-                shard: spec,
-                units: plan
-                    .units
-                    .iter()
-                    .zip(&assignment)
-                    .filter(|(_, &a)| a + 1 == spec.index)
-                    .map(|(u, _)| u.index)
-                    .collect(),
-                plan: plan.units,
+                shard: shard.spec,
+                units: shard.units(),
+                plan: shard.plan.units,
             };
-            out.commit()?;
             journal.seal(&seal, &setup.fingerprint)?;
         }
-        None => {
-            out.commit()?;
-            journal.remove()?;
-        }
+        None => journal.remove()?,
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-type ShardPlan = (ShardSpec, UnitPlan, Vec<u32>);
+/// A shard's share of the work units (`--shard I/N`).
+struct ShardPlan {
+    spec: ShardSpec,
+    /// Every unit of the whole input.
+    plan: UnitPlan,
+    /// The 0-based shard of every unit.
+    assignment: Vec<u32>,
+}
+
+impl ShardPlan {
+    fn is_mine(&self, unit: usize) -> bool {
+        self.assignment[unit] + 1 == self.spec.index
+    }
+
+    /// The indices of this shard's units.
+    fn units(&self) -> Vec<u64> {
+        (0..self.plan.units.len())
+            .filter(|&i| self.is_mine(i))
+            .map(|i| i as u64)
+            .collect()
+    }
+
+    /// Per unit of the input: its identity if it is this shard's.
+    fn mine(&self) -> Vec<Option<UnitId>> {
+        (0..self.plan.units.len())
+            .map(|i| self.is_mine(i).then_some(self.plan.units[i]))
+            .collect()
+    }
+}
 
 /// Loads the models and runs every unit through the devices into the output files (not yet
 /// committed).
@@ -1063,15 +1084,7 @@ fn execute(
     let bytes_read = reader.bytes_read();
     let total_bytes = total_input_bytes(&req.inputs)?;
     let journal_units: std::collections::HashMap<u64, UnitId> = journal_ids(journal);
-    let mine = shard.as_ref().map(|(spec, plan, assignment)| {
-        let ids: Vec<Option<UnitId>> = plan
-            .units
-            .iter()
-            .zip(assignment)
-            .map(|(u, &a)| (a + 1 == spec.index).then_some(*u))
-            .collect();
-        ids
-    });
+    let mine = shard.map(ShardPlan::mine);
     let chunk_len = req.chunk_len;
     let rule = setup.rule;
     let on_gpu = !setup.devices[0].is_cpu();
