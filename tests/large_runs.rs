@@ -512,3 +512,61 @@ fn thread_count_does_not_change_results() {
     run_ok(cmd);
     assert_same_results(&b, &a);
 }
+
+/// Rows of two runs: same IDs, calls and order, scores within `tol`.
+fn assert_same_rows(got: &Path, want: &Path, tol: f64) {
+    for name in ["prediction_results.txt", "prediction_summary.tsv"] {
+        let read = |dir: &Path| fs::read_to_string(dir.join(name)).unwrap();
+        let (a, b) = (read(got), read(want));
+        assert_eq!(a.lines().count(), b.lines().count(), "{name}");
+        for (x, y) in a.lines().zip(b.lines()) {
+            for (u, v) in x.split('\t').zip(y.split('\t')) {
+                match (u.parse::<f64>(), v.parse::<f64>()) {
+                    (Ok(u), Ok(v)) => assert!((u - v).abs() <= tol, "{name}: {x} / {y}"),
+                    _ if u == "virus" || u == "others" => {}
+                    _ => assert_eq!(u, v, "{name}: {x} / {y}"),
+                }
+            }
+        }
+    }
+}
+
+/// The grouping of work units that GPU workers do (on the CPU only with its test switch, as
+/// there a row's last digits can depend on its batch): every row once, in order, with one or
+/// several workers, a failing one, and out-of-memory back-off inside a group.
+#[test]
+fn grouped_units_keep_every_row_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.fa");
+    write_input(&input, 40, 9);
+    let plain = tmp.path().join("plain");
+    run_ok(predict_cmd(&input, &plain, &[]));
+    for (name, device, env) in [
+        ("one", "cpu", None),
+        (
+            "two-failing",
+            "cpu,cpu",
+            Some(("VIRNUCPRO_TEST_FAIL_DEVICE", "1:2")),
+        ),
+        ("oom", "cpu", Some(("VIRNUCPRO_TEST_OOM_TOKENS", "200"))),
+    ] {
+        let out = tmp.path().join(name);
+        let mut cmd = predict_cmd(&input, &out, &["--device", device, "-v"]);
+        cmd.env("VIRNUCPRO_TEST_GROUP_UNITS", "1");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let log = String::from_utf8_lossy(&run_ok(cmd).stderr).into_owned();
+        assert!(log.contains("a group of"), "{name}: no unit was grouped");
+        assert_same_rows(&out, &plain, 1e-4);
+        assert_eq!(
+            fs::read(out.join("prediction_results_highestscore.csv"))
+                .unwrap()
+                .len(),
+            fs::read(plain.join("prediction_results_highestscore.csv"))
+                .unwrap()
+                .len(),
+            "{name}"
+        );
+    }
+}

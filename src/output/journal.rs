@@ -138,6 +138,16 @@ pub struct Journal {
     entries: HashMap<u64, EntryInfo>,
     last_sync: Instant,
     dirty: bool,
+    /// What this process wrote and how long it took (encoding, hashing, writing, syncing).
+    written: JournalCost,
+}
+
+/// The journal's own cost in a run, for the log and the benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JournalCost {
+    pub entries: u64,
+    pub bytes: u64,
+    pub seconds: f64,
 }
 
 impl Journal {
@@ -198,6 +208,7 @@ impl Journal {
             entries: HashMap::new(),
             last_sync: Instant::now(),
             dirty: false,
+            written: JournalCost::default(),
         };
         let file = journal.file.as_mut().expect("just opened");
         if len > 0 {
@@ -253,7 +264,13 @@ impl Journal {
             entries: HashMap::new(),
             last_sync: Instant::now(),
             dirty: false,
+            written: JournalCost::default(),
         }
+    }
+
+    /// What this process has written to the journal so far.
+    pub fn cost(&self) -> JournalCost {
+        self.written
     }
 
     pub fn path(&self) -> &Path {
@@ -299,6 +316,7 @@ impl Journal {
         if self.file.is_none() {
             return Ok(());
         }
+        let started = Instant::now();
         let payload = unit.encode();
         let offset = self.write_entry(Kind::Unit, &payload)?;
         self.entries.insert(
@@ -314,6 +332,9 @@ impl Journal {
         if self.last_sync.elapsed() >= SYNC_EVERY {
             self.sync()?;
         }
+        self.written.entries += 1;
+        self.written.bytes += payload.len() as u64 + FRAME;
+        self.written.seconds += started.elapsed().as_secs_f64();
         Ok(())
     }
 

@@ -64,6 +64,10 @@ const GROUP_BATCHES: usize = 4;
 /// Test switch: `VIRNUCPRO_TEST_FAIL_DEVICE=K:N` makes device K (0-based position in `--device`)
 /// fail as it takes its N-th work unit, so that redistribution can be tested on any machine.
 pub const FAIL_DEVICE_ENV: &str = "VIRNUCPRO_TEST_FAIL_DEVICE";
+/// Test switch: `VIRNUCPRO_TEST_GROUP_UNITS=1` groups units on the CPU too (as on a GPU), so
+/// that the grouping can be tested on any machine (on the CPU scores may then differ from an
+/// ungrouped run in the last digits).
+pub const GROUP_UNITS_ENV: &str = "VIRNUCPRO_TEST_GROUP_UNITS";
 /// How often progress is logged when stderr is not a terminal (cluster logs).
 const LOG_PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
@@ -522,6 +526,10 @@ struct DeviceWorker {
     output: OutputOptions,
     /// [`FAIL_DEVICE_ENV`]: fail when taking this (1-based) unit.
     fail_at: Option<usize>,
+    /// Whether to batch the waiting units together: on a GPU, where a row's result does not
+    /// depend on its batch; not on the CPU, where it can in the last bits (except for tests of
+    /// the grouping itself, [`GROUP_UNITS_ENV`]).
+    group_units: bool,
 }
 
 impl DeviceWorker {
@@ -626,8 +634,7 @@ impl DeviceWorker {
         let tokens =
             |job: &UnitJob| -> usize { job.frame_refs().iter().map(|f| f.protein.len() + 2).sum() };
         let mut group = Group(vec![first]);
-        if self.models.device.is_cpu() {
-            // On the CPU a row's result can depend on its batch: units stay apart.
+        if !self.group_units {
             return Ok(Some(group));
         }
         let target = GROUP_BATCHES * self.budget.tokens(&self.models.esm);
@@ -637,6 +644,13 @@ impl DeviceWorker {
             count(taken)?;
             total += tokens(&next.1);
             group.0.push(next);
+        }
+        if group.0.len() > 1 {
+            tracing::debug!(
+                "{}: a group of {} work units, {total} protein tokens",
+                device_name(&self.models.device),
+                group.0.len()
+            );
         }
         Ok(Some(group))
     }
@@ -1003,6 +1017,14 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
         }
     };
     out.commit()?;
+    let cost = journal.cost();
+    tracing::debug!(
+        "journal: {} entries, {:.1} MB written in {:.3} s ({:.2}% of the run)",
+        cost.entries,
+        cost.bytes as f64 / 1e6,
+        cost.seconds,
+        100.0 * cost.seconds / started.elapsed().as_secs_f64().max(1e-9)
+    );
     match shard {
         Some(shard) => {
             let seal = ShardSeal {
@@ -1071,6 +1093,8 @@ fn execute(
         .into_iter()
         .enumerate()
         .map(|(i, models)| DeviceWorker {
+            group_units: !models.device.is_cpu()
+                || std::env::var(GROUP_UNITS_ENV).is_ok_and(|v| v.trim() == "1"),
             models,
             budget: budget.clone(),
             output,
