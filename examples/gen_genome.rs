@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example gen_genome -- OUT.fa [MEGABASES] [SEED]          # `frames`
 //! cargo run --release --example gen_genome -- --coding OUT.fa [RECORDS] [SEED]   # `predict`
+//! cargo run --release --example gen_genome -- --uniform OUT.fa [RECORDS] [SEED]  # CPU `predict`
 //! ```
 //!
 //! Default mode (`scripts/bench-frames.sh`): contigs of 5 kb to 500 kb of uniform A/C/G/T, a few
@@ -13,6 +14,9 @@
 //! line, IDs `r0`, `r1`, ... Each 500-bp chunk then keeps about one open frame of 166 residues,
 //! as coding sequence does (plain random DNA keeps ~0.03% of 500-bp frames): 4000 records give
 //! 40,000 chunks and about 40,000 frames to score.
+//!
+//! `--uniform` (the CPU `predict` and journaling benchmarks): RECORDS records (default 200) of
+//! 5,000 bases of uniform A/C/G/T, 60 bases per line, IDs `r0`, `r1`, ...
 //!
 //! Deterministic for a given seed (default 1, `--coding` 5).
 
@@ -41,7 +45,8 @@ impl Rng {
 
 const USAGE: &str =
     "usage: gen_genome OUT.fa [MEGABASES (default 200)] [SEED (default 1)]\n       \
-                     gen_genome --coding OUT.fa [RECORDS (default 4000)] [SEED (default 5)]";
+                     gen_genome --coding OUT.fa [RECORDS (default 4000)] [SEED (default 5)]\n       \
+                     gen_genome --uniform OUT.fa [RECORDS (default 200)] [SEED (default 1)]";
 
 fn number(args: &[String], i: usize, default: u64, what: &str) -> u64 {
     args.get(i).map_or(default, |s| {
@@ -54,23 +59,65 @@ fn number(args: &[String], i: usize, default: u64, what: &str) -> u64 {
 
 fn main() -> std::io::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let coding = args.first().is_some_and(|a| a == "--coding");
-    if coding {
-        args.remove(0);
-    }
+    let mode = match args.first().map(String::as_str) {
+        Some(m @ ("--coding" | "--uniform")) => {
+            let m = m.to_string();
+            args.remove(0);
+            m
+        }
+        _ => String::new(),
+    };
     let Some(path) = args.first().cloned() else {
         eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    if coding {
-        let records = number(&args, 1, 4000, "RECORDS");
-        let seed = number(&args, 2, 5, "SEED");
-        coding_records(&path, records, seed)
-    } else {
-        let megabases = number(&args, 1, 200, "MEGABASES");
-        let seed = number(&args, 2, 1, "SEED");
-        contigs(&path, megabases, seed)
+    match mode.as_str() {
+        "--coding" => {
+            let records = number(&args, 1, 4000, "RECORDS");
+            let seed = number(&args, 2, 5, "SEED");
+            coding_records(&path, records, seed)
+        }
+        "--uniform" => {
+            let records = number(&args, 1, 200, "RECORDS");
+            let seed = number(&args, 2, 1, "SEED");
+            uniform_records(&path, records, seed)
+        }
+        _ => {
+            let megabases = number(&args, 1, 200, "MEGABASES");
+            let seed = number(&args, 2, 1, "SEED");
+            contigs(&path, megabases, seed)
+        }
     }
+}
+
+/// Records of 5,000 uniform random bases (the CPU `predict` benchmarks).
+fn uniform_records(path: &str, records: u64, seed: u64) -> std::io::Result<()> {
+    const LEN: usize = 5_000;
+    let mut rng = Rng::new(seed);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut seq = Vec::with_capacity(LEN + 32);
+    for i in 0..records {
+        seq.clear();
+        while seq.len() < LEN {
+            let mut bits = rng.next();
+            for _ in 0..32 {
+                seq.push(b"ACGT"[(bits & 3) as usize]);
+                bits >>= 2;
+            }
+        }
+        seq.truncate(LEN);
+        writeln!(out, ">r{i}")?;
+        for line in seq.chunks(60) {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "wrote {path}: {records} records of {LEN} uniform random bases ({} bases)",
+        records * LEN as u64
+    );
+    Ok(())
 }
 
 /// Random contigs with soft-masked stretches and N gaps (`virnucpro frames` benchmarks).

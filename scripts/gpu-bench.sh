@@ -16,11 +16,12 @@
 # scripts/bench_torch.py), Python with torch + transformers for the baseline, nvidia-smi, and the
 # CUDA 13 runtime libraries (taken from the torch install, nvidia.cu13, when present).
 #
-# `run` writes at most 8 files under $OUT (default /tmp/virnucpro-gpu-out): tests.log (machine
+# `run` writes at most 9 files under $OUT (default /tmp/virnucpro-gpu-out): tests.log (machine
 # and GPU tests), doctor.log, doctor.json, attn.log, torch.log, torch.json, predict.log,
-# bench.log, and ends its output with a summary. Environment:
+# bench.log, checks.log (invariance, resume, multi, oom), and ends its output with a summary.
+# Environment:
 #   STEPS    steps in order (default "tests doctor torch predict attn large bench"; also
-#            invariance, resume, oom, which check large-run behaviour on the GPU):
+#            invariance, resume, multi, oom, which check large-run behaviour on the GPU):
 #            tests   lib_tests --ignored, gpu_parity --ignored (oracle parity on the GPU)
 #            doctor  virnucpro doctor --device cuda (ENV-01..05, model timings)
 #            torch   bench_torch.py --quick (SDPA, EsmModel, MosaicBERT/BertModel baselines)

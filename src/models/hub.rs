@@ -227,7 +227,7 @@ pub fn resolve_model_with(spec: &str, hub: &HubOptions) -> anyhow::Result<ModelF
     }
     if path.exists() {
         bail!(
-            "model `{spec}` is a file; --model takes a model directory (config.json, weights, \
+            "model `{spec}` is a file; a model is given as a directory (config.json, weights, \
              tokenizer) or a Hugging Face Hub ID such as {DEFAULT_PROTEIN_MODEL}"
         );
     }
@@ -335,8 +335,8 @@ impl HubRepo {
     fn how_to_fetch(&self) -> String {
         format!(
             "fetch it on a machine with network access with `huggingface-cli download {id}` \
-             (into the same HF cache: {cache}), or pass --model a local directory holding its \
-             files",
+             (into the same HF cache: {cache}), or give a local directory holding its files \
+             instead of the ID",
             id = self.id,
             cache = self.cache_dir.display()
         )
