@@ -389,6 +389,12 @@ fn dimension_guard_metadata_mismatch_warns_or_fails_when_strict() {
     assert!(w
         .iter()
         .any(|m| m.contains("Synthyra/FastESM2_650") && m.contains("facebook/esm2_t6_8M_UR50D")));
+    // The fix it suggests is a flag of predict and doctor.
+    assert!(
+        w.iter()
+            .any(|m| m.contains("use --esm Synthyra/FastESM2_650)")),
+        "{w:?}"
+    );
     assert!(w.iter().any(|m| m.contains("60") && m.contains("300")));
 
     let err = format!(

@@ -767,7 +767,7 @@ impl Classifier {
         };
         model_note(
             "nucleotide",
-            "--dnabert-model",
+            "--dnabert",
             &m.dnabert_model,
             m.dnabert_hidden,
             dn_model,
@@ -775,7 +775,7 @@ impl Classifier {
         );
         model_note(
             "protein",
-            "--esm-model",
+            "--esm",
             &m.esm_model,
             m.esm_hidden,
             esm_model,

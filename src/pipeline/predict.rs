@@ -551,33 +551,31 @@ impl Worker<UnitJob, UnitResult> for DeviceWorker {
     /// the previous group's rows while the device runs. Launching before collecting would not
     /// help: the copy of the previous results would queue behind the new group on the device's
     /// single stream.
+    ///
+    /// A worker never waits for a unit while it holds one: the scheduler hands out a bounded
+    /// number of units and may be waiting for this worker's, so when nothing is queued the
+    /// pending group is collected first (a group can take every queued unit).
     fn run(&mut self, lane: &mut Lane<UnitJob, UnitResult>) -> anyhow::Result<()> {
         let models = &self.models;
         let budget = &*self.budget;
         let mut taken = 0usize;
         let mut in_flight: Option<(Group, PendingScores<'_>)> = None;
         loop {
-            let next = self.take_group(lane, &mut taken)?;
-            let prepared = match &next {
-                Some(group) => Some(
-                    models
-                        .prepare(&group.frames(), budget)
-                        .map_err(input_fault)?,
-                ),
-                None => None,
-            };
-            if let Some((group, pending)) = in_flight.take() {
-                let scores = match pending.finish() {
-                    Err(e) if is_out_of_memory(&e) => {
-                        models.score_after_oom(&group.frames(), &group.sizes(), budget, e)?
-                    }
-                    other => other?,
-                };
-                self.report(lane, &group, &scores)?;
-            }
-            let (Some(group), Some(prepared)) = (next, prepared) else {
+            let next = self.take_group(lane, &mut taken, in_flight.is_none())?;
+            if next.is_none() {
+                if let Some((group, pending)) = in_flight.take() {
+                    self.collect(lane, &group, pending)?;
+                    continue;
+                }
                 return Ok(());
-            };
+            }
+            let group = next.expect("checked above");
+            let prepared = models
+                .prepare(&group.frames(), budget)
+                .map_err(input_fault)?;
+            if let Some((group, pending)) = in_flight.take() {
+                self.collect(lane, &group, pending)?;
+            }
             match models.launch(prepared, &group.sizes()) {
                 Ok(pending) => in_flight = Some((group, pending)),
                 Err(e) if is_out_of_memory(&e) => {
@@ -613,12 +611,14 @@ impl Group {
 }
 
 impl DeviceWorker {
-    /// The next unit (waiting for one), and on a GPU the units queued right behind it, up to
-    /// about [`GROUP_BATCHES`] full protein batches; `None` when the run is ending.
+    /// The next unit, and on a GPU the units queued right behind it, up to about
+    /// [`GROUP_BATCHES`] full protein batches. With `wait`, waits for a unit and returns `None`
+    /// when the run is ending; without, `None` when no unit is queued now.
     fn take_group(
         &self,
         lane: &mut Lane<UnitJob, UnitResult>,
         taken: &mut usize,
+        wait: bool,
     ) -> anyhow::Result<Option<Group>> {
         let count = |taken: &mut usize| -> anyhow::Result<()> {
             *taken += 1;
@@ -627,7 +627,8 @@ impl DeviceWorker {
             }
             Ok(())
         };
-        let Some(first) = lane.take() else {
+        let first = if wait { lane.take() } else { lane.try_take() };
+        let Some(first) = first else {
             return Ok(None);
         };
         count(taken)?;
@@ -653,6 +654,24 @@ impl DeviceWorker {
             );
         }
         Ok(Some(group))
+    }
+
+    /// Waits for a launched group's scores (backing off if the device ran out of memory) and
+    /// reports them.
+    fn collect(
+        &self,
+        lane: &mut Lane<UnitJob, UnitResult>,
+        group: &Group,
+        pending: PendingScores<'_>,
+    ) -> anyhow::Result<()> {
+        let scores = match pending.finish() {
+            Err(e) if is_out_of_memory(&e) => {
+                self.models
+                    .score_after_oom(&group.frames(), &group.sizes(), &self.budget, e)?
+            }
+            other => other?,
+        };
+        self.report(lane, group, &scores)
     }
 
     /// Hands each unit of a scored group to the scheduler.

@@ -68,9 +68,11 @@ pub trait Handler<O> {
 pub trait Worker<J, O>: Send {
     /// Name for messages (e.g. `cuda:1`).
     fn name(&self) -> String;
-    /// Computes jobs from `lane` until [`Lane::take`] returns `None`. A worker may take the
-    /// next job before it reports the previous one (to overlap host and device work). An
-    /// error means the device failed: the jobs it took and did not report go to the others.
+    /// Computes jobs from `lane` until [`Lane::take`] returns `None`. A worker may take more
+    /// jobs before it reports the earlier ones (to overlap host and device work, or to batch
+    /// jobs together), with [`Lane::try_take`]: it waits in [`Lane::take`] only when it holds
+    /// none. An error means the device failed: the jobs it took and did not report go to the
+    /// others.
     fn run(&mut self, lane: &mut Lane<J, O>) -> anyhow::Result<()>;
 }
 
@@ -161,7 +163,17 @@ pub struct Lane<J, O> {
 impl<J, O> Lane<J, O> {
     /// The next job (its position in input order and its data); blocks until there is one.
     /// `None` when every job has been handed out and the run is ending.
+    ///
+    /// Only for a worker that holds no unreported job: the scheduler hands out at most
+    /// `max_in_flight` jobs and may be waiting for the held ones, so waiting here while
+    /// holding one can deadlock. A worker that keeps jobs in flight uses [`Lane::try_take`]
+    /// and reports what it holds when nothing is queued.
     pub fn take(&mut self) -> Option<(u64, Arc<J>)> {
+        debug_assert!(
+            self.held.is_empty(),
+            "a worker waits for a job while holding {} unreported",
+            self.held.len()
+        );
         let job = self.queue.pop()?;
         self.held.push((job.0, job.1.clone()));
         Some(job)
@@ -380,12 +392,14 @@ mod tests {
     use std::time::Duration;
 
     /// Squares numbers; `fail_at`: fails when taking its n-th job; `delay`: ms per job; with
-    /// `overlap`, takes the next job before reporting the current one (as the GPU worker does).
+    /// `overlap`, takes the next job before reporting the current one, and with `group` every
+    /// job queued behind it too (as the GPU worker does), waiting only when it holds none.
     struct Squarer {
         name: String,
         fail_at: Option<usize>,
         delay_ms: u64,
         overlap: bool,
+        group: bool,
         taken: usize,
     }
 
@@ -396,7 +410,23 @@ mod tests {
                 fail_at: None,
                 delay_ms: 0,
                 overlap: false,
+                group: false,
                 taken: 0,
+            }
+        }
+
+        fn count(&mut self) -> anyhow::Result<()> {
+            self.taken += 1;
+            if Some(self.taken) == self.fail_at {
+                anyhow::bail!("injected failure");
+            }
+            Ok(())
+        }
+
+        fn finish(&self, lane: &mut Lane<u64, (u64, usize)>, jobs: Vec<(u64, Arc<u64>)>) {
+            std::thread::sleep(Duration::from_millis(self.delay_ms));
+            for (pos, job) in jobs {
+                lane.done(pos, (*job * *job, lane.worker()));
             }
         }
     }
@@ -406,26 +436,35 @@ mod tests {
             self.name.clone()
         }
         fn run(&mut self, lane: &mut Lane<u64, (u64, usize)>) -> anyhow::Result<()> {
-            let mut pending: Option<(u64, Arc<u64>)> = None;
+            let mut pending: Vec<(u64, Arc<u64>)> = Vec::new();
             loop {
-                let next = lane.take();
-                if next.is_some() {
-                    self.taken += 1;
-                    if Some(self.taken) == self.fail_at {
-                        anyhow::bail!("injected failure");
+                let first = if pending.is_empty() {
+                    lane.take()
+                } else {
+                    lane.try_take()
+                };
+                let Some(first) = first else {
+                    if pending.is_empty() {
+                        return Ok(());
                     }
+                    self.finish(lane, std::mem::take(&mut pending));
+                    continue;
+                };
+                self.count()?;
+                let mut jobs = vec![first];
+                while self.group {
+                    let Some(next) = lane.try_take() else { break };
+                    self.count()?;
+                    jobs.push(next);
                 }
-                if let Some((pos, job)) = pending.take() {
-                    std::thread::sleep(Duration::from_millis(self.delay_ms));
-                    lane.done(pos, (*job * *job, lane.worker()));
+                let previous = std::mem::take(&mut pending);
+                if !previous.is_empty() {
+                    self.finish(lane, previous);
                 }
-                match next {
-                    Some(job) if self.overlap => pending = Some(job),
-                    Some((pos, job)) => {
-                        std::thread::sleep(Duration::from_millis(self.delay_ms));
-                        lane.done(pos, (*job * *job, lane.worker()));
-                    }
-                    None => return Ok(()),
+                if self.overlap {
+                    pending = jobs;
+                } else {
+                    self.finish(lane, jobs);
                 }
             }
         }
@@ -484,11 +523,12 @@ mod tests {
 
     #[test]
     fn results_come_in_input_order_from_several_workers() {
-        for overlap in [false, true] {
+        for (overlap, group) in [(false, false), (true, false), (true, true)] {
             let workers: Vec<Squarer> = (0..3)
                 .map(|i| Squarer {
                     delay_ms: [0, 1, 3][i],
                     overlap,
+                    group,
                     ..Squarer::new(&format!("w{i}"))
                 })
                 .collect();
@@ -502,12 +542,38 @@ mod tests {
         }
     }
 
+    /// One worker that takes every queued job and keeps them in flight while it takes more:
+    /// with few jobs in flight it would hold all of them, and the run must still finish.
+    #[test]
+    fn a_worker_holding_every_job_in_flight_finishes() {
+        for max_in_flight in [1, 2, 3] {
+            let worker = Squarer {
+                overlap: true,
+                group: true,
+                delay_ms: 1,
+                ..Squarer::new("w")
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut c = Collect::default();
+                let report = run(source(300), vec![worker], max_in_flight, &mut c);
+                let _ = tx.send((report.map(|r| r.computed), c));
+            });
+            let (report, c) = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("deadlock with at most {max_in_flight} in flight"));
+            assert_eq!(report.unwrap(), [240]);
+            check_order(&c, 300);
+        }
+    }
+
     #[test]
     fn a_failed_worker_hands_its_jobs_to_the_others() {
-        for overlap in [false, true] {
+        for (overlap, group) in [(false, false), (true, false), (true, true)] {
             let mut bad = Squarer::new("bad");
             bad.fail_at = Some(4);
             bad.overlap = overlap;
+            bad.group = group;
             let mut good = Squarer::new("good");
             good.delay_ms = 1;
             let mut c = Collect::default();
