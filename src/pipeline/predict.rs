@@ -59,7 +59,8 @@ const AHEAD_PER_DEVICE: usize = 3;
 const AHEAD_BASES_PER_GPU: u64 = 16 << 20;
 const MAX_AHEAD_PER_DEVICE: usize = 256;
 /// A GPU worker takes the units waiting in the queue together, up to about this many full
-/// protein batches, so that small units still fill the GPU's batches.
+/// protein batches (and half of its read-ahead), so that small units still fill the GPU's
+/// batches.
 const GROUP_BATCHES: usize = 4;
 /// Test switch: `VIRNUCPRO_TEST_FAIL_DEVICE=K:N` makes device K (0-based position in `--device`)
 /// fail as it takes its N-th work unit, so that redistribution can be tested on any machine.
@@ -526,10 +527,10 @@ struct DeviceWorker {
     output: OutputOptions,
     /// [`FAIL_DEVICE_ENV`]: fail when taking this (1-based) unit.
     fail_at: Option<usize>,
-    /// Whether to batch the waiting units together: on a GPU, where a row's result does not
-    /// depend on its batch; not on the CPU, where it can in the last bits (except for tests of
-    /// the grouping itself, [`GROUP_UNITS_ENV`]).
-    group_units: bool,
+    /// How many waiting units to batch together: several on a GPU, where a row's result does
+    /// not depend on its batch; one on the CPU, where it can in the last bits (except for tests
+    /// of the grouping itself, [`GROUP_UNITS_ENV`]).
+    max_group: usize,
 }
 
 impl DeviceWorker {
@@ -635,12 +636,9 @@ impl DeviceWorker {
         let tokens =
             |job: &UnitJob| -> usize { job.frame_refs().iter().map(|f| f.protein.len() + 2).sum() };
         let mut group = Group(vec![first]);
-        if !self.group_units {
-            return Ok(Some(group));
-        }
         let target = GROUP_BATCHES * self.budget.tokens(&self.models.esm);
         let mut total = tokens(&group.0[0].1);
-        while total < target {
+        while total < target && group.0.len() < self.max_group {
             let Some(next) = lane.try_take() else { break };
             count(taken)?;
             total += tokens(&next.1);
@@ -1108,12 +1106,26 @@ fn execute(
         announced: AtomicU32::new(0),
     });
     let output = req.output_options();
+    let on_gpu = !setup.devices[0].is_cpu();
+    let ahead_per_device = if on_gpu {
+        usize::try_from(AHEAD_BASES_PER_GPU / setup.rule.max_bases)
+            .unwrap_or(MAX_AHEAD_PER_DEVICE)
+            .clamp(AHEAD_PER_DEVICE, MAX_AHEAD_PER_DEVICE)
+    } else {
+        AHEAD_PER_DEVICE
+    };
+    // At most half of a device's share in one group, so that the next group's units are
+    // queued (and tokenized) while this one runs.
+    let max_group = if on_gpu || std::env::var(GROUP_UNITS_ENV).is_ok_and(|v| v.trim() == "1") {
+        (ahead_per_device / 2).max(2)
+    } else {
+        1
+    };
     let workers: Vec<DeviceWorker> = models
         .into_iter()
         .enumerate()
         .map(|(i, models)| DeviceWorker {
-            group_units: !models.device.is_cpu()
-                || std::env::var(GROUP_UNITS_ENV).is_ok_and(|v| v.trim() == "1"),
+            max_group,
             models,
             budget: budget.clone(),
             output,
@@ -1130,14 +1142,7 @@ fn execute(
     let mine = shard.map(ShardPlan::mine);
     let chunk_len = req.chunk_len;
     let rule = setup.rule;
-    let on_gpu = !setup.devices[0].is_cpu();
-    let ahead = if on_gpu {
-        usize::try_from(AHEAD_BASES_PER_GPU / setup.rule.max_bases)
-            .unwrap_or(MAX_AHEAD_PER_DEVICE)
-            .clamp(AHEAD_PER_DEVICE, MAX_AHEAD_PER_DEVICE)
-    } else {
-        AHEAD_PER_DEVICE
-    } * n_devices;
+    let ahead = ahead_per_device * n_devices;
     let (items_tx, items) = bounded(AHEAD_PER_DEVICE * n_devices);
     let empty_skipped = Arc::new(AtomicU64::new(0));
     let empty_seen = empty_skipped.clone();
