@@ -97,15 +97,7 @@ fn uniform_records(path: &str, records: u64, seed: u64) -> std::io::Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut seq = Vec::with_capacity(LEN + 32);
     for i in 0..records {
-        seq.clear();
-        while seq.len() < LEN {
-            let mut bits = rng.next();
-            for _ in 0..32 {
-                seq.push(b"ACGT"[(bits & 3) as usize]);
-                bits >>= 2;
-            }
-        }
-        seq.truncate(LEN);
+        random_bases(&mut rng, LEN, &mut seq);
         writeln!(out, ">r{i}")?;
         for line in seq.chunks(60) {
             out.write_all(line)?;
@@ -120,6 +112,19 @@ fn uniform_records(path: &str, records: u64, seed: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `len` uniform random bases into `seq` (replacing its content), 32 per random number.
+fn random_bases(rng: &mut Rng, len: usize, seq: &mut Vec<u8>) {
+    seq.clear();
+    while seq.len() < len {
+        let mut bits = rng.next();
+        for _ in 0..32 {
+            seq.push(b"ACGT"[(bits & 3) as usize]);
+            bits >>= 2;
+        }
+    }
+    seq.truncate(len);
+}
+
 /// Random contigs with soft-masked stretches and N gaps (`virnucpro frames` benchmarks).
 fn contigs(path: &str, megabases: u64, seed: u64) -> std::io::Result<()> {
     let mut rng = Rng::new(seed);
@@ -131,16 +136,7 @@ fn contigs(path: &str, megabases: u64, seed: u64) -> std::io::Result<()> {
     while written < total {
         contig += 1;
         let len = (5_000 + rng.below(495_000)).min(total - written) as usize;
-        seq.clear();
-        while seq.len() < len {
-            // 32 bases per random number.
-            let mut bits = rng.next();
-            for _ in 0..32 {
-                seq.push(b"ACGT"[(bits & 3) as usize]);
-                bits >>= 2;
-            }
-        }
-        seq.truncate(len);
+        random_bases(&mut rng, len, &mut seq);
         // A lower-case (soft-masked) stretch and an N gap per contig.
         let at = rng.below(len as u64) as usize;
         seq[at..(at + 2_000).min(len)].make_ascii_lowercase();

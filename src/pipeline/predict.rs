@@ -562,15 +562,15 @@ impl Worker<UnitJob, UnitResult> for DeviceWorker {
         let mut taken = 0usize;
         let mut in_flight: Option<(Group, PendingScores<'_>)> = None;
         loop {
-            let next = self.take_group(lane, &mut taken, in_flight.is_none())?;
-            if next.is_none() {
-                if let Some((group, pending)) = in_flight.take() {
-                    self.collect(lane, &group, pending)?;
-                    continue;
+            let Some(group) = self.take_group(lane, &mut taken, in_flight.is_none())? else {
+                match in_flight.take() {
+                    Some((group, pending)) => {
+                        self.collect(lane, &group, pending)?;
+                        continue;
+                    }
+                    None => return Ok(()),
                 }
-                return Ok(());
-            }
-            let group = next.expect("checked above");
+            };
             let prepared = models
                 .prepare(&group.frames(), budget)
                 .map_err(input_fault)?;
