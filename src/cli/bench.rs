@@ -50,6 +50,10 @@ pub struct Args {
     /// files: read, parse, cut into work units and hash them (the input's fingerprint).
     #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "ops")]
     pub input: Vec<std::path::PathBuf>,
+    /// Maintainers: time cuBLASLt's algorithms for the models' linear layers at this many rows
+    /// and print the tuned table (JSON) for crates/kernels (CUDA builds).
+    #[arg(long, hide = true, value_name = "ROWS")]
+    pub tune_gemm: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -63,6 +67,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let device = select_device(args.device)?;
+    if let Some(rows) = args.tune_gemm {
+        #[cfg(feature = "cuda")]
+        {
+            let family = virnucpro::models::config::ModelFamily::Esm;
+            let dtype = virnucpro::device::resolve_dtype(args.dtype, family, &device);
+            let table = bench::tune_gemm(&device, dtype, rows)?;
+            println!("{}", serde_json::to_string_pretty(&table)?);
+            return Ok(());
+        }
+        #[cfg(not(feature = "cuda"))]
+        anyhow::bail!("--tune-gemm {rows}: this build has no CUDA support");
+    }
     let attention = if args.compare_attention && device.is_cuda() {
         vec![AttentionImpl::Fused, AttentionImpl::Naive]
     } else {

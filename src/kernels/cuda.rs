@@ -1078,3 +1078,57 @@ pub fn hold_pool_memory(dev: &CudaDevice) -> Result<()> {
     }
     Ok(())
 }
+
+/// The high-water marks of the device's default memory pool since the process started, in
+/// bytes: `(in use, reserved)`. Everything candle allocates on CUDA comes from this pool, so the
+/// first is the largest amount of live device memory (weights included) and the second what the
+/// pool held from the driver at its largest (the excess is fragmentation).
+pub fn pool_high_water(dev: &CudaDevice) -> Result<(u64, u64)> {
+    use candle_core::cuda_backend::cudarc::driver::{result as dres, sys as dsys};
+    let cu_dev = dev.cuda_stream().context().cu_device();
+    let read = |attr| -> Result<u64> {
+        let mut value: u64 = 0;
+        // SAFETY: `cu_dev` is the device of a live context; the attribute is a u64.
+        unsafe {
+            let pool = dres::device::get_default_mem_pool(cu_dev).w()?;
+            dres::mem_pool::get_attribute(
+                pool,
+                attr,
+                &mut value as *mut u64 as *mut std::ffi::c_void,
+            )
+            .w()?;
+        }
+        Ok(value)
+    };
+    Ok((
+        read(dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+        read(dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+    ))
+}
+
+/// Returns the pool's unused memory to the driver (the f32 staging copies of a model's weights
+/// leave holes that later batches may not fit) and restarts its high-water marks, so that
+/// [`pool_high_water`] then measures the run that follows.
+pub fn trim_pool(dev: &CudaDevice) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::{result as dres, sys as dsys};
+    let cu_dev = dev.cuda_stream().context().cu_device();
+    dev.cuda_stream().synchronize().w()?;
+    // SAFETY: `cu_dev` is the device of a live context; the attributes take a u64 (0 resets).
+    unsafe {
+        let pool = dres::device::get_default_mem_pool(cu_dev).w()?;
+        dres::mem_pool::trim_to(pool, 0).w()?;
+        for attr in [
+            dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+        ] {
+            let mut zero: u64 = 0;
+            dres::mem_pool::set_attribute(
+                pool,
+                attr,
+                &mut zero as *mut u64 as *mut std::ffi::c_void,
+            )
+            .w()?;
+        }
+    }
+    Ok(())
+}

@@ -21,6 +21,7 @@ use half::{bf16, f16};
 
 use super::cuda::{by_dtype, held_slice};
 use super::ops::LtLinear;
+use super::KernelError;
 use candle_core::backend::BackendStorage;
 
 /// Problem key of the algorithm cache.
@@ -118,7 +119,12 @@ impl Drop for Pref {
     }
 }
 
+/// cuBLASLt's status as an error: an allocation failure is the device's out-of-memory
+/// ([`KernelError::OutOfMemory`]), whatever else a plain error.
 fn lt_error(e: lt::CublasError) -> candle_core::Error {
+    if e.0 == sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED {
+        return KernelError::out_of_memory(format!("cuBLASLt: {e:?}")).into();
+    }
     candle_core::Error::Msg(format!("cuBLASLt: {e:?}"))
 }
 
@@ -328,18 +334,39 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
                 // SAFETY: initialised by the successful call.
                 && unsafe { result.assume_init() }.workspaceSize <= WORKSPACE_BYTES
         };
+        if let Some(report) = &op.tune {
+            // Tuning (`virnucpro bench --tune-gemm`): time every candidate on this problem.
+            let candidates = heuristics(&ctx, &desc, [&a_l, &b_l, &d_l], align, (rows, n, k))?;
+            let timed = time_candidates(&dev, &candidates, &fits, &run)?;
+            report
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("tuning report lock poisoned".into()))?
+                .extend(timed);
+        }
         let cached = ctx.algos.lock().map_err(lock_err)?.get(&key).copied();
         let shape_algo = match cached {
             Some(algo) => algo,
             None => {
-                let b_ref = layout(k, REFERENCE_ROWS, k)?;
-                let d_ref = layout(n, REFERENCE_ROWS, n)?;
-                let candidates = heuristics(&ctx, &desc, [&a_l, &b_ref, &d_ref], align)?;
-                let algo = candidates
-                    .iter()
-                    .copied()
-                    .find(|a| splits_k(a) == Some(false))
-                    .unwrap_or(candidates[0]);
+                let tuned = tuned_algo(&ctx, &dev, &key, ty).filter(|a| fits(a));
+                let algo = match tuned {
+                    Some(algo) => algo,
+                    None => {
+                        let b_ref = layout(k, REFERENCE_ROWS, k)?;
+                        let d_ref = layout(n, REFERENCE_ROWS, n)?;
+                        let candidates = heuristics(
+                            &ctx,
+                            &desc,
+                            [&a_l, &b_ref, &d_ref],
+                            align,
+                            (REFERENCE_ROWS, n, k),
+                        )?;
+                        candidates
+                            .iter()
+                            .copied()
+                            .find(|a| splits_k(a) == Some(false))
+                            .unwrap_or(candidates[0])
+                    }
+                };
                 ctx.algos.lock().map_err(lock_err)?.insert(key, algo);
                 algo
             }
@@ -352,7 +379,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
                 "cuBLASLt: the algorithm of {n}x{k} does not take {rows} rows; rows of this \
                  batch may differ in the last bits from the same rows in other batches"
             );
-            heuristics(&ctx, &desc, [&a_l, &b_l, &d_l], align)?[0]
+            heuristics(&ctx, &desc, [&a_l, &b_l, &d_l], align, (rows, n, k))?[0]
         };
         ctx.exact.lock().map_err(lock_err)?.insert(exact_key, algo);
         run(&algo)?;
@@ -393,6 +420,7 @@ fn heuristics(
     desc: &Desc,
     [a_l, b_l, d_l]: [&MatLayout; 3],
     align: [u32; 4],
+    (rows, n, k): (usize, usize, usize),
 ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
     let pref = Pref(ok(lt::create_matmul_pref())?);
     let ws = WORKSPACE_BYTES as u64;
@@ -458,7 +486,263 @@ fn heuristics(
         .map(|r| r.algo)
         .collect();
     if algos.is_empty() {
-        candle_core::bail!("cuBLASLt has no algorithm for this linear layer");
+        return Err(KernelError::NoAlgorithm {
+            what: format!("a linear layer of {rows} rows, {k} inputs and {n} outputs"),
+        }
+        .into());
     }
     Ok(algos)
+}
+
+/// An algorithm as cuBLASLt's documented configuration attributes: what the tuned table stores
+/// and [`algo_from_config`] rebuilds (with `cublasLtMatmulAlgoInit`), so a choice made once by
+/// timing is made again, identically, on every run and every GPU of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AlgoConfig {
+    pub id: i32,
+    pub tile: u32,
+    pub stages: u32,
+    pub splitk: u32,
+    pub reduction: u32,
+    pub swizzle: u32,
+    pub custom: u32,
+    pub inner: u16,
+    pub cluster: u16,
+}
+
+/// One timed candidate of [`tune_linear`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TunedCandidate {
+    pub algo: AlgoConfig,
+    /// Median of the timed runs, per call.
+    pub ms: f32,
+    /// Its place in cuBLASLt's heuristic list (0: the heuristic's first choice).
+    pub rank: usize,
+}
+
+fn config_attr<T: Default + Copy>(
+    algo: &sys::cublasLtMatmulAlgo_t,
+    attr: sys::cublasLtMatmulAlgoConfigAttributes_t,
+) -> Option<T> {
+    let mut v = T::default();
+    let mut written = 0usize;
+    // SAFETY: `v` has the size of the attribute's documented type; `algo` is initialised.
+    let st = unsafe {
+        sys::cublasLtMatmulAlgoConfigGetAttribute(
+            algo,
+            attr,
+            &mut v as *mut T as *mut c_void,
+            std::mem::size_of::<T>(),
+            &mut written,
+        )
+    };
+    (st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(v)
+}
+
+fn config_of(algo: &sys::cublasLtMatmulAlgo_t) -> Option<AlgoConfig> {
+    use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
+    Some(AlgoConfig {
+        id: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_ID)?,
+        tile: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_TILE_ID)?,
+        stages: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_STAGES_ID)?,
+        splitk: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM)?,
+        reduction: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME)?,
+        swizzle: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING)?,
+        custom: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION)?,
+        inner: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID)?,
+        cluster: config_attr(algo, A::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID)?,
+    })
+}
+
+fn algo_from_config(
+    ctx: &Context,
+    ty: sys::cudaDataType,
+    cfg: &AlgoConfig,
+) -> Option<sys::cublasLtMatmulAlgo_t> {
+    use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
+    let mut algo = std::mem::MaybeUninit::<sys::cublasLtMatmulAlgo_t>::uninit();
+    // SAFETY: `algo` is written by the call; the types are those of every problem of ours.
+    let st = unsafe {
+        sys::cublasLtMatmulAlgoInit(
+            ctx.handle.0,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+            ty,
+            ty,
+            ty,
+            ty,
+            cfg.id,
+            algo.as_mut_ptr(),
+        )
+    };
+    if st != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return None;
+    }
+    // SAFETY: initialised by the successful call.
+    let mut algo = unsafe { algo.assume_init() };
+    fn set<T>(algo: &mut sys::cublasLtMatmulAlgo_t, attr: A, v: T) -> bool {
+        // SAFETY: `v` has the size of the attribute's documented type.
+        let st = unsafe {
+            sys::cublasLtMatmulAlgoConfigSetAttribute(
+                algo,
+                attr,
+                &v as *const T as *const c_void,
+                std::mem::size_of::<T>(),
+            )
+        };
+        st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+    }
+    let all = set(&mut algo, A::CUBLASLT_ALGO_CONFIG_TILE_ID, cfg.tile)
+        && set(&mut algo, A::CUBLASLT_ALGO_CONFIG_STAGES_ID, cfg.stages)
+        && set(&mut algo, A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, cfg.splitk)
+        && set(
+            &mut algo,
+            A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+            cfg.reduction,
+        )
+        && set(
+            &mut algo,
+            A::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
+            cfg.swizzle,
+        )
+        && set(&mut algo, A::CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, cfg.custom)
+        && set(&mut algo, A::CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID, cfg.inner)
+        && set(
+            &mut algo,
+            A::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
+            cfg.cluster,
+        );
+    (all && config_of(&algo).as_ref() == Some(cfg)).then_some(algo)
+}
+
+/// One entry of the tuned table (`tuned_gemm.json`): the fastest non-split-k algorithm of one
+/// layer shape on one kind of GPU, timed at [`REFERENCE_ROWS`] rows by `bench --tune-gemm`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TunedEntry {
+    /// `sm_<major><minor>/<multiprocessors>`, e.g. `sm_90/132` (H100 SXM, H200).
+    pub gpu: String,
+    pub dtype: String,
+    pub n: u64,
+    pub k: u64,
+    pub bias: bool,
+    pub residual: bool,
+    pub gelu: bool,
+    pub algo: AlgoConfig,
+    /// The tuned and the heuristic choice's time at the reference rows, for the record.
+    pub ms: f32,
+    pub heuristic_ms: f32,
+}
+
+const TUNED_TABLE: &str = include_str!("tuned_gemm.json");
+
+fn tuned_table() -> &'static [TunedEntry] {
+    static TABLE: OnceLock<Vec<TunedEntry>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let text = std::env::var("VIRNUCPRO_EXP_TUNED_FILE")
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_else(|| TUNED_TABLE.to_string());
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            tracing::warn!("the tuned cuBLASLt table is not valid JSON ({e}); using the heuristic");
+            Vec::new()
+        })
+    })
+}
+
+/// The GPU kind of the tuned table: `sm_<major><minor>/<multiprocessors>`.
+pub fn gpu_key(dev: &CudaDevice) -> Result<String> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as At;
+    use candle_core::cuda_backend::WrapErr;
+    let ctx = dev.cuda_stream().context().clone();
+    let major = ctx
+        .attribute(At::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+        .w()?;
+    let minor = ctx
+        .attribute(At::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+        .w()?;
+    let sms = ctx
+        .attribute(At::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .w()?;
+    Ok(format!("sm_{major}{minor}/{sms}"))
+}
+
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// The tuned algorithm of this layer shape on this GPU, if the table has one that this
+/// cuBLASLt can rebuild.
+fn tuned_algo(
+    ctx: &Context,
+    dev: &CudaDevice,
+    key: &Key,
+    ty: sys::cudaDataType,
+) -> Option<sys::cublasLtMatmulAlgo_t> {
+    let gpu = gpu_key(dev).ok()?;
+    let entry = tuned_table().iter().find(|e| {
+        e.gpu == gpu
+            && e.dtype == dtype_name(key.dtype)
+            && e.n == key.m
+            && e.k == key.k
+            && e.bias == key.bias
+            && e.residual == key.residual
+            && e.gelu == key.gelu
+    })?;
+    let algo = algo_from_config(ctx, ty, &entry.algo);
+    if algo.is_none() {
+        tracing::debug!(
+            "cuBLASLt cannot rebuild the tuned algorithm of {}x{} ({:?}); using the heuristic",
+            key.m,
+            key.k,
+            entry.algo
+        );
+    }
+    algo
+}
+
+/// Times each non-split-k candidate that fits (median of 15 runs after 3), in heuristic order.
+fn time_candidates(
+    dev: &CudaDevice,
+    candidates: &[sys::cublasLtMatmulAlgo_t],
+    fits: &dyn Fn(&sys::cublasLtMatmulAlgo_t) -> bool,
+    run: &dyn Fn(&sys::cublasLtMatmulAlgo_t) -> Result<()>,
+) -> Result<Vec<TunedCandidate>> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+    use candle_core::cuda_backend::WrapErr;
+    let stream = dev.cuda_stream();
+    let mut out = Vec::new();
+    for (rank, cand) in candidates.iter().enumerate() {
+        if splits_k(cand) != Some(false) || !fits(cand) {
+            continue;
+        }
+        let Some(algo) = config_of(cand) else {
+            continue;
+        };
+        for _ in 0..3 {
+            run(cand)?;
+        }
+        let mut times = Vec::with_capacity(15);
+        for _ in 0..15 {
+            let start = stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .w()?;
+            run(cand)?;
+            let end = stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .w()?;
+            end.synchronize().w()?;
+            times.push(start.elapsed_ms(&end).w()?);
+        }
+        times.sort_by(f32::total_cmp);
+        out.push(TunedCandidate {
+            algo,
+            ms: times[times.len() / 2],
+            rank,
+        });
+    }
+    Ok(out)
 }

@@ -25,6 +25,7 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod error;
 #[cfg(feature = "cuda")]
 mod gemm;
 mod ops;
@@ -32,7 +33,12 @@ mod reference;
 pub mod selftest;
 
 #[cfg(feature = "cuda")]
-pub use cuda::hold_pool_memory;
+pub use cuda::{hold_pool_memory, pool_high_water, trim_pool};
+pub use error::{anyhow_is_out_of_memory, is_out_of_memory, kernel_error, KernelError};
+#[cfg(feature = "cuda")]
+pub use gemm::{gpu_key, AlgoConfig, TunedCandidate, TunedEntry};
+#[cfg(feature = "cuda")]
+pub use ops::tune_linear;
 pub use ops::{
     fused_ops_enabled, gated_gelu, gather_rows, layer_norm, linear, rotary_qk, set_fused_ops,
     weighted_pool,

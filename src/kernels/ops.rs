@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-use super::CUDA_BUILT;
+use super::{KernelError, CUDA_BUILT};
 
 /// 0: not read yet, 1: on, 2: off.
 static FUSED_OPS: AtomicU8 = AtomicU8::new(0);
@@ -89,26 +89,34 @@ pub fn linear(
         bias: bias.map(Tensor::contiguous).transpose()?,
         residual: residual.map(Tensor::contiguous).transpose()?,
         gelu_tanh,
+        tune: None,
     };
     match x.contiguous()?.apply_op1_no_bwd(&op) {
         Ok(y) => Ok(Some(y)),
-        Err(e) if gelu_tanh => {
-            // Only the GELU epilogue is given up: the caller applies the exact GELU itself.
-            if !GELU_FAILED.swap(true, Ordering::Relaxed) {
-                tracing::warn!("cuBLASLt GELU epilogue failed ({e}); using a separate GELU pass");
+        // Only a missing algorithm changes the path; an out-of-memory (the caller splits the
+        // batch and retries on this same path) and any other failure are the caller's.
+        Err(e) => match super::kernel_error(&e) {
+            Some(KernelError::NoAlgorithm { what }) if gelu_tanh => {
+                // Only the GELU epilogue is given up: the caller applies the exact GELU itself.
+                if !GELU_FAILED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cuBLASLt has no GELU-epilogue algorithm for {what}; using a separate \
+                         GELU pass"
+                    );
+                }
+                Ok(None)
             }
-            Ok(None)
-        }
-        Err(e) => {
-            // A cuBLASLt without an algorithm for this GPU/shape should cost speed, not the run:
-            // candle's matmul takes over for the rest of the process.
-            if !LT_FAILED.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "cuBLASLt linear failed ({e}); using candle's matmul from now on (slower)"
-                );
+            Some(KernelError::NoAlgorithm { what }) => {
+                if !LT_FAILED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cuBLASLt has no algorithm for {what} on this GPU; using candle's matmul \
+                         for the linear layers from now on (slower)"
+                    );
+                }
+                Ok(None)
             }
-            Ok(None)
-        }
+            _ => Err(e),
+        },
     }
 }
 
@@ -271,6 +279,47 @@ pub(crate) struct LtLinear {
     pub(crate) residual: Option<Tensor>,
     /// GELU (cuBLASLt's tanh approximation) after the bias, in the GEMM's epilogue.
     pub(crate) gelu_tanh: bool,
+    /// Tuning only: time every candidate algorithm on this problem and add them here.
+    #[cfg(feature = "cuda")]
+    pub(crate) tune: Option<TuneReport>,
+    #[cfg(not(feature = "cuda"))]
+    pub(crate) tune: Option<()>,
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) type TuneReport = std::sync::Arc<std::sync::Mutex<Vec<super::gemm::TunedCandidate>>>;
+
+/// Times cuBLASLt's non-split-k candidates for one linear layer shape (`rows` x `k` input,
+/// `n` outputs) on random data, for the tuned table (`bench --tune-gemm`).
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+pub fn tune_linear(
+    device: &candle_core::Device,
+    rows: usize,
+    n: usize,
+    k: usize,
+    dtype: DType,
+    bias: bool,
+    residual: bool,
+    gelu: bool,
+) -> Result<Vec<super::gemm::TunedCandidate>> {
+    let rand = |shape: &[usize]| -> Result<Tensor> {
+        Tensor::randn(0f32, 0.05, shape, device)?.to_dtype(dtype)
+    };
+    let report = TuneReport::default();
+    let op = LtLinear {
+        weight: rand(&[n, k])?,
+        bias: bias.then(|| rand(&[n])).transpose()?,
+        residual: residual.then(|| rand(&[rows, n])).transpose()?,
+        gelu_tanh: gelu,
+        tune: Some(report.clone()),
+    };
+    rand(&[rows, k])?.apply_op1_no_bwd(&op)?;
+    let out = report
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("tuning report lock poisoned".into()))?
+        .clone();
+    Ok(out)
 }
 
 cuda_only_op1!(LtLinear, "virnucpro-cublaslt-linear", super::gemm::forward);

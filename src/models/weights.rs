@@ -47,6 +47,28 @@ struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
+/// Reads a large weight file once in the background, in file order, so that the disk works at its
+/// full sequential speed while the tensors are copied to the device in model order (page faults
+/// on the memory map alone read it a little at a time). Small files are left alone.
+fn prefetch(path: &Path) {
+    const MIN_BYTES: u64 = 256 << 20;
+    if std::env::var_os("VIRNUCPRO_EXP_NO_PREFETCH").is_some() {
+        return;
+    }
+    let Ok(file) = std::fs::File::open(path) else {
+        return;
+    };
+    if file.metadata().map_or(true, |m| m.len() < MIN_BYTES) {
+        return;
+    }
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut file = file;
+        let mut buf = vec![0u8; 16 << 20];
+        while matches!(file.read(&mut buf), Ok(n) if n > 0) {}
+    });
+}
+
 /// Shard file names listed by a `*.index.json`, each once, sorted.
 pub fn shard_names(index: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(index)
@@ -156,6 +178,7 @@ impl Checkpoint {
             let index = stores.len();
             let store = match weights.format {
                 WeightsFormat::Safetensors => {
+                    prefetch(path);
                     // SAFETY: the file is mapped read-only; like every safetensors reader we rely
                     // on nobody truncating it while the model loads.
                     let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }

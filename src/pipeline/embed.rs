@@ -503,14 +503,10 @@ fn injected_oom_tokens() -> Option<usize> {
     std::env::var(INJECT_OOM_ENV).ok()?.trim().parse().ok()
 }
 
-/// Whether an error is the device running out of memory (CUDA's and cuBLAS's wordings).
+/// Whether an error is the device running out of memory (typed, see
+/// [`crate::kernels::KernelError`]).
 pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        let text = c.to_string().to_ascii_lowercase();
-        text.contains("out of memory")
-            || text.contains("out_of_memory")
-            || text.contains("alloc_failed")
-    })
+    crate::kernels::anyhow_is_out_of_memory(e)
 }
 
 /// A batch the encoder could not run: the context of the error, so that a caller can tell an
@@ -581,9 +577,12 @@ impl Tokenized {
         for (rows, batch) in self.batches {
             let max_len = batch.max_len;
             let pooled = match injected_oom {
-                Some(limit) if rows.len() * max_len > limit => Err(candle_core::Error::Msg(
-                    format!("out of memory (injected: {INJECT_OOM_ENV}={limit})"),
-                )),
+                Some(limit) if rows.len() * max_len > limit => {
+                    Err(crate::kernels::KernelError::out_of_memory(format!(
+                        "injected: {INJECT_OOM_ENV}={limit}"
+                    ))
+                    .into())
+                }
                 _ => model.encoder.forward_pooled(&batch),
             }
             .and_then(|t| t.to_dtype(DType::F32))

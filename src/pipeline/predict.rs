@@ -560,24 +560,42 @@ impl Worker<UnitJob, UnitResult> for DeviceWorker {
         let models = &self.models;
         let budget = &*self.budget;
         let mut taken = 0usize;
+        let mut clock = WorkerClock::default();
         let mut in_flight: Option<(Group, PendingScores<'_>)> = None;
         loop {
             let Some(group) = self.take_group(lane, &mut taken, in_flight.is_none())? else {
                 match in_flight.take() {
                     Some((group, pending)) => {
-                        self.collect(lane, &group, pending)?;
+                        let scores = self.wait_for(&group, pending, &mut clock)?;
+                        clock.time(|c| &mut c.report, || self.report(lane, &group, &scores))?;
                         continue;
                     }
-                    None => return Ok(()),
+                    None => break,
                 }
             };
-            let prepared = models
-                .prepare(&group.frames(), budget)
+            let prepared = clock
+                .time(
+                    |c| &mut c.prepare,
+                    || models.prepare(&group.frames(), budget),
+                )
                 .map_err(input_fault)?;
-            if let Some((group, pending)) = in_flight.take() {
-                self.collect(lane, &group, pending)?;
+            let finished = match in_flight.take() {
+                Some((done, pending)) => {
+                    let scores = self.wait_for(&done, pending, &mut clock)?;
+                    Some((done, scores))
+                }
+                None => None,
+            };
+            clock.groups += 1;
+            let launched = clock.time(
+                |c| &mut c.launch,
+                || models.launch(prepared, &group.sizes()),
+            );
+            // The previous group's rows are formatted while the device runs this one.
+            if let Some((done, scores)) = finished {
+                clock.time(|c| &mut c.report, || self.report(lane, &done, &scores))?;
             }
-            match models.launch(prepared, &group.sizes()) {
+            match launched {
                 Ok(pending) => in_flight = Some((group, pending)),
                 Err(e) if is_out_of_memory(&e) => {
                     let scores =
@@ -587,6 +605,55 @@ impl Worker<UnitJob, UnitResult> for DeviceWorker {
                 Err(e) => return Err(e),
             }
         }
+        tracing::debug!("{}: {clock}", device_name(&models.device));
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = &models.device {
+            if let Ok((used, reserved)) = crate::kernels::pool_high_water(dev) {
+                tracing::debug!(
+                    "{}: device memory at its highest: {} MiB in use, {} MiB held by the pool",
+                    device_name(&models.device),
+                    used >> 20,
+                    reserved >> 20
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a device worker's host thread spends its time: a device kept busy shows most of it in
+/// `wait` (the host waiting for results); the device idles between a group's results and the
+/// next group's first kernel, i.e. during `report` and the start of `launch`.
+#[derive(Debug, Default)]
+struct WorkerClock {
+    groups: u64,
+    prepare: Duration,
+    launch: Duration,
+    wait: Duration,
+    report: Duration,
+}
+
+impl WorkerClock {
+    fn time<T>(&mut self, slot: fn(&mut Self) -> &mut Duration, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        *slot(self) += t.elapsed();
+        out
+    }
+}
+
+impl std::fmt::Display for WorkerClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} groups; host time: tokenizing {:.2} s, launching {:.2} s, formatting {:.2} s; \
+             waiting for the device {:.2} s",
+            self.groups,
+            self.prepare.as_secs_f64(),
+            self.launch.as_secs_f64(),
+            self.report.as_secs_f64(),
+            self.wait.as_secs_f64()
+        )
     }
 }
 
@@ -654,22 +721,20 @@ impl DeviceWorker {
         Ok(Some(group))
     }
 
-    /// Waits for a launched group's scores (backing off if the device ran out of memory) and
-    /// reports them.
-    fn collect(
+    /// Waits for a launched group's scores (backing off if the device ran out of memory).
+    fn wait_for(
         &self,
-        lane: &mut Lane<UnitJob, UnitResult>,
         group: &Group,
         pending: PendingScores<'_>,
-    ) -> anyhow::Result<()> {
-        let scores = match pending.finish() {
+        clock: &mut WorkerClock,
+    ) -> anyhow::Result<Vec<[f32; 2]>> {
+        match clock.time(|c| &mut c.wait, || pending.finish()) {
             Err(e) if is_out_of_memory(&e) => {
                 self.models
-                    .score_after_oom(&group.frames(), &group.sizes(), &self.budget, e)?
+                    .score_after_oom(&group.frames(), &group.sizes(), &self.budget, e)
             }
-            other => other?,
-        };
-        self.report(lane, group, &scores)
+            other => other,
+        }
     }
 
     /// Hands each unit of a scored group to the scheduler.
@@ -841,12 +906,21 @@ fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models
     let load_one = |device: &Device| -> anyhow::Result<Models> {
         let (dnabert, esm, classifier) = match (&setup.dnabert, &setup.esm) {
             (Some(d), Some(e)) => {
-                let dnabert = load_from_files(d.clone(), device, req.dtype, &options)
-                    .with_context(|| {
-                        format!("cannot load the nucleotide model `{}`", req.dnabert)
-                    })?;
-                let esm = load_from_files(e.clone(), device, req.dtype, &options)
-                    .with_context(|| format!("cannot load the protein model `{}`", req.esm))?;
+                // The two models load side by side: each mostly waits on its file.
+                let (dnabert, esm) = std::thread::scope(|s| {
+                    let dnabert = s.spawn(|| {
+                        load_from_files(d.clone(), device, req.dtype, &options).with_context(|| {
+                            format!("cannot load the nucleotide model `{}`", req.dnabert)
+                        })
+                    });
+                    let esm = load_from_files(e.clone(), device, req.dtype, &options)
+                        .with_context(|| format!("cannot load the protein model `{}`", req.esm));
+                    let dnabert = dnabert
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("loading DNABERT-S panicked")));
+                    (dnabert, esm)
+                });
+                let (dnabert, esm) = (dnabert?, esm?);
                 let classifier = Classifier::load(&req.classifier, device).with_context(|| {
                     format!("cannot load the classifier {}", req.classifier.display())
                 })?;
@@ -882,6 +956,11 @@ fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models
             classifier.input_dim(),
             device_name(device)
         );
+        // The weights' f32 staging copies leave holes in the device's memory pool.
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = device {
+            crate::kernels::trim_pool(dev)?;
+        }
         Ok(Models {
             dnabert,
             esm,
