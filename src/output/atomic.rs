@@ -289,7 +289,9 @@ pub fn install_interrupt_handler() -> io::Result<()> {
                 let _ = fs::remove_file(path);
             }
             remove_created_dirs();
-            eprintln!("interrupted: incomplete outputs removed");
+            // Not eprintln!, which panics when stderr is a pipe whose reader died first (`| tee`
+            // under a job's SIGTERM): the handler's thread would end and the run go on.
+            let _ = writeln!(io::stderr(), "interrupted: incomplete outputs removed");
             std::process::exit(INTERRUPTED_EXIT_CODE);
         })
         .map_err(|e| e.to_string())

@@ -69,6 +69,10 @@ pub const FAIL_DEVICE_ENV: &str = "VIRNUCPRO_TEST_FAIL_DEVICE";
 /// that the grouping can be tested on any machine (on the CPU scores may then differ from an
 /// ungrouped run in the last digits).
 pub const GROUP_UNITS_ENV: &str = "VIRNUCPRO_TEST_GROUP_UNITS";
+/// Test switch: `VIRNUCPRO_TEST_STALL_AFTER=N` makes the run stop working once it has journaled
+/// N units it computed (it says so and waits to be killed), so that tests can kill or cancel a
+/// run part-way at a known point and check what the next run reuses.
+pub const STALL_AFTER_ENV: &str = "VIRNUCPRO_TEST_STALL_AFTER";
 /// How often progress is logged when stderr is not a terminal (cluster logs).
 const LOG_PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
@@ -763,6 +767,17 @@ impl DeviceWorker {
     }
 }
 
+/// The test switch [`STALL_AFTER_ENV`], after `journaled` units.
+fn stall_if_asked(journaled: u64) {
+    let stall_at = std::env::var(STALL_AFTER_ENV).ok();
+    if stall_at.and_then(|n| n.trim().parse().ok()) == Some(journaled) {
+        tracing::warn!("{STALL_AFTER_ENV}: {journaled} work units journaled; waiting to be killed");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
 /// The test switch [`FAIL_DEVICE_ENV`] for device `index`.
 fn injected_failure(index: usize) -> Option<usize> {
     let spec = std::env::var(FAIL_DEVICE_ENV).ok()?;
@@ -1095,10 +1110,16 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
         );
     }
     if opened.units > 0 {
+        // A finished shard's record became the journal: name the file that was there.
+        let from = if opened.from_shard_file {
+            req.out_dir.join(crate::output::journal::SHARD_FILE)
+        } else {
+            journal.path().to_owned()
+        };
         tracing::info!(
             "resuming: {} work units finished by an earlier run are reused from {}",
             opened.units,
-            journal.path().display()
+            from.display()
         );
     }
 
@@ -1371,6 +1392,7 @@ impl Handler<UnitResult> for RunWriter<'_> {
     fn computed(&mut self, _pos: u64, out: &UnitResult) -> anyhow::Result<()> {
         if let UnitResult::Computed(unit) = out {
             self.journal.append(unit)?;
+            stall_if_asked(self.journal.cost().entries);
         }
         Ok(())
     }
