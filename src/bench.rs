@@ -8,16 +8,17 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
+use virnucpro_assets::load::load_embedding_model;
+use virnucpro_kernels::{self as kernels, AttentionImpl};
+use virnucpro_models::config::ModelFamily;
+use virnucpro_models::device::{resolve_dtype, DTypeSpec};
+use virnucpro_models::dnabert::{DnaBert, DnaBertConfig};
+use virnucpro_models::embed::{LoadOptions, RandomModel, DNABERT_S_CONFIG};
+use virnucpro_models::esm::{Esm, EsmConfig};
+use virnucpro_models::weights::RandomWeights;
+use virnucpro_models::{Encoder, TokenBatch};
 
-use crate::device::{resolve_dtype, DTypeSpec};
-use crate::kernels::{self, AttentionImpl};
-use crate::models::config::ModelFamily;
-use crate::models::dnabert::{DnaBert, DnaBertConfig};
-use crate::models::esm::{Esm, EsmConfig};
-use crate::models::weights::RandomWeights;
-use crate::models::{Encoder, TokenBatch};
-use crate::pipeline::embed::{load_embedding_model, LoadOptions, RandomModel, DNABERT_S_CONFIG};
-use crate::pipeline::timing::{self, Timing};
+use crate::timing::{self, Timing};
 
 /// What to benchmark.
 #[derive(Debug, Clone)]
@@ -184,7 +185,7 @@ pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         opts.repeats,
         &opts.attention,
     );
-    let profile = crate::models::profile::take_report();
+    let profile = virnucpro_models::profile::take_report();
     if !profile.is_empty() {
         eprintln!("VIRNUCPRO_PROFILE sections (timed passes, after warm-up):\n{profile}");
     }
@@ -210,28 +211,28 @@ pub fn run_model(
             let real: usize = batch.lengths.iter().sum();
             for &imp in attention {
                 kernels::set_attention_impl(imp);
-                if crate::models::profile::enabled() {
+                if virnucpro_models::profile::enabled() {
                     // The profile covers steady-state passes only: not kernel compilation,
                     // GEMM tuning or first allocations.
                     for _ in 0..warmup.max(1) {
                         model.encoder.forward_pooled(&batch)?;
                     }
                     device.synchronize()?;
-                    crate::models::profile::take_report();
+                    virnucpro_models::profile::take_report();
                     // Host-bound or device-bound? Enqueue time of one pass vs its completion.
-                    crate::models::profile::pause(true);
+                    virnucpro_models::profile::pause(true);
                     let t0 = std::time::Instant::now();
                     let out = model.encoder.forward_pooled(&batch);
                     let host = t0.elapsed().as_secs_f64() * 1e3;
                     device.synchronize()?;
                     let done = t0.elapsed().as_secs_f64() * 1e3;
-                    crate::models::profile::pause(false);
+                    virnucpro_models::profile::pause(false);
                     drop(out?);
                     eprintln!(
                         "profile {b}x{t}: one pass, host returns after {host:.2} ms, device done \
                          after {done:.2} ms"
                     );
-                    crate::models::profile::take_report();
+                    virnucpro_models::profile::take_report();
                 }
                 let time = timing::measure(device, warmup, repeats, 1.0, || {
                     model.encoder.forward_pooled(&batch).map(drop)
@@ -270,7 +271,7 @@ pub fn run_model(
         model: model.source.clone(),
         family: model.family.to_string(),
         hidden: model.encoder.hidden_size(),
-        device: crate::device::device_name(device),
+        device: virnucpro_models::device::device_name(device),
         dtype: format!("{:?}", model.dtype).to_lowercase(),
         rows,
     })
@@ -320,7 +321,7 @@ pub fn op_profile(
     (hidden, heads, ffn_in, ffn_out): (usize, usize, usize, usize),
     repeats: usize,
 ) -> Result<Vec<OpRow>> {
-    use crate::models::layers::{split_qkv, AttentionMask, Rotary};
+    use virnucpro_models::layers::{split_qkv, AttentionMask, Rotary};
     let n = b * t;
     let d = hidden / heads;
     let es = dtype.size_in_bytes() as f64;
@@ -452,7 +453,7 @@ pub fn op_profile(
             attn_flops,
             flops,
             &mut || {
-                crate::models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
+                virnucpro_models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
                     .map(drop)
             },
         )
@@ -465,7 +466,8 @@ pub fn op_profile(
         attn_flops,
         flops,
         &mut || {
-            crate::models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt()).map(drop)
+            virnucpro_models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
+                .map(drop)
         },
     );
     kernels::set_attention_impl(imp);

@@ -12,21 +12,20 @@
 //!   FastESM2_650 attention shape (20 heads of 64) at several batch x length.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
+use virnucpro_assets::hub::{resolve_model, verify_cache_hashes};
+use virnucpro_kernels::{self as kernels, selftest, AttentionImpl, FaVariant};
+use virnucpro_models::classifier::Classifier;
+use virnucpro_models::config::ModelFamily;
+use virnucpro_models::device::DTypeSpec;
+use virnucpro_models::embed::{embed_sequences, load_from_files, LoadOptions};
 
-use std::path::PathBuf;
-
-use crate::device::DTypeSpec;
-use crate::kernels::{self, selftest, AttentionImpl, FaVariant};
-use crate::models::classifier::Classifier;
-use crate::models::config::ModelFamily;
-use crate::models::hub::{resolve_model, verify_cache_hashes};
-use crate::pipeline::bench;
-use crate::pipeline::embed::{embed_sequences, load_from_files, LoadOptions};
-use crate::pipeline::timing::{self, Timing};
+use crate::bench;
+use crate::timing::{self, Timing};
 
 /// ENV-01 of a CUDA build: where it cannot start (the loader's error is in `doctor --help`).
 const CUDA_BUILD_NOTE: &str = "This build starts only where the NVIDIA driver (libcuda.so.1) is: \
@@ -225,7 +224,7 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
     );
 
     // ENV-02
-    let dev = match crate::device::open_cuda(opts.ordinal) {
+    let dev = match virnucpro_kernels::open_cuda(opts.ordinal) {
         Ok(d) => d,
         Err(e) => {
             rep.line(

@@ -1,4 +1,4 @@
-//! Compiles the hand-written CUDA kernels (`src/kernels/*.cu`) with nvcc, only when the `cuda`
+//! Compiles the hand-written CUDA kernels (`cuda/*.cu`) with nvcc, only when the `cuda`
 //! feature is on: CPU builds (and CI) never need a CUDA toolkit.
 //!
 //! Each source becomes a fatbin embedded in the binary: machine code (SASS) for
@@ -14,7 +14,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rerun-if-changed=src/kernels");
+    println!("cargo::rerun-if-changed=cuda");
     for var in [
         "CUDA_COMPUTE_CAP",
         "NVCC",
@@ -30,8 +30,8 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let cap = compute_cap();
     let nvcc = find_nvcc();
-    let mut sources: Vec<PathBuf> = std::fs::read_dir("src/kernels")
-        .expect("src/kernels exists")
+    let mut sources: Vec<PathBuf> = std::fs::read_dir("cuda")
+        .expect("cuda/ exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();

@@ -19,8 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha1::Digest as _;
-
-use crate::output::atomic::AtomicFile;
+use virnucpro_atomic::AtomicFile;
 
 /// The expected hash of a file: what a preset pins its classifier to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -10,9 +10,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-
-use super::config::{ModelConfig, ModelFamily};
-use super::weights::{shard_names, WeightFiles, WEIGHT_CANDIDATES};
+use virnucpro_models::config::{ModelConfig, ModelFamily};
+use virnucpro_models::files::ModelFiles;
+use virnucpro_models::weights::{shard_names, WeightFiles, WEIGHT_CANDIDATES};
 
 /// Default protein model of the pipeline.
 pub const DEFAULT_PROTEIN_MODEL: &str = "Synthyra/FastESM2_650";
@@ -23,31 +23,6 @@ pub const ESM2_3B_MODEL: &str = "facebook/esm2_t36_3B_UR50D";
 
 /// Optional tokenizer side files, fetched when the repository has them.
 const TOKENIZER_EXTRAS: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
-
-/// Everything needed to build a model, as local paths.
-#[derive(Debug, Clone)]
-pub struct ModelFiles {
-    /// What the user asked for (directory or Hub ID), for logs and output metadata.
-    pub source: String,
-    pub config_path: PathBuf,
-    pub config: ModelConfig,
-    pub weights: WeightFiles,
-    /// `vocab.txt` (ESM) or `tokenizer.json` (DNABERT).
-    pub tokenizer: PathBuf,
-}
-
-impl ModelFiles {
-    pub fn family(&self) -> ModelFamily {
-        self.config.family()
-    }
-
-    /// Every file the model is built from: config, tokenizer, weights.
-    pub fn paths(&self) -> Vec<&Path> {
-        let mut v = vec![self.config_path.as_path(), self.tokenizer.as_path()];
-        v.extend(self.weights.files.iter().map(PathBuf::as_path));
-        v
-    }
-}
 
 /// A resolved file checked against the name of its blob in the Hugging Face cache
 /// (`models--org--name/snapshots/<rev>/<file>` links to `blobs/<hash>`): the cache names a file
@@ -241,6 +216,22 @@ pub fn resolve_model_with(spec: &str, hub: &HubOptions) -> anyhow::Result<ModelF
     resolve_from(spec, &repo).with_context(|| {
         format!("`{spec}` is not a local directory, so it was looked up as a Hugging Face Hub ID")
     })
+}
+
+/// Resolves a model and checks it is of the family its flag is for.
+pub fn resolve_family(spec: &str, want: ModelFamily, flag: &str) -> anyhow::Result<ModelFiles> {
+    let files = resolve_model(spec)?;
+    if files.family() != want {
+        bail!(
+            "{flag} {spec} is a {} model, but {flag} needs a {want} model ({})",
+            files.family(),
+            match want {
+                ModelFamily::DnaBert => "e.g. zhihan1996/DNABERT-S",
+                ModelFamily::Esm => "e.g. Synthyra/FastESM2_650 or facebook/esm2_t36_3B_UR50D",
+            }
+        );
+    }
+    Ok(files)
 }
 
 /// `org/name` or `name`: letters, digits, `-`, `_`, `.`; no path syntax.

@@ -11,9 +11,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
+use virnucpro_models::files::ModelFiles;
 use xxhash_rust::xxh3::Xxh3;
-
-use super::hub::ModelFiles;
 
 /// Files up to this size are hashed whole.
 const WHOLE_FILE_BYTES: u64 = 64 << 20;

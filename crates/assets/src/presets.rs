@@ -18,7 +18,7 @@
 //!
 //! [`resolve`] applies a preset to what the command line gave: a flag that contradicts the
 //! preset is an error, and a URL classifier is fetched into the cache
-//! ([`super::download::Cache`]). `virnucpro train` writes such a table next to the classifier it
+//! ([`crate::download::Cache`]). `virnucpro train` writes such a table next to the classifier it
 //! makes ([`preset_toml_for`]).
 
 use std::collections::BTreeMap;
@@ -27,11 +27,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+use virnucpro_models::classifier::same_model;
+use virnucpro_models::esm::TokenDropout;
 
-use super::classifier::same_model;
-use super::download::{is_url, Cache, Digest};
-use super::esm::TokenDropout;
-use super::hub::{DEFAULT_NUCLEOTIDE_MODEL, ESM2_3B_MODEL};
+use crate::download::{is_url, Cache, Digest};
+use crate::hub::{DEFAULT_NUCLEOTIDE_MODEL, ESM2_3B_MODEL};
 
 /// Where the published VirNucPro classifiers are downloaded from (a fixed commit).
 pub const PUBLISHED_BASE_URL: &str =
@@ -125,7 +125,7 @@ pub fn builtin_help() -> String {
     let mut s = String::new();
     for p in builtin_presets() {
         let file = match &p.classifier {
-            ClassifierSource::Url { url, .. } => super::download::file_name_of(url),
+            ClassifierSource::Url { url, .. } => crate::download::file_name_of(url),
             ClassifierSource::File { path, .. } => path.display().to_string(),
         };
         let _ = writeln!(

@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::Device;
-
-use crate::models::classifier::Classifier;
-use crate::models::config::ModelFamily;
-use crate::models::hub::{ModelFiles, DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
-use crate::models::presets::{self, ModelChoice};
-use crate::pipeline::predict::{hidden_size, resolve_family};
+use virnucpro_assets::hub::{resolve_family, DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
+use virnucpro_assets::presets::{self, ModelChoice};
+use virnucpro_models::classifier::Classifier;
+use virnucpro_models::config::ModelFamily;
+use virnucpro_models::files::ModelFiles;
 
 /// What to resolve: the model flags of `predict`.
 #[derive(Debug, Clone, Default)]
@@ -55,7 +54,7 @@ impl FetchedModel {
                 .unwrap_or_default(),
             from_hub: !Path::new(spec).is_dir(),
             family: files.family(),
-            hidden_size: hidden_size(files),
+            hidden_size: files.hidden_size(),
         }
     }
 }

@@ -13,7 +13,7 @@
 //! [`RecordBatches`] and [`translate_batch`] are the reusable parts: `predict` reads the same
 //! batches and gets [`RecordFrames`] to embed.
 //!
-//! [`AtomicFile`]: crate::output::atomic::AtomicFile
+//! [`AtomicFile`]: virnucpro_atomic::AtomicFile
 
 use std::fmt;
 use std::io::Write as _;
@@ -97,7 +97,7 @@ pub fn run(
         "the chunk length must be greater than 0"
     );
     let reader = RecordReader::new(inputs)?.allow_duplicate_ids(options.allow_duplicate_ids);
-    crate::output::atomic::create_output_dir(out_dir)
+    virnucpro_atomic::create_output_dir(out_dir)
         .with_context(|| format!("cannot create output directory {}", out_dir.display()))?;
     let writer = FrameFastaWriter::create(out_dir)?;
     let pool = thread_pool(options.threads)?;

@@ -28,29 +28,32 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use crossbeam_channel::bounded;
 use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::device::{
+use virnucpro_assets::hub::resolve_family;
+use virnucpro_assets::identity::{file_identity, model_identity};
+use virnucpro_assets::load::random_embedding_model;
+use virnucpro_models::classifier::Classifier;
+use virnucpro_models::config::ModelFamily;
+use virnucpro_models::device::{
     device_kind, device_name, resolve_dtype, select_devices, DTypeSpec, DeviceList,
 };
+use virnucpro_models::embed::{
+    is_out_of_memory, load_from_files, tokenize_sequences, BatchFailure, DeviceRows,
+    EmbeddingModel, LoadOptions, RandomModel, Tokenized,
+};
+use virnucpro_models::esm::TokenDropout;
+use virnucpro_models::files::ModelFiles;
+
+use crate::frames::translate_batch;
 use crate::input::fasta::RecordReader;
 use crate::input::units::{
     total_input_bytes, ShardSpec, Unit, UnitId, UnitPlan, UnitReader, UnitRule,
 };
 use crate::input::{Frame, RecordFrames, SeqRecord};
-use crate::models::classifier::Classifier;
-use crate::models::config::{ModelConfig, ModelFamily};
-use crate::models::esm::TokenDropout;
-use crate::models::hub::{resolve_model, ModelFiles};
-use crate::models::identity::{file_identity, model_identity};
-use crate::output::journal::{Fingerprint, Journal, ShardSeal};
+use crate::output::fingerprint::Fingerprint;
+use crate::output::journal::{Journal, ShardSeal};
 use crate::output::merge::SHARD_KEY;
 use crate::output::units::{Assembler, OutputOptions, UnitCounts, UnitOutput};
-use crate::pipeline::embed::{
-    is_out_of_memory, load_from_files, random_embedding_model, tokenize_sequences, BatchFailure,
-    DeviceRows, EmbeddingModel, LoadOptions, RandomModel, Tokenized,
-};
-use crate::pipeline::frames::translate_batch;
-use crate::pipeline::scheduler::{self, Handler, Item, Lane, Worker};
+use crate::scheduler::{self, Handler, Item, Lane, Worker};
 
 /// Units read and translated ahead of the devices, per device: at least this many...
 const AHEAD_PER_DEVICE: usize = 3;
@@ -231,34 +234,6 @@ impl std::fmt::Display for PredictReport {
         }
         Ok(())
     }
-}
-
-/// The hidden size of a resolved model, from its `config.json`.
-pub(crate) fn hidden_size(files: &ModelFiles) -> usize {
-    match &files.config {
-        ModelConfig::Esm(c) => c.hidden_size,
-        ModelConfig::DnaBert(c) => c.hidden_size,
-    }
-}
-
-/// Resolves a model and checks it is of the family its flag is for.
-pub(crate) fn resolve_family(
-    spec: &str,
-    want: ModelFamily,
-    flag: &str,
-) -> anyhow::Result<ModelFiles> {
-    let files = resolve_model(spec)?;
-    if files.family() != want {
-        bail!(
-            "{flag} {spec} is a {} model, but {flag} needs a {want} model ({})",
-            files.family(),
-            match want {
-                ModelFamily::DnaBert => "e.g. zhihan1996/DNABERT-S",
-                ModelFamily::Esm => "e.g. Synthyra/FastESM2_650 or facebook/esm2_t36_3B_UR50D",
-            }
-        );
-    }
-    Ok(files)
 }
 
 /// The loaded models of one device.
@@ -759,8 +734,8 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
             let dnabert = resolve_family(&req.dnabert, ModelFamily::DnaBert, "--dnabert")?;
             let esm = resolve_family(&req.esm, ModelFamily::Esm, "--esm")?;
             let warnings = classifier.check_dimensions(
-                (req.dnabert.as_str(), hidden_size(&dnabert)),
-                (req.esm.as_str(), hidden_size(&esm)),
+                (req.dnabert.as_str(), dnabert.hidden_size()),
+                (req.esm.as_str(), esm.hidden_size()),
                 req.chunk_len,
                 req.strict,
             )?;
@@ -791,7 +766,7 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
                 dtype(ModelFamily::Esm)
             ),
         )
-        .set("attention", crate::kernels::attention_impl())
+        .set("attention", virnucpro_kernels::attention_impl())
         .set(
             "--batch-tokens",
             req.batch_tokens
@@ -911,7 +886,7 @@ fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models
 /// A classifier of the published shape (hidden 512) with seeded random weights.
 fn random_classifier(input: usize, device: &Device) -> anyhow::Result<Classifier> {
     let hidden = 512;
-    let mut rng = crate::pipeline::rng::Rng::new(7, 0);
+    let mut rng = virnucpro_models::rng::Rng::new(7, 0);
     let mut t = |shape: &[usize], scale: f32, offset: f32| -> anyhow::Result<Tensor> {
         let n = shape.iter().product();
         let data: Vec<f32> = (0..n)
@@ -944,7 +919,7 @@ fn random_classifier(input: usize, device: &Device) -> anyhow::Result<Classifier
 pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
     let started = Instant::now();
     // Units are batched by budget and split on out-of-memory failures: no bit may depend on it.
-    crate::kernels::set_batch_invariant(true);
+    virnucpro_kernels::set_batch_invariant(true);
     let mut setup = set_up(req)?;
 
     // A shard reads the whole input first: the shares are cut from every unit's size.
@@ -985,7 +960,7 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
         None => None,
     };
 
-    crate::output::atomic::create_output_dir(&req.out_dir).with_context(|| {
+    virnucpro_atomic::create_output_dir(&req.out_dir).with_context(|| {
         format!(
             "cannot create the output directory {}",
             req.out_dir.display()
@@ -1001,7 +976,7 @@ pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
     };
     // The directory is ours now (the journal is locked): what a killed run left half-written
     // goes.
-    crate::output::atomic::remove_stale_temps(&req.out_dir, &crate::output::units::OUTPUT_FILES);
+    virnucpro_atomic::remove_stale_temps(&req.out_dir, &crate::output::units::OUTPUT_FILES);
     if opened.discarded {
         tracing::warn!(
             "--restart: discarded the journal of an earlier run in {}",

@@ -29,6 +29,7 @@ mod cuda;
 mod gemm;
 mod ops;
 mod reference;
+pub mod rotary;
 pub mod selftest;
 
 #[cfg(feature = "cuda")]
@@ -47,6 +48,32 @@ pub const FUSED_HEAD_DIM: usize = 64;
 
 /// True when this binary was built with the `cuda` feature (the kernels are compiled in).
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Opens CUDA device `n`, with freed memory kept in its pool between batches
+/// ([`hold_pool_memory`]) and without cudarc's per-buffer event tracking
+/// ([`event_tracking_wanted`]).
+pub fn open_cuda(n: usize) -> Result<Device> {
+    let dev = Device::new_cuda(n)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(c) = &dev {
+        if !event_tracking_wanted() {
+            // SAFETY: everything this program does on the device runs on the one stream of this
+            // candle device (candle ops, our kernels, cuBLASLt), so stream order alone orders
+            // every use of a buffer, its frees included; no tensor is shared with another device.
+            unsafe { c.disable_event_tracking() };
+        }
+        hold_pool_memory(c)?;
+    }
+    Ok(dev)
+}
+
+/// Whether to keep cudarc's event tracking (`VIRNUCPRO_EVENT_TRACKING=1`; off by default). With
+/// it, every launch records an event per buffer it touches and waits on the buffers' earlier
+/// events, on the same single stream: several driver calls per kernel on the host, and on the
+/// device a wait on the previous kernel's event before the next one can start.
+pub fn event_tracking_wanted() -> bool {
+    std::env::var("VIRNUCPRO_EVENT_TRACKING").is_ok_and(|v| v.trim() == "1")
+}
 
 /// Compute capability the kernels were compiled for (`CUDA_COMPUTE_CAP` at build time), if
 /// the binary has them.
@@ -245,7 +272,7 @@ pub fn fused_padded(
 /// [`fused_attention`] for ESM: q and k are taken as they come out of the projection and the
 /// rotary embedding (rotate-half) is applied inside the kernel as they are loaded, instead of by
 /// a separate pass over q and k. `cos`, `sin`: f32 `[positions, 32]` with positions at least the
-/// row length (the angle of position p and frequency i; see `models::layers::Rotary`).
+/// row length (the angle of position p and frequency i; see [`rotary::Rotary`]).
 ///
 /// `Ok(None)` where the kernel chosen for this length does not rotate (no Hopper GPU, or a tile
 /// variant without it): rotate q and k first and call [`fused_attention`].
@@ -872,7 +899,7 @@ mod tests {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn fused_ops_match_candle_on_gpu() -> anyhow::Result<()> {
-        let dev = crate::device::open_cuda(0)?;
+        let dev = crate::open_cuda(0)?;
         for (name, rel, limit) in selftest::check_bias_act(&dev)? {
             assert!(rel <= limit, "{name}: {rel:.2e} > {limit:.0e}");
         }
@@ -883,7 +910,7 @@ mod tests {
     #[test]
     #[ignore = "needs a compute capability 9.0 GPU"]
     fn rotary_in_attention_matches_on_gpu() -> anyhow::Result<()> {
-        let dev = crate::device::open_cuda(0)?;
+        let dev = crate::open_cuda(0)?;
         assert!(hopper_attention(&dev), "this test needs an H100/H200");
         let checks = selftest::check_rotary_attention(&dev)?;
         assert_eq!(checks.len(), 2, "p3n64 x 2 dtypes");
@@ -958,7 +985,7 @@ mod tests {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn fused_matches_materialized_on_gpu() -> anyhow::Result<()> {
-        let dev = crate::device::open_cuda(0)?;
+        let dev = crate::open_cuda(0)?;
         for variant in FaVariant::available(hopper_attention(&dev)) {
             for case in selftest::cases() {
                 let r = selftest::run_case(&case, &dev, Some(variant))?;

@@ -389,7 +389,7 @@ pub fn check_bias_act(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
 /// read), 4 heads, f16 and bf16, straight from a q/k/v projection. Returns (name, relative error,
 /// limit); nothing where no variant rotates (not a Hopper GPU).
 pub fn check_rotary_attention(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
-    use crate::models::layers::{split_qkv_views, Rotary};
+    use crate::rotary::{split_qkv_views, Rotary};
     let mut out = Vec::new();
     if !super::hopper_attention(dev) {
         return Ok(out);
@@ -432,7 +432,7 @@ pub fn check_rotary_attention(dev: &Device) -> anyhow::Result<Vec<(String, f64, 
 /// bf16 and f32. Returns (name, relative error, limit); on a device where an op does not apply
 /// the candle fallback is what gets compared (and passes trivially).
 pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> {
-    use crate::models::layers::Rotary;
+    use crate::rotary::Rotary;
     let mut out = Vec::new();
     let f = |t: &Tensor| t.to_dtype(DType::F32);
     let rel_of = |got: &Tensor, want: &Tensor| -> anyhow::Result<f64> {
@@ -530,12 +530,12 @@ pub fn check_fused_ops(dev: &Device) -> anyhow::Result<Vec<(String, f64, f64)>> 
         let qkv = rnd(&[bt, len, 3 * heads * hd], 1.0)?;
         let rot = Rotary::new(hd, 10000.0, 64, dtype, dev)?;
         let rot32 = Rotary::new(hd, 10000.0, 64, DType::F32, dev)?;
-        let (q_ref, k_ref, _) = crate::models::layers::split_qkv(&f(&qkv)?, heads, hd)?;
+        let (q_ref, k_ref, _) = crate::rotary::split_qkv(&f(&qkv)?, heads, hd)?;
         let (q_want, k_want) = (rot32.forward(&q_ref)?, rot32.forward(&k_ref)?);
         let (q, k) = match rot.forward_qkv(&qkv, heads)? {
             Some(qk) => qk,
             None => {
-                let (q, k, _) = crate::models::layers::split_qkv(&qkv, heads, hd)?;
+                let (q, k, _) = crate::rotary::split_qkv(&qkv, heads, hd)?;
                 (rot.forward(&q)?, rot.forward(&k)?)
             }
         };

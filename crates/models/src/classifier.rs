@@ -5,7 +5,7 @@
 //! - this project's safetensors format v1 (`docs/FORMATS.md`), or a plain safetensors state dict;
 //! - a PyTorch zip checkpoint holding the whole pickled `MLPClassifier` module (the published
 //!   `300_model.pth` / `500_model.pth`) or its state dict, read without Python
-//!   ([`crate::models::pickle`]).
+//!   ([`crate::pickle`]).
 //!
 //! [`Classifier::check_dimensions`] is the guard that the embedding models of a run fit the
 //! classifier (its input is `[nucleotide embedding | protein embedding]`).
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::models::pickle::{self, CheckpointKind, PthArchive};
+use crate::pickle::{self, CheckpointKind, PthArchive};
 
 /// Value of the `format` metadata key.
 pub const FORMAT_NAME: &str = "virnucpro-classifier";
@@ -699,7 +699,7 @@ impl Classifier {
         }
         let buf = safetensors::serialize(views, Some(self.meta.to_metadata()))
             .map_err(|e| anyhow!("cannot encode classifier for `{shown}`: {e}"))?;
-        crate::output::atomic::write_atomic(path, &buf)
+        virnucpro_atomic::write_atomic(path, &buf)
             .with_context(|| format!("cannot write classifier `{shown}`"))
     }
 

@@ -112,6 +112,14 @@ impl ModelConfig {
             Self::DnaBert(_) => ModelFamily::DnaBert,
         }
     }
+
+    /// The width of the model's hidden states (and of its pooled embeddings).
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Esm(c) => c.hidden_size,
+            Self::DnaBert(c) => c.hidden_size,
+        }
+    }
 }
 
 // By hand: the per-family config structs need not implement Debug.

@@ -6,8 +6,9 @@ use std::str::FromStr;
 
 use anyhow::bail;
 use candle_core::{DType, Device};
+use virnucpro_kernels::open_cuda;
 
-use crate::models::config::ModelFamily;
+use crate::config::ModelFamily;
 
 /// What `--device` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -54,32 +55,6 @@ impl fmt::Display for DeviceSpec {
             Self::Metal(n) => write!(f, "metal:{n}"),
         }
     }
-}
-
-/// Opens CUDA device `n`, with freed memory kept in its pool between batches
-/// ([`crate::kernels::hold_pool_memory`]) and without cudarc's per-buffer event tracking
-/// ([`event_tracking_wanted`]).
-pub fn open_cuda(n: usize) -> candle_core::Result<Device> {
-    let dev = Device::new_cuda(n)?;
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(c) = &dev {
-        if !event_tracking_wanted() {
-            // SAFETY: everything this program does on the device runs on the one stream of this
-            // candle device (candle ops, our kernels, cuBLASLt), so stream order alone orders
-            // every use of a buffer, its frees included; no tensor is shared with another device.
-            unsafe { c.disable_event_tracking() };
-        }
-        crate::kernels::hold_pool_memory(c)?;
-    }
-    Ok(dev)
-}
-
-/// Whether to keep cudarc's event tracking (`VIRNUCPRO_EVENT_TRACKING=1`; off by default). With
-/// it, every launch records an event per buffer it touches and waits on the buffers' earlier
-/// events, on the same single stream: several driver calls per kernel on the host, and on the
-/// device a wait on the previous kernel's event before the next one can start.
-pub fn event_tracking_wanted() -> bool {
-    std::env::var("VIRNUCPRO_EVENT_TRACKING").is_ok_and(|v| v.trim() == "1")
 }
 
 /// Opens the device; a GPU this build cannot drive is an error that says how to get one.

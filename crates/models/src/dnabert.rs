@@ -24,11 +24,10 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use serde::Deserialize;
 
 use super::layers::{split_qkv, split_qkv_views, Act, Embedding, Linear};
 use super::profile::section;
-use serde::Deserialize;
-
 use super::{Encoder, SeqTokenizer, TokenBatch};
 
 // ---------------------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ pub(crate) fn attention(
     }
     if let Some((lens, slopes)) = &bias.fused {
         // Fused kernel: ALiBi and the key mask applied on chip; [b, heads, L, d] view.
-        return crate::kernels::fused_attention(q, k, v, lens, Some(slopes), scale as f32);
+        return virnucpro_kernels::fused_attention(q, k, v, lens, Some(slopes), scale as f32);
     }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let dense = if bias.dense.dtype() == scores.dtype() {
@@ -292,7 +291,7 @@ impl LayerNorm {
         if x.device().is_cuda() {
             // One kernel (f32 statistics) instead of ten passes: 2.0 -> 0.11 ms per call at
             // 256 x 128 tokens on an H100 (BENCHMARKS.md); the CPU keeps the two-pass form.
-            return crate::kernels::layer_norm(
+            return virnucpro_kernels::layer_norm(
                 &x.contiguous()?,
                 &self.weight,
                 &self.bias,
@@ -426,7 +425,7 @@ impl DnaBertMlp {
         let g = section("dnabert gated linear", dev, || self.gated_layers.forward(x))?;
         // One pass on CUDA; narrow + gelu + mul elsewhere.
         let gated = section("dnabert gated gelu", dev, || {
-            crate::kernels::gated_gelu(&g, self.intermediate)
+            virnucpro_kernels::gated_gelu(&g, self.intermediate)
         })?;
         let y = section("dnabert wo linear+res", dev, || {
             self.wo.forward_with(&gated, Act::Identity, Some(x))
@@ -505,7 +504,7 @@ impl DnaBert {
         self.check_batch(batch)?;
         let (b, l) = (batch.batch_size(), batch.max_len);
         let ids = Tensor::from_slice(&batch.ids, (b, l), &self.device)?;
-        let fused = crate::kernels::use_fused(self.dtype, self.cfg.head_dim(), &self.device)?;
+        let fused = virnucpro_kernels::use_fused(self.dtype, self.cfg.head_dim(), &self.device)?;
         let bias = if fused {
             AttentionBias::for_fused(&self.slopes, &batch.lengths, &self.device)?
         } else {
@@ -681,7 +680,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn oracle() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/oracle")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle")
     }
 
     fn vb_for(path: &Path) -> VarBuilder<'static> {

@@ -1,25 +1,14 @@
-//! Embedding: model loading ([`load_embedding_model`]), length-sorted token-budget batching
-//! ([`embed_sequences`]) and the `embed` command ([`run`]).
+//! Embedding models: loading from resolved files ([`load_from_files`], or random weights of a real
+//! shape: [`random_embedding_model`]) and length-sorted token-budget batching
+//! ([`embed_sequences`], and its halves [`tokenize_sequences`] / [`Tokenized::enqueue`] for a
+//! caller that overlaps host and device work).
 //!
-//! The predict pipeline uses the first two:
-//!
-//! ```no_run
-//! use virnucpro::device::{DTypeSpec, select_device, DeviceSpec};
-//! use virnucpro::pipeline::embed::{embed_sequences, load_embedding_model, LoadOptions};
-//!
-//! let device = select_device(DeviceSpec::Auto)?;
-//! let model = load_embedding_model("Synthyra/FastESM2_650", &device, DTypeSpec::Auto,
-//!                                  &LoadOptions::default())?;
-//! let proteins = vec![("p1", b"MKV".to_vec()), ("p2", b"MSTNPKPQRK".to_vec())];
-//! let out = embed_sequences(&model, &proteins, model.default_batch_tokens())?;
-//! assert_eq!(out.embeddings.dims(), &[2, model.hidden_size]); // f32, on the CPU, input order
-//! # Ok::<(), anyhow::Error>(())
-//! ```
+//! A model directory or Hub ID becomes [`ModelFiles`] in `virnucpro-assets`, which also loads a
+//! model by name (`virnucpro_assets::load`); the `embed` command that writes embedding files is
+//! `virnucpro_core::embed`.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -27,16 +16,14 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::device::{device_name, resolve_dtype, select_device, DTypeSpec, DeviceSpec};
-use crate::input::fasta::{check_nucleotide_record, Alphabet, RecordReader};
-use crate::models::config::{ModelConfig, ModelFamily};
-use crate::models::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
-use crate::models::esm::{Esm, EsmConfig, TokenDropout};
-use crate::models::hub::{resolve_model, ModelFiles};
-use crate::models::tokenize::EsmTokenizer;
-use crate::models::weights::{Checkpoint, RandomWeights};
-use crate::models::{Encoder, SeqTokenizer, TokenBatch};
-use crate::output::atomic::AtomicFile;
+use crate::config::{ModelConfig, ModelFamily};
+use crate::device::{device_name, resolve_dtype, DTypeSpec};
+use crate::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
+use crate::esm::{Esm, EsmConfig, TokenDropout};
+use crate::files::ModelFiles;
+use crate::tokenize::EsmTokenizer;
+use crate::weights::{Checkpoint, RandomWeights};
+use crate::{Encoder, SeqTokenizer, TokenBatch};
 
 /// Default `--batch-tokens` on the CPU (padded tokens per forward pass).
 pub const DEFAULT_BATCH_TOKENS_CPU: usize = 4096;
@@ -85,27 +72,12 @@ impl EmbeddingModel {
     }
 }
 
-/// Options of [`load_embedding_model`] beyond device and dtype.
+/// Options of model loading ([`load_from_files`], [`random_embedding_model`]) beyond device and
+/// dtype.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// ESM token-dropout rescaling (ignored for DNABERT).
     pub esm_token_dropout: TokenDropout,
-}
-
-/// Loads an embedding model from a local directory or a Hugging Face Hub ID (see
-/// [`crate::models::hub`]): architecture from `config.json`, weights from safetensors or
-/// `pytorch_model.bin`, tokenizer from `vocab.txt` (ESM) or `tokenizer.json` (DNABERT).
-///
-/// `dtype` `Auto` resolves per family and device ([`crate::device::resolve_dtype`]).
-pub fn load_embedding_model(
-    spec: &str,
-    device: &Device,
-    dtype: DTypeSpec,
-    options: &LoadOptions,
-) -> anyhow::Result<EmbeddingModel> {
-    let files = resolve_model(spec)?;
-    load_from_files(files, device, dtype, options)
-        .with_context(|| format!("cannot load model `{spec}`"))
 }
 
 /// Builds the model from already resolved files.
@@ -226,11 +198,12 @@ pub const DNABERT_S_CONFIG: &str = r#"{
 }"#;
 
 /// A model of real shape with seeded random weights (benchmarks only: its embeddings mean
-/// nothing). ESM kinds use the built-in ESM2 alphabet; `dnabert-s` needs `tokenizer_from`, a
-/// DNABERT model directory or Hub ID whose `tokenizer.json` it uses.
+/// nothing). ESM kinds use the built-in ESM2 alphabet; `dnabert-s` needs `tokenizer_from`, the
+/// files of a DNABERT model whose `tokenizer.json` it uses (`virnucpro_assets::load` takes a
+/// directory or Hub ID instead).
 pub fn random_embedding_model(
     kind: RandomModel,
-    tokenizer_from: Option<&str>,
+    tokenizer_from: Option<&ModelFiles>,
     device: &Device,
     dtype: DTypeSpec,
     options: &LoadOptions,
@@ -261,16 +234,16 @@ pub fn random_embedding_model(
                 )
             }
             RandomModel::DnaBertS => {
-                let Some(spec) = tokenizer_from else {
+                let Some(files) = tokenizer_from else {
                     bail!(
                         "--random-weights dnabert-s needs a tokenizer: pass --model with a DNABERT \
                          directory or Hub ID (its tokenizer.json is used, its weights are not)"
                     );
                 };
-                let files = resolve_model(spec)?;
                 if files.family() != ModelFamily::DnaBert {
                     bail!(
-                        "--random-weights dnabert-s: `{spec}` is a {} model, not DNABERT",
+                        "--random-weights dnabert-s: `{}` is a {} model, not DNABERT",
+                        files.source,
                         files.family()
                     );
                 }
@@ -338,10 +311,10 @@ pub struct Embeddings {
 /// Groups rows into batches under a padded-token budget: `lengths` are visited longest first
 /// (ties in input order) and a batch grows while `rows * longest <= budget`; a row longer than
 /// the budget gets a batch of its own. A batch never holds rows on both sides of
-/// [`crate::kernels::LONG_ROWS`] (the attention kernel is chosen by a batch's longest row: a
+/// [`virnucpro_kernels::LONG_ROWS`] (the attention kernel is chosen by a batch's longest row: a
 /// row's result must not depend on its neighbours). Returns indices into `lengths`.
 pub fn plan_batches(lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
-    let long = |len: usize| len >= crate::kernels::LONG_ROWS;
+    let long = |len: usize| len >= virnucpro_kernels::LONG_ROWS;
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     let mut batches: Vec<Vec<usize>> = Vec::new();
@@ -702,7 +675,7 @@ impl<'a> PendingEmbeddings<'a> {
                     position[i] = u32::try_from(j).context("too many sequences for one call")?;
                 }
                 let index = Tensor::from_vec(position, n, device)?;
-                crate::kernels::gather_rows(&in_batch_order, &index)?
+                virnucpro_kernels::gather_rows(&in_batch_order, &index)?
             }
         };
         Ok(DeviceRows {
@@ -845,249 +818,6 @@ fn check_rows(
     Ok(())
 }
 
-/// Everything the `embed` command needs (the CLI fills it from its flags).
-#[derive(Debug, Clone)]
-pub struct EmbedRequest {
-    /// Model directory or Hub ID; optional with `random_weights` of an ESM kind.
-    pub model: Option<String>,
-    /// FASTA files (`-` = standard input), read in order.
-    pub inputs: Vec<PathBuf>,
-    pub out: PathBuf,
-    pub device: DeviceSpec,
-    pub dtype: DTypeSpec,
-    /// Padded tokens per batch; `None`: per device.
-    pub batch_tokens: Option<usize>,
-    pub esm_token_dropout: TokenDropout,
-    pub random_weights: Option<RandomModel>,
-}
-
-/// Runs `embed`: reads the FASTA inputs, embeds every record as given (no chunking), writes
-/// `embeddings` `[N, hidden]` f32 with metadata `ids`, `model`, `pooling` (docs/FORMATS.md).
-pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
-    check_output_path(&req.out)?;
-    if req.inputs.is_empty() {
-        bail!("no input files given");
-    }
-    // The whole input is held: `embed` is for protein/frame sets, not genomes. Whether it must
-    // be nucleotides is known once the model is (below), so where each record was is kept.
-    let mut reader = RecordReader::with_alphabet(&req.inputs, Alphabet::Any)?;
-    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut locations = Vec::new();
-    while let Some(record) = reader.next() {
-        let record = record?;
-        locations.push(reader.location().cloned());
-        records.push((record.id, record.seq));
-    }
-    if records.is_empty() {
-        bail!(
-            "no sequences to embed: {} hold(s) no FASTA records",
-            req.inputs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let device = select_device(req.device)?;
-    let options = LoadOptions {
-        esm_token_dropout: req.esm_token_dropout,
-    };
-    let model = match (req.random_weights, &req.model) {
-        (Some(kind), spec) => {
-            tracing::warn!(
-                "--random-weights {kind}: benchmark mode, the embeddings are meaningless"
-            );
-            random_embedding_model(kind, spec.as_deref(), &device, req.dtype, &options)?
-        }
-        (None, Some(spec)) => load_embedding_model(spec, &device, req.dtype, &options)?,
-        (None, None) => bail!("--model is required (a model directory or a Hugging Face Hub ID)"),
-    };
-    if model.family == ModelFamily::DnaBert {
-        // A nucleotide model: protein records are refused before it runs.
-        for ((id, seq), location) in records.iter().zip(&locations) {
-            if let Some(location) = location {
-                check_nucleotide_record(id, seq, location)
-                    .map_err(|e| anyhow::anyhow!("{e}; {} is a nucleotide model", model.source))?;
-            }
-        }
-    }
-    warn_on_alphabet_mismatch(&model, &records);
-    let budget = req
-        .batch_tokens
-        .unwrap_or_else(|| model.default_batch_tokens());
-
-    let progress = progress_bar(records.len() as u64);
-    let result = embed_sequences_with(&model, &records, budget, &mut |done| {
-        if let Some(p) = &progress {
-            p.set_position(done as u64);
-        }
-    });
-    if let Some(p) = &progress {
-        p.finish_and_clear();
-    }
-    let out = result?;
-
-    let ids: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
-    write_embeddings(
-        &req.out,
-        &out.embeddings,
-        &ids,
-        &model.source,
-        &model.pooling,
-    )?;
-    let s = &out.stats;
-    tracing::info!(
-        "embedded {} sequences ({} tokens, {} batches) in {:.2}s: {:.1} sequences/s, {:.0} tokens/s -> {}",
-        s.sequences,
-        s.tokens,
-        s.batches,
-        s.seconds,
-        s.sequences as f64 / s.seconds.max(1e-9),
-        s.tokens as f64 / s.seconds.max(1e-9),
-        req.out.display()
-    );
-    Ok(out.stats)
-}
-
-fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() || !tracing::enabled!(tracing::Level::INFO) {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30}] {pos}/{len} sequences ({per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    Some(bar)
-}
-
-/// A DNA file given to a protein model (or the reverse) still runs; say so.
-fn warn_on_alphabet_mismatch(model: &EmbeddingModel, records: &[(String, Vec<u8>)]) {
-    let (mut nucleotide, mut total) = (0usize, 0usize);
-    for (_, seq) in records.iter().take(1000) {
-        total += seq.len();
-        nucleotide += seq
-            .iter()
-            .filter(|b| {
-                matches!(
-                    b.to_ascii_uppercase(),
-                    b'A' | b'C' | b'G' | b'T' | b'U' | b'N'
-                )
-            })
-            .count();
-    }
-    if total == 0 {
-        return;
-    }
-    let looks_dna = nucleotide as f64 / total as f64 > 0.95;
-    match (model.family, looks_dna) {
-        (ModelFamily::Esm, true) => tracing::warn!(
-            "the input looks like nucleotides but {} is a protein model; translate first \
-             (`virnucpro frames`) or use a DNABERT model",
-            model.source
-        ),
-        (ModelFamily::DnaBert, false) => tracing::warn!(
-            "the input does not look like DNA but {} is a nucleotide model",
-            model.source
-        ),
-        _ => {}
-    }
-}
-
-/// Fails early, before any model is loaded, when the output cannot be written.
-fn check_output_path(out: &Path) -> anyhow::Result<()> {
-    if out.is_dir() {
-        bail!(
-            "--out {} is a directory; give a file name such as embeddings.safetensors",
-            out.display()
-        );
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!(
-            "cannot write {}: directory {} does not exist",
-            out.display(),
-            parent.display()
-        );
-    }
-    Ok(())
-}
-
-/// Writes an embeddings file (docs/FORMATS.md) atomically.
-pub fn write_embeddings(
-    out: &Path,
-    embeddings: &Tensor,
-    ids: &[&str],
-    model: &str,
-    pooling: &str,
-) -> anyhow::Result<()> {
-    let embeddings = embeddings
-        .to_dtype(DType::F32)?
-        .to_device(&Device::Cpu)?
-        .contiguous()?;
-    let metadata = HashMap::from([
-        ("ids".to_string(), serde_json::to_string(ids)?),
-        ("model".to_string(), model.to_string()),
-        ("pooling".to_string(), pooling.to_string()),
-    ]);
-    let bytes = safetensors::serialize([("embeddings", &embeddings)], Some(metadata))
-        .context("cannot serialize embeddings")?;
-    let mut file =
-        AtomicFile::create(out).with_context(|| format!("cannot write {}", out.display()))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.commit())
-        .with_context(|| format!("cannot write {}", out.display()))
-}
-
-/// An embeddings file read back (docs/FORMATS.md).
-#[derive(Debug)]
-pub struct EmbeddingFile {
-    /// `[N, hidden]` f32 on the CPU.
-    pub embeddings: Tensor,
-    pub ids: Vec<String>,
-    /// `model` metadata (absent in some reference files).
-    pub model: Option<String>,
-    pub pooling: Option<String>,
-}
-
-/// Reads an embeddings file written by `embed` (or a reference file of the same layout).
-pub fn read_embeddings(path: &Path) -> anyhow::Result<EmbeddingFile> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read embeddings {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let view = st
-        .tensor("embeddings")
-        .with_context(|| format!("{} has no `embeddings` tensor", path.display()))?;
-    let embeddings =
-        candle_core::safetensors::Load::load(&view, &Device::Cpu)?.to_dtype(DType::F32)?;
-    let ids: Vec<String> = match meta.get("ids") {
-        Some(s) => serde_json::from_str(s)
-            .with_context(|| format!("{}: metadata `ids` is not a JSON list", path.display()))?,
-        None => bail!("{} has no `ids` metadata", path.display()),
-    };
-    if embeddings.dims().first() != Some(&ids.len()) {
-        bail!(
-            "{}: {} ids for embeddings of shape {:?}",
-            path.display(),
-            ids.len(),
-            embeddings.dims()
-        );
-    }
-    Ok(EmbeddingFile {
-        embeddings,
-        ids,
-        model: meta.get("model").cloned(),
-        pooling: meta.get("pooling").cloned(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1110,26 +840,42 @@ mod tests {
 
     #[test]
     fn batches_never_straddle_the_long_row_boundary() {
-        let long = crate::kernels::LONG_ROWS;
+        let long = virnucpro_kernels::LONG_ROWS;
         let lengths = [long + 10, long - 1, long, 20, long - 200];
         let batches = plan_batches(&lengths, 1 << 20);
         assert_eq!(batches, vec![vec![0, 2], vec![1, 4, 3]]);
     }
 
+    /// The oracle's ESM2 model (its files as `virnucpro-assets` resolves a directory) and its
+    /// protein records (one FASTA record per `>`, line breaks removed).
     fn oracle_esm2() -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/oracle");
-        let model = load_embedding_model(
-            &dir.join("esm2").display().to_string(),
-            &Device::Cpu,
-            DTypeSpec::F32,
-            &LoadOptions::default(),
-        )
-        .unwrap();
-        let records = RecordReader::with_alphabet(&[dir.join("inputs/proteins.fa")], Alphabet::Any)
-            .unwrap()
-            .map(|r| r.map(|r| (r.id, r.seq)))
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
+        use crate::weights::{WeightFiles, WeightsFormat};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle");
+        let model_dir = dir.join("esm2");
+        let config_path = model_dir.join("config.json");
+        let files = ModelFiles {
+            source: model_dir.display().to_string(),
+            config: ModelConfig::from_file(&config_path).unwrap(),
+            config_path,
+            weights: WeightFiles {
+                format: WeightsFormat::Safetensors,
+                files: vec![model_dir.join("model.safetensors")],
+            },
+            tokenizer: model_dir.join("vocab.txt"),
+        };
+        let model =
+            load_from_files(files, &Device::Cpu, DTypeSpec::F32, &LoadOptions::default()).unwrap();
+        let text = std::fs::read_to_string(dir.join("inputs/proteins.fa")).unwrap();
+        let records = text
+            .split('>')
+            .skip(1)
+            .map(|record| {
+                let (header, seq) = record.split_once('\n').unwrap_or((record, ""));
+                let id = header.split_whitespace().next().unwrap_or("").to_string();
+                let seq: String = seq.split_whitespace().collect();
+                (id, seq.into_bytes())
+            })
+            .collect();
         (model, records)
     }
 

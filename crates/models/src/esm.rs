@@ -240,7 +240,7 @@ impl EsmAttention {
         let dev = x.device();
         let normed = section("esm layer_norm", dev, || self.layer_norm.forward(x, None))?;
         let qkv = section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
-        let fused = crate::kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
+        let fused = virnucpro_kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // Strided [b, heads, l, d] views of the projection: the fused kernel reads them in place.
         let views = split_qkv_views(&qkv, self.heads, self.head_dim)?;

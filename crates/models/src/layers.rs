@@ -1,14 +1,16 @@
 //! Building blocks shared by the encoders: embedding lookup, linear, layer norm, exact GELU,
-//! rotary position embedding and masked attention.
+//! rotary position embedding and masked attention. The rotary tables and the q/k/v split live
+//! with the kernels that read them ([`virnucpro_kernels::rotary`]) and are re-exported here.
 //!
 //! Every block is a struct with `load(vb, ..)` and `forward`, and the same code runs on CPU and
 //! GPU. [`attention`] is the one place where scores are computed, so that a fused kernel (flash
 //! attention, varlen) can be swapped in behind it without touching the models.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-
-pub use crate::kernels::Act;
 use candle_nn::VarBuilder;
+
+pub use virnucpro_kernels::rotary::{split_qkv, split_qkv_views, Rotary};
+pub use virnucpro_kernels::Act;
 
 /// Token embedding table (`weight`: `[vocab, hidden]`).
 #[derive(Debug, Clone)]
@@ -36,7 +38,7 @@ impl Embedding {
     /// `ids`: `[batch, len]` u32 -> `[batch, len, hidden]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
-        crate::kernels::gather_rows(&self.weight, ids)?.reshape((b, l, self.hidden))
+        virnucpro_kernels::gather_rows(&self.weight, ids)?.reshape((b, l, self.hidden))
     }
 }
 
@@ -96,7 +98,7 @@ impl Linear {
 
 impl Linear {
     /// `act(x W^T + b)`, or `x W^T + b + residual`: the bias, activation and residual add run as
-    /// one fused pass on CUDA ([`crate::kernels::bias_act`]; candle's broadcast add alone ran at
+    /// one fused pass on CUDA ([`virnucpro_kernels::bias_act`]; candle's broadcast add alone ran at
     /// ~200 GB/s on an H100, the fused pass near memory speed), candle ops elsewhere.
     pub fn forward_with(&self, x: &Tensor, act: Act, residual: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
@@ -114,9 +116,9 @@ impl Linear {
             None => None,
         };
         // Bias + GELU (tanh approximation) in the cuBLASLt epilogue: see gelu_epilogue_enabled.
-        if act == Act::GeluErf && residual.is_none() && crate::kernels::gelu_epilogue_enabled() {
+        if act == Act::GeluErf && residual.is_none() && virnucpro_kernels::gelu_epilogue_enabled() {
             if let Some(y) =
-                crate::kernels::linear(&x2, &self.weight, self.bias.as_ref(), None, true)?
+                virnucpro_kernels::linear(&x2, &self.weight, self.bias.as_ref(), None, true)?
             {
                 return y.reshape(out_dims);
             }
@@ -126,18 +128,19 @@ impl Linear {
             Act::Identity => self.bias.as_ref(),
             Act::GeluErf => None,
         };
-        if let Some(y) = crate::kernels::linear(&x2, &self.weight, lt_bias, lt_res.as_ref(), false)?
+        if let Some(y) =
+            virnucpro_kernels::linear(&x2, &self.weight, lt_bias, lt_res.as_ref(), false)?
         {
             let y = y.reshape(out_dims)?;
             return match (act, &self.bias) {
                 (Act::Identity, _) => Ok(y),
-                (Act::GeluErf, Some(b)) => crate::kernels::bias_act(&y, b, act, None),
+                (Act::GeluErf, Some(b)) => virnucpro_kernels::bias_act(&y, b, act, None),
                 (Act::GeluErf, None) => y.gelu_erf(),
             };
         }
         let y = x2.matmul(&self.weight.t()?)?.reshape(out_dims)?;
         match &self.bias {
-            Some(b) => crate::kernels::bias_act(&y, b, act, residual),
+            Some(b) => virnucpro_kernels::bias_act(&y, b, act, residual),
             None => {
                 let y = match act {
                     Act::Identity => y,
@@ -190,113 +193,13 @@ impl LayerNorm {
             None => x.contiguous()?,
         };
         // Accumulates in f32 whatever the storage dtype (one warp per row on CUDA).
-        crate::kernels::layer_norm(&x, &self.weight, &self.bias, self.eps)
+        virnucpro_kernels::layer_norm(&x, &self.weight, &self.bias, self.eps)
     }
 }
 
 /// Exact (erf) GELU, as PyTorch's default `nn.GELU()` / `F.gelu`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
-}
-
-/// Rotary position embedding, rotate-half convention (first half / second half of each head,
-/// not interleaved), positions counted from 0 at the first token.
-#[derive(Debug, Clone)]
-pub struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
-    /// f32 copies for the fused q/k kernel (CUDA only).
-    tables_f32: Option<(Tensor, Tensor)>,
-    head_dim: usize,
-    base: f64,
-}
-
-impl Rotary {
-    /// Precomputes the tables for `max_len` positions; longer inputs get tables on the fly.
-    pub fn new(
-        head_dim: usize,
-        base: f64,
-        max_len: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let (cos, sin) = Self::tables(head_dim, base, max_len, dtype, device)?;
-        let tables_f32 = if device.is_cuda() {
-            Some(Self::tables(head_dim, base, max_len, DType::F32, device)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            cos,
-            sin,
-            tables_f32,
-            head_dim,
-            base,
-        })
-    }
-
-    /// `cos`/`sin` of `[len, head_dim / 2]`, computed in f64 then cast once.
-    fn tables(
-        head_dim: usize,
-        base: f64,
-        len: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| 1.0 / base.powf((2 * i) as f64 / head_dim as f64))
-            .collect();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
-        for pos in 0..len {
-            for f in &inv_freq {
-                let angle = pos as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-        let cos = Tensor::from_vec(cos, (len, half), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
-        Ok((cos, sin))
-    }
-
-    /// Rotated q and k straight from a fused projection `qkv` `[batch, len, 3 * heads *
-    /// head_dim]`, as `[batch, heads, len, head_dim]` views of token-major storage (one kernel,
-    /// no split copies; [`crate::kernels::rotary_qk`]). `None` where that kernel does not apply.
-    pub fn forward_qkv(&self, qkv: &Tensor, heads: usize) -> Result<Option<(Tensor, Tensor)>> {
-        let Some((cos, sin)) = &self.tables_f32 else {
-            return Ok(None);
-        };
-        crate::kernels::rotary_qk(qkv, cos, sin, heads, self.head_dim)?
-            .map(|(q, k)| -> Result<(Tensor, Tensor)> {
-                Ok((q.transpose(1, 2)?, k.transpose(1, 2)?))
-            })
-            .transpose()
-    }
-
-    /// The f32 tables (`[positions, head_dim / 2]`) when they cover rows of `len` tokens (CUDA
-    /// devices only), for kernels that rotate as they load.
-    pub fn tables_for(&self, len: usize) -> Option<(&Tensor, &Tensor)> {
-        self.tables_f32
-            .as_ref()
-            .filter(|(c, _)| c.dim(0).is_ok_and(|n| n >= len))
-            .map(|(c, s)| (c, s))
-    }
-
-    /// `x`: `[batch, heads, len, head_dim]` -> same shape, rotated.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let len = x.dim(2)?;
-        let x = x.contiguous()?;
-        if len <= self.cos.dim(0)? {
-            let cos = self.cos.narrow(0, 0, len)?;
-            let sin = self.sin.narrow(0, 0, len)?;
-            candle_nn::rotary_emb::rope(&x, &cos, &sin)
-        } else {
-            let (cos, sin) = Self::tables(self.head_dim, self.base, len, x.dtype(), x.device())?;
-            candle_nn::rotary_emb::rope(&x, &cos, &sin)
-        }
-    }
 }
 
 /// Which keys each query may attend to, plus an optional additive score bias.
@@ -370,7 +273,7 @@ impl AttentionMask {
 /// Scores are `scale * q·k + bias`, padding keys masked out; every row has at least one real key,
 /// so the softmax is always defined.
 ///
-/// Takes the fused kernel ([`crate::kernels::fused_attention`]: no score matrix in memory, key
+/// Takes the fused kernel ([`virnucpro_kernels::fused_attention`]: no score matrix in memory, key
 /// tiles past a row's length skipped) when `--attention` allows it and it applies (CUDA, head
 /// size 64, f16/bf16, no extra additive bias); padded query rows then come out as zeros instead
 /// of meaningless finite values (pooling ignores them either way). Otherwise the materialized
@@ -384,9 +287,9 @@ pub fn attention(
 ) -> Result<Tensor> {
     let _enter = tracing::span!(tracing::Level::TRACE, "attention").entered();
     let (b, h, l, d) = q.dims4()?;
-    if mask.bias.is_none() && crate::kernels::use_fused(q.dtype(), d, q.device())? {
+    if mask.bias.is_none() && virnucpro_kernels::use_fused(q.dtype(), d, q.device())? {
         let lens = mask.key_lens_on(q.device())?;
-        let out = crate::kernels::fused_attention(q, k, v, &lens, None, scale as f32)?;
+        let out = virnucpro_kernels::fused_attention(q, k, v, &lens, None, scale as f32)?;
         // [b, h, l, d] view of [b, l, h, d] storage: this transpose is free.
         return out.transpose(1, 2)?.reshape((b, l, h * d));
     }
@@ -427,40 +330,13 @@ pub fn attention_rotary(
     let Some((cos, sin)) = rotary.tables_for(l) else {
         return Ok(None);
     };
-    if mask.bias.is_some() || !crate::kernels::use_fused(q.dtype(), d, q.device())? {
+    if mask.bias.is_some() || !virnucpro_kernels::use_fused(q.dtype(), d, q.device())? {
         return Ok(None);
     }
     let lens = mask.key_lens_on(q.device())?;
-    crate::kernels::fused_attention_rotary(q, k, v, &lens, cos, sin, scale as f32)?
+    virnucpro_kernels::fused_attention_rotary(q, k, v, &lens, cos, sin, scale as f32)?
         .map(|out| out.transpose(1, 2)?.reshape((b, l, h * d)))
         .transpose()
-}
-
-/// Like [`split_qkv`] but without copies: strided `[batch, heads, len, head_dim]` views of the
-/// projection (for the fused attention kernel, which reads any row stride).
-pub fn split_qkv_views(
-    qkv: &Tensor,
-    heads: usize,
-    head_dim: usize,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let (b, l, _) = qkv.dims3()?;
-    let qkv = qkv.reshape((b, l, 3, heads, head_dim))?;
-    let part = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2) };
-    Ok((part(0)?, part(1)?, part(2)?))
-}
-
-/// Splits a fused `[batch, len, 3 * hidden]` projection into q, k, v of
-/// `[batch, heads, len, head_dim]` each (contiguous).
-pub fn split_qkv(qkv: &Tensor, heads: usize, head_dim: usize) -> Result<(Tensor, Tensor, Tensor)> {
-    let (b, l, _) = qkv.dims3()?;
-    let qkv = qkv.reshape((b, l, 3, heads, head_dim))?;
-    let part = |i: usize| -> Result<Tensor> {
-        qkv.narrow(2, i, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()
-    };
-    Ok((part(0)?, part(1)?, part(2)?))
 }
 
 /// Mean over the positions where `weights` is non-zero: `weights` is `[batch, len]` on the host
@@ -469,42 +345,12 @@ pub fn weighted_pool(x: &Tensor, weights: Vec<f32>) -> Result<Tensor> {
     let (b, l, _) = x.dims3()?;
     let w = Tensor::from_vec(weights, (b, l), x.device())?;
     // Pooled in f32 whatever the compute dtype.
-    crate::kernels::weighted_pool(x, &w)
+    virnucpro_kernels::weighted_pool(x, &w)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rotary_matches_rotate_half_formula() -> Result<()> {
-        let dev = Device::Cpu;
-        let (b, h, l, d) = (1, 2, 5, 8);
-        let x = Tensor::randn(0f32, 1.0, (b, h, l, d), &dev)?;
-        let rot = Rotary::new(d, 10000.0, 3, DType::F32, &dev)?; // shorter table: on-the-fly path
-        let y = rot.forward(&x)?;
-        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let yv: Vec<f32> = y.flatten_all()?.to_vec1()?;
-        for bh in 0..b * h {
-            for p in 0..l {
-                for i in 0..d {
-                    let half = d / 2;
-                    let f = 1.0 / 10000f64.powf((2 * (i % half)) as f64 / d as f64);
-                    let (c, s) = ((p as f64 * f).cos(), (p as f64 * f).sin());
-                    let base = (bh * l + p) * d;
-                    let xi = xv[base + i] as f64;
-                    let rot_half = if i < half {
-                        -(xv[base + i + half] as f64)
-                    } else {
-                        xv[base + i - half] as f64
-                    };
-                    let want = xi * c + rot_half * s;
-                    assert!((yv[base + i] as f64 - want).abs() < 1e-5);
-                }
-            }
-        }
-        Ok(())
-    }
 
     #[test]
     fn attention_ignores_padding_keys() -> Result<()> {
@@ -520,29 +366,6 @@ mod tests {
         let alone = attention(&cut(&q)?, &cut(&k)?, &cut(&v)?, &short, 0.5)?;
         let diff = (padded - alone)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "{diff}");
-        Ok(())
-    }
-
-    /// The fused attention kernel reads q, k, v in place: the views must be strided windows of
-    /// the projection (a copy would show as contiguous strides) and hold the right values.
-    #[test]
-    fn qkv_views_are_windows_of_the_projection() -> Result<()> {
-        let dev = Device::Cpu;
-        let (b, l, heads, d) = (2, 5, 3, 4);
-        let qkv = Tensor::arange(0f32, (b * l * 3 * heads * d) as f32, &dev)?.reshape((
-            b,
-            l,
-            3 * heads * d,
-        ))?;
-        let (q, k, v) = split_qkv_views(&qkv, heads, d)?;
-        let (qc, kc, vc) = split_qkv(&qkv, heads, d)?;
-        for (i, (view, copy)) in [(&q, &qc), (&k, &kc), (&v, &vc)].into_iter().enumerate() {
-            assert_eq!(view.dims(), [b, heads, l, d]);
-            assert_eq!(view.stride(), [l * 3 * heads * d, d, 3 * heads * d, 1]);
-            assert_eq!(view.layout().start_offset(), i * heads * d);
-            let diff = (view - copy)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert_eq!(diff, 0.0);
-        }
         Ok(())
     }
 }

@@ -1,26 +1,33 @@
-//! Models: configuration, weights and tokenizers, one file per architecture.
+//! Models: configuration, weights and tokenizers, one file per architecture, and how a model is
+//! loaded onto a device and run over batches of sequences.
 //!
 //! Every embedding model is an [`Encoder`] (token batch in, mean-pooled last hidden state out)
-//! paired with a [`SeqTokenizer`]; `pipeline::embed` does the length-sorted batching on top.
+//! paired with a [`SeqTokenizer`]; [`embed`] loads one from its [`files::ModelFiles`] and does the
+//! length-sorted batching on top.
 //!
-//! - [`hub`]: a model directory or Hub ID -> local files (HF cache, offline mode);
-//! - [`presets`]: named model + classifier configurations; [`download`]: URL -> verified cache;
+//! - [`files`]: the local files of one model (config, weights, tokenizer);
 //! - [`config`]: `config.json` -> architecture ([`config::ModelFamily`]);
 //! - [`weights`]: safetensors / `pytorch_model.bin` -> `VarBuilder`, shape-checked;
 //! - [`layers`]: shared blocks (linear, layer norm, GELU, rotary, [`layers::attention`]);
-//! - [`esm`], [`dnabert`]: the encoders; [`tokenize`]: the ESM alphabet.
+//! - [`esm`], [`dnabert`]: the encoders; [`tokenize`]: the ESM alphabet;
+//! - [`classifier`]: the MLP on the concatenated embeddings ([`pickle`]: PyTorch checkpoints);
+//! - [`embed`]: loading, tokenizing and batching; [`device`]: device and dtype choice;
+//! - [`rng`]: the seeded PRNG (random weights, training).
+//!
+//! Where a model's files come from (a directory, the Hugging Face cache, a download) is the
+//! `virnucpro-assets` crate's job, not this one's.
 
 pub mod classifier;
 pub mod config;
+pub mod device;
 pub mod dnabert;
-pub mod download;
+pub mod embed;
 pub mod esm;
-pub mod hub;
-pub mod identity;
+pub mod files;
 pub mod layers;
 pub mod pickle;
-pub mod presets;
 pub mod profile;
+pub mod rng;
 pub mod tokenize;
 pub mod weights;
 

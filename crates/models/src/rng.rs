@@ -1,4 +1,5 @@
-//! A small seeded PRNG (xoshiro256++ seeded through SplitMix64) for `prepare` and `train`.
+//! A small seeded PRNG (xoshiro256++ seeded through SplitMix64) for `prepare` and `train`, and
+//! SplitMix64 alone for random benchmark weights ([`crate::weights::RandomWeights`]).
 //!
 //! Written here rather than taken from `rand` because `rand` documents `StdRng`/`SmallRng` and its
 //! sampling algorithms as not portable across versions: a training seed must give the same data
@@ -10,7 +11,8 @@ pub struct Rng {
     s: [u64; 4],
 }
 
-fn splitmix64(state: &mut u64) -> u64 {
+/// SplitMix64 (Steele, Lea & Flood): advances `state` and returns the next output.
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -348,15 +348,6 @@ impl RandomWeights {
     }
 }
 
-/// SplitMix64: tiny, fast and good enough for benchmark weights.
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
@@ -385,7 +376,7 @@ impl SimpleBackend for RandomWeights {
             let mut state = self.seed ^ fnv1a(name);
             (0..n)
                 .map(|_| {
-                    let u = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;
+                    let u = (crate::rng::splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;
                     (2.0 * u - 1.0) * a
                 })
                 .collect()

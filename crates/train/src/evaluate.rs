@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
+use virnucpro_models::classifier::Classifier;
 
-use super::features::{read_features, FeatureSet};
-use super::metrics::{binary_metrics, roc_curve, Metrics};
-use super::train::MlpWeights;
-use crate::models::classifier::Classifier;
-use crate::output::plots::{write_roc, write_score_histogram, RocCurve, ScoreSeries};
+use crate::features::{read_features, FeatureSet};
+use crate::metrics::{binary_metrics, roc_curve, Metrics};
+use crate::plots::{write_roc, write_score_histogram, RocCurve, ScoreSeries};
+use crate::train::MlpWeights;
 
 /// Anything that turns feature rows into (score1, score2) probabilities; lets `evaluate` score
 /// classifiers however they are loaded.

@@ -20,19 +20,19 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
+use virnucpro_assets::hub::{resolve_model, DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
+use virnucpro_atomic::write_atomic;
+use virnucpro_models::config::ModelFamily;
+use virnucpro_models::device::{device_name, select_device, DTypeSpec, DeviceSpec};
+use virnucpro_models::embed::{embed_sequences_with, load_from_files, EmbeddingModel, LoadOptions};
+use virnucpro_models::esm::TokenDropout;
 
-use super::embed::{embed_sequences_with, load_from_files, EmbeddingModel, LoadOptions};
-use super::features::{
+use crate::features::{
     parse_shard, shard_file_name, write_manifest, write_shard, FeatureInfo, FeatureManifest,
     Fnv1a64, ShardEntry, DEFAULT_ROWS_PER_SHARD, FEATURES_FORMAT, FEATURES_FORMAT_VERSION,
     MANIFEST_FILE,
 };
-use super::prepare::{read_summary, FramesReader, PreparedFrame};
-use crate::device::{device_name, select_device, DTypeSpec, DeviceSpec};
-use crate::models::config::ModelFamily;
-use crate::models::esm::TokenDropout;
-use crate::models::hub::{resolve_model, DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
-use crate::output::atomic::write_atomic;
+use crate::prepare::{read_summary, FramesReader, PreparedFrame};
 
 /// `format` of a shard's completion record.
 pub const SHARD_RECORD_FORMAT: &str = "virnucpro-features-shard";
@@ -450,7 +450,7 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractReport> {
     );
     let summary = read_summary(&opts.dataset)?;
     let frames_path = opts.dataset.join(&summary.frames_file);
-    crate::output::atomic::create_output_dir(&opts.out)
+    virnucpro_atomic::create_output_dir(&opts.out)
         .with_context(|| format!("cannot create the feature directory {}", opts.out.display()))?;
     let dir = opts.out.as_path();
 

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
-
-use crate::output::atomic::write_atomic;
+use virnucpro_atomic::write_atomic;
 
 pub const FEATURES_FORMAT: &str = "virnucpro-features";
 pub const FEATURES_FORMAT_VERSION: u32 = 1;
@@ -249,7 +248,7 @@ impl ShardWriter {
         ensure!(dim > 0, "feature dimension must be positive");
         ensure!(rows_per_shard > 0, "rows per shard must be positive");
         info.check_dim(dim)?;
-        crate::output::atomic::create_output_dir(dir)
+        virnucpro_atomic::create_output_dir(dir)
             .with_context(|| format!("cannot create feature directory {}", dir.display()))?;
         let manifest = dir.join(MANIFEST_FILE);
         if manifest.exists() {

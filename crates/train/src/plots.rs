@@ -1,7 +1,7 @@
 //! ROC curves and score histograms (PNG and SVG) for `evaluate --plots` and `plot`.
 //!
 //! Text (titles, axis labels, legends) is drawn with DejaVu Sans, embedded in the binary
-//! (`assets/fonts/`, license beside it) and rasterised by plotters' pure-Rust `ab_glyph` backend,
+//! (`crates/train/assets/fonts/`, license beside it) and rasterised by plotters' pure-Rust `ab_glyph` backend,
 //! so the binary needs no system fonts and does not link fontconfig or freetype. The font is
 //! registered under plotters' default family name, `sans-serif`, so every text style (including
 //! the defaults of meshes and legends) finds it; the SVG files name that generic family and
@@ -17,8 +17,8 @@ use plotters::prelude::*;
 
 const SIZE: (u32, u32) = (900, 650);
 const FONT: &str = "sans-serif";
-/// DejaVu Sans 2.37 (Bitstream Vera license; see assets/fonts/DejaVuSans-LICENSE.txt).
-static FONT_DATA: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+/// DejaVu Sans 2.37 (Bitstream Vera license; see crates/train/assets/fonts/DejaVuSans-LICENSE.txt).
+static FONT_DATA: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -64,7 +64,7 @@ trait Plot {
 }
 
 fn render<P: Plot>(plot: &P, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
-    crate::output::atomic::create_output_dir(dir)
+    virnucpro_atomic::create_output_dir(dir)
         .with_context(|| format!("cannot create plot directory {}", dir.display()))?;
     register_font()?;
     let pid = std::process::id();
@@ -94,7 +94,7 @@ fn render<P: Plot>(plot: &P, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
             .with_context(|| format!("cannot draw {}", svg.display()))?;
         root.present().map_err(draw_err)?;
     }
-    super::atomic::write_atomic(&svg, buf.as_bytes())?;
+    virnucpro_atomic::write_atomic(&svg, buf.as_bytes())?;
     Ok(vec![png, svg])
 }
 

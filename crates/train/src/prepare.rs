@@ -15,13 +15,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-
-use super::rng::Rng;
-use crate::input::alphabet::check_nucleotides;
-use crate::input::chunk::{chunk_id, chunk_spans};
-use crate::input::translate::{for_each_kept_frame, FrameScratch};
-use crate::input::Frame;
-use crate::output::atomic::{commit_all, AtomicFile};
+use virnucpro_atomic::{commit_all, AtomicFile};
+use virnucpro_core::input::alphabet::check_nucleotides;
+use virnucpro_core::input::chunk::{chunk_id, chunk_spans};
+use virnucpro_core::input::translate::{for_each_kept_frame, FrameScratch};
+use virnucpro_core::input::Frame;
+use virnucpro_models::rng::Rng;
 
 pub const PREPARED_FORMAT: &str = "virnucpro-prepared";
 pub const PREPARED_FORMAT_VERSION: u32 = 1;
@@ -102,7 +101,7 @@ pub struct PrepareSummary {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Frame selection (chunking and translation are `crate::input`'s, as for prediction).
+// Frame selection (chunking and translation are `virnucpro_core::input`'s, as for prediction).
 
 /// The prepare rule on top of prediction's frame selection: a chunk with any base other than
 /// A/C/G/T is skipped whole (the original training data was made this way), although
@@ -655,7 +654,7 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
             input.path.display()
         );
     }
-    crate::output::atomic::create_output_dir(&opts.out_dir)
+    virnucpro_atomic::create_output_dir(&opts.out_dir)
         .with_context(|| format!("cannot create output directory {}", opts.out_dir.display()))?;
 
     let groups = group_inputs(inputs);
@@ -1036,7 +1035,7 @@ pub struct PreparedFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::translate::select_frames;
+    use virnucpro_core::input::translate::select_frames;
 
     /// Prepare cuts chunks with `input::chunk`; these are the reference's spans it relies on.
     #[test]
@@ -1054,7 +1053,7 @@ mod tests {
 
     #[test]
     fn translate_drops_ambiguous_codons() {
-        use crate::input::translate::{reverse_complement, translate};
+        use virnucpro_core::input::translate::{reverse_complement, translate};
         assert_eq!(translate(b"ATGNNNTAA"), b"M*");
         assert_eq!(translate(b"ATGGC"), b"M");
         assert_eq!(reverse_complement(b"AcgN"), b"NcgT");
@@ -1101,7 +1100,7 @@ mod tests {
     /// The oracle's end-to-end run kept exactly these frames (prediction keeps ambiguous chunks).
     #[test]
     fn frames_match_the_oracle() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/oracle");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle");
         let fasta = fs::read_to_string(dir.join("inputs/genomes.fa")).unwrap();
         let mut records: Vec<(String, Vec<u8>)> = Vec::new();
         for line in fasta.lines() {

@@ -14,12 +14,12 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+use virnucpro_atomic::write_atomic;
+use virnucpro_models::classifier::{Classifier, ClassifierMeta, DEFAULT_BN_EPS};
+use virnucpro_models::rng::Rng;
 
-use super::features::{read_features, FeatureManifest, FeatureSet};
-use super::metrics::{binary_metrics, Metrics};
-use super::rng::Rng;
-use crate::models::classifier::{Classifier, ClassifierMeta, DEFAULT_BN_EPS};
-use crate::output::atomic::write_atomic;
+use crate::features::{read_features, FeatureManifest, FeatureSet};
+use crate::metrics::{binary_metrics, Metrics};
 
 /// BatchNorm epsilon of the trained model (PyTorch's default, as the published training).
 pub const BN_EPS: f64 = DEFAULT_BN_EPS;
@@ -764,9 +764,9 @@ pub fn write_preset(classifier: &Path, manifest: &FeatureManifest) -> Result<Opt
             }
         })
         .collect();
-    let sha = crate::models::download::Digest::sha256_of_file(classifier)
+    let sha = virnucpro_assets::download::Digest::sha256_of_file(classifier)
         .with_context(|| format!("cannot read back {}", classifier.display()))?;
-    let text = crate::models::presets::preset_toml_for(
+    let text = virnucpro_assets::presets::preset_toml_for(
         &name,
         dnabert,
         esm,

@@ -477,7 +477,7 @@ mod tests {
     /// length mixes (lognormal; many short reads with a few long contigs).
     #[test]
     fn shards_are_balanced_by_bases() {
-        let mut rng = crate::pipeline::rng::Rng::new(11, 0);
+        let mut rng = virnucpro_models::rng::Rng::new(11, 0);
         let mut normal = || {
             // Box-Muller from two uniforms.
             let (u, v) = (rng.next_f32().max(1e-7) as f64, rng.next_f32() as f64);

@@ -5,7 +5,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::atomic::{self, AtomicFile};
+use virnucpro_atomic::AtomicFile;
+
 use crate::input::Frame;
 
 pub const NUCLEOTIDE_FILE: &str = "identified_nucleotide.fa";
@@ -54,9 +55,9 @@ impl FrameFastaWriter {
         self.protein.write_all(protein)
     }
 
-    /// Publishes both files (see [`atomic::commit_all`]).
+    /// Publishes both files (see [`virnucpro_atomic::commit_all`]).
     pub fn commit(self) -> io::Result<()> {
-        atomic::commit_all(self.into_files())
+        virnucpro_atomic::commit_all(self.into_files())
     }
 
     /// The two files, to commit together with the other outputs of a command.

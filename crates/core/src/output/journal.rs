@@ -19,7 +19,7 @@
 //! finished run removes it; a finished shard (`--shard I/N`) keeps it, sealed, as
 //! [`SHARD_FILE`], the record that `virnucpro merge` reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use super::fingerprint::Fingerprint;
 use super::units::UnitOutput;
 use crate::input::units::{ShardSpec, UnitId};
 
@@ -60,40 +61,6 @@ impl Kind {
             3 => Some(Kind::Seal),
             _ => None,
         }
-    }
-}
-
-/// Everything that can change an output byte of a run, as `what -> value` in words, so that a
-/// difference can be named ("chunk length: 500 in the journal, 300 now").
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Fingerprint(pub BTreeMap<String, String>);
-
-impl Fingerprint {
-    pub fn set(&mut self, what: &str, value: impl ToString) -> &mut Self {
-        self.0.insert(what.to_string(), value.to_string());
-        self
-    }
-
-    pub fn get(&self, what: &str) -> Option<&str> {
-        self.0.get(what).map(String::as_str)
-    }
-
-    /// The entries that differ, in words; `skip` names entries not compared.
-    pub fn differences(&self, now: &Fingerprint, skip: &[&str]) -> Vec<String> {
-        let keys: std::collections::BTreeSet<&String> = self.0.keys().chain(now.0.keys()).collect();
-        keys.into_iter()
-            .filter(|k| !skip.contains(&k.as_str()))
-            .filter_map(|k| {
-                let (a, b) = (self.0.get(k), now.0.get(k));
-                (a != b).then(|| {
-                    format!(
-                        "{k}: {} before, {} now",
-                        a.map_or("(not set)", String::as_str),
-                        b.map_or("(not set)", String::as_str)
-                    )
-                })
-            })
-            .collect()
     }
 }
 
@@ -391,7 +358,7 @@ impl Journal {
             "merge": "virnucpro merge <the N shard directories> --out-dir <dir>",
         });
         let info_path = self.path.with_file_name(SHARD_INFO_FILE);
-        super::atomic::write_atomic(&info_path, &serde_json::to_vec_pretty(&info)?)
+        virnucpro_atomic::write_atomic(&info_path, &serde_json::to_vec_pretty(&info)?)
             .with_context(|| format!("cannot write {}", info_path.display()))?;
         let target = self.path.with_file_name(SHARD_FILE);
         fs::rename(&self.path, &target).with_context(|| {

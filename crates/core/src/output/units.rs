@@ -11,10 +11,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use virnucpro_atomic::{commit_all, create_output_dir, AtomicFile};
 
-use super::atomic::{commit_all, create_output_dir, AtomicFile};
 use super::fasta::{push_record, NUCLEOTIDE_FILE, PROTEIN_FILE};
-use super::journal::Fingerprint;
+use super::fingerprint::Fingerprint;
 use super::predictions::{
     FrameScore, HighestScores, RecordSummary, ResultsWriter, SummaryWriter, HIGHEST_SCORE_FILE,
     RESULTS_FILE, SUMMARY_FILE,
