@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use std::io::Write;
-//! use virnucpro::output::atomic::{self, AtomicFile};
+//! use virnucpro_atomic::{self as atomic, AtomicFile};
 //! atomic::install_interrupt_handler()?;
 //! let mut a = AtomicFile::create("out/a.txt")?;
 //! let mut b = AtomicFile::create("out/b.txt")?;

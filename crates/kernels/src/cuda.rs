@@ -34,11 +34,11 @@ pub(super) use by_dtype;
 // use (ptxas needs ~9 s for the Hopper file alone).
 const FLASH_ATTN_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attn.fatbin"));
 const MODULE: &str = "virnucpro_flash_attn";
-/// `src/kernels/flash_attn_sm90.cu` (loads on compute capability 9.0 only).
+/// `cuda/flash_attn_sm90.cu` (loads on compute capability 9.0 only).
 const FLASH_ATTN_SM90_IMAGE: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flash_attn_sm90.fatbin"));
 const SM90_MODULE: &str = "virnucpro_flash_attn_sm90";
-/// `src/kernels/fused_ops.cu`.
+/// `cuda/fused_ops.cu`.
 const FUSED_OPS_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fused_ops.fatbin"));
 const OPS_MODULE: &str = "virnucpro_fused_ops";
 

@@ -256,7 +256,7 @@ impl fmt::Display for DTypeSpec {
 /// The compute dtype. `Auto`: f32 on the CPU (half precision is slow there and f32 is exact);
 /// f16 on a GPU for both families (FastESM2 ships in f16; DNABERT-S is post-LayerNorm, so its
 /// activations stay small). An overflow would show as non-finite embeddings, which
-/// `pipeline::embed` refuses with a message that suggests `--dtype bf16`.
+/// [`crate::embed`] refuses with a message that suggests `--dtype bf16`.
 pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> DType {
     match spec {
         DTypeSpec::F32 => DType::F32,

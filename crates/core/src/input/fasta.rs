@@ -145,14 +145,14 @@ pub enum InputError {
 /// `Result<SeqRecord, InputError>`. It stops after the first error.
 ///
 /// ```no_run
-/// use virnucpro::input::fasta::RecordReader;
+/// use virnucpro_core::input::fasta::RecordReader;
 /// let mut reader = RecordReader::new(&["genomes.fa.gz".into(), "-".into()])?;
 /// while let Some(record) = reader.next() {
 ///     let record = record?;
 ///     let where_ = reader.location().unwrap(); // input, record number, line
 ///     println!("{} ({} bp) from {where_}", record.id, record.seq.len());
 /// }
-/// # Ok::<(), virnucpro::input::fasta::InputError>(())
+/// # Ok::<(), virnucpro_core::input::fasta::InputError>(())
 /// ```
 pub struct RecordReader {
     inputs: Vec<PathBuf>,
