@@ -3,7 +3,7 @@
 //! This package is the `virnucpro` binary (`src/main.rs`, `src/cli/`: parses the command line
 //! and calls the library crates) plus the diagnostics that use every layer below:
 //! - [`doctor`]: the `doctor` command (device, kernels and models checked);
-//! - [`bench`]: the `bench` command (throughput of models and single operations);
+//! - [`bench`](mod@bench): the `bench` command (throughput of models and single operations);
 //! - [`timing`]: measuring GPU work for both.
 //!
 //! The library crates, lowest layer first (docs/ARCHITECTURE.md): `virnucpro-kernels`,

@@ -50,7 +50,7 @@ pub const FUSED_HEAD_DIM: usize = 64;
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
 /// Opens CUDA device `n`, with freed memory kept in its pool between batches
-/// ([`hold_pool_memory`]) and without cudarc's per-buffer event tracking
+/// (`hold_pool_memory`, CUDA builds) and without cudarc's per-buffer event tracking
 /// ([`event_tracking_wanted`]).
 pub fn open_cuda(n: usize) -> Result<Device> {
     let dev = Device::new_cuda(n)?;
