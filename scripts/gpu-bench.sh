@@ -22,7 +22,8 @@
 # Environment:
 #   STEPS    steps in order (default "tests doctor torch predict attn large bench"; also
 #            invariance, resume, multi, oom, which check large-run behaviour on the GPU):
-#            tests   lib_tests --ignored, gpu_parity --ignored (oracle parity on the GPU)
+#            tests   lib_tests --ignored (the kernels crate's unit tests), gpu_parity --ignored
+#                    (oracle parity on the GPU)
 #            doctor  virnucpro doctor --device cuda (ENV-01..05, model timings)
 #            torch   bench_torch.py --quick (SDPA, EsmModel, MosaicBERT/BertModel baselines)
 #            predict predict --random-weights esm2-650m on RECORDS coding genomes, 3 runs, peak memory
@@ -55,12 +56,16 @@ pack() {
     cargo build --release --locked --features cuda || die "cuda build failed (source scripts/cuda-toolkit.sh first?)"
     # The examples use no CUDA; built with the same features they reuse the build above.
     cargo build --release --locked --features cuda --examples || die "examples build failed"
-    # The test binaries' paths, as cargo reports them ("Executable unittests src/lib.rs (PATH)").
+    # The test binaries' paths, as cargo reports them: the kernels crate's unit tests (the GPU ones
+    # are #[ignore]d), "Executable unittests src/lib.rs (.../virnucpro_kernels-HASH)" (each crate's
+    # src/lib.rs is named relative to the crate), and the root package's tests/gpu_parity.rs.
     local built
-    built=$(cargo test --release --locked --features cuda --lib --test gpu_parity --no-run 2>&1) \
+    built=$(cargo test --release --locked --features cuda -p virnucpro-kernels -p virnucpro \
+        --lib --test gpu_parity --no-run 2>&1) \
         || { echo "$built" >&2; die "test build failed"; }
     local lib_tests gpu_parity
-    lib_tests=$(echo "$built" | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p')
+    lib_tests=$(echo "$built" \
+        | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\/virnucpro_kernels-[^)]*\))$/\1/p')
     gpu_parity=$(echo "$built" | sed -n 's/.*Executable tests\/gpu_parity.rs (\(.*\))$/\1/p')
     local target
     target=$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)

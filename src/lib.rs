@@ -1,17 +1,15 @@
 //! VirNucPro in Rust: identify viral sequences in nucleotide FASTA.
 //!
-//! The modules follow the pipeline:
-//! - [`input`]: FASTA/FASTQ reading, chunking, six-frame translation and frame selection;
-//! - [`models`]: config + weights + tokenizer loading, one file per architecture, shared layers;
-//! - [`kernels`]: hand-written CUDA kernels (only with the `cuda` feature);
-//! - [`pipeline`]: batching and scheduling for `frames`, `embed`, `predict`, `prepare`/`train`;
-//! - [`output`]: atomic writers, the published output files, summaries and plots.
+//! This package is the `virnucpro` binary (`src/main.rs`, `src/cli/`: parses the command line
+//! and calls the library crates) plus the diagnostics that use every layer below:
+//! - [`doctor`]: the `doctor` command (device, kernels and models checked);
+//! - [`bench`](mod@bench): the `bench` command (throughput of models and single operations);
+//! - [`timing`]: measuring GPU work for both.
 //!
-//! The binary (`src/main.rs`) only parses the command line and calls into this library.
+//! The library crates, lowest layer first (docs/ARCHITECTURE.md): `virnucpro-kernels`,
+//! `virnucpro-atomic`, `virnucpro-models`, `virnucpro-assets`, `virnucpro-core` (the prediction
+//! job) and `virnucpro-train`.
 
-pub mod device;
-pub mod input;
-pub mod kernels;
-pub mod models;
-pub mod output;
-pub mod pipeline;
+pub mod bench;
+pub mod doctor;
+pub mod timing;

@@ -13,12 +13,12 @@ fn main() -> ExitCode {
         eprintln!("error: {err:#}");
         return ExitCode::FAILURE;
     }
-    virnucpro::kernels::set_attention_impl(args.attention);
+    virnucpro_kernels::set_attention_impl(args.attention);
     match cli::run(args.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // An output directory this run created and never filled is not left behind.
-            virnucpro::output::atomic::remove_created_dirs();
+            virnucpro_atomic::remove_created_dirs();
             // `{:#}` prints the whole context chain on one line: what failed, where, why.
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use virnucpro::models::classifier::{Classifier, ClassifierMeta, TENSOR_NAMES};
+use virnucpro_models::classifier::{Classifier, ClassifierMeta, TENSOR_NAMES};
 
 const ORACLE: &str = "tests/data/oracle";
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use candle_core::Device;
 use predicates::str::contains;
-use virnucpro::models::classifier::Classifier;
+use virnucpro_models::classifier::Classifier;
 
 fn oracle(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

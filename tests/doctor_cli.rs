@@ -81,7 +81,7 @@ fn mismatched_classifier_fails_with_both_sizes() {
         ("output_layer.weight".to_string(), r(&[2, 4])),
         ("output_layer.bias".to_string(), r(&[2])),
     ]);
-    virnucpro::models::classifier::Classifier::from_tensors(tensors, Default::default())
+    virnucpro_models::classifier::Classifier::from_tensors(tensors, Default::default())
         .unwrap()
         .save(&clf)
         .unwrap();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use virnucpro::pipeline::embed::read_embeddings;
+use virnucpro_core::embed::read_embeddings;
 
 fn oracle(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -100,8 +100,7 @@ fn record_with_empty_sequence_is_skipped_and_named() {
         .success()
         .stderr(predicate::str::contains("hollow"))
         .stderr(predicate::str::contains("empty"));
-    let out =
-        virnucpro::pipeline::embed::read_embeddings(&dir.path().join("o.safetensors")).unwrap();
+    let out = virnucpro_core::embed::read_embeddings(&dir.path().join("o.safetensors")).unwrap();
     assert_eq!(out.ids, ["ok", "ok2"]);
 }
 

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use virnucpro::device::{DTypeSpec, DeviceSpec};
-use virnucpro::models::esm::TokenDropout;
-use virnucpro::pipeline::embed::{
-    embed_sequences, load_embedding_model, read_embeddings, run, EmbedRequest, LoadOptions,
-};
+use virnucpro_assets::load::load_embedding_model;
+use virnucpro_core::embed::{read_embeddings, run, EmbedRequest};
+use virnucpro_models::device::{DTypeSpec, DeviceSpec};
+use virnucpro_models::embed::{embed_sequences, LoadOptions};
+use virnucpro_models::esm::TokenDropout;
 
 fn oracle(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

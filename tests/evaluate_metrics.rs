@@ -5,7 +5,7 @@ use std::fs;
 use assert_cmd::Command;
 use predicates::prelude::*;
 use proptest::prelude::*;
-use virnucpro::pipeline::metrics::{auroc, binary_metrics, roc_curve, Confusion};
+use virnucpro_train::metrics::{auroc, binary_metrics, roc_curve, Confusion};
 
 #[test]
 fn metrics_of_a_fixed_confusion_matrix() {

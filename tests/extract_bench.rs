@@ -6,10 +6,10 @@
 use std::fs;
 use std::path::Path;
 
-use virnucpro::device::DeviceSpec;
-use virnucpro::pipeline::extract::{extract, ExtractOptions};
-use virnucpro::pipeline::prepare::{PrepareSummary, FRAMES_FILE, FRAMES_HEADER, SUMMARY_FILE};
-use virnucpro::pipeline::rng::Rng;
+use virnucpro_models::device::DeviceSpec;
+use virnucpro_models::rng::Rng;
+use virnucpro_train::extract::{extract, ExtractOptions};
+use virnucpro_train::prepare::{PrepareSummary, FRAMES_FILE, FRAMES_HEADER, SUMMARY_FILE};
 
 fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use virnucpro::models::download::Digest;
+use virnucpro_assets::download::Digest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
 const DEMO: &str = "demo";

@@ -14,10 +14,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use virnucpro::device::{DTypeSpec, DeviceSpec};
-use virnucpro::kernels::{set_attention_impl, AttentionImpl};
-use virnucpro::models::esm::TokenDropout;
-use virnucpro::pipeline::embed::{read_embeddings, run, EmbedRequest};
+use virnucpro_core::embed::{read_embeddings, run, EmbedRequest};
+use virnucpro_kernels::{set_attention_impl, AttentionImpl};
+use virnucpro_models::device::{DTypeSpec, DeviceSpec};
+use virnucpro_models::esm::TokenDropout;
 
 /// The repository root: `CARGO_MANIFEST_DIR` at run time when set (so that a test binary built
 /// on one machine runs from a checkout on the GPU machine), else where it was built.
@@ -160,12 +160,11 @@ fn predict_matches_oracle_on_gpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embeddings_do_not_depend_on_batching() {
-    use virnucpro::pipeline::embed::{
-        embed_sequences, random_embedding_model, LoadOptions, RandomModel,
-    };
-    virnucpro::kernels::set_batch_invariant(true);
+    use virnucpro_assets::load::random_embedding_model;
+    use virnucpro_models::embed::{embed_sequences, LoadOptions, RandomModel};
+    virnucpro_kernels::set_batch_invariant(true);
     set_attention_impl(AttentionImpl::Auto);
-    let device = virnucpro::device::select_device(DeviceSpec::Cuda(0)).unwrap();
+    let device = virnucpro_models::device::select_device(DeviceSpec::Cuda(0)).unwrap();
     let mut x: u64 = 0x2545F4914F6CDD1D;
     let mut next = move |n: u64| {
         x ^= x << 13;

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use virnucpro::input::chunk::{chunk_count, chunk_spans, last_chunk_is_clipped};
-use virnucpro::input::translate::{reverse_complement, select_frames, translate};
-use virnucpro::input::{record_frames, SeqRecord};
+use virnucpro_core::input::chunk::{chunk_count, chunk_spans, last_chunk_is_clipped};
+use virnucpro_core::input::translate::{reverse_complement, select_frames, translate};
+use virnucpro_core::input::{record_frames, SeqRecord};
 
 /// The standard code as NCBI prints it (transl_table=1), bases in TCAG order.
 fn standard_code() -> HashMap<String, char> {

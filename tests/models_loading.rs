@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use virnucpro::device::DTypeSpec;
-use virnucpro::models::config::ModelFamily;
-use virnucpro::models::hub::{resolve_model_with, HubOptions};
-use virnucpro::models::weights::{Checkpoint, WeightFiles, WeightsFormat};
-use virnucpro::pipeline::embed::{
-    embed_sequences, load_embedding_model, load_from_files, read_embeddings, EmbeddingModel,
-    LoadOptions,
-};
+use virnucpro_assets::hub::{resolve_model_with, HubOptions};
+use virnucpro_assets::load::load_embedding_model;
+use virnucpro_core::embed::read_embeddings;
+use virnucpro_models::config::ModelFamily;
+use virnucpro_models::device::DTypeSpec;
+use virnucpro_models::embed::{embed_sequences, load_from_files, EmbeddingModel, LoadOptions};
+use virnucpro_models::weights::{Checkpoint, WeightFiles, WeightsFormat};
 
 fn oracle(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -464,7 +463,8 @@ fn unreachable_hub_is_a_clear_error() {
 
 #[test]
 fn random_weight_model_has_the_real_shape() {
-    use virnucpro::pipeline::embed::{random_embedding_model, RandomModel};
+    use virnucpro_assets::load::random_embedding_model;
+    use virnucpro_models::embed::RandomModel;
     // Only shape bookkeeping here: building the 650M model is the benchmark's job.
     assert_eq!(
         "esm2-650m".parse::<RandomModel>(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 use candle_core::{Device, Tensor};
 use predicates::prelude::*;
-use virnucpro::models::classifier::{Classifier, ClassifierMeta};
+use virnucpro_models::classifier::{Classifier, ClassifierMeta};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
 const O: &str = "tests/data/oracle";

@@ -144,7 +144,7 @@ HOST1.1_chunk_1R1\t0\thost\tGTCTGGCCAATGACCGAATTCTTTAGCCAT\tVWPMTEFFSH
 ";
     assert_eq!(frames, expected);
     // The reader `extract` uses sees the same rows.
-    let rows: Vec<_> = virnucpro::pipeline::prepare::FramesReader::open(&out.join("frames.tsv"))
+    let rows: Vec<_> = virnucpro_train::prepare::FramesReader::open(&out.join("frames.tsv"))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use virnucpro::models::download::{Cache, Digest};
+use virnucpro_assets::download::{Cache, Digest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
 const O: &str = "tests/data/oracle";

@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use virnucpro::pipeline::features::{read_features, FeatureInfo, ShardWriter};
-use virnucpro::pipeline::rng::Rng;
-use virnucpro::pipeline::train::{train, TrainOptions};
+use virnucpro_models::rng::Rng;
+use virnucpro_train::features::{read_features, FeatureInfo, ShardWriter};
+use virnucpro_train::train::{train, TrainOptions};
 
 fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key)

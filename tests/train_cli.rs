@@ -7,10 +7,10 @@ use std::path::Path;
 use assert_cmd::Command;
 use candle_core::Device;
 use predicates::prelude::*;
-use virnucpro::models::classifier::Classifier;
-use virnucpro::pipeline::features::{read_features, FeatureInfo, ShardWriter};
-use virnucpro::pipeline::rng::Rng;
-use virnucpro::pipeline::train::{train, TrainOptions};
+use virnucpro_models::classifier::Classifier;
+use virnucpro_models::rng::Rng;
+use virnucpro_train::features::{read_features, FeatureInfo, ShardWriter};
+use virnucpro_train::train::{train, TrainOptions};
 
 /// `n` rows of `dim` features; viral rows centred at +shift, host rows at -shift, unit variance.
 /// The manifest names the real models with made-up hidden sizes that add up to `dim`
@@ -158,7 +158,7 @@ fn cli_writes_model_log_and_evaluates_with_plots() {
         text.contains("replace `classifier` by its http(s)"),
         "{text}"
     );
-    let presets = virnucpro::models::presets::parse_presets_file(&text, &preset_file).unwrap();
+    let presets = virnucpro_assets::presets::parse_presets_file(&text, &preset_file).unwrap();
     assert_eq!(presets.len(), 1);
     let p = &presets[0];
     assert_eq!(p.name, "model");
@@ -166,10 +166,10 @@ fn cli_writes_model_log_and_evaluates_with_plots() {
         (p.dnabert.as_str(), p.esm.as_str(), p.chunk_len),
         ("zhihan1996/DNABERT-S", "Synthyra/FastESM2_650", 300)
     );
-    let sha = virnucpro::models::download::Digest::sha256_of_file(&model).unwrap();
+    let sha = virnucpro_assets::download::Digest::sha256_of_file(&model).unwrap();
     assert_eq!(
         p.classifier,
-        virnucpro::models::presets::ClassifierSource::File {
+        virnucpro_assets::presets::ClassifierSource::File {
             path: model.clone(),
             digest: Some(sha)
         }

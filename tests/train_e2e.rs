@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use candle_core::Device;
 use predicates::prelude::*;
-use virnucpro::device::DTypeSpec;
-use virnucpro::pipeline::embed::{embed_sequences, load_embedding_model, LoadOptions};
-use virnucpro::pipeline::features::{read_features, read_manifest, FeatureSet};
-use virnucpro::pipeline::prepare::{FramesReader, PreparedFrame};
+use virnucpro_assets::load::load_embedding_model;
+use virnucpro_models::device::DTypeSpec;
+use virnucpro_models::embed::{embed_sequences, LoadOptions};
+use virnucpro_train::features::{read_features, read_manifest, FeatureSet};
+use virnucpro_train::prepare::{FramesReader, PreparedFrame};
 
 const CHUNK_LEN: usize = 60;
 /// 80 frames (40 viral + 40 host) in shards of 25: 25, 25, 25, 5.

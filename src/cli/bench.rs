@@ -1,8 +1,8 @@
 //! `virnucpro bench`: embedding throughput (tokens/s, sequences/s) of one model.
 
-use virnucpro::device::{select_device, DTypeSpec, DeviceSpec};
-use virnucpro::kernels::{attention_impl, AttentionImpl};
-use virnucpro::pipeline::bench::{self, BenchOptions};
+use virnucpro::bench::{self, BenchOptions};
+use virnucpro_kernels::{attention_impl, AttentionImpl};
+use virnucpro_models::device::{select_device, DTypeSpec, DeviceSpec};
 
 /// Measure embedding throughput on synthetic batches: a model directory / Hub ID, or a real
 /// architecture with random weights (esm2-650m, esm2-3b, dnabert-s).
@@ -58,7 +58,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.input.is_empty() {
-        let r = virnucpro::input::units::measure_input(&args.input, args.repeats.max(1))?;
+        let r = virnucpro_core::input::units::measure_input(&args.input, args.repeats.max(1))?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
@@ -100,11 +100,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.ops {
         let dims = bench::layer_dims(&opts.model)?;
         let family = if opts.model.eq_ignore_ascii_case("dnabert-s") {
-            virnucpro::models::config::ModelFamily::DnaBert
+            virnucpro_models::config::ModelFamily::DnaBert
         } else {
-            virnucpro::models::config::ModelFamily::Esm
+            virnucpro_models::config::ModelFamily::Esm
         };
-        let dtype = virnucpro::device::resolve_dtype(opts.dtype, family, &device);
+        let dtype = virnucpro_models::device::resolve_dtype(opts.dtype, family, &device);
         let rows = bench::op_profile(&device, dtype, opts.shapes[0], dims, opts.repeats)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&rows)?);

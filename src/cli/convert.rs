@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-
-use virnucpro::models::classifier::{known_hidden_size, Classifier};
+use virnucpro_models::classifier::{known_hidden_size, Classifier};
 
 /// Convert a classifier (.pth module or state dict, or safetensors) to virnucpro's safetensors format.
 #[derive(clap::Args, Debug)]

@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-
-use virnucpro::models::presets::{self, ModelChoice};
-use virnucpro::pipeline::doctor::{self, DoctorOptions};
+use virnucpro::doctor::{self, DoctorOptions};
+use virnucpro_assets::presets::{self, ModelChoice};
 
 /// Check the environment: build features, the GPU, your models and classifier (resolvable, files
 /// from the Hugging Face cache intact by their content hashes, loadable, dimensions consistent),

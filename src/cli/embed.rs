@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use virnucpro::models::esm::TokenDropout;
-use virnucpro::pipeline::embed::{self, EmbedRequest, RandomModel};
+use virnucpro_core::embed::{self, EmbedRequest};
+use virnucpro_models::embed::RandomModel;
+use virnucpro_models::esm::TokenDropout;
 
 /// Embed sequences with an ESM2/FastESM2 or DNABERT model and write one vector per record.
 ///

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use virnucpro::pipeline::evaluate::{evaluate, report_table};
+use virnucpro_train::evaluate::{evaluate, report_table};
 
 /// Accuracy, precision, recall, F1, AUROC and the confusion matrix of one or more classifiers
 /// on labelled features (viral = positive; a frame is called viral when score2 > score1).

@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 
-use virnucpro::models::esm::TokenDropout;
-use virnucpro::models::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
-use virnucpro::output::atomic;
-use virnucpro::pipeline::extract::{extract, ExtractOptions};
-use virnucpro::pipeline::features::DEFAULT_ROWS_PER_SHARD;
+use virnucpro_assets::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
+use virnucpro_models::esm::TokenDropout;
+use virnucpro_train::extract::{extract, ExtractOptions};
+use virnucpro_train::features::DEFAULT_ROWS_PER_SHARD;
 
 /// Embed the frames of a prepared data set (`virnucpro prepare`) with the nucleotide and the
 /// protein model and write labelled feature shards (`[nucleotide | protein]` per frame).
@@ -60,7 +59,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    atomic::install_interrupt_handler()?;
+    virnucpro_atomic::install_interrupt_handler()?;
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let opts = ExtractOptions {
         dataset: args.dataset,

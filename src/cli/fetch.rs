@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use virnucpro::models::presets::ModelChoice;
-use virnucpro::pipeline::fetch::{self, FetchRequest};
+use virnucpro_assets::presets::ModelChoice;
+use virnucpro_core::fetch::{self, FetchRequest};
 
 const EXAMPLES: &str = "\
 Give it the model flags of the `predict` you will run. Hub IDs are downloaded into the Hugging

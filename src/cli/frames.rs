@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use virnucpro::output::fasta::{NUCLEOTIDE_FILE, PROTEIN_FILE};
-use virnucpro::pipeline::frames::{self, FramesOptions};
+use virnucpro_core::frames::{self, FramesOptions};
+use virnucpro_core::output::fasta::{NUCLEOTIDE_FILE, PROTEIN_FILE};
 
 const EXAMPLES: &str = "\
 Examples:

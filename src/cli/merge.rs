@@ -29,7 +29,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let report = virnucpro::output::merge::merge(&args.shards, &args.out_dir)?;
+    let report = virnucpro_core::output::merge::merge(&args.shards, &args.out_dir)?;
     tracing::info!("{report}; results in {}", args.out_dir.display());
     Ok(())
 }

@@ -45,7 +45,7 @@ pub struct Cli {
         default_value = "auto",
         value_name = "auto|fused|naive"
     )]
-    pub attention: virnucpro::kernels::AttentionImpl,
+    pub attention: virnucpro_kernels::AttentionImpl,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,7 +70,7 @@ pub enum Command {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     // Every command may leave temporary outputs; Ctrl-C must remove them.
-    virnucpro::output::atomic::install_interrupt_handler()?;
+    virnucpro_atomic::install_interrupt_handler()?;
     match command {
         Command::Frames(a) => frames::run(a),
         Command::Embed(a) => embed::run(a),
@@ -99,7 +99,7 @@ pub struct ComputeArgs {
         value_name = "DEVICE",
         help_heading = "Compute"
     )]
-    pub device: virnucpro::device::DeviceSpec,
+    pub device: virnucpro_models::device::DeviceSpec,
 
     /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16, bf16. Outputs are always
     /// written as f32.
@@ -109,7 +109,7 @@ pub struct ComputeArgs {
         value_name = "DTYPE",
         help_heading = "Compute"
     )]
-    pub dtype: virnucpro::device::DTypeSpec,
+    pub dtype: virnucpro_models::device::DTypeSpec,
 
     /// Padded tokens per forward pass (batch size x longest sequence, sequences sorted by length).
     /// Default: 4096 on CPU, 28672 on GPU; lower it if a GPU runs out of memory.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use virnucpro::output::plots::plot_predictions;
+use virnucpro_train::plots::plot_predictions;
 
 /// Histogram of the per-frame virus score (score2) of a `prediction_results.txt`, as PNG and SVG
 /// (the original `drew_fig.py` score distribution).

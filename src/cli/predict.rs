@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use virnucpro::device::{DTypeSpec, DeviceList};
-use virnucpro::input::units::ShardSpec;
-use virnucpro::models::esm::TokenDropout;
-use virnucpro::models::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
-use virnucpro::models::presets::{self, ModelChoice};
-use virnucpro::pipeline::embed::RandomModel;
-use virnucpro::pipeline::predict::{self, PredictRequest};
+use virnucpro_assets::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
+use virnucpro_assets::presets::{self, ModelChoice};
+use virnucpro_core::input::units::ShardSpec;
+use virnucpro_core::predict::{self, PredictRequest};
+use virnucpro_models::device::{DTypeSpec, DeviceList};
+use virnucpro_models::embed::RandomModel;
+use virnucpro_models::esm::TokenDropout;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -220,7 +220,7 @@ mod tests {
         ] {
             assert!(help.contains(default), "{default} missing from the help");
         }
-        for p in virnucpro::models::presets::builtin_presets() {
+        for p in virnucpro_assets::presets::builtin_presets() {
             assert!(help.contains(&p.name), "{} missing from the help", p.name);
         }
     }

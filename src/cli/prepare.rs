@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use virnucpro::pipeline::prepare::{parse_input_arg, prepare, summary_table, PrepareOptions};
+use virnucpro_train::prepare::{parse_input_arg, prepare, summary_table, PrepareOptions};
 
 /// Make a training set: chunk viral and host GenBank records, keep the six-frame translations
 /// that match an annotated CDS protein, and balance host against viral frames.

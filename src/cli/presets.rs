@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use virnucpro::models::download::Cache;
-use virnucpro::models::presets::{self, PresetTable};
+use virnucpro_assets::download::Cache;
+use virnucpro_assets::presets::{self, PresetTable};
 
 /// List the presets (built in and from the presets file): their models, chunk length and
 /// classifier, and whether the classifier is already in the download cache.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use virnucpro::pipeline::train::{log_path, train_to_file, TrainOptions};
+use virnucpro_train::train::{log_path, train_to_file, TrainOptions};
 
 /// Train a classifier (Linear -> BatchNorm -> ReLU -> Dropout -> Linear, 2 classes) on the
 /// feature shards written by `virnucpro extract`.
