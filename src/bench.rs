@@ -766,7 +766,8 @@ pub fn tune_gemm(
     let gpu = virnucpro_kernels::gpu_key(dev)?;
     let mut entries = Vec::new();
     for (n, k, bias, residual, gelu) in LINEAR_SHAPES {
-        let timed = virnucpro_kernels::tune_linear(device, rows, n, k, dtype, bias, residual, gelu)?;
+        let timed =
+            virnucpro_kernels::tune_linear(device, rows, n, k, dtype, bias, residual, gelu)?;
         let Some(best) = timed.iter().min_by(|a, b| a.ms.total_cmp(&b.ms)) else {
             tracing::warn!("no candidate for {n}x{k}");
             continue;

@@ -5,9 +5,12 @@
 //! GEMM's epilogue and takes the residual as its `C` operand (`D = A·B + C + bias`, `C` and `D`
 //! distinct buffers), so the projection, its bias and the residual add cost one kernel.
 //!
-//! Algorithms come from cuBLASLt's heuristic with a 32 MiB workspace (NVIDIA's figure for
-//! Hopper) and are cached per problem shape; compute is f32 whatever the storage type (no TF32
-//! for f32 inputs), as candle's own matmul does.
+//! Each layer shape runs one algorithm, whatever the number of rows (batch invariance, see
+//! `forward_t`): on a GPU kind of the tuned table (`tuned_gemm.json`, made by `virnucpro bench
+//! --tune-gemm ROWS` on that GPU: the fastest of cuBLASLt's candidates without split-k, timed at
+//! the default batch) that algorithm, rebuilt from its configuration; elsewhere cuBLASLt's
+//! heuristic for a reference problem. Workspace 32 MiB (NVIDIA's figure for Hopper); compute is
+//! f32 whatever the storage type (no TF32 for f32 inputs), as candle's own matmul does.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -263,10 +266,11 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
     // One algorithm per layer shape, whatever the number of rows (batch size x padded length):
     // with the same kernel and no split of k, a row's result depends on that row alone, not on
     // the batch it came in, so splitting a batch (out-of-memory back-off) or batching a work
-    // unit otherwise changes no bit. The choice is cuBLASLt's heuristic for a reference problem,
-    // not a timing, so every run and every GPU of one kind computes the same bits (a resumed run
-    // continues exactly; several GPUs agree). Timing the candidates gained 0.4% in `predict`
-    // (run 43 of the benchmark notebook, git history).
+    // unit otherwise changes no bit. The choice never depends on a timing made at run time, so
+    // every run and every GPU of one kind computes the same bits (a resumed run continues
+    // exactly; several GPUs agree): the tuned table's entry for this GPU kind and shape (timed
+    // once by maintainers, `bench --tune-gemm`), else cuBLASLt's heuristic for a reference
+    // problem.
     let key = Key {
         align,
         m: n as u64,
@@ -638,11 +642,7 @@ const TUNED_TABLE: &str = include_str!("tuned_gemm.json");
 fn tuned_table() -> &'static [TunedEntry] {
     static TABLE: OnceLock<Vec<TunedEntry>> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let text = std::env::var("VIRNUCPRO_EXP_TUNED_FILE")
-            .ok()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_else(|| TUNED_TABLE.to_string());
-        serde_json::from_str(&text).unwrap_or_else(|e| {
+        serde_json::from_str(TUNED_TABLE).unwrap_or_else(|e| {
             tracing::warn!("the tuned cuBLASLt table is not valid JSON ({e}); using the heuristic");
             Vec::new()
         })

@@ -52,9 +52,6 @@ struct ShardIndex {
 /// on the memory map alone read it a little at a time). Small files are left alone.
 fn prefetch(path: &Path) {
     const MIN_BYTES: u64 = 256 << 20;
-    if std::env::var_os("VIRNUCPRO_EXP_NO_PREFETCH").is_some() {
-        return;
-    }
     let Ok(file) = std::fs::File::open(path) else {
         return;
     };
