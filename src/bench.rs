@@ -649,6 +649,72 @@ pub fn table(rep: &BenchReport) -> String {
     s
 }
 
+/// The linear layer shapes of DNABERT-S, ESM2-650M (FastESM2) and ESM2-3B as the models call
+/// cuBLASLt: `(n, k, bias, residual, gelu)`.
+pub const LINEAR_SHAPES: [(usize, usize, bool, bool, bool); 12] = [
+    // DNABERT-S: Wqkv, attention output (+residual), gated MLP (no bias), wo (+residual).
+    (2304, 768, true, false, false),
+    (768, 768, true, true, false),
+    (6144, 768, false, false, false),
+    (768, 3072, true, true, false),
+    // ESM2-650M: qkv, output (+residual), ffn1 (+GELU epilogue), ffn2 (+residual).
+    (3840, 1280, true, false, false),
+    (1280, 1280, true, true, false),
+    (5120, 1280, true, false, true),
+    (1280, 5120, true, true, false),
+    // ESM2-3B.
+    (7680, 2560, true, false, false),
+    (2560, 2560, true, true, false),
+    (10240, 2560, true, false, true),
+    (2560, 10240, true, true, false),
+];
+
+/// Times cuBLASLt's candidates for every shape of [`LINEAR_SHAPES`] at `rows` rows and returns
+/// the fastest non-split-k one of each as entries of the tuned table
+/// (`src/kernels/tuned_gemm.json`).
+#[cfg(feature = "cuda")]
+pub fn tune_gemm(
+    device: &Device,
+    dtype: DType,
+    rows: usize,
+) -> Result<Vec<virnucpro_kernels::TunedEntry>> {
+    let Device::Cuda(dev) = device else {
+        anyhow::bail!("--tune-gemm needs a CUDA device");
+    };
+    let gpu = virnucpro_kernels::gpu_key(dev)?;
+    let mut entries = Vec::new();
+    for (n, k, bias, residual, gelu) in LINEAR_SHAPES {
+        let timed =
+            virnucpro_kernels::tune_linear(device, rows, n, k, dtype, bias, residual, gelu)?;
+        let Some(best) = timed.iter().min_by(|a, b| a.ms.total_cmp(&b.ms)) else {
+            tracing::warn!("no candidate for {n}x{k}");
+            continue;
+        };
+        let heuristic = timed.iter().find(|c| c.rank == 0).unwrap_or(&timed[0]);
+        tracing::info!(
+            "{n}x{k} bias={bias} residual={residual} gelu={gelu}: {} candidates, best {:.4} ms \
+             (rank {}), heuristic's first {:.4} ms",
+            timed.len(),
+            best.ms,
+            best.rank,
+            heuristic.ms
+        );
+        entries.push(virnucpro_kernels::TunedEntry {
+            gpu: gpu.clone(),
+            dtype: format!("{dtype:?}").to_ascii_lowercase(),
+            n: n as u64,
+            k: k as u64,
+            bias,
+            residual,
+            gelu,
+            algo: best.algo,
+            ms: best.ms,
+            heuristic_ms: heuristic.ms,
+        });
+    }
+    Ok(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,70 +795,4 @@ mod tests {
         assert_eq!(flop_unit(&dev), "GFLOP/s");
         Ok(())
     }
-}
-
-/// The linear layer shapes of DNABERT-S, ESM2-650M (FastESM2) and ESM2-3B as the models call
-/// cuBLASLt: `(n, k, bias, residual, gelu)`.
-pub const LINEAR_SHAPES: [(usize, usize, bool, bool, bool); 12] = [
-    // DNABERT-S: Wqkv, attention output (+residual), gated MLP (no bias), wo (+residual).
-    (2304, 768, true, false, false),
-    (768, 768, true, true, false),
-    (6144, 768, false, false, false),
-    (768, 3072, true, true, false),
-    // ESM2-650M: qkv, output (+residual), ffn1 (+GELU epilogue), ffn2 (+residual).
-    (3840, 1280, true, false, false),
-    (1280, 1280, true, true, false),
-    (5120, 1280, true, false, true),
-    (1280, 5120, true, true, false),
-    // ESM2-3B.
-    (7680, 2560, true, false, false),
-    (2560, 2560, true, true, false),
-    (10240, 2560, true, false, true),
-    (2560, 10240, true, true, false),
-];
-
-/// Times cuBLASLt's candidates for every shape of [`LINEAR_SHAPES`] at `rows` rows and returns
-/// the fastest non-split-k one of each as entries of the tuned table
-/// (`src/kernels/tuned_gemm.json`).
-#[cfg(feature = "cuda")]
-pub fn tune_gemm(
-    device: &Device,
-    dtype: DType,
-    rows: usize,
-) -> Result<Vec<virnucpro_kernels::TunedEntry>> {
-    let Device::Cuda(dev) = device else {
-        anyhow::bail!("--tune-gemm needs a CUDA device");
-    };
-    let gpu = virnucpro_kernels::gpu_key(dev)?;
-    let mut entries = Vec::new();
-    for (n, k, bias, residual, gelu) in LINEAR_SHAPES {
-        let timed =
-            virnucpro_kernels::tune_linear(device, rows, n, k, dtype, bias, residual, gelu)?;
-        let Some(best) = timed.iter().min_by(|a, b| a.ms.total_cmp(&b.ms)) else {
-            tracing::warn!("no candidate for {n}x{k}");
-            continue;
-        };
-        let heuristic = timed.iter().find(|c| c.rank == 0).unwrap_or(&timed[0]);
-        tracing::info!(
-            "{n}x{k} bias={bias} residual={residual} gelu={gelu}: {} candidates, best {:.4} ms \
-             (rank {}), heuristic's first {:.4} ms",
-            timed.len(),
-            best.ms,
-            best.rank,
-            heuristic.ms
-        );
-        entries.push(virnucpro_kernels::TunedEntry {
-            gpu: gpu.clone(),
-            dtype: format!("{dtype:?}").to_ascii_lowercase(),
-            n: n as u64,
-            k: k as u64,
-            bias,
-            residual,
-            gelu,
-            algo: best.algo,
-            ms: best.ms,
-            heuristic_ms: heuristic.ms,
-        });
-    }
-    Ok(entries)
 }

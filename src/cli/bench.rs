@@ -70,8 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(rows) = args.tune_gemm {
         #[cfg(feature = "cuda")]
         {
-            let family = virnucpro::models::config::ModelFamily::Esm;
-            let dtype = virnucpro::device::resolve_dtype(args.dtype, family, &device);
+            let family = virnucpro_models::config::ModelFamily::Esm;
+            let dtype = virnucpro_models::device::resolve_dtype(args.dtype, family, &device);
             let table = bench::tune_gemm(&device, dtype, rows)?;
             println!("{}", serde_json::to_string_pretty(&table)?);
             return Ok(());
