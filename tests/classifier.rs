@@ -8,30 +8,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use virnucpro_models::classifier::{Classifier, ClassifierMeta, TENSOR_NAMES};
 
-const ORACLE: &str = "tests/data/oracle";
-
-fn oracle(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(ORACLE).join(rel)
-}
+use crate::util::{max_abs_diff, oracle};
 
 fn expected() -> (Tensor, Tensor) {
     let t = candle_core::safetensors::load(oracle("expected/classifier.safetensors"), &Device::Cpu)
         .unwrap();
     (t["features"].clone(), t["probabilities"].clone())
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    a.sub(b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn load(rel: &str) -> Classifier {

@@ -1,21 +1,10 @@
 //! `virnucpro convert`.
 
-use std::path::{Path, PathBuf};
-
-use assert_cmd::Command;
 use candle_core::Device;
 use predicates::str::contains;
 use virnucpro_models::classifier::Classifier;
 
-fn oracle(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/oracle")
-        .join(rel)
-}
-
-fn virnucpro() -> Command {
-    Command::cargo_bin("virnucpro").unwrap()
-}
+use crate::util::{oracle, vnp as virnucpro};
 
 #[test]
 fn convert_pickled_module_with_metadata() {

@@ -3,8 +3,7 @@
 use assert_cmd::Command;
 use predicates::prelude::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
-const O: &str = "tests/data/oracle";
+use crate::util::{BIN, O};
 
 fn doctor() -> Command {
     let mut cmd = Command::new(BIN);

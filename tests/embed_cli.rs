@@ -1,19 +1,13 @@
 //! `virnucpro embed` end to end: output file, exit codes and error messages.
 
-use std::path::{Path, PathBuf};
-
 use assert_cmd::Command;
 use predicates::prelude::*;
 use virnucpro_core::embed::read_embeddings;
 
-fn oracle(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/oracle")
-        .join(rel)
-}
+use crate::util::{oracle, vnp};
 
 fn embed() -> Command {
-    let mut cmd = Command::cargo_bin("virnucpro").unwrap();
+    let mut cmd = vnp();
     cmd.arg("embed");
     // Keep tests independent of the machine's HF settings.
     cmd.env_remove("HF_HUB_OFFLINE")

@@ -1,7 +1,7 @@
 //! Parity with the reference embeddings (tests/data/oracle, computed in float64 with the public
 //! reference code) and batching invariance.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use virnucpro_assets::load::load_embedding_model;
@@ -10,11 +10,7 @@ use virnucpro_models::device::{DTypeSpec, DeviceSpec};
 use virnucpro_models::embed::{embed_sequences, LoadOptions};
 use virnucpro_models::esm::TokenDropout;
 
-fn oracle(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/oracle")
-        .join(rel)
-}
+use crate::util::{default_kernel_switches, max_abs_diff, oracle, proteins};
 
 /// Per-row `‖a − b‖ / ‖b‖`.
 fn row_rel_errors(a: &Tensor, b: &Tensor) -> Vec<f64> {
@@ -50,6 +46,7 @@ fn request(model: &str, input: &str, out: &Path) -> EmbedRequest {
 }
 
 fn check_against(model: &str, input: &str, expected: &str, batch_tokens: Option<usize>) -> f64 {
+    let _switches = default_kernel_switches();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("emb.safetensors");
     let mut req = request(model, input, &out);
@@ -117,6 +114,7 @@ fn dnabert_matches_reference() {
 /// The token-dropout switch does matter (so the auto choice above is really tested).
 #[test]
 fn esm_token_dropout_override_changes_result() {
+    let _switches = default_kernel_switches();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("emb.safetensors");
     let mut req = request("esm2", "inputs/proteins.fa", &out);
@@ -128,33 +126,10 @@ fn esm_token_dropout_override_changes_result() {
     assert!(errs.iter().all(|e| *e > 1e-4), "{errs:?}");
 }
 
-fn proteins() -> Vec<(String, Vec<u8>)> {
-    let text = std::fs::read_to_string(oracle("inputs/proteins.fa")).unwrap();
-    let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
-    for line in text.lines() {
-        if let Some(h) = line.strip_prefix('>') {
-            recs.push((h.split_whitespace().next().unwrap().to_string(), Vec::new()));
-        } else {
-            recs.last_mut().unwrap().1.extend(line.trim().bytes());
-        }
-    }
-    recs
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 /// A sequence alone and inside a padded batch of mixed lengths gives the same vector.
 #[test]
 fn padding_does_not_change_embeddings() {
+    let _switches = default_kernel_switches();
     for model in ["esm2", "fastesm"] {
         let m = load_embedding_model(
             &oracle(model).display().to_string(),
@@ -193,6 +168,7 @@ fn padding_does_not_change_embeddings() {
 /// Results come back in input order whatever the batching.
 #[test]
 fn input_order_is_kept_across_budgets() {
+    let _switches = default_kernel_switches();
     let m = load_embedding_model(
         &oracle("esm2").display().to_string(),
         &Device::Cpu,

@@ -2,10 +2,11 @@
 
 use std::fs;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use proptest::prelude::*;
 use virnucpro_train::metrics::{auroc, binary_metrics, roc_curve, Confusion};
+
+use crate::util::vnp;
 
 #[test]
 fn metrics_of_a_fixed_confusion_matrix() {
@@ -117,8 +118,7 @@ fn plot_draws_the_score_distribution_of_a_prediction_run() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/oracle/e2e_fastesm/prediction_results.txt"
     );
-    Command::cargo_bin("virnucpro")
-        .unwrap()
+    vnp()
         .args(["plot", results, "--out"])
         .arg(tmp.path())
         .assert()
@@ -133,8 +133,7 @@ fn plot_draws_the_score_distribution_of_a_prediction_run() {
     }
 
     fs::write(tmp.path().join("bad.txt"), "hello\n").unwrap();
-    Command::cargo_bin("virnucpro")
-        .unwrap()
+    vnp()
         .arg("plot")
         .arg(tmp.path().join("bad.txt"))
         .assert()

@@ -1,6 +1,6 @@
 //! `extract` throughput with the tiny oracle models (hidden 128, 2 layers) on 300-bp frames.
 //! Ignored by default; run with
-//! `cargo test --test extract_bench -- --ignored --nocapture`
+//! `cargo test --test integration extract_bench:: -- --ignored --nocapture`
 //! (VNP_BENCH_FRAMES and VNP_BENCH_CHUNK override 2000 and 300; VNP_BENCH_DEVICE picks the device).
 
 use std::fs;
@@ -11,14 +11,7 @@ use virnucpro_models::rng::Rng;
 use virnucpro_train::extract::{extract, ExtractOptions};
 use virnucpro_train::prepare::{PrepareSummary, FRAMES_FILE, FRAMES_HEADER, SUMMARY_FILE};
 
-fn env_or(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-const CODE: &[u8; 64] = b"FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG";
+use crate::util::{default_kernel_switches, env_or, oracle, CODE};
 
 /// A prepared data set of `n` F1 frames of stop-free random chunks (what `prepare` keeps from a
 /// coding region): DNA `chunk` bases, protein `chunk / 3` residues.
@@ -65,6 +58,7 @@ fn write_dataset(dir: &Path, n: usize, chunk: usize) {
 #[test]
 #[ignore]
 fn extract_throughput_tiny_models() {
+    let _switches = default_kernel_switches();
     let frames = env_or("VNP_BENCH_FRAMES", 2000);
     let chunk = env_or("VNP_BENCH_CHUNK", 300);
     let device: DeviceSpec = std::env::var("VNP_BENCH_DEVICE")
@@ -74,10 +68,9 @@ fn extract_throughput_tiny_models() {
     let tmp = tempfile::tempdir().unwrap();
     let dataset = tmp.path().join("data");
     write_dataset(&dataset, frames, chunk);
-    let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/oracle");
     let mut opts = ExtractOptions::new(&dataset, tmp.path().join("features"));
-    opts.dnabert = oracle.join("dnabert").display().to_string();
-    opts.esm = oracle.join("fastesm").display().to_string();
+    opts.dnabert = oracle("dnabert").display().to_string();
+    opts.esm = oracle("fastesm").display().to_string();
     opts.device = device;
     opts.rows_per_shard = 1000;
     let report = extract(&opts).unwrap();

@@ -8,33 +8,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use virnucpro_assets::download::Digest;
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
-const DEMO: &str = "demo";
+use crate::util::isolated as vnp;
 
-/// The binary with private caches and no offline or proxy settings from the environment.
-fn vnp(home: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env("HF_HOME", home.join("hf"))
-        .env("VIRNUCPRO_CACHE", home.join("cache"))
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HF_HUB_OFFLINE")
-        .env_remove("VIRNUCPRO_OFFLINE");
-    for proxy in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-    ] {
-        cmd.env_remove(proxy);
-    }
-    cmd
-}
+const DEMO: &str = "demo";
 
 fn demo(p: &str) -> String {
     fs::canonicalize(Path::new(DEMO).join(p))

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use predicates::prelude::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
+use crate::util::{entries, write, BIN};
+
 const GENOMES: &str = "tests/data/oracle/inputs/genomes.fa";
 const ORACLE_NUC: &str = "tests/data/oracle/e2e_fastesm/identified_nucleotide.fa";
 const ORACLE_PROT: &str = "tests/data/oracle/e2e_fastesm/identified_protein.faa";
@@ -28,15 +29,6 @@ fn read(path: impl AsRef<Path>) -> String {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.as_ref().display()))
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn assert_matches_oracle(out: &Path) {
     assert_eq!(
         read(out.join(NUC)),
@@ -49,12 +41,6 @@ fn assert_matches_oracle(out: &Path) {
         "protein file differs from the oracle"
     );
     assert_eq!(entries(out), [NUC, PROT]);
-}
-
-fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, content).unwrap();
-    path
 }
 
 /// Interleaves the two output files as `id\tdna\tprotein` lines, for readable expectations.

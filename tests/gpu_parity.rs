@@ -4,10 +4,10 @@
 //! feature and marked `#[ignore]`, so CI (no GPU) never runs them; on a GPU machine:
 //!
 //! ```sh
-//! cargo test --release --features cuda --test gpu_parity -- --ignored
+//! cargo test --release --features cuda --test integration gpu_parity:: -- --ignored
 //! ```
 //!
-//! A test binary built elsewhere runs with `CARGO_MANIFEST_DIR=<checkout>` and
+//! The test binary built elsewhere runs with `CARGO_MANIFEST_DIR=<checkout>` and
 //! `VIRNUCPRO_BIN=<virnucpro built with --features cuda>` set.
 #![cfg(feature = "cuda")]
 
@@ -18,6 +18,8 @@ use virnucpro_core::embed::{read_embeddings, run, EmbedRequest};
 use virnucpro_kernels::{set_attention_impl, AttentionImpl};
 use virnucpro_models::device::{DTypeSpec, DeviceSpec};
 use virnucpro_models::esm::TokenDropout;
+
+use crate::util::kernel_switches;
 
 /// The repository root: `CARGO_MANIFEST_DIR` at run time when set (so that a test binary built
 /// on one machine runs from a checkout on the GPU machine), else where it was built.
@@ -78,6 +80,7 @@ fn embed_on_gpu(model: &str, input: &str, expected: &str, attention: AttentionIm
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embeddings_match_oracle_on_gpu() {
+    let _switches = kernel_switches();
     for attention in [AttentionImpl::Fused, AttentionImpl::Naive] {
         embed_on_gpu(
             "esm2",
@@ -162,6 +165,7 @@ fn predict_matches_oracle_on_gpu() {
 fn embeddings_do_not_depend_on_batching() {
     use virnucpro_assets::load::random_embedding_model;
     use virnucpro_models::embed::{embed_sequences, LoadOptions, RandomModel};
+    let _switches = kernel_switches();
     virnucpro_kernels::set_batch_invariant(true);
     set_attention_impl(AttentionImpl::Auto);
     let device = virnucpro_models::device::select_device(DeviceSpec::Cuda(0)).unwrap();

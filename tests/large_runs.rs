@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
-const O: &str = "tests/data/oracle";
+use crate::util::{BIN, O};
+
 const JOURNAL: &str = ".virnucpro.journal";
 const SHARD_FILE: &str = "virnucpro-shard.journal";
 const SHARD_INFO: &str = "virnucpro-shard.json";

@@ -13,11 +13,7 @@ use virnucpro_models::device::DTypeSpec;
 use virnucpro_models::embed::{embed_sequences, load_from_files, EmbeddingModel, LoadOptions};
 use virnucpro_models::weights::{Checkpoint, WeightFiles, WeightsFormat};
 
-fn oracle(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/oracle")
-        .join(rel)
-}
+use crate::util::{default_kernel_switches, oracle, proteins};
 
 /// A scratch copy of an oracle model directory.
 fn copy_model(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -52,21 +48,9 @@ fn load_err(dir: &Path) -> String {
     format!("{:#}", load(dir).expect_err("loading should fail"))
 }
 
-fn proteins() -> Vec<(String, Vec<u8>)> {
-    let text = std::fs::read_to_string(oracle("inputs/proteins.fa")).unwrap();
-    let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
-    for line in text.lines() {
-        if let Some(h) = line.strip_prefix('>') {
-            recs.push((h.split_whitespace().next().unwrap().to_string(), Vec::new()));
-        } else {
-            recs.last_mut().unwrap().1.extend(line.trim().bytes());
-        }
-    }
-    recs
-}
-
 /// Max per-row relative error against the esm2 reference.
 fn esm2_error(model: &EmbeddingModel) -> f64 {
+    let _switches = default_kernel_switches();
     let got = embed_sequences(model, &proteins(), 4096)
         .unwrap()
         .embeddings;

@@ -4,13 +4,12 @@
 //! (docs/FORMATS.md, "Nucleotide alphabet").
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
-const O: &str = "tests/data/oracle";
+use crate::util::{write, BIN, O};
 
 /// Real proteins as UniProt writes them (60 residues per line).
 const PROTEINS: &str = "\
@@ -34,12 +33,6 @@ const NUCLEOTIDES: &str = "\
 ATGGCTAAAGAATTCGGTCATTGGCCAGACatggctaaagaattcggtcattggccagac
 NNNNNNNNNNRYSWKMBDHVrysw ATGGCTAAAGAATTCGGTCATTGGCCAGACXXXXXXACGT
 ";
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, text).unwrap();
-    path
-}
 
 /// `predict` on the oracle's tiny models (`esm`: the protein model directory).
 fn predict(input: &Path, esm: &Path, out: &Path) -> Command {

@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor};
 use predicates::prelude::*;
 use virnucpro_models::classifier::{Classifier, ClassifierMeta};
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
-const O: &str = "tests/data/oracle";
+use crate::util::{entries, BIN, O};
+
 const RESULTS: &str = "prediction_results.txt";
 const HIGHEST: &str = "prediction_results_highestscore.csv";
 const SUMMARY: &str = "prediction_summary.tsv";
@@ -42,17 +42,6 @@ fn rows(path: &Path) -> Vec<Vec<String>> {
         .lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
         .collect()
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// Same IDs, predictions and order as the reference; scores within 1e-5; the per-chunk file

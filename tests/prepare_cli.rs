@@ -4,8 +4,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
+
+use crate::util::{vnp, CODE};
 
 /// A CDS feature: location text and its /translation (None: the qualifier is absent).
 struct Cds<'a>(&'a str, Option<&'a str>);
@@ -52,10 +53,6 @@ fn gzip(path: &Path, text: &str) {
     let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
     gz.write_all(text.as_bytes()).unwrap();
     gz.finish().unwrap();
-}
-
-fn vnp() -> Command {
-    Command::cargo_bin("virnucpro").unwrap()
 }
 
 // Chunk (30 bp) whose frames are, by hand (standard code):
@@ -183,8 +180,6 @@ HOST1.1_chunk_1R1\t0\thost\tGTCTGGCCAATGACCGAATTCTTTAGCCAT\tVWPMTEFFSH
 }
 
 // ---- balancing ----------------------------------------------------------------------------
-
-const CODE: &[u8; 64] = b"FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG";
 
 /// A deterministic stop-free ORF of `codons` codons and its translation.
 fn orf(codons: usize, seed: &mut u64) -> (String, String) {

@@ -15,8 +15,7 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use virnucpro_assets::download::{Cache, Digest};
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
-const O: &str = "tests/data/oracle";
+use crate::util::{isolated as vnp, BIN, O};
 
 /// A tiny HTTP/1.1 server: GET of a known path answers its bytes, anything else 404. Counts the
 /// requests it receives. The thread lives until the test process ends.
@@ -279,27 +278,6 @@ fn server_down_or_missing_file_is_a_clear_error() {
 }
 
 // ---- the command line ----
-
-/// The binary with a private cache and config directory and no proxy or offline settings from
-/// the environment.
-fn vnp(home: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env("VIRNUCPRO_CACHE", home.join("cache"))
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_CACHE_HOME", home.join("xdg-cache"))
-        .env_remove("VIRNUCPRO_OFFLINE")
-        .env_remove("HF_HUB_OFFLINE");
-    for proxy in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-    ] {
-        cmd.env_remove(proxy);
-    }
-    cmd
-}
 
 fn abs(p: &str) -> String {
     fs::canonicalize(p).unwrap().display().to_string()

@@ -1,6 +1,6 @@
 //! Training throughput on a synthetic 2048-feature set (the FastESM2_650 + DNABERT-S size).
 //! Ignored by default; run with
-//! `cargo test --test train_bench -- --ignored --nocapture`
+//! `cargo test --test integration train_bench:: -- --ignored --nocapture`
 //! (VNP_BENCH_ROWS, VNP_BENCH_DIM and VNP_BENCH_EPOCHS override 20000, 2048 and 2).
 
 use std::time::Instant;
@@ -9,12 +9,7 @@ use virnucpro_models::rng::Rng;
 use virnucpro_train::features::{read_features, FeatureInfo, ShardWriter};
 use virnucpro_train::train::{train, TrainOptions};
 
-fn env_or(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use crate::util::env_or;
 
 #[test]
 #[ignore]

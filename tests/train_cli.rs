@@ -1,16 +1,16 @@
 //! `virnucpro train` / `evaluate` on synthetic feature shards: two Gaussians with different means.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use assert_cmd::Command;
 use candle_core::Device;
 use predicates::prelude::*;
 use virnucpro_models::classifier::Classifier;
 use virnucpro_models::rng::Rng;
 use virnucpro_train::features::{read_features, FeatureInfo, ShardWriter};
 use virnucpro_train::train::{train, TrainOptions};
+
+use crate::util::{raw_metadata, vnp};
 
 /// `n` rows of `dim` features; viral rows centred at +shift, host rows at -shift, unit variance.
 /// The manifest names the real models with made-up hidden sizes that add up to `dim`
@@ -33,17 +33,6 @@ fn write_gaussians(dir: &Path, n: usize, dim: usize, shift: f64, seed: u64) {
         w.push(&format!("frame{i}"), label, &row).unwrap();
     }
     w.finish().unwrap();
-}
-
-/// The safetensors `__metadata__` exactly as stored.
-fn raw_metadata(path: &Path) -> HashMap<String, String> {
-    let bytes = fs::read(path).unwrap();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    header.metadata().clone().unwrap()
-}
-
-fn vnp() -> Command {
-    Command::cargo_bin("virnucpro").unwrap()
 }
 
 #[test]

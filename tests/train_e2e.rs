@@ -1,7 +1,6 @@
 //! Training end to end through the command line, with the tiny oracle models:
 //! GenBank -> `prepare` -> `extract` (resumed after damage) -> `train` -> `evaluate` (-> `predict`).
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +12,8 @@ use virnucpro_models::device::DTypeSpec;
 use virnucpro_models::embed::{embed_sequences, LoadOptions};
 use virnucpro_train::features::{read_features, read_manifest, FeatureSet};
 use virnucpro_train::prepare::{FramesReader, PreparedFrame};
+
+use crate::util::{default_kernel_switches, raw_metadata, vnp, CODE};
 
 const CHUNK_LEN: usize = 60;
 /// 80 frames (40 viral + 40 host) in shards of 25: 25, 25, 25, 5.
@@ -26,14 +27,7 @@ fn oracle(name: &str) -> String {
         .to_string()
 }
 
-fn vnp() -> Command {
-    Command::cargo_bin("virnucpro").unwrap()
-}
-
 // ---- GenBank input --------------------------------------------------------------------------
-
-/// Standard code, TCAG order.
-const CODE: &[u8; 64] = b"FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG";
 
 /// A stop-free ORF of `codons` codons and its protein. `gc` biases the codon choice (viral
 /// records GC-rich, host ones AT-rich) so that the two classes differ.
@@ -197,13 +191,6 @@ fn train(run: &Run) -> PathBuf {
     model
 }
 
-/// The safetensors `__metadata__` exactly as stored.
-fn raw_metadata(path: &Path) -> HashMap<String, String> {
-    let bytes = fs::read(path).unwrap();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    header.metadata().clone().unwrap()
-}
-
 fn shard(run: &Run, i: usize) -> PathBuf {
     run.features.join(format!("shard-{i:05}.safetensors"))
 }
@@ -283,6 +270,7 @@ fn prepare_extract_resume_train_evaluate() {
     }
 
     // A row is [nucleotide embedding of its DNA | protein embedding of its protein].
+    let switches = default_kernel_switches();
     let load = |name: &str| {
         load_embedding_model(
             &oracle(name),
@@ -308,6 +296,7 @@ fn prepare_extract_resume_train_evaluate() {
             .fold(0f32, f32::max);
         assert!(diff < 1e-5, "row {row}: max difference {diff}");
     }
+    drop(switches);
 
     // Resume 1: shard 1 and the manifest deleted -> exactly shard 1 is computed again.
     let kept_before = inodes(&run, &[0, 2, 3]);

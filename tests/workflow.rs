@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
+use crate::util::BIN;
+
 const RESULTS: [&str; 3] = [
     "prediction_results.txt",
     "prediction_results_highestscore.csv",

@@ -1,0 +1,145 @@
+//! Helpers shared by the modules of the integration-test binary (`tests/integration.rs`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
+
+use candle_core::Tensor;
+
+/// The `virnucpro` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
+/// The oracle's files, relative to the package root (the tests' working directory).
+pub const O: &str = "tests/data/oracle";
+
+/// An oracle file by absolute path.
+pub fn oracle(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(O).join(rel)
+}
+
+/// The binary, with the environment of the test process.
+pub fn vnp() -> assert_cmd::Command {
+    assert_cmd::Command::new(BIN)
+}
+
+/// The binary with private Hugging Face, download and config caches under `home`, and no
+/// offline or proxy settings from the environment.
+pub fn isolated(home: &Path) -> assert_cmd::Command {
+    let mut cmd = vnp();
+    cmd.env("HF_HOME", home.join("hf"))
+        .env("VIRNUCPRO_CACHE", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_CACHE_HOME", home.join("xdg-cache"))
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("VIRNUCPRO_OFFLINE");
+    for proxy in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        cmd.env_remove(proxy);
+    }
+    cmd
+}
+
+/// The names in `dir`, sorted; none when it does not exist.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Writes `dir/name` and returns its path.
+pub fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, content).unwrap();
+    path
+}
+
+/// A number from the environment (benchmark sizes), else `default`.
+pub fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The standard genetic code, codons in TCAG order.
+pub const CODE: &[u8; 64] = b"FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG";
+
+/// The oracle's protein inputs as (ID, residues).
+pub fn proteins() -> Vec<(String, Vec<u8>)> {
+    let text = fs::read_to_string(oracle("inputs/proteins.fa")).unwrap();
+    let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix('>') {
+            recs.push((h.split_whitespace().next().unwrap().to_string(), Vec::new()));
+        } else {
+            recs.last_mut().unwrap().1.extend(line.trim().bytes());
+        }
+    }
+    recs
+}
+
+/// Largest `|a - b|` of two f32 tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    a.sub(b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The safetensors `__metadata__` exactly as stored.
+pub fn raw_metadata(path: &Path) -> HashMap<String, String> {
+    let bytes = fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    header.metadata().clone().unwrap()
+}
+
+/// The kernels' process-wide switches (attention implementation, batch invariance) are shared by
+/// every test of this binary: a test that changes them holds this lock exclusively
+/// ([`kernel_switches`]), one that runs an encoder in this process holds it shared
+/// ([`default_kernel_switches`]), so that no test runs under another's settings.
+static KERNEL_SWITCHES: RwLock<()> = RwLock::new(());
+
+/// Held while an encoder runs in this process: the switches stay at their defaults.
+pub fn default_kernel_switches() -> RwLockReadGuard<'static, ()> {
+    // A test that panicked holding the lock has already reset the switches (`SwitchesGuard`).
+    KERNEL_SWITCHES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Exclusive use of the kernels' switches; they return to their defaults when it is dropped.
+#[cfg(feature = "cuda")]
+pub fn kernel_switches() -> SwitchesGuard {
+    SwitchesGuard {
+        _lock: KERNEL_SWITCHES.write().unwrap_or_else(|e| e.into_inner()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub struct SwitchesGuard {
+    _lock: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+#[cfg(feature = "cuda")]
+impl Drop for SwitchesGuard {
+    fn drop(&mut self) {
+        virnucpro_kernels::set_attention_impl(virnucpro_kernels::AttentionImpl::Auto);
+        virnucpro_kernels::set_batch_invariant(false);
+    }
+}
