@@ -10,7 +10,8 @@
 #
 # `pack` builds (release, --features cuda; `source scripts/cuda-toolkit.sh` first where there is
 # no CUDA toolkit) and puts in CARRY_DIR (default .gpu-carry, git-ignored): the stripped binary,
-# the two GPU test binaries, the genome generator (examples/gen_genome.rs) and a 4-mer DNABERT
+# the GPU test binaries (the kernels crate's unit tests; the integration tests, whose `gpu_parity::`
+# ones `run` runs), the genome generator (examples/gen_genome.rs) and a 4-mer DNABERT
 # tokenizer directory (examples/kmer_tokenizer.rs), binaries xz-compressed when xz is there.
 # `run` needs the repository's tracked files (tests/data for the parity tests,
 # scripts/bench_torch.py), Python with torch + transformers for the baseline, nvidia-smi, and the
@@ -22,8 +23,8 @@
 # Environment:
 #   STEPS    steps in order (default "tests doctor torch predict attn large bench"; also
 #            invariance, resume, multi, oom, which check large-run behaviour on the GPU):
-#            tests   lib_tests --ignored (the kernels crate's unit tests), gpu_parity --ignored
-#                    (oracle parity on the GPU)
+#            tests   lib_tests --ignored (the kernels crate's unit tests), integration
+#                    gpu_parity:: --ignored (oracle parity on the GPU)
 #            doctor  virnucpro doctor --device cuda (ENV-01..05, model timings)
 #            torch   bench_torch.py --quick (SDPA, EsmModel, MosaicBERT/BertModel baselines)
 #            predict predict --random-weights esm2-650m on RECORDS coding genomes, 3 runs, peak memory
@@ -58,27 +59,28 @@ pack() {
     cargo build --release --locked --features cuda --examples || die "examples build failed"
     # The test binaries' paths, as cargo reports them: the kernels crate's unit tests (the GPU ones
     # are #[ignore]d), "Executable unittests src/lib.rs (.../virnucpro_kernels-HASH)" (each crate's
-    # src/lib.rs is named relative to the crate), and the root package's tests/gpu_parity.rs.
+    # src/lib.rs is named relative to the crate), and the root package's integration tests
+    # (tests/integration.rs, one binary; the GPU ones are its gpu_parity:: module).
     local built
     built=$(cargo test --release --locked --features cuda -p virnucpro-kernels -p virnucpro \
-        --lib --test gpu_parity --no-run 2>&1) \
+        --lib --test integration --no-run 2>&1) \
         || { echo "$built" >&2; die "test build failed"; }
-    local lib_tests gpu_parity
+    local lib_tests integration
     lib_tests=$(echo "$built" \
         | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\/virnucpro_kernels-[^)]*\))$/\1/p')
-    gpu_parity=$(echo "$built" | sed -n 's/.*Executable tests\/gpu_parity.rs (\(.*\))$/\1/p')
+    integration=$(echo "$built" | sed -n 's/.*Executable tests\/integration.rs (\(.*\))$/\1/p')
     local target
     target=$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
     local rel="$target/release"
-    [ -x "$rel/virnucpro" ] && [ -x "$lib_tests" ] && [ -x "$gpu_parity" ] || die "missing build outputs in $rel"
+    [ -x "$rel/virnucpro" ] && [ -x "$lib_tests" ] && [ -x "$integration" ] || die "missing build outputs in $rel"
     rm -rf "$carry" && mkdir -p "$carry"
     strip -o "$carry/virnucpro" "$rel/virnucpro"
     strip -o "$carry/lib_tests" "$lib_tests"
-    strip -o "$carry/gpu_parity" "$gpu_parity"
+    strip -o "$carry/integration" "$integration"
     strip -o "$carry/gen_genome" "$rel/examples/gen_genome"
     "$rel/examples/kmer_tokenizer" tests/data/oracle/dnabert "$carry/kmer" || die "kmer tokenizer"
     if command -v xz > /dev/null; then
-        xz -T0 -6 "$carry/virnucpro" "$carry/lib_tests" "$carry/gpu_parity"
+        xz -T0 -6 "$carry/virnucpro" "$carry/lib_tests" "$carry/integration"
     fi
     du -sh "$carry"
     ls -l "$carry"
@@ -226,11 +228,11 @@ run() {
         case $step in
         tests)
             fits tests 60 || continue
-            if unpack "$CARRY" lib_tests && unpack "$CARRY" gpu_parity; then
+            if unpack "$CARRY" lib_tests && unpack "$CARRY" integration; then
                 timeout 150 "$B/lib_tests" --ignored --test-threads 1 2>&1 \
                     | grep -E "^test |test result|panicked|assert" >> "$OUT/tests.log"
-                CARGO_MANIFEST_DIR=$PWD VIRNUCPRO_BIN=$V timeout 200 "$B/gpu_parity" --ignored \
-                    --test-threads 1 --nocapture 2>&1 \
+                CARGO_MANIFEST_DIR=$PWD VIRNUCPRO_BIN=$V timeout 200 "$B/integration" gpu_parity:: \
+                    --ignored --test-threads 1 --nocapture 2>&1 \
                     | grep -E "cosine|score diff|^test |test result|panicked" >> "$OUT/tests.log"
             else
                 echo "no test binaries in $CARRY" >> "$OUT/tests.log"

@@ -3,7 +3,7 @@
 # virtual environment, created once and reused while the pins stay the same. Prints the
 # environment's bin directory (put it first on PATH); progress goes to stderr.
 #
-#   PATH="$(scripts/snakemake-venv.sh):$PATH" VIRNUCPRO_REQUIRE_SNAKEMAKE=1 cargo test --test workflow
+#   PATH="$(scripts/snakemake-venv.sh):$PATH" VIRNUCPRO_REQUIRE_SNAKEMAKE=1 cargo test --test integration workflow::
 #
 # VIRNUCPRO_SNAKEMAKE_VENV: where (default ~/.cache/virnucpro-ci/snakemake-HASH, HASH from the
 # pins). Needs python3 >= 3.11 (Snakemake 9) and PyPI.
