@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use predicates::prelude::*;
 use virnucpro_assets::download::Digest;
 
-use crate::util::isolated as vnp;
+use crate::util::{entries, isolated as vnp};
 
 const DEMO: &str = "demo";
 
@@ -22,24 +22,12 @@ fn demo(p: &str) -> String {
         .to_string()
 }
 
-/// `models--org--name` as huggingface_hub lays it out: blobs, snapshot symlinks, refs/main.
+/// Every file of the demo's `from` under the Hub ID `repo` in `hf_home`'s cache.
 fn fake_hub(hf_home: &Path, repo: &str, from: &str) -> PathBuf {
-    let repo_dir = hf_home
-        .join("hub")
-        .join(format!("models--{}", repo.replace('/', "--")));
-    let rev = "0123456789abcdef0123456789abcdef01234567";
-    let snap = repo_dir.join("snapshots").join(rev);
-    fs::create_dir_all(&snap).unwrap();
-    fs::create_dir_all(repo_dir.join("blobs")).unwrap();
-    fs::create_dir_all(repo_dir.join("refs")).unwrap();
-    fs::write(repo_dir.join("refs/main"), rev).unwrap();
-    for (i, f) in fs::read_dir(demo(from)).unwrap().enumerate() {
-        let f = f.unwrap();
-        let blob = repo_dir.join("blobs").join(format!("blob{i:04}"));
-        fs::copy(f.path(), &blob).unwrap();
-        std::os::unix::fs::symlink(&blob, snap.join(f.file_name())).unwrap();
-    }
-    snap
+    let dir = PathBuf::from(demo(from));
+    let names = entries(&dir);
+    let files: Vec<&str> = names.iter().map(String::as_str).collect();
+    crate::util::fake_hub(&hf_home.join("hub"), repo, &dir, &files)
 }
 
 #[test]

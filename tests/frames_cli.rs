@@ -557,11 +557,7 @@ fn interrupt_removes_temporary_files() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let killed = Std::new("kill")
-            .args([format!("-{signal}"), child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        crate::util::send_signal(child.id(), signal);
         let status = child.wait().unwrap();
         drop(stdin);
         assert_eq!(status.code(), Some(130), "SIG{signal}");

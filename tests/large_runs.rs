@@ -132,16 +132,6 @@ fn assert_same_results(got: &Path, want: &Path) {
     );
 }
 
-#[cfg(unix)]
-fn kill9(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 /// Finished units in a journal file: its entries are `[u32 length][u8 kind][payload][u64
 /// checksum]` after a 16-byte magic; kind 2 is a unit. A torn tail is not counted.
 fn journal_units(path: &Path) -> usize {
@@ -196,7 +186,7 @@ fn killed_runs_resume_to_the_same_bytes() {
             child.try_wait().unwrap().is_none(),
             "the run finished before it could be killed after {after} units"
         );
-        kill9(child.id());
+        crate::util::send_signal(child.id(), "KILL");
         child.wait().unwrap();
         let done = journal_units(&out.join(JOURNAL));
         assert!(

@@ -13,7 +13,7 @@ use virnucpro_models::device::DTypeSpec;
 use virnucpro_models::embed::{embed_sequences, load_from_files, EmbeddingModel, LoadOptions};
 use virnucpro_models::weights::{Checkpoint, WeightFiles, WeightsFormat};
 
-use crate::util::{default_kernel_switches, oracle, proteins};
+use crate::util::{default_kernel_switches, fake_hub, oracle, proteins};
 
 /// A scratch copy of an oracle model directory.
 fn copy_model(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -326,23 +326,6 @@ fn half_precision_cpu_path_runs_close() {
 }
 
 // ---------------------------------------------------------------- Hugging Face cache
-
-/// Lays out `models--org--name` the way huggingface_hub does: blobs, snapshot symlinks, refs/main.
-fn fake_hub(cache: &Path, repo: &str, from: &Path, files: &[&str]) -> PathBuf {
-    let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
-    let rev = "0123456789abcdef0123456789abcdef01234567";
-    let snap = repo_dir.join("snapshots").join(rev);
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
-    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
-    std::fs::write(repo_dir.join("refs/main"), rev).unwrap();
-    for (i, f) in files.iter().enumerate() {
-        let blob = repo_dir.join("blobs").join(format!("blob{i:04}"));
-        std::fs::copy(from.join(f), &blob).unwrap();
-        std::os::unix::fs::symlink(&blob, snap.join(f)).unwrap();
-    }
-    snap
-}
 
 fn offline(cache: &Path) -> HubOptions {
     HubOptions {

@@ -381,22 +381,12 @@ fn interrupted_run_leaves_no_output() {
         child.try_wait().unwrap().is_none(),
         "the run finished too early for this test"
     );
-    unsafe_kill(child.id());
+    // SIGINT, as Ctrl-C sends it.
+    crate::util::send_signal(child.id(), "INT");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     // Only the journal stays: the same command resumes from it.
     assert_eq!(entries(&out), [".virnucpro.journal"], "left behind");
-}
-
-#[cfg(unix)]
-fn unsafe_kill(pid: u32) {
-    // No libc dependency: the `kill` utility sends SIGINT like Ctrl-C.
-    let ok = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 /// `--write-viral-fasta`: exactly the records `prediction_summary.tsv` calls `virus`, in input

@@ -64,6 +64,25 @@ pub fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
+/// Lays out `models--org--name` in the Hugging Face hub cache `cache` the way huggingface_hub
+/// does: blobs, snapshot symlinks, refs/main; `files` are copied from `from`. Returns the
+/// snapshot directory.
+pub fn fake_hub(cache: &Path, repo: &str, from: &Path, files: &[&str]) -> PathBuf {
+    let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo_dir.join("snapshots").join(rev);
+    fs::create_dir_all(&snap).unwrap();
+    fs::create_dir_all(repo_dir.join("blobs")).unwrap();
+    fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    fs::write(repo_dir.join("refs/main"), rev).unwrap();
+    for (i, f) in files.iter().enumerate() {
+        let blob = repo_dir.join("blobs").join(format!("blob{i:04}"));
+        fs::copy(from.join(f), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snap.join(f)).unwrap();
+    }
+    snap
+}
+
 /// A number from the environment (benchmark sizes), else `default`.
 pub fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -102,6 +121,18 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Sends `signal` (a name: INT, KILL, TERM) to process `pid` with the `kill` utility (no libc
+/// dependency).
+#[cfg(unix)]
+pub fn send_signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid} failed");
 }
 
 /// The safetensors `__metadata__` exactly as stored.
