@@ -84,7 +84,7 @@ fn predict_refuses_a_protein_record_after_nucleotide_ones_and_writes_nothing() {
         .skip(3)
         .take(3)
         .collect::<String>();
-    let input = write(tmp.path(), "mixed.fa", &format!("{genomes}{ubiquitin}"));
+    let input = write(tmp.path(), "mixed.fa", format!("{genomes}{ubiquitin}"));
     let line = genomes.lines().count() + 1;
     let record = genomes.matches('>').count() + 1;
     let out = tmp.path().join("out");
