@@ -183,16 +183,14 @@ pub fn run(
 ) -> Result<BenchReport> {
     let model = build_model(&opts.model, device, opts.dtype)
         .with_context(|| format!("cannot build model `{}`", opts.model))?;
-    let report = run_model(
-        &model,
-        device,
-        &opts.shapes,
-        opts.ragged,
-        opts.warmup,
-        opts.repeats,
-        &opts.attention,
-        progress,
-    );
+    let sweep = Sweep {
+        shapes: &opts.shapes,
+        ragged: opts.ragged,
+        warmup: opts.warmup,
+        repeats: opts.repeats,
+        attention: &opts.attention,
+    };
+    let report = run_model(&model, device, sweep, progress);
     let profile = virnucpro_models::profile::take_report();
     if !profile.is_empty() {
         progress.note(&format!(
@@ -202,18 +200,34 @@ pub fn run(
     report
 }
 
-/// Times `forward_pooled` on every shape and attention implementation (median of `repeats`
-/// after `warmup` runs). Sends one note per row to `progress` as it is measured.
+/// What [`run_model`] times: every shape with every attention implementation.
+#[derive(Debug, Clone, Copy)]
+pub struct Sweep<'a> {
+    /// (batch, padded length) shapes.
+    pub shapes: &'a [(usize, usize)],
+    /// Random row lengths in `T/2..=T` instead of all `T`.
+    pub ragged: bool,
+    pub warmup: usize,
+    /// Timed repeats (the median is reported).
+    pub repeats: usize,
+    pub attention: &'a [AttentionImpl],
+}
+
+/// Times `forward_pooled` on every shape and attention implementation of `sweep` (median of
+/// `repeats` after `warmup` runs). Sends one note per row to `progress` as it is measured.
 pub fn run_model(
     model: &BenchModel,
     device: &Device,
-    shapes: &[(usize, usize)],
-    ragged: bool,
-    warmup: usize,
-    repeats: usize,
-    attention: &[AttentionImpl],
+    sweep: Sweep,
     progress: &mut dyn Progress,
 ) -> Result<BenchReport> {
+    let Sweep {
+        shapes,
+        ragged,
+        warmup,
+        repeats,
+        attention,
+    } = sweep;
     let before = kernels::attention_impl();
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {

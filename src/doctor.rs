@@ -509,17 +509,15 @@ fn time_fused_attention(
             &opts.dnabert_shapes
         };
         for ragged in [false, true] {
-            let r = bench::run_model(
-                model,
-                dev,
+            let sweep = bench::Sweep {
                 shapes,
                 ragged,
-                2,
-                (opts.repeats / 3).max(3),
-                &[AttentionImpl::Fused, AttentionImpl::Naive],
-                &mut *run.progress,
-            )
-            .with_context(|| format!("timing {}", model.source))?;
+                warmup: 2,
+                repeats: (opts.repeats / 3).max(3),
+                attention: &[AttentionImpl::Fused, AttentionImpl::Naive],
+            };
+            let r = bench::run_model(model, dev, sweep, &mut *run.progress)
+                .with_context(|| format!("timing {}", model.source))?;
             run.detail(&indent(&bench::table(&r)));
             run.rep.model_timings.push(r);
         }
@@ -944,4 +942,43 @@ pub fn speedup_summary(rows: &[AttnRow]) -> String {
         list(&yes),
         list(&no)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Collect;
+
+    /// Each check's line goes out as it is recorded, and the report keeps the same lines.
+    #[test]
+    fn cpu_run_sends_every_check_line_and_reports_them() {
+        let opts = DoctorOptions {
+            cpu: true,
+            ..Default::default()
+        };
+        let mut progress = Collect::default();
+        let rep = run(&opts, &mut progress).unwrap();
+        assert!(rep.ok);
+        let sent: Vec<&str> = progress.out.lines().collect();
+        let recorded: Vec<String> = rep.checks.iter().map(|c| c.to_string()).collect();
+        assert_eq!(sent, recorded);
+        assert_eq!(
+            rep.checks
+                .iter()
+                .map(|c| (c.id, c.status))
+                .collect::<Vec<_>>(),
+            [
+                ("ENV-01", "PASS"),
+                ("ENV-02", "SKIP"),
+                ("ENV-04", "SKIP"),
+                ("ENV-05", "SKIP")
+            ]
+        );
+        assert!(
+            sent[1].starts_with("[SKIP] ENV-02 --device cpu"),
+            "{}",
+            sent[1]
+        );
+        assert!(progress.notes.is_empty(), "{}", progress.notes);
+    }
 }

@@ -10,15 +10,6 @@ pub trait Progress {
     fn note(&mut self, text: &str);
 }
 
-/// Drops everything: for callers that only want the returned report.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Quiet;
-
-impl Progress for Quiet {
-    fn out(&mut self, _text: &str) {}
-    fn note(&mut self, _text: &str) {}
-}
-
 /// Keeps everything, each stream in order: for tests.
 #[derive(Debug, Default, Clone)]
 pub struct Collect {

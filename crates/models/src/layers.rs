@@ -189,7 +189,7 @@ impl LayerNorm {
 
     /// As [`LayerNorm::load`], but off CUDA (CPU, Metal) the mean is subtracted before the
     /// variance is taken (two passes, in the input's dtype): the form the DNABERT-S oracle
-    /// tolerances were set at, and one that loses less precision than a one-pass variance where
+    /// tolerances are set for, and one that loses less precision than a one-pass variance where
     /// the mean is large next to the spread. CUDA runs the fused kernel (f32 statistics) either way.
     pub fn load_two_pass(vb: VarBuilder, hidden: usize, eps: f64) -> Result<Self> {
         Ok(Self {
