@@ -834,7 +834,7 @@ pub const LINEAR_SHAPES: [(usize, usize, bool, bool, bool); 12] = [
 
 /// Times cuBLASLt's candidates for every shape of [`LINEAR_SHAPES`] at `rows` rows and returns
 /// the fastest non-split-k one of each as entries of the tuned table
-/// (`src/kernels/tuned_gemm.json`).
+/// (`crates/kernels/src/tuned_gemm.json`).
 #[cfg(feature = "cuda")]
 pub fn tune_gemm(
     device: &Device,
