@@ -6,7 +6,7 @@
 //! `ragged`) of random length in `T/2..=T`. Throughput counts real tokens only.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use virnucpro_assets::load::load_embedding_model;
 use virnucpro_kernels::{self as kernels, AttentionImpl};
@@ -15,9 +15,11 @@ use virnucpro_models::device::{resolve_dtype, DTypeSpec};
 use virnucpro_models::dnabert::{DnaBert, DnaBertConfig};
 use virnucpro_models::embed::{LoadOptions, RandomModel, DNABERT_S_CONFIG};
 use virnucpro_models::esm::{Esm, EsmConfig};
+use virnucpro_models::layers::{split_qkv, AttentionMask, Rotary};
 use virnucpro_models::weights::RandomWeights;
 use virnucpro_models::{Encoder, TokenBatch};
 
+use crate::progress::Progress;
 use crate::timing::{self, Timing};
 
 /// What to benchmark.
@@ -172,37 +174,60 @@ pub fn synthetic_batch(
     }
 }
 
-/// Builds the model of `opts` and times it ([`run_model`]).
-pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
+/// Builds the model of `opts` and times it ([`run_model`]); the `VIRNUCPRO_PROFILE` sections, when
+/// profiling is on, go to `progress` as a note at the end.
+pub fn run(
+    opts: &BenchOptions,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<BenchReport> {
     let model = build_model(&opts.model, device, opts.dtype)
         .with_context(|| format!("cannot build model `{}`", opts.model))?;
-    let report = run_model(
-        &model,
-        device,
-        &opts.shapes,
-        opts.ragged,
-        opts.warmup,
-        opts.repeats,
-        &opts.attention,
-    );
+    let sweep = Sweep {
+        shapes: &opts.shapes,
+        ragged: opts.ragged,
+        warmup: opts.warmup,
+        repeats: opts.repeats,
+        attention: &opts.attention,
+    };
+    let report = run_model(&model, device, sweep, progress);
     let profile = virnucpro_models::profile::take_report();
     if !profile.is_empty() {
-        eprintln!("VIRNUCPRO_PROFILE sections (timed passes, after warm-up):\n{profile}");
+        progress.note(&format!(
+            "VIRNUCPRO_PROFILE sections (timed passes, after warm-up):\n{profile}\n"
+        ));
     }
     report
 }
 
-/// Times `forward_pooled` on every shape and attention implementation (median of `repeats`
-/// after `warmup` runs). Prints one line per row on stderr.
+/// What [`run_model`] times: every shape with every attention implementation.
+#[derive(Debug, Clone, Copy)]
+pub struct Sweep<'a> {
+    /// (batch, padded length) shapes.
+    pub shapes: &'a [(usize, usize)],
+    /// Random row lengths in `T/2..=T` instead of all `T`.
+    pub ragged: bool,
+    pub warmup: usize,
+    /// Timed repeats (the median is reported).
+    pub repeats: usize,
+    pub attention: &'a [AttentionImpl],
+}
+
+/// Times `forward_pooled` on every shape and attention implementation of `sweep` (median of
+/// `repeats` after `warmup` runs). Sends one note per row to `progress` as it is measured.
 pub fn run_model(
     model: &BenchModel,
     device: &Device,
-    shapes: &[(usize, usize)],
-    ragged: bool,
-    warmup: usize,
-    repeats: usize,
-    attention: &[AttentionImpl],
+    sweep: Sweep,
+    progress: &mut dyn Progress,
 ) -> Result<BenchReport> {
+    let Sweep {
+        shapes,
+        ragged,
+        warmup,
+        repeats,
+        attention,
+    } = sweep;
     let before = kernels::attention_impl();
     let mut rows = Vec::new();
     let result = (|| -> Result<()> {
@@ -228,10 +253,10 @@ pub fn run_model(
                     let done = t0.elapsed().as_secs_f64() * 1e3;
                     virnucpro_models::profile::pause(false);
                     drop(out?);
-                    eprintln!(
+                    progress.note(&format!(
                         "profile {b}x{t}: one pass, host returns after {host:.2} ms, device done \
-                         after {done:.2} ms"
-                    );
+                         after {done:.2} ms\n"
+                    ));
                     virnucpro_models::profile::take_report();
                 }
                 let time = timing::measure(device, warmup, repeats, 1.0, || {
@@ -249,14 +274,14 @@ pub fn run_model(
                     tokens_per_s: real as f64 / sec,
                     seqs_per_s: b as f64 / sec,
                 };
-                eprintln!(
-                    "bench {} {b}x{t}{} attention={imp}: {:.2} ms/batch, {:.0} tokens/s, {:.1} seqs/s",
+                progress.note(&format!(
+                    "bench {} {b}x{t}{} attention={imp}: {:.2} ms/batch, {:.0} tokens/s, {:.1} seqs/s\n",
                     model.source,
                     if ragged { " ragged" } else { "" },
                     time.median_ms,
                     row.tokens_per_s,
                     row.seqs_per_s
-                );
+                ));
                 rows.push(row);
             }
         }
@@ -313,147 +338,274 @@ pub fn layer_dims(model: &str) -> Result<(usize, usize, usize, usize)> {
 /// Times the building blocks of one encoder layer separately at `b x t` tokens: where the time of
 /// a forward pass goes. Only what runs on `device` is timed: the fused kernels and cuBLASLt rows
 /// need a CUDA device (elsewhere they would time candle's fallback under a fused kernel's name, or
-/// nothing at all).
+/// nothing at all). Each row is also sent to `progress` as a note when it is measured.
 pub fn op_profile(
     device: &Device,
     dtype: DType,
     (b, t): (usize, usize),
     (hidden, heads, ffn_in, ffn_out): (usize, usize, usize, usize),
     repeats: usize,
+    progress: &mut dyn Progress,
 ) -> Result<Vec<OpRow>> {
-    use virnucpro_models::layers::{split_qkv, AttentionMask, Rotary};
-    let n = b * t;
-    let d = hidden / heads;
-    let es = dtype.size_in_bytes() as f64;
-    let rnd = |shape: &[usize]| -> candle_core::Result<candle_core::Tensor> {
-        candle_core::Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)
+    let x = OpInputs::new(device, dtype, (b, t), (hidden, heads, ffn_in, ffn_out))?;
+    let mut tm = OpTimer {
+        device,
+        repeats,
+        flops: flop_unit(device),
+        rows: Vec::new(),
+        progress,
     };
-    let x = rnd(&[n, hidden])?;
-    let w_qkv = rnd(&[3 * hidden, hidden])?;
-    let bias_qkv = rnd(&[3 * hidden])?;
-    let w_out = rnd(&[hidden, hidden])?;
-    let w1 = rnd(&[ffn_in, hidden])?;
-    let w2 = rnd(&[hidden, ffn_out])?;
-    let h1 = rnd(&[n, ffn_out])?;
-    let ln_w = rnd(&[hidden])?;
-    let ln_b = rnd(&[hidden])?;
-    let qkv = x.matmul(&w_qkv.t()?)?.reshape((b, t, 3 * hidden))?;
-    let (q, k, v) = split_qkv(&qkv, heads, d)?;
-    let rotary = Rotary::new(d, 10000.0, t, dtype, device)?;
-    let rotary_f32 = if device.is_cuda() {
-        Some((
-            candle_core::Tensor::ones((t, d / 2), DType::F32, device)?,
-            candle_core::Tensor::zeros((t, d / 2), DType::F32, device)?,
-        ))
-    } else {
-        None
-    };
-    let lens: Vec<usize> = vec![t; b];
-    let mask = AttentionMask::new(&lens, t, dtype, device)?;
-    // The fused kernels and cuBLASLt run on a CUDA device of a CUDA build only.
-    let fused = kernels::CUDA_BUILT && device.is_cuda() && kernels::fused_ops_enabled();
-    let flops = flop_unit(device);
-    let mut rows = Vec::new();
-    let mut time = |name: &str,
-                    work: f64,
-                    unit: &'static str,
-                    f: &mut dyn FnMut() -> candle_core::Result<()>|
-     -> Result<()> {
-        let tm = timing::measure(device, 2, repeats, 2.0, f)
+    time_qkv_ops(&mut tm, &x)?;
+    time_attention_ops(&mut tm, &x)?;
+    time_out_and_norm_ops(&mut tm, &x)?;
+    time_ffn_ops(&mut tm, &x)?;
+    Ok(tm.rows)
+}
+
+/// Random inputs of one layer's operations at `b x t` tokens, built once for every row.
+struct OpInputs {
+    dtype: DType,
+    device: Device,
+    b: usize,
+    t: usize,
+    n: usize,
+    hidden: usize,
+    heads: usize,
+    d: usize,
+    ffn_in: usize,
+    ffn_out: usize,
+    x: Tensor,
+    w_qkv: Tensor,
+    bias_qkv: Tensor,
+    w_out: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    h1: Tensor,
+    ln_w: Tensor,
+    ln_b: Tensor,
+    qkv: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rotary: Rotary,
+    /// cos/sin tables of the fused rotary kernel (CUDA only).
+    rotary_f32: Option<(Tensor, Tensor)>,
+    mask: AttentionMask,
+    /// The fused kernels and cuBLASLt run on a CUDA device of a CUDA build only.
+    fused: bool,
+}
+
+impl OpInputs {
+    fn new(
+        device: &Device,
+        dtype: DType,
+        (b, t): (usize, usize),
+        (hidden, heads, ffn_in, ffn_out): (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        let n = b * t;
+        let d = hidden / heads;
+        let rnd = |shape: &[usize]| Self::random(device, dtype, shape);
+        let x = rnd(&[n, hidden])?;
+        let w_qkv = rnd(&[3 * hidden, hidden])?;
+        let bias_qkv = rnd(&[3 * hidden])?;
+        let w_out = rnd(&[hidden, hidden])?;
+        let w1 = rnd(&[ffn_in, hidden])?;
+        let w2 = rnd(&[hidden, ffn_out])?;
+        let h1 = rnd(&[n, ffn_out])?;
+        let ln_w = rnd(&[hidden])?;
+        let ln_b = rnd(&[hidden])?;
+        let qkv = x.matmul(&w_qkv.t()?)?.reshape((b, t, 3 * hidden))?;
+        let (q, k, v) = split_qkv(&qkv, heads, d)?;
+        let rotary = Rotary::new(d, 10000.0, t, dtype, device)?;
+        let rotary_f32 = if device.is_cuda() {
+            Some((
+                Tensor::ones((t, d / 2), DType::F32, device)?,
+                Tensor::zeros((t, d / 2), DType::F32, device)?,
+            ))
+        } else {
+            None
+        };
+        let lens: Vec<usize> = vec![t; b];
+        let mask = AttentionMask::new(&lens, t, dtype, device)?;
+        let fused = kernels::CUDA_BUILT && device.is_cuda() && kernels::fused_ops_enabled();
+        Ok(Self {
+            dtype,
+            device: device.clone(),
+            b,
+            t,
+            n,
+            hidden,
+            heads,
+            d,
+            ffn_in,
+            ffn_out,
+            x,
+            w_qkv,
+            bias_qkv,
+            w_out,
+            w1,
+            w2,
+            h1,
+            ln_w,
+            ln_b,
+            qkv,
+            q,
+            k,
+            v,
+            rotary,
+            rotary_f32,
+            mask,
+            fused,
+        })
+    }
+
+    fn random(device: &Device, dtype: DType, shape: &[usize]) -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)
+    }
+
+    /// A tensor drawn when a row needs it, as the rows are timed in order.
+    fn rnd(&self, shape: &[usize]) -> candle_core::Result<Tensor> {
+        Self::random(&self.device, self.dtype, shape)
+    }
+
+    fn bytes(&self, elems: usize) -> f64 {
+        elems as f64 * self.dtype.size_in_bytes() as f64
+    }
+
+    /// Whether a cuBLASLt row is timed: only where the call takes the cuBLASLt path (it declines
+    /// shapes and dtypes it cannot handle, returning None, which would time as nothing).
+    fn lt_runs(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        res: Option<&Tensor>,
+        gelu: bool,
+    ) -> Result<bool> {
+        Ok(self.fused && kernels::linear(x, w, bias, res, gelu)?.is_some())
+    }
+}
+
+/// FLOPs of an `[m, k] x [k, n]` matmul.
+fn mm(m: usize, k: usize, n: usize) -> f64 {
+    2.0 * (m * k * n) as f64
+}
+
+/// Times one operation after another and keeps their rows.
+struct OpTimer<'a> {
+    device: &'a Device,
+    repeats: usize,
+    /// The unit of arithmetic rates on this device ([`flop_unit`]).
+    flops: &'static str,
+    rows: Vec<OpRow>,
+    progress: &'a mut dyn Progress,
+}
+
+impl OpTimer<'_> {
+    fn time(
+        &mut self,
+        name: &str,
+        work: f64,
+        unit: &'static str,
+        f: &mut dyn FnMut() -> candle_core::Result<()>,
+    ) -> Result<()> {
+        let tm = timing::measure(self.device, 2, self.repeats, 2.0, f)
             .with_context(|| format!("timing op `{name}`"))?;
         let per_s = work / (tm.median_ms * 1e-3);
         let rate = match unit {
             "TFLOP/s" => per_s / 1e12,
             _ => per_s / 1e9, // GFLOP/s, GB/s
         };
-        eprintln!(
-            "op {name}: {:.3} ms, {} {unit}",
+        self.progress.note(&format!(
+            "op {name}: {:.3} ms, {} {unit}\n",
             tm.median_ms,
             fmt_rate(rate)
-        );
-        rows.push(OpRow {
+        ));
+        self.rows.push(OpRow {
             op: name.to_string(),
             time: tm,
             rate,
             unit,
         });
         Ok(())
-    };
-    let mm = |m: usize, k: usize, nn: usize| 2.0 * (m * k * nn) as f64;
-    let bytes = |elems: usize| elems as f64 * es;
-    // A cuBLASLt row is timed only where the call takes the cuBLASLt path (it declines shapes
-    // and dtypes it cannot handle, returning None, which would time as nothing).
-    let lt_runs =
-        |x: &candle_core::Tensor,
-         w: &candle_core::Tensor,
-         bias: Option<&candle_core::Tensor>,
-         res: Option<&candle_core::Tensor>,
-         gelu: bool|
-         -> Result<bool> { Ok(fused && kernels::linear(x, w, bias, res, gelu)?.is_some()) };
-    time(
+    }
+}
+
+/// The q/k/v projection, its bias, the split into heads and the rotary embedding.
+fn time_qkv_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
+    let (n, hidden, heads, d, flops) = (x.n, x.hidden, x.heads, x.d, tm.flops);
+    let (xs, w_qkv, bias_qkv, qkv) = (&x.x, &x.w_qkv, &x.bias_qkv, &x.qkv);
+    tm.time(
         "matmul qkv [N,H]x[H,3H]",
         mm(n, hidden, 3 * hidden),
         flops,
-        &mut || x.matmul(&w_qkv.t()?).map(drop),
+        &mut || xs.matmul(&w_qkv.t()?).map(drop),
     )?;
-    if lt_runs(&x, &w_qkv, Some(&bias_qkv), None, false)? {
-        time(
+    if x.lt_runs(xs, w_qkv, Some(bias_qkv), None, false)? {
+        tm.time(
             "linear qkv cuBLASLt (+bias) [N,H]x[H,3H]",
             mm(n, hidden, 3 * hidden),
             flops,
-            &mut || kernels::linear(&x, &w_qkv, Some(&bias_qkv), None, false).map(drop),
+            &mut || kernels::linear(xs, w_qkv, Some(bias_qkv), None, false).map(drop),
         )?;
         // GEMM speed on an H100 depends on the data (power draw): PyTorch's baseline uses
         // weights of std 0.02, as trained models have; this row uses the same.
-        let w_qkv_small = (&w_qkv * 0.02)?;
-        time(
+        let w_qkv_small = (w_qkv * 0.02)?;
+        tm.time(
             "linear qkv cuBLASLt (+bias), W std 0.02",
             mm(n, hidden, 3 * hidden),
             flops,
-            &mut || kernels::linear(&x, &w_qkv_small, Some(&bias_qkv), None, false).map(drop),
+            &mut || kernels::linear(xs, &w_qkv_small, Some(bias_qkv), None, false).map(drop),
         )?;
     }
-    time(
+    tm.time(
         "bias add [N,3H]",
-        bytes(2 * n * 3 * hidden),
+        x.bytes(2 * n * 3 * hidden),
         "GB/s",
-        &mut || qkv.broadcast_add(&bias_qkv).map(drop),
+        &mut || qkv.broadcast_add(bias_qkv).map(drop),
     )?;
-    if fused {
-        time(
+    if x.fused {
+        tm.time(
             "bias add fused [N,3H]",
-            bytes(2 * n * 3 * hidden),
+            x.bytes(2 * n * 3 * hidden),
             "GB/s",
-            &mut || kernels::bias_act(&qkv, &bias_qkv, kernels::Act::Identity, None).map(drop),
+            &mut || kernels::bias_act(qkv, bias_qkv, kernels::Act::Identity, None).map(drop),
         )?;
     }
-    time(
+    tm.time(
         "split_qkv (3 copies)",
-        bytes(2 * n * 3 * hidden),
+        x.bytes(2 * n * 3 * hidden),
         "GB/s",
-        &mut || split_qkv(&qkv, heads, d).map(drop),
+        &mut || split_qkv(qkv, heads, d).map(drop),
     )?;
-    if let Some((cos, sin)) = rotary_f32.as_ref().filter(|_| fused) {
-        time(
+    if let Some((cos, sin)) = x.rotary_f32.as_ref().filter(|_| x.fused) {
+        tm.time(
             "rotary q+k fused from qkv",
-            bytes(4 * n * hidden),
+            x.bytes(4 * n * hidden),
             "GB/s",
-            &mut || kernels::rotary_qk(&qkv, cos, sin, heads, d).map(drop),
+            &mut || kernels::rotary_qk(qkv, cos, sin, heads, d).map(drop),
         )?;
     }
-    time("rotary (q)", bytes(2 * n * hidden), "GB/s", &mut || {
-        rotary.forward(&q).map(drop)
-    })?;
+    tm.time("rotary (q)", x.bytes(2 * n * hidden), "GB/s", &mut || {
+        x.rotary.forward(&x.q).map(drop)
+    })
+}
+
+/// Attention alone, the fused kernel (where it runs) and the materialized path.
+fn time_attention_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
+    let (b, t, heads, d, dtype, device, flops) =
+        (x.b, x.t, x.heads, x.d, x.dtype, &x.device, tm.flops);
+    let (q, k, v, mask) = (&x.q, &x.k, &x.v, &x.mask);
     let attn_flops = 4.0 * (b * heads * t * t * d) as f64;
     let imp = kernels::attention_impl();
     kernels::set_attention_impl(AttentionImpl::Fused);
     let r = if kernels::fused_attention_available(dtype, d, device) {
-        time(
+        tm.time(
             "attention fused (+out layout)",
             attn_flops,
             flops,
             &mut || {
-                virnucpro_models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
+                virnucpro_models::layers::attention(q, k, v, mask, 1.0 / (d as f64).sqrt())
                     .map(drop)
             },
         )
@@ -461,133 +613,144 @@ pub fn op_profile(
         Ok(())
     };
     kernels::set_attention_impl(AttentionImpl::Naive);
-    let r2 = time(
+    let r2 = tm.time(
         "attention naive (+out layout)",
         attn_flops,
         flops,
         &mut || {
-            virnucpro_models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
-                .map(drop)
+            virnucpro_models::layers::attention(q, k, v, mask, 1.0 / (d as f64).sqrt()).map(drop)
         },
     );
     kernels::set_attention_impl(imp);
     r?;
-    r2?;
-    time(
+    r2
+}
+
+/// The output projection, the residual add and LayerNorm in its three forms.
+fn time_out_and_norm_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
+    let (n, hidden, flops) = (x.n, x.hidden, tm.flops);
+    let (xs, w_out, ln_w, ln_b) = (&x.x, &x.w_out, &x.ln_w, &x.ln_b);
+    tm.time(
         "matmul out [N,H]x[H,H]",
         mm(n, hidden, hidden),
         flops,
-        &mut || x.matmul(&w_out.t()?).map(drop),
+        &mut || xs.matmul(&w_out.t()?).map(drop),
     )?;
-    let b_out = rnd(&[hidden])?;
-    if lt_runs(&x, &w_out, Some(&b_out), Some(&x), false)? {
-        time(
+    let b_out = x.rnd(&[hidden])?;
+    if x.lt_runs(xs, w_out, Some(&b_out), Some(xs), false)? {
+        tm.time(
             "linear out cuBLASLt (+bias+res) [N,H]x[H,H]",
             mm(n, hidden, hidden),
             flops,
-            &mut || kernels::linear(&x, &w_out, Some(&b_out), Some(&x), false).map(drop),
+            &mut || kernels::linear(xs, w_out, Some(&b_out), Some(xs), false).map(drop),
         )?;
     }
-    time(
+    tm.time(
         "residual add [N,H]",
-        bytes(3 * n * hidden),
+        x.bytes(3 * n * hidden),
         "GB/s",
-        &mut || (&x + &x).map(drop),
+        &mut || (xs + xs).map(drop),
     )?;
-    time(
+    tm.time(
         "layer_norm [N,H] (candle op)",
-        bytes(2 * n * hidden),
+        x.bytes(2 * n * hidden),
         "GB/s",
-        &mut || candle_nn::ops::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
+        &mut || candle_nn::ops::layer_norm(xs, ln_w, ln_b, 1e-5).map(drop),
     )?;
-    if fused {
-        time(
+    if x.fused {
+        tm.time(
             "layer_norm [N,H] (fused kernel)",
-            bytes(2 * n * hidden),
+            x.bytes(2 * n * hidden),
             "GB/s",
-            &mut || kernels::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
+            &mut || kernels::layer_norm(xs, ln_w, ln_b, 1e-5).map(drop),
         )?;
     }
-    time(
+    tm.time(
         "layer_norm [N,H] (10 ops)",
-        bytes(2 * n * hidden),
+        x.bytes(2 * n * hidden),
         "GB/s",
         &mut || {
-            let mean = x.mean_keepdim(candle_core::D::Minus1)?;
-            let xc = x.broadcast_sub(&mean)?;
+            let mean = xs.mean_keepdim(candle_core::D::Minus1)?;
+            let xc = xs.broadcast_sub(&mean)?;
             let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
             let inv = (var + 1e-12)?.sqrt()?.recip()?;
             xc.broadcast_mul(&inv)?
-                .broadcast_mul(&ln_w)?
-                .broadcast_add(&ln_b)
+                .broadcast_mul(ln_w)?
+                .broadcast_add(ln_b)
                 .map(drop)
         },
-    )?;
-    time(
+    )
+}
+
+/// The MLP: both matmuls, their cuBLASLt epilogues and the activations.
+fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
+    let (n, hidden, ffn_in, ffn_out, flops) = (x.n, x.hidden, x.ffn_in, x.ffn_out, tm.flops);
+    let (xs, w1, w2, h1) = (&x.x, &x.w1, &x.w2, &x.h1);
+    tm.time(
         "matmul ffn1 [N,H]x[H,F]",
         mm(n, hidden, ffn_in),
         flops,
-        &mut || x.matmul(&w1.t()?).map(drop),
+        &mut || xs.matmul(&w1.t()?).map(drop),
     )?;
-    if lt_runs(&x, &w1, None, None, false)? {
-        time(
+    if x.lt_runs(xs, w1, None, None, false)? {
+        tm.time(
             "linear ffn1 cuBLASLt [N,H]x[H,F]",
             mm(n, hidden, ffn_in),
             flops,
-            &mut || kernels::linear(&x, &w1, None, None, false).map(drop),
+            &mut || kernels::linear(xs, w1, None, None, false).map(drop),
         )?;
     }
     if ffn_in == 2 * ffn_out {
-        let g = rnd(&[n, ffn_in])?;
+        let g = x.rnd(&[n, ffn_in])?;
         // Off CUDA, kernels::gated_gelu is candle's narrow + GELU + multiply.
-        let name = if fused {
+        let name = if x.fused {
             "gated_gelu fused [N,2F]->[N,F]"
         } else {
             "gated_gelu (candle ops) [N,2F]->[N,F]"
         };
-        time(name, bytes(3 * n * ffn_out), "GB/s", &mut || {
+        tm.time(name, x.bytes(3 * n * ffn_out), "GB/s", &mut || {
             kernels::gated_gelu(&g, ffn_out).map(drop)
         })?;
     }
-    time(
+    tm.time(
         "gelu_erf [N,F]",
-        bytes(2 * n * ffn_out),
+        x.bytes(2 * n * ffn_out),
         "GB/s",
         &mut || h1.gelu_erf().map(drop),
     )?;
-    let b1 = rnd(&[ffn_out])?;
-    if lt_runs(&x, &w1, Some(&b1), None, true)? {
-        time(
+    let b1 = x.rnd(&[ffn_out])?;
+    if x.lt_runs(xs, w1, Some(&b1), None, true)? {
+        tm.time(
             "linear ffn1 +bias+gelu(tanh) epilogue",
             mm(n, hidden, ffn_in),
             flops,
-            &mut || kernels::linear(&x, &w1, Some(&b1), None, true).map(drop),
+            &mut || kernels::linear(xs, w1, Some(&b1), None, true).map(drop),
         )?;
     }
-    if fused {
-        time(
+    if x.fused {
+        tm.time(
             "bias+gelu fused [N,F]",
-            bytes(2 * n * ffn_out),
+            x.bytes(2 * n * ffn_out),
             "GB/s",
-            &mut || kernels::bias_act(&h1, &b1, kernels::Act::GeluErf, None).map(drop),
+            &mut || kernels::bias_act(h1, &b1, kernels::Act::GeluErf, None).map(drop),
         )?;
     }
-    time(
+    tm.time(
         "matmul ffn2 [N,F]x[F,H]",
         mm(n, ffn_out, hidden),
         flops,
         &mut || h1.matmul(&w2.t()?).map(drop),
     )?;
-    let b2 = rnd(&[hidden])?;
-    if lt_runs(&h1, &w2, Some(&b2), Some(&x), false)? {
-        time(
+    let b2 = x.rnd(&[hidden])?;
+    if x.lt_runs(h1, w2, Some(&b2), Some(xs), false)? {
+        tm.time(
             "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
             mm(n, ffn_out, hidden),
             flops,
-            &mut || kernels::linear(&h1, &w2, Some(&b2), Some(&x), false).map(drop),
+            &mut || kernels::linear(h1, w2, Some(&b2), Some(xs), false).map(drop),
         )?;
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// A rate with about three significant digits (a CPU's 0.85 GFLOP/s, a GPU's 712 TFLOP/s).
@@ -671,7 +834,7 @@ pub const LINEAR_SHAPES: [(usize, usize, bool, bool, bool); 12] = [
 
 /// Times cuBLASLt's candidates for every shape of [`LINEAR_SHAPES`] at `rows` rows and returns
 /// the fastest non-split-k one of each as entries of the tuned table
-/// (`src/kernels/tuned_gemm.json`).
+/// (`crates/kernels/src/tuned_gemm.json`).
 #[cfg(feature = "cuda")]
 pub fn tune_gemm(
     device: &Device,
@@ -754,8 +917,23 @@ mod tests {
     fn cpu_op_profile_shows_only_what_ran_in_gflops() -> Result<()> {
         let dev = Device::Cpu;
         // A gated MLP (DNABERT-S's layout: 2F rows in, F out), so every row kind is tried.
-        let rows = op_profile(&dev, DType::F32, (2, 16), (64, 2, 256, 128), 1)?;
+        let mut progress = crate::progress::Collect::default();
+        let rows = op_profile(
+            &dev,
+            DType::F32,
+            (2, 16),
+            (64, 2, 256, 128),
+            1,
+            &mut progress,
+        )?;
         let names: Vec<&str> = rows.iter().map(|r| r.op.as_str()).collect();
+        // Each row is announced as it is measured, in order, and nothing goes to the results.
+        let noted: Vec<&str> = progress.notes.lines().collect();
+        assert_eq!(noted.len(), rows.len(), "{}", progress.notes);
+        for (line, r) in noted.iter().zip(&rows) {
+            assert!(line.starts_with(&format!("op {}: ", r.op)), "{line}");
+        }
+        assert!(progress.out.is_empty(), "{}", progress.out);
         for r in &rows {
             assert!(
                 !r.op.contains("cuBLASLt") && !r.op.contains("fused"),

@@ -4,14 +4,17 @@
 //! Checks, in order; the first failure stops the run with what to do:
 //! - ENV-01 build: version, features, the compute capability the kernels were built for;
 //! - ENV-02 device: a CUDA device opens; name, compute capability, memory, driver;
-//! - ENV-03 models: load and dimensions consistent (hook: [`check_models`], filled in once the
-//!   model code is merged);
+//! - ENV-03 models: the user's models and classifier resolve, load, embed and fit each other;
+//!   models of real shape (random weights) run on the device with fused == naive attention;
 //! - ENV-04 fused attention == materialized on fresh random inputs (f16 and bf16, padded rows,
 //!   ALiBi and none, both layouts, packed varlen);
 //! - ENV-05 speed-up of the fused attention op over the materialized one, measured on the
 //!   FastESM2_650 attention shape (20 heads of 64) at several batch x length.
+//!
+//! [`run`] returns the report; the lines and tables go to a [`Progress`] as each check ends, for
+//! the command line to print.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +28,7 @@ use virnucpro_models::device::DTypeSpec;
 use virnucpro_models::embed::{embed_sequences, load_from_files, LoadOptions};
 
 use crate::bench;
+use crate::progress::Progress;
 use crate::timing::{self, Timing};
 
 /// ENV-01 of a CUDA build: where it cannot start (the loader's error is in `doctor --help`).
@@ -147,63 +151,107 @@ pub struct ModelCheck {
     pub limit: f64,
 }
 
-impl DoctorReport {
-    fn line(&mut self, id: &'static str, status: &'static str, summary: String) {
-        println!("[{status}] {id} {summary}");
-        self.checks.push(CheckLine {
-            id,
-            status,
-            summary,
-        });
+impl fmt::Display for CheckLine {
+    /// `[PASS] ENV-02 cuda:0 ...`: the line `doctor` prints for a check.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {} {}", self.status, self.id, self.summary)
     }
 }
 
-/// Runs the checks, printing PASS/FAIL lines as it goes. Returns the report; `report.ok` is false
-/// when a check failed (the error says what to do).
-pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
-    let mut rep = DoctorReport {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        features: enabled_features(),
-        kernels_compute_cap: kernels::kernels_compute_cap(),
-        ..Default::default()
-    };
+/// One run of the checks: the report so far and where its lines go as they are found.
+struct Checkup<'a> {
+    rep: DoctorReport,
+    progress: &'a mut dyn Progress,
+}
 
-    // ENV-01
-    let feats = if rep.features.is_empty() {
+impl Checkup<'_> {
+    /// Records a check's result and sends its line.
+    fn line(&mut self, id: &'static str, status: &'static str, summary: String) {
+        let line = CheckLine {
+            id,
+            status,
+            summary,
+        };
+        self.progress.out(&format!("{line}\n"));
+        self.rep.checks.push(line);
+    }
+
+    /// Sends a detail under the current check (indented, not recorded as a check).
+    fn detail(&mut self, text: &str) {
+        self.progress.out(text);
+    }
+}
+
+/// Runs the checks, sending PASS/FAIL lines and tables to `progress` as they are found (a check
+/// can take minutes). Returns the report; `report.ok` is false when a check failed (the error
+/// says what to do).
+pub fn run(opts: &DoctorOptions, progress: &mut dyn Progress) -> Result<DoctorReport> {
+    let mut run = Checkup {
+        rep: DoctorReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            features: enabled_features(),
+            kernels_compute_cap: kernels::kernels_compute_cap(),
+            ..Default::default()
+        },
+        progress,
+    };
+    if opts.cpu {
+        check_on_cpu(&mut run, opts)?;
+        run.rep.ok = true;
+        return Ok(run.rep);
+    }
+    check_cuda_build(&mut run)?;
+    let dev = open_device(&mut run, opts)?;
+    check_user_models(&mut run, opts, &dev)?;
+    let models = check_real_shape_models(&mut run, opts, &dev)?;
+    check_fused_attention(&mut run, &dev)?;
+    time_fused_attention(&mut run, opts, &dev, &models)?;
+    run.rep.ok = true;
+    Ok(run.rep)
+}
+
+/// The features of this build, as ENV-01 lists them.
+fn features_list(rep: &DoctorReport) -> String {
+    if rep.features.is_empty() {
         "none".to_string()
     } else {
         rep.features.join(", ")
-    };
-    if opts.cpu {
-        rep.line(
-            "ENV-01",
-            "PASS",
-            format!(
-                "virnucpro {} built with features: {feats}{}",
-                rep.version,
-                if kernels::CUDA_BUILT {
-                    format!(". {CUDA_BUILD_NOTE}")
-                } else {
-                    String::new()
-                }
-            ),
-        );
-        rep.line("ENV-02", "SKIP", "--device cpu: no GPU checked".to_string());
-        check_user_models(&mut rep, opts, &Device::Cpu)?;
-        rep.line(
-            "ENV-04",
-            "SKIP",
-            "--device cpu: the fused attention kernel needs CUDA".to_string(),
-        );
-        rep.line("ENV-05", "SKIP", "--device cpu: no GPU timings".to_string());
-        rep.ok = true;
-        return Ok(rep);
     }
+}
+
+/// `--device cpu`: ENV-01 and the user's models; the GPU checks are skipped.
+fn check_on_cpu(run: &mut Checkup, opts: &DoctorOptions) -> Result<()> {
+    let feats = features_list(&run.rep);
+    let summary = format!(
+        "virnucpro {} built with features: {feats}{}",
+        run.rep.version,
+        if kernels::CUDA_BUILT {
+            format!(". {CUDA_BUILD_NOTE}")
+        } else {
+            String::new()
+        }
+    );
+    run.line("ENV-01", "PASS", summary);
+    run.line("ENV-02", "SKIP", "--device cpu: no GPU checked".to_string());
+    check_user_models(run, opts, &Device::Cpu)?;
+    run.line(
+        "ENV-04",
+        "SKIP",
+        "--device cpu: the fused attention kernel needs CUDA".to_string(),
+    );
+    run.line("ENV-05", "SKIP", "--device cpu: no GPU timings".to_string());
+    Ok(())
+}
+
+/// ENV-01 of a GPU check: this binary has CUDA support and kernels for some GPU.
+fn check_cuda_build(run: &mut Checkup) -> Result<()> {
+    let feats = features_list(&run.rep);
     if !kernels::CUDA_BUILT {
-        rep.line(
+        let version = run.rep.version.clone();
+        run.line(
             "ENV-01",
             "FAIL",
-            format!("virnucpro {} built with features: {feats}", rep.version),
+            format!("virnucpro {version} built with features: {feats}"),
         );
         bail!(
             "this binary was built without CUDA support; rebuild with `cargo build --release \
@@ -211,23 +259,24 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
              scripts/cuda-toolkit.sh` first)"
         );
     }
-    rep.line(
-        "ENV-01",
-        "PASS",
-        format!(
-            "virnucpro {} built with features: {feats}; kernels: machine code for sm_{} plus its \
-             PTX (JIT-compiled by the driver for newer GPUs), and sm_90a (wgmma attention, used \
-             on H100/H200); candle 0.11. {CUDA_BUILD_NOTE}",
-            rep.version,
-            rep.kernels_compute_cap.unwrap_or("?")
-        ),
+    let summary = format!(
+        "virnucpro {} built with features: {feats}; kernels: machine code for sm_{} plus its \
+         PTX (JIT-compiled by the driver for newer GPUs), and sm_90a (wgmma attention, used \
+         on H100/H200); candle 0.11. {CUDA_BUILD_NOTE}",
+        run.rep.version,
+        run.rep.kernels_compute_cap.unwrap_or("?")
     );
+    run.line("ENV-01", "PASS", summary);
+    Ok(())
+}
 
-    // ENV-02
+/// ENV-02: the CUDA device opens and is new enough for the fused kernels; its random generator
+/// gets a fresh seed, so that every run checks new inputs.
+fn open_device(run: &mut Checkup, opts: &DoctorOptions) -> Result<Device> {
     let dev = match virnucpro_kernels::open_cuda(opts.ordinal) {
         Ok(d) => d,
         Err(e) => {
-            rep.line(
+            run.line(
                 "ENV-02",
                 "FAIL",
                 format!("cannot open CUDA device {}", opts.ordinal),
@@ -241,7 +290,7 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         }
     };
     let info = device_info(&dev)?;
-    rep.line(
+    run.line(
         "ENV-02",
         "PASS",
         format!(
@@ -256,108 +305,114 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
         ),
     );
     if info.compute_capability.0 < 8 {
-        rep.line(
+        run.line(
             "ENV-02",
             "FAIL",
             "the fused attention kernel needs compute capability 8.0 or newer (bf16 tensor cores)"
                 .to_string(),
         );
-        rep.device = Some(info);
+        run.rep.device = Some(info);
         bail!("this GPU is too old for the fused kernels; use `--attention naive`");
     }
-    rep.device = Some(info);
+    run.rep.device = Some(info);
     // Fresh random inputs on every run.
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
     dev.set_seed(seed)?;
+    Ok(dev)
+}
 
-    check_user_models(&mut rep, opts, &dev)?;
-
-    // ENV-03: models of real shape build on the device, give embeddings of the right size, and
-    // the fused and materialized attention paths agree on them.
+/// ENV-03: models of real shape build on the device, give embeddings of the right size, and
+/// the fused and materialized attention paths agree on them. Returns the models, for ENV-05.
+fn check_real_shape_models(
+    run: &mut Checkup,
+    opts: &DoctorOptions,
+    dev: &Device,
+) -> Result<Vec<(bench::BenchModel, DTypeSpec)>> {
     let mut models = Vec::new();
     if opts.skip_models {
-        rep.line(
+        run.line(
             "ENV-03",
             "SKIP",
             "model checks skipped (--skip-models)".to_string(),
         );
-    } else {
-        for (spec, dtype, b, t) in [
-            ("esm2-650m", DTypeSpec::F16, 4, 168),
-            ("dnabert-s", DTypeSpec::Auto, 8, 128),
-        ] {
-            let model = bench::build_model(spec, &dev, dtype)
-                .with_context(|| format!("building {spec} with random weights"))?;
-            match check_model(&model, b, t) {
-                Ok(c) if c.fused_vs_naive <= c.limit => {
-                    println!(
-                        "       {:<26} {:<5} hidden {:>4}: fused vs naive embeddings rel err {:.2e} \
-                         (limit {:.0e}) ok",
-                        c.model, c.dtype, c.hidden, c.fused_vs_naive, c.limit
-                    );
-                    rep.models.push(c);
-                }
-                Ok(c) => {
-                    rep.line(
-                        "ENV-03",
-                        "FAIL",
-                        format!(
-                            "{}: fused and naive attention give different embeddings (rel err \
-                             {:.2e} > {:.0e})",
-                            c.model, c.fused_vs_naive, c.limit
-                        ),
-                    );
-                    bail!(
-                        "the model's fused attention path disagrees with the materialized one; use \
-                         `--attention naive` and report the doctor output as a bug"
-                    );
-                }
-                Err(e) => {
-                    rep.line("ENV-03", "FAIL", format!("{spec}: {e:#}"));
-                    return Err(e.context(format!(
-                        "the {spec} model does not run on this device (out of memory? see the \
-                         error above; `--skip-models` skips this check)"
-                    )));
-                }
-            }
-            models.push((model, dtype));
-        }
-        rep.line(
-            "ENV-03",
-            "PASS",
-            format!(
-                "{} models of real shape (random weights) build on the device; embedding sizes \
-                 right; fused == naive attention on their embeddings",
-                rep.models.len()
-            ),
-        );
+        return Ok(models);
     }
+    for (spec, dtype, b, t) in [
+        ("esm2-650m", DTypeSpec::F16, 4, 168),
+        ("dnabert-s", DTypeSpec::Auto, 8, 128),
+    ] {
+        let model = bench::build_model(spec, dev, dtype)
+            .with_context(|| format!("building {spec} with random weights"))?;
+        match check_model(&model, b, t) {
+            Ok(c) if c.fused_vs_naive <= c.limit => {
+                run.detail(&format!(
+                    "       {:<26} {:<5} hidden {:>4}: fused vs naive embeddings rel err {:.2e} \
+                     (limit {:.0e}) ok\n",
+                    c.model, c.dtype, c.hidden, c.fused_vs_naive, c.limit
+                ));
+                run.rep.models.push(c);
+            }
+            Ok(c) => {
+                run.line(
+                    "ENV-03",
+                    "FAIL",
+                    format!(
+                        "{}: fused and naive attention give different embeddings (rel err \
+                         {:.2e} > {:.0e})",
+                        c.model, c.fused_vs_naive, c.limit
+                    ),
+                );
+                bail!(
+                    "the model's fused attention path disagrees with the materialized one; use \
+                     `--attention naive` and report the doctor output as a bug"
+                );
+            }
+            Err(e) => {
+                run.line("ENV-03", "FAIL", format!("{spec}: {e:#}"));
+                return Err(e.context(format!(
+                    "the {spec} model does not run on this device (out of memory? see the \
+                     error above; `--skip-models` skips this check)"
+                )));
+            }
+        }
+        models.push((model, dtype));
+    }
+    let summary = format!(
+        "{} models of real shape (random weights) build on the device; embedding sizes \
+         right; fused == naive attention on their embeddings",
+        run.rep.models.len()
+    );
+    run.line("ENV-03", "PASS", summary);
+    Ok(models)
+}
 
-    // ENV-04: every case with every compiled tile variant.
+/// ENV-04: the fused attention kernel, every case with every compiled tile variant, and the
+/// fused ops (epilogues, cuBLASLt, LayerNorm, rotary, gated GELU) against candle's.
+fn check_fused_attention(run: &mut Checkup, dev: &Device) -> Result<()> {
     let mut worst = 0f64;
     let mut failed = None;
-    let hopper = kernels::hopper_attention(&dev);
+    let hopper = kernels::hopper_attention(dev);
     let variants = FaVariant::available(hopper);
     for &variant in &variants {
         for case in selftest::cases() {
-            let r = selftest::run_case(&case, &dev, Some(variant)).with_context(|| {
+            let r = selftest::run_case(&case, dev, Some(variant)).with_context(|| {
                 format!("fused attention case `{}` ({})", case.name, variant.name())
             })?;
             if variant == FaVariant::default_for_run(hopper) || !r.pass {
-                println!(
-                    "       {:<28} {} rel err {:>9.2e} (limit {:.0e}) {}",
+                run.detail(&format!(
+                    "       {:<28} {} rel err {:>9.2e} (limit {:.0e}) {}\n",
                     case.name,
                     variant.name(),
                     r.rel_err,
                     r.limit,
                     if r.pass { "ok" } else { "FAILED" }
-                );
+                ));
             }
             worst = worst.max(r.rel_err);
-            rep.cases.push(CaseLine {
+            run.rep.cases.push(CaseLine {
                 name: case.name.clone(),
                 variant: variant.name(),
                 rel_err: r.rel_err,
@@ -369,27 +424,9 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
             }
         }
     }
-    let epilogues = selftest::check_bias_act(&dev).context("fused epilogue / fused ops check")?;
-    let worst_epi = epilogues.iter().map(|e| e.1).fold(0f64, f64::max);
-    if let Some((name, rel, limit)) = epilogues.iter().find(|e| e.1.is_nan() || e.1 > e.2) {
-        rep.line(
-            "ENV-04",
-            "FAIL",
-            format!("fused op `{name}` differs from candle ops: {rel:.2e} > {limit:.0e}"),
-        );
-        bail!(
-            "a fused kernel (epilogue, cuBLASLt linear, LayerNorm, rotary or gated GELU) is wrong on \
-             this GPU; set VIRNUCPRO_FUSED_OPS=0 to run without them and report the doctor output \
-             as a bug"
-        );
-    }
-    println!(
-        "       fused ops (bias/GELU/residual epilogues, cuBLASLt linear, LayerNorm, rotary q/k, \
-         gated GELU; f16/bf16/f32): {} checks, worst rel err {worst_epi:.2e} ok",
-        epilogues.len()
-    );
+    check_fused_ops(run, dev)?;
     if let Some((name, detail)) = failed {
-        rep.line(
+        run.line(
             "ENV-04",
             "FAIL",
             format!("fused attention differs on `{name}`: {detail}"),
@@ -399,7 +436,7 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
              with `--attention naive` and report the doctor output (GPU name and case) as a bug"
         );
     }
-    rep.line(
+    run.line(
         "ENV-04",
         "PASS",
         format!(
@@ -410,51 +447,84 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
             if hopper { "wgmma (Hopper)" } else { "mma.sync" }
         ),
     );
+    Ok(())
+}
 
-    // ENV-05
+/// The part of ENV-04 that checks the fused ops other than attention against candle's.
+fn check_fused_ops(run: &mut Checkup, dev: &Device) -> Result<()> {
+    let epilogues = selftest::check_bias_act(dev).context("fused epilogue / fused ops check")?;
+    let worst_epi = epilogues.iter().map(|e| e.1).fold(0f64, f64::max);
+    if let Some((name, rel, limit)) = epilogues.iter().find(|e| e.1.is_nan() || e.1 > e.2) {
+        run.line(
+            "ENV-04",
+            "FAIL",
+            format!("fused op `{name}` differs from candle ops: {rel:.2e} > {limit:.0e}"),
+        );
+        bail!(
+            "a fused kernel (epilogue, cuBLASLt linear, LayerNorm, rotary or gated GELU) is wrong on \
+             this GPU; set VIRNUCPRO_FUSED_OPS=0 to run without them and report the doctor output \
+             as a bug"
+        );
+    }
+    run.detail(&format!(
+        "       fused ops (bias/GELU/residual epilogues, cuBLASLt linear, LayerNorm, rotary q/k, \
+         gated GELU; f16/bf16/f32): {} checks, worst rel err {worst_epi:.2e} ok\n",
+        epilogues.len()
+    ));
+    Ok(())
+}
+
+/// ENV-05: the attention op alone at every shape, then the whole models of ENV-03 with fused and
+/// materialized attention.
+fn time_fused_attention(
+    run: &mut Checkup,
+    opts: &DoctorOptions,
+    dev: &Device,
+    models: &[(bench::BenchModel, DTypeSpec)],
+) -> Result<()> {
     if opts.skip_bench {
-        rep.line(
+        run.line(
             "ENV-05",
             "SKIP",
             "timings skipped (--skip-bench)".to_string(),
         );
-    } else {
-        for &(b, t) in &opts.shapes {
-            let row = time_attention(&dev, b, t, opts.heads, opts.repeats)
-                .with_context(|| format!("timing attention at {b}x{t}"))?;
-            rep.attention.push(row);
-        }
-        for row in &mut rep.attention {
-            let (b, t) = (row.batch, row.len);
-            time_variants(&dev, row, opts.repeats)
-                .with_context(|| format!("timing the tile variants at {b}x{t}"))?;
-        }
-        print!("{}", attention_table(&rep.attention));
-        for (model, _) in &models {
-            let shapes = if model.family == ModelFamily::Esm {
-                &opts.esm_shapes
-            } else {
-                &opts.dnabert_shapes
-            };
-            for ragged in [false, true] {
-                let r = bench::run_model(
-                    model,
-                    &dev,
-                    shapes,
-                    ragged,
-                    2,
-                    (opts.repeats / 3).max(3),
-                    &[AttentionImpl::Fused, AttentionImpl::Naive],
-                )
-                .with_context(|| format!("timing {}", model.source))?;
-                print!("{}", indent(&bench::table(&r)));
-                rep.model_timings.push(r);
-            }
-        }
-        rep.line("ENV-05", "PASS", speedup_summary(&rep.attention));
+        return Ok(());
     }
-    rep.ok = true;
-    Ok(rep)
+    for &(b, t) in &opts.shapes {
+        let row = time_attention(dev, b, t, opts.heads, opts.repeats)
+            .with_context(|| format!("timing attention at {b}x{t}"))?;
+        run.rep.attention.push(row);
+    }
+    for row in &mut run.rep.attention {
+        let (b, t) = (row.batch, row.len);
+        time_variants(dev, row, opts.repeats)
+            .with_context(|| format!("timing the tile variants at {b}x{t}"))?;
+    }
+    let table = attention_table(&run.rep.attention);
+    run.detail(&table);
+    for (model, _) in models {
+        let shapes = if model.family == ModelFamily::Esm {
+            &opts.esm_shapes
+        } else {
+            &opts.dnabert_shapes
+        };
+        for ragged in [false, true] {
+            let sweep = bench::Sweep {
+                shapes,
+                ragged,
+                warmup: 2,
+                repeats: (opts.repeats / 3).max(3),
+                attention: &[AttentionImpl::Fused, AttentionImpl::Naive],
+            };
+            let r = bench::run_model(model, dev, sweep, &mut *run.progress)
+                .with_context(|| format!("timing {}", model.source))?;
+            run.detail(&indent(&bench::table(&r)));
+            run.rep.model_timings.push(r);
+        }
+    }
+    let summary = speedup_summary(&run.rep.attention);
+    run.line("ENV-05", "PASS", summary);
+    Ok(())
 }
 
 /// ENV-03 for the user's own models: each given model resolves (directory or Hub ID), is of the
@@ -462,7 +532,7 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
 /// by (when they come from the cache; a local directory has none), it loads on the device and
 /// embeds a test sequence to a finite vector of its hidden size; the classifier loads and its
 /// input size fits the two models.
-fn check_user_models(rep: &mut DoctorReport, opts: &DoctorOptions, dev: &Device) -> Result<()> {
+fn check_user_models(run: &mut Checkup, opts: &DoctorOptions, dev: &Device) -> Result<()> {
     let mut hidden = Vec::new();
     for (flag, spec, family, probe) in [
         (
@@ -515,12 +585,12 @@ fn check_user_models(rep: &mut DoctorReport, opts: &DoctorOptions, dev: &Device)
         })();
         match checked {
             Ok((h, summary)) => {
-                rep.line("ENV-03", "PASS", summary);
+                run.line("ENV-03", "PASS", summary);
                 hidden.push(Some((spec.clone(), h)));
             }
             Err(e) => {
                 // The outermost message only (what failed); the error below has the chain.
-                rep.line("ENV-03", "FAIL", format!("{flag} {spec}: {e}"));
+                run.line("ENV-03", "FAIL", format!("{flag} {spec}: {e}"));
                 return Err(e.context(format!(
                     "{flag} {spec} cannot be used: give a model directory (config.json, weights, \
                      tokenizer) or a Hub ID that is cached or downloadable"
@@ -528,51 +598,63 @@ fn check_user_models(rep: &mut DoctorReport, opts: &DoctorOptions, dev: &Device)
             }
         }
     }
-    if let Some(path) = &opts.classifier {
-        let clf = Classifier::load(path, dev)
-            .with_context(|| format!("cannot load the classifier {}", path.display()));
-        let clf = match clf {
-            Ok(c) => c,
-            Err(e) => {
-                rep.line("ENV-03", "FAIL", format!("--classifier {}", path.display()));
-                return Err(e);
-            }
-        };
-        match (&hidden[0], &hidden[1]) {
-            (Some((dna, dh)), Some((esm, eh))) => {
-                let chunk = opts.chunk_len.or(clf.meta().chunk_len).unwrap_or(0);
-                match clf.check_dimensions((dna, *dh), (esm, *eh), chunk, false) {
-                    Ok(warnings) => {
-                        for w in &warnings {
-                            println!("       warning: {w}");
-                        }
-                        rep.line(
-                            "ENV-03",
-                            "PASS",
-                            format!(
-                                "--classifier {}: {} inputs = {dh} + {eh}",
-                                path.display(),
-                                clf.input_dim()
-                            ),
-                        );
+    check_classifier(run, opts, dev, &hidden)
+}
+
+/// The part of ENV-03 for `--classifier`: it loads, and its input size is the two models'
+/// hidden sizes (`hidden`: DNABERT's then the protein model's, where given).
+fn check_classifier(
+    run: &mut Checkup,
+    opts: &DoctorOptions,
+    dev: &Device,
+    hidden: &[Option<(String, usize)>],
+) -> Result<()> {
+    let Some(path) = &opts.classifier else {
+        return Ok(());
+    };
+    let clf = Classifier::load(path, dev)
+        .with_context(|| format!("cannot load the classifier {}", path.display()));
+    let clf = match clf {
+        Ok(c) => c,
+        Err(e) => {
+            run.line("ENV-03", "FAIL", format!("--classifier {}", path.display()));
+            return Err(e);
+        }
+    };
+    match (&hidden[0], &hidden[1]) {
+        (Some((dna, dh)), Some((esm, eh))) => {
+            let chunk = opts.chunk_len.or(clf.meta().chunk_len).unwrap_or(0);
+            match clf.check_dimensions((dna, *dh), (esm, *eh), chunk, false) {
+                Ok(warnings) => {
+                    for w in &warnings {
+                        run.detail(&format!("       warning: {w}\n"));
                     }
-                    Err(e) => {
-                        rep.line("ENV-03", "FAIL", format!("--classifier {}", path.display()));
-                        return Err(e);
-                    }
+                    run.line(
+                        "ENV-03",
+                        "PASS",
+                        format!(
+                            "--classifier {}: {} inputs = {dh} + {eh}",
+                            path.display(),
+                            clf.input_dim()
+                        ),
+                    );
+                }
+                Err(e) => {
+                    run.line("ENV-03", "FAIL", format!("--classifier {}", path.display()));
+                    return Err(e);
                 }
             }
-            _ => rep.line(
-                "ENV-03",
-                "PASS",
-                format!(
-                    "--classifier {}: loads, {} inputs (give --dnabert and --esm to check it \
-                     against the models)",
-                    path.display(),
-                    clf.input_dim()
-                ),
-            ),
         }
+        _ => run.line(
+            "ENV-03",
+            "PASS",
+            format!(
+                "--classifier {}: loads, {} inputs (give --dnabert and --esm to check it \
+                 against the models)",
+                path.display(),
+                clf.input_dim()
+            ),
+        ),
     }
     Ok(())
 }
@@ -721,13 +803,13 @@ impl AttnInputs {
     }
 }
 
-/// Times the attention op alone at one shape, in the order `bench_torch.py` times PyTorch's
+/// Times the attention op alone at one shape, in the order `scripts/bench_torch.py` times PyTorch's
 /// (SDPA, SDPA with a mask, materialized): the fused kernel the models use, the fused kernel
 /// with ALiBi, the materialized path. The other tile variant is timed by `time_variants`, after
 /// every shape's headline numbers: at 1-2k tokens a second of attention holds the board at its
-/// power cap and lowers the clock, so timing more variants between two shapes made the next
-/// shape's numbers those of a hotter board than the one PyTorch is timed on (docs/GPU.md, "The
-/// power cap").
+/// power cap and lowers the clock, so timing more variants between two shapes would give the next
+/// shape the numbers of a hotter board than the one PyTorch is timed on (docs/GPU.md, "The power
+/// cap").
 pub fn time_attention(
     dev: &Device,
     b: usize,
@@ -860,4 +942,43 @@ pub fn speedup_summary(rows: &[AttnRow]) -> String {
         list(&yes),
         list(&no)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Collect;
+
+    /// Each check's line goes out as it is recorded, and the report keeps the same lines.
+    #[test]
+    fn cpu_run_sends_every_check_line_and_reports_them() {
+        let opts = DoctorOptions {
+            cpu: true,
+            ..Default::default()
+        };
+        let mut progress = Collect::default();
+        let rep = run(&opts, &mut progress).unwrap();
+        assert!(rep.ok);
+        let sent: Vec<&str> = progress.out.lines().collect();
+        let recorded: Vec<String> = rep.checks.iter().map(|c| c.to_string()).collect();
+        assert_eq!(sent, recorded);
+        assert_eq!(
+            rep.checks
+                .iter()
+                .map(|c| (c.id, c.status))
+                .collect::<Vec<_>>(),
+            [
+                ("ENV-01", "PASS"),
+                ("ENV-02", "SKIP"),
+                ("ENV-04", "SKIP"),
+                ("ENV-05", "SKIP")
+            ]
+        );
+        assert!(
+            sent[1].starts_with("[SKIP] ENV-02 --device cpu"),
+            "{}",
+            sent[1]
+        );
+        assert!(progress.notes.is_empty(), "{}", progress.notes);
+    }
 }

@@ -4,7 +4,9 @@
 //! and calls the library crates) plus the diagnostics that use every layer below:
 //! - [`doctor`]: the `doctor` command (device, kernels and models checked);
 //! - [`bench`](mod@bench): the `bench` command (throughput of models and single operations);
-//! - [`timing`]: measuring GPU work for both.
+//! - [`timing`]: measuring GPU work for both;
+//! - [`progress`]: where both send their text as they run (the command line prints it);
+//! - [`logging`]: which crates' log events the command line shows.
 //!
 //! The library crates, lowest layer first (docs/ARCHITECTURE.md): `virnucpro-kernels`,
 //! `virnucpro-atomic`, `virnucpro-models`, `virnucpro-assets`, `virnucpro-core` (the prediction
@@ -12,4 +14,6 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod logging;
+pub mod progress;
 pub mod timing;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use virnucpro_models::classifier::{Classifier, ClassifierMeta, TENSOR_NAMES};
+use virnucpro_models::WeightsError;
 
 use crate::util::{max_abs_diff, oracle};
 
@@ -499,6 +500,14 @@ fn a_flipped_byte_in_a_tensor_entry_fails_its_crc() {
         err.contains("bitrot.pth") && err.contains(entry) && err.contains("CRC-32"),
         "{err}"
     );
+    // Callers tell a damaged file from other failures by the error's type, not its text.
+    let typed = Classifier::load(&p, &Device::Cpu).err().unwrap();
+    match typed.downcast_ref::<WeightsError>() {
+        Some(WeightsError::ChecksumMismatch { file, entry: e, .. }) => {
+            assert_eq!((file.as_path(), e.as_str()), (p.as_path(), entry))
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}: {typed:#}"),
+    }
     // The pickle entry is checked the same way.
     let mut bytes = std::fs::read(&src).unwrap();
     let start = {

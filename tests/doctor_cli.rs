@@ -200,3 +200,23 @@ fn cached_model_files_are_checked_against_their_blob_hashes() {
         )))
         .stderr(predicate::str::contains("--force-download"));
 }
+
+/// `-v` raises every workspace crate's logs, not only the binary's: a debug line of the models
+/// crate reaches stderr with it and not without it.
+#[test]
+fn verbose_shows_the_library_crates_debug_logs() {
+    let clf = format!("{O}/classifier/model_full.pth");
+    let debug_line = format!("classifier {clf}: ");
+    Command::new(BIN)
+        .args(["-v", "doctor", "--device", "cpu", "--classifier", &clf])
+        .env_remove("RUST_LOG")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(debug_line.clone()));
+    doctor()
+        .args(["--classifier", &clf])
+        .env_remove("RUST_LOG")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(debug_line).not());
+}

@@ -105,7 +105,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             virnucpro_models::config::ModelFamily::Esm
         };
         let dtype = virnucpro_models::device::resolve_dtype(opts.dtype, family, &device);
-        let rows = bench::op_profile(&device, dtype, opts.shapes[0], dims, opts.repeats)?;
+        let rows = bench::op_profile(
+            &device,
+            dtype,
+            opts.shapes[0],
+            dims,
+            opts.repeats,
+            &mut super::Console,
+        )?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {
@@ -117,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let report = bench::run(&opts, &device)?;
+    let report = bench::run(&opts, &device, &mut super::Console)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -135,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|s| super::parse_shape(s, 3))
             .collect::<anyhow::Result<_>>()?,
     };
-    let report = doctor::run(&opts)?;
+    let report = doctor::run(&opts, &mut super::Console)?;
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;

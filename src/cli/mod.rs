@@ -174,7 +174,21 @@ pub fn set_threads(threads: Option<u64>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--threads {n}: cannot start the thread pool: {e}"))
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the level chosen by -v/-q.
+/// Prints what `doctor` and `bench` send as they run: results on stdout, progress notes on
+/// stderr, each as soon as it comes (both streams flush at a newline).
+pub struct Console;
+
+impl virnucpro::progress::Progress for Console {
+    fn out(&mut self, text: &str) {
+        print!("{text}");
+    }
+    fn note(&mut self, text: &str) {
+        eprint!("{text}");
+    }
+}
+
+/// Logs go to stderr, every workspace crate's at the level -v/-q choose (`virnucpro::logging`);
+/// `RUST_LOG` overrides them.
 pub fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
@@ -182,8 +196,9 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("virnucpro={level},warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(virnucpro::logging::filter_directives(level))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,4 +1,4 @@
-//! The VirNucPro MLP classifier (PIPELINE.md §5):
+//! The VirNucPro MLP classifier (docs/PIPELINE.md §5):
 //! `Linear(in, H) -> BatchNorm1d (eval) -> ReLU -> Dropout (identity) -> Linear(H, 2) -> softmax`.
 //!
 //! [`Classifier::load`] reads, by content and not by file name:

@@ -27,7 +27,7 @@ impl ModelFamily {
         }
     }
 
-    /// The pooling rule (PIPELINE.md §4), as written to embedding files.
+    /// The pooling rule (docs/PIPELINE.md §4), as written to embedding files.
     pub fn pooling(self) -> &'static str {
         match self {
             Self::Esm => "mean over residue positions 1..=min(len,1024); BOS/EOS excluded",

@@ -264,9 +264,9 @@ pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> D
         DTypeSpec::Bf16 => DType::BF16,
         DTypeSpec::Auto => match (device, family) {
             (Device::Cpu, _) => DType::F32,
-            // f16 for both families on a GPU: for DNABERT-S it matched the reference ten times
-            // more closely than bf16 on the H100 (pooled rel err 6.6e-4 vs 5.2e-3, run 6 in
-            // docs/BENCHMARKS.md) at the same speed; bf16 stays available with --dtype.
+            // f16 for both families on a GPU: for DNABERT-S it matches the reference about ten
+            // times more closely than bf16 (pooled rel err 6.6e-4 vs 5.2e-3 on an H100) at the
+            // same speed; bf16 stays available with --dtype.
             _ => DType::F16,
         },
     }

@@ -1,7 +1,7 @@
 //! DNABERT-S: the MosaicBERT / DNABERT-2 encoder (ALiBi attention, gated-GELU MLP, post-LayerNorm)
 //! and its BPE tokenizer.
 //!
-//! Checkpoint layout (MODELS.md, "DNABERT-S"), relative to the [`VarBuilder`] handed to
+//! Checkpoint layout (docs/MODELS.md, "DNABERT-S"), relative to the [`VarBuilder`] handed to
 //! [`DnaBert::load`] (an optional `bert.` prefix is stripped by the caller):
 //!
 //! ```text
@@ -22,11 +22,11 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::layers::{split_qkv, split_qkv_views, Act, Embedding, Linear};
+use super::layers::{split_qkv, split_qkv_views, Act, Embedding, LayerNorm, Linear};
 use super::profile::section;
 use super::{Encoder, SeqTokenizer, TokenBatch};
 
@@ -266,58 +266,6 @@ pub(crate) fn attention(
 // Building blocks
 // ---------------------------------------------------------------------------------------------
 
-/// LayerNorm with the mean subtracted before the variance is taken (two-pass, f32), fusing the
-/// residual add: `forward(x, residual) = LN(x + residual)`.
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(size, "weight")?,
-            bias: vb.get(size, "bias")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let x = match residual {
-            Some(r) => (x + r)?,
-            None => x.clone(),
-        };
-        if x.device().is_cuda() {
-            // One kernel (f32 statistics) instead of ten passes: 2.0 -> 0.11 ms per call at
-            // 256 x 128 tokens on an H100 (BENCHMARKS.md); the CPU keeps the two-pass form.
-            return virnucpro_kernels::layer_norm(
-                &x.contiguous()?,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            );
-        }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        xc.broadcast_mul(&inv_std)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
-    }
-}
-
-fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
-    let bias = if bias {
-        Some(vb.get(out_dim, "bias")?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
-}
-
 struct DnaBertEmbeddings {
     /// `word_embeddings + token_type_embeddings[0]`, `[vocab, hidden]`: every token has type 0,
     /// so the sum is taken once at load time (the same additions in the same dtype as the
@@ -338,7 +286,7 @@ impl DnaBertEmbeddings {
         let table = word.broadcast_add(&token_type.get(0)?)?;
         Ok(Self {
             word_and_type0: Embedding::from_weight(table)?,
-            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            layer_norm: LayerNorm::load_two_pass(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
         })
     }
 
@@ -362,9 +310,13 @@ impl DnaBertAttention {
     fn load(vb: VarBuilder, cfg: &DnaBertConfig) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            wqkv: linear(vb.pp("self").pp("Wqkv"), h, 3 * h, true)?,
-            output: linear(vb.pp("output").pp("dense"), h, h, true)?,
-            layer_norm: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            wqkv: Linear::load(vb.pp("self").pp("Wqkv"), h, 3 * h)?,
+            output: Linear::load(vb.pp("output").pp("dense"), h, h)?,
+            layer_norm: LayerNorm::load_two_pass(
+                vb.pp("output").pp("LayerNorm"),
+                h,
+                cfg.layer_norm_eps,
+            )?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
         })
@@ -377,8 +329,8 @@ impl DnaBertAttention {
         let dev = x.device();
         let qkv = section("dnabert qkv linear", dev, || self.wqkv.forward(x))?;
         // q, k, v as [b, heads, l, d]. The fused kernel reads strided views of the projection;
-        // they must stay views: `Tensor::get` on a permuted tensor reshapes, i.e. copies (three
-        // copies per layer were 41% of a DNABERT-S pass on an H100, BENCHMARKS.md run 28).
+        // they must stay views: `Tensor::get` on a permuted tensor reshapes, i.e. copies, and
+        // three copies per layer would be a large share of a DNABERT-S pass (docs/GPU.md).
         let (q, k, v) = if bias.fused.is_some() {
             split_qkv_views(&qkv, self.num_heads, self.head_dim)?
         } else {
@@ -411,9 +363,9 @@ impl DnaBertMlp {
     fn load(vb: VarBuilder, cfg: &DnaBertConfig) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gated_layers: linear(vb.pp("gated_layers"), h, 2 * i, false)?,
-            wo: linear(vb.pp("wo"), i, h, true)?,
-            layer_norm: LayerNorm::load(vb.pp("layernorm"), h, cfg.layer_norm_eps)?,
+            gated_layers: Linear::load_no_bias(vb.pp("gated_layers"), h, 2 * i)?,
+            wo: Linear::load(vb.pp("wo"), i, h)?,
+            layer_norm: LayerNorm::load_two_pass(vb.pp("layernorm"), h, cfg.layer_norm_eps)?,
             intermediate: i,
         })
     }

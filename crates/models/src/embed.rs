@@ -30,8 +30,8 @@ pub const DEFAULT_BATCH_TOKENS_CPU: usize = 4096;
 /// Default `--batch-tokens` on a GPU.
 ///
 /// 28 672: larger batches keep the GEMMs busier, while GPU memory stays within the models'
-/// weights + 2 GiB (predict on an H100, docs/BENCHMARKS.md run 48: 2 024 frames/s at 24 576, 2 061
-/// at 28 672 with a peak of weights + 1.6 GiB; 32 768 took weights + 2.1 GiB).
+/// weights + 2 GiB, the target of docs/BENCHMARKS.md ("predict (GPU)" has the measured speed and
+/// peak memory at this and other budgets); a larger budget gains little and needs more memory.
 pub const DEFAULT_BATCH_TOKENS_GPU: usize = 28672;
 
 /// A loaded embedding model: encoder + tokenizer + what the output files record about it.

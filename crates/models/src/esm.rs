@@ -1,5 +1,5 @@
 //! ESM2 protein encoder (`model_type` "esm": facebook/esm2_*, "fast_esm": Synthyra/FastESM2_650),
-//! as MODELS.md describes it: pre-LayerNorm layers with rotary attention and exact GELU,
+//! as docs/MODELS.md describes it: pre-LayerNorm layers with rotary attention and exact GELU,
 //! `emb_layer_norm_after` at the end, mean over the residue positions.
 //!
 //! VarBuilder paths mirror the checkpoint keys without their `esm.` prefix
@@ -55,7 +55,7 @@ fn default_layer_norm_eps() -> f64 {
 
 /// Longest row the rotary tables are precomputed for (ESM2 was trained on 1024 residues +
 /// `<cls>` + `<eos>`; longer rows also occur). Longer still computes the tables on the host at
-/// every call, which made a 1 x 2048 batch 7x slower than 2 x 1024 on an H100 (BENCHMARKS.md).
+/// every call, several times slower than a precomputed table on a GPU.
 const PRECOMPUTED_POSITIONS: usize = 4098;
 /// `<mask>` in the ESM alphabet, when config.json does not say.
 const DEFAULT_MASK_TOKEN_ID: u32 = 32;
@@ -142,7 +142,7 @@ impl EsmConfig {
 /// Whether the embeddings are rescaled by `(1 - 0.15*0.8) / (1 - mask_fraction)`.
 ///
 /// `Auto` follows the model type: on for "esm" checkpoints whose config has `token_dropout`
-/// true (all ESM2 releases), off for "fast_esm" (the seed-era FastESM2 code applies none).
+/// true (all ESM2 releases), off for "fast_esm" (FastESM2's own model code applies none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TokenDropout {
     #[default]
@@ -323,7 +323,7 @@ pub struct Esm {
     /// The embedding table already multiplied by the factor every token of a batch without
     /// `<mask>` gets (the token-dropout scale, or 1), plus a zero row for padding at index
     /// `vocab`: one lookup instead of a lookup and a broadcast multiply over `[batch, len,
-    /// hidden]` (that multiply was 0.9% of a GPU `predict`). The values are those of the
+    /// hidden]`, which is a measurable share of a GPU `predict`. The values are those of the
     /// multiply (the same op, once per table entry).
     scaled_lookup: Embedding,
     layers: Vec<EsmLayer>,

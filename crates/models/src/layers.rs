@@ -6,7 +6,7 @@
 //! GPU. [`attention`] is the one place where scores are computed, so that a fused kernel (flash
 //! attention, varlen) can be swapped in behind it without touching the models.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 pub use virnucpro_kernels::rotary::{split_qkv, split_qkv_views, Rotary};
@@ -167,7 +167,9 @@ impl Module for Linear {
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
-    eps: f32,
+    eps: f64,
+    /// Off CUDA, take the variance of `x - mean` (two passes) instead of candle's one pass.
+    two_pass_off_cuda: bool,
     span: tracing::Span,
 }
 
@@ -179,8 +181,20 @@ impl LayerNorm {
         Ok(Self {
             weight,
             bias,
-            eps: eps as f32,
+            eps,
+            two_pass_off_cuda: false,
             span: tracing::span!(tracing::Level::TRACE, "layer_norm"),
+        })
+    }
+
+    /// As [`LayerNorm::load`], but off CUDA (CPU, Metal) the mean is subtracted before the
+    /// variance is taken (two passes, in the input's dtype): the form the DNABERT-S oracle
+    /// tolerances are set for, and one that loses less precision than a one-pass variance where
+    /// the mean is large next to the spread. CUDA runs the fused kernel (f32 statistics) either way.
+    pub fn load_two_pass(vb: VarBuilder, hidden: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            two_pass_off_cuda: true,
+            ..Self::load(vb, hidden, eps)?
         })
     }
 
@@ -192,8 +206,18 @@ impl LayerNorm {
             Some(r) => (x + r)?,
             None => x.contiguous()?,
         };
+        if self.two_pass_off_cuda && !x.device().is_cuda() {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            let inv_std = (var + self.eps)?.sqrt()?.recip()?;
+            return xc
+                .broadcast_mul(&inv_std)?
+                .broadcast_mul(&self.weight)?
+                .broadcast_add(&self.bias);
+        }
         // Accumulates in f32 whatever the storage dtype (one warp per row on CUDA).
-        virnucpro_kernels::layer_norm(&x, &self.weight, &self.bias, self.eps)
+        virnucpro_kernels::layer_norm(&x, &self.weight, &self.bias, self.eps as f32)
     }
 }
 

@@ -12,7 +12,8 @@
 //! - [`esm`], [`dnabert`]: the encoders; [`tokenize`]: the ESM alphabet;
 //! - [`classifier`]: the MLP on the concatenated embeddings ([`pickle`]: PyTorch checkpoints);
 //! - [`embed`]: loading, tokenizing and batching; [`device`]: device and dtype choice;
-//! - [`rng`]: the seeded PRNG (random weights, training).
+//! - [`rng`]: the seeded PRNG (random weights, training);
+//! - [`error`]: typed errors callers can match ([`WeightsError`]: a damaged weights file).
 //!
 //! Where a model's files come from (a directory, the Hugging Face cache, a download) is the
 //! `virnucpro-assets` crate's job, not this one's.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod device;
 pub mod dnabert;
 pub mod embed;
+pub mod error;
 pub mod esm;
 pub mod files;
 pub mod layers;
@@ -34,6 +36,7 @@ pub mod weights;
 use candle_core::Tensor;
 
 pub use config::ModelFamily;
+pub use error::WeightsError;
 
 /// Right-padded token ids of one batch.
 #[derive(Debug, Clone)]
@@ -55,7 +58,7 @@ impl TokenBatch {
 pub trait Encoder: Send + Sync {
     fn hidden_size(&self) -> usize;
     /// Mean-pooled last hidden state of every row of `batch`, `[batch, hidden]` f32, pooled by the
-    /// family's rule (PIPELINE.md §4); padding never changes a row's result.
+    /// family's rule (docs/PIPELINE.md §4); padding never changes a row's result.
     fn forward_pooled(&self, batch: &TokenBatch) -> candle_core::Result<Tensor>;
 }
 

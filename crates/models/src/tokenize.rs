@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use super::SeqTokenizer;
 
-/// Residues kept per protein (PIPELINE.md §4); the rest is dropped.
+/// Residues kept per protein (docs/PIPELINE.md §4); the rest is dropped.
 pub const ESM_MAX_RESIDUES: usize = 1024;
 
 /// The 33-token alphabet of every ESM2 checkpoint, in id order.
