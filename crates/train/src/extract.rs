@@ -2,8 +2,8 @@
 //! (docs/FORMATS.md).
 //!
 //! Each frame's DNA goes through the nucleotide model and its protein through the protein model;
-//! the row is `[nucleotide embedding | protein embedding]` (PIPELINE.md §4), with the frame's label
-//! and ID. Shard `k` always holds frames `k*R .. (k+1)*R` (`R` = rows per shard), so a shard can be
+//! the row is `[nucleotide embedding | protein embedding]` (docs/PIPELINE.md §4), with the
+//! frame's label and ID. Shard `k` always holds frames `k*R .. (k+1)*R` (`R` = rows per shard), so a shard can be
 //! recomputed on its own.
 //!
 //! Resuming: when a shard is complete, a completion record `shard-NNNNN.done.json` is written
@@ -13,7 +13,6 @@
 //! finished feature set.
 
 use std::fs;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -400,20 +399,6 @@ fn embed_frames(
     Ok(rows)
 }
 
-/// A progress bar over frames on an interactive terminal (none in logs and pipelines).
-fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() || !tracing::enabled!(tracing::Level::INFO) {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30}] {pos}/{len} frames ({per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    Some(bar)
-}
-
 /// Removes shard files and completion records numbered `count` or higher: left from a run on
 /// more frames or with smaller shards, they are not part of this feature set.
 fn remove_stale_shards(dir: &Path, count: usize) -> Result<()> {
@@ -552,7 +537,7 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractReport> {
             .filter(|p| p.keep.is_none())
             .map(|p| p.rows)
             .sum();
-        let bar = progress_bar(to_compute as u64);
+        let bar = virnucpro_core::progress::bar(to_compute as u64, "frames");
         let log = |msg: String| match &bar {
             Some(b) => b.suspend(|| tracing::info!("{msg}")),
             None => tracing::info!("{msg}"),

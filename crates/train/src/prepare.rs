@@ -1,8 +1,8 @@
 //! `prepare`: GenBank flat files -> labelled, balanced training frames (`frames.tsv` +
 //! `summary.json`, docs/FORMATS.md).
 //!
-//! Per record: chunk the sequence (PIPELINE.md §2), skip chunks with an ambiguous base, translate
-//! six frames (§3) and keep a frame when its protein is non-empty, stop-free and a substring of
+//! Per record: chunk the sequence (docs/PIPELINE.md §2), skip chunks with an ambiguous base,
+//! translate six frames (§3) and keep a frame when its protein is non-empty, stop-free and a substring of
 //! one of the record's CDS `/translation`s, i.e. the frame reads real annotated protein. Viral
 //! frames are all kept; host frames are sampled across host groups in proportion to their sizes
 //! until host and viral counts match (the original `features_extract.py` balancing).

@@ -1,4 +1,4 @@
-//! Reading sequence records (PIPELINE.md §1) from one or more FASTA/FASTQ inputs.
+//! Reading sequence records (docs/PIPELINE.md §1) from one or more FASTA/FASTQ inputs.
 //!
 //! [`RecordReader`] streams records from files or stdin (`-`), one record in memory at a time.
 //! needletail does the parsing and detects gzip/bzip2/xz/zstd compression and FASTA vs FASTQ
