@@ -298,7 +298,8 @@ impl TrainReport {
 /// Forward and backward are written out by hand: the two large products (`x · W1ᵀ` and
 /// `xᵀ · dz`) go to candle's matmul, everything else is O(batch × hidden) and runs as plain
 /// loops. Against candle's autograd this avoids a dozen tensor allocations and thread-pool
-/// round trips per step, which dominated at batch 32 (measured ~3x slower; docs/BENCHMARKS.md).
+/// round trips per step, which dominate at batch 32 (autograd takes about 3x as long); this
+/// path's throughput is in docs/BENCHMARKS.md, "train".
 /// `steps_match_reference_math` checks the result against the textbook formulas.
 struct Trainer {
     d: usize,

@@ -64,15 +64,19 @@ pub fn count_bases(inputs: &[PathBuf]) -> Result<Option<u64>, InputError> {
     if inputs.iter().any(|p| p.as_os_str() == STDIN) {
         return Ok(None);
     }
-    let reader = RecordReader::with_alphabet(inputs, Alphabet::Any)?.allow_duplicate_ids(true);
-    let mut total = 0u64;
-    for record in reader {
-        total += record?.seq.len() as u64;
-        if total >= COUNT_LIMIT {
-            break;
+    // Silent: the run reads these records again and reports what it finds (empty records)
+    // then, once.
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        let reader = RecordReader::with_alphabet(inputs, Alphabet::Any)?.allow_duplicate_ids(true);
+        let mut total = 0u64;
+        for record in reader {
+            total += record?.seq.len() as u64;
+            if total >= COUNT_LIMIT {
+                break;
+            }
         }
-    }
-    Ok(Some(total))
+        Ok(Some(total))
+    })
 }
 
 /// Total size on disk of `inputs`; `None` when one of them is stdin.
