@@ -61,8 +61,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         inputs: args.inputs,
         out: args.out,
         device: args.compute.device,
-        dtype: args.compute.dtype,
-        batch_tokens: args.compute.batch_tokens(),
+        dtype: args.compute.precision.dtype,
+        batch_tokens: args.compute.precision.batch_tokens(),
         esm_token_dropout: args.esm_token_dropout,
         random_weights: args.random_weights,
     };

@@ -67,8 +67,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dnabert: args.dnabert,
         esm: args.esm,
         device: args.compute.device,
-        dtype: args.compute.dtype,
-        batch_tokens: args.compute.batch_tokens(),
+        dtype: args.compute.precision.dtype,
+        batch_tokens: args.compute.precision.batch_tokens(),
         rows_per_shard: to_usize(args.rows_per_shard),
         esm_token_dropout: args.esm_token_dropout,
     };

@@ -89,7 +89,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Where and how the models run: shared by every command that embeds.
+/// Where and how the models run: shared by every command that embeds on one device.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ComputeArgs {
     /// Where to run: auto, cpu, cuda, cuda:N, metal.
@@ -101,6 +101,14 @@ pub struct ComputeArgs {
     )]
     pub device: virnucpro_models::device::DeviceSpec,
 
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
+}
+
+/// Precision and batch size: shared by every command that embeds (`predict` takes a list of
+/// devices, the others one, so the device is not part of it).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PrecisionArgs {
     /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16, bf16. Outputs are always
     /// written as f32.
     #[arg(
@@ -112,13 +120,14 @@ pub struct ComputeArgs {
     pub dtype: virnucpro_models::device::DTypeSpec,
 
     /// Padded tokens per forward pass (batch size x longest sequence, sequences sorted by length).
-    /// Default: 4096 on CPU, 28672 on GPU; lower it if a GPU runs out of memory.
+    /// Default: 4096 on CPU, 28672 on GPU; lower it if a GPU runs out of memory (`predict` splits
+    /// such a batch and retries, and keeps the smaller budget).
     #[arg(long, value_name = "N", help_heading = "Compute",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_tokens: Option<u64>,
 }
 
-impl ComputeArgs {
+impl PrecisionArgs {
     pub fn batch_tokens(&self) -> Option<usize> {
         self.batch_tokens
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX))

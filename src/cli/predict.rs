@@ -6,7 +6,7 @@ use virnucpro_assets::hub::{DEFAULT_NUCLEOTIDE_MODEL, DEFAULT_PROTEIN_MODEL};
 use virnucpro_assets::presets::{self, ModelChoice};
 use virnucpro_core::input::units::ShardSpec;
 use virnucpro_core::predict::{self, PredictRequest};
-use virnucpro_models::device::{DTypeSpec, DeviceList};
+use virnucpro_models::device::DeviceList;
 use virnucpro_models::embed::RandomModel;
 use virnucpro_models::esm::TokenDropout;
 
@@ -65,20 +65,8 @@ pub struct Args {
     )]
     pub device: DeviceList,
 
-    /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16, bf16.
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "DTYPE",
-        help_heading = "Compute"
-    )]
-    pub dtype: DTypeSpec,
-
-    /// Padded tokens per forward pass. Default: 4096 on CPU, 28672 on GPU. A batch that runs
-    /// out of GPU memory is split and retried, and the smaller budget kept.
-    #[arg(long, value_name = "N", help_heading = "Compute",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_tokens: Option<u64>,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 
     /// FASTA/FASTQ files, plain or gzip/bzip2/xz/zstd compressed; `-` reads stdin.
     #[arg(required = true, value_name = "INPUT")]
@@ -182,10 +170,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|| DEFAULT_PROTEIN_MODEL.to_string()),
         out_dir: args.out_dir,
         devices: args.device,
-        dtype: args.dtype,
-        batch_tokens: args
-            .batch_tokens
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        dtype: args.precision.dtype,
+        batch_tokens: args.precision.batch_tokens(),
         esm_token_dropout: models.esm_token_dropout.unwrap_or_default(),
         keep_frames: args.keep_frames,
         write_viral_fasta: args.write_viral_fasta,

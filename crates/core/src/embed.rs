@@ -2,7 +2,7 @@
 //! embeddings file (docs/FORMATS.md), which [`read_embeddings`] reads back.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -89,7 +89,7 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
         .batch_tokens
         .unwrap_or_else(|| model.default_batch_tokens());
 
-    let progress = progress_bar(records.len() as u64);
+    let progress = crate::progress::bar(records.len() as u64, "sequences");
     let result = embed_sequences_with(&model, &records, budget, &mut |done| {
         if let Some(p) = &progress {
             p.set_position(done as u64);
@@ -120,19 +120,6 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
         req.out.display()
     );
     Ok(out.stats)
-}
-
-fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() || !tracing::enabled!(tracing::Level::INFO) {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30}] {pos}/{len} sequences ({per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    Some(bar)
 }
 
 /// A DNA file given to a protein model (or the reverse) still runs; say so.

@@ -16,7 +16,6 @@
 //! [`AtomicFile`]: virnucpro_atomic::AtomicFile
 
 use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -249,9 +248,7 @@ fn format_batch(batch: &[SeqRecord], chunk_len: usize) -> Vec<FormattedUnit> {
                 .take(unit.count);
             for (j, (start, end)) in spans {
                 chunk_id.clear();
-                chunk_id.extend_from_slice(record.id.as_bytes());
-                chunk_id.extend_from_slice(b"_chunk_");
-                write!(chunk_id, "{}", j + 1).expect("writing to a Vec cannot fail");
+                chunk::push_chunk_id(&mut chunk_id, &record.id, j);
                 let kept =
                     for_each_kept_frame(&record.seq[start..end], scratch, |tag, dna, protein| {
                         let suffix = tag.suffix();

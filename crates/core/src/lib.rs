@@ -7,7 +7,8 @@
 //! - [`scheduler`]: work units spread over devices, results back in input order;
 //! - [`predict`]: the `predict` command (frames -> embeddings -> classifier -> output files);
 //! - [`fetch`]: the `fetch` command (models and classifier into the caches ahead of a run);
-//! - [`output`]: the published files, the journal of a resumable run and the merge of shards.
+//! - [`output`]: the published files, the journal of a resumable run and the merge of shards;
+//! - [`progress`]: the progress bar of `embed` and `extract`.
 //!
 //! Models, their loading and batching are `virnucpro-models`' job; where they come from is
 //! `virnucpro-assets`'.
@@ -18,4 +19,5 @@ pub mod frames;
 pub mod input;
 pub mod output;
 pub mod predict;
+pub mod progress;
 pub mod scheduler;

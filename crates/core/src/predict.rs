@@ -163,12 +163,8 @@ impl PredictRequest {
 /// Counters of a finished run.
 #[derive(Debug, Clone, Default)]
 pub struct PredictReport {
-    pub records: u64,
-    pub empty_skipped: u64,
-    pub chunks: u64,
-    pub frames: u64,
-    pub records_without_frames: u64,
-    pub virus_records: u64,
+    /// Records, chunks, frames and calls of every unit of the run (reused ones included).
+    pub counts: UnitCounts,
     /// Work units of this run (of its shard with `--shard`).
     pub units: u64,
     /// Of those, finished by an earlier run and taken from the journal.
@@ -186,21 +182,13 @@ pub struct PredictReport {
 impl PredictReport {
     /// Frames computed by this run per second, everything included.
     pub fn frames_per_second(&self) -> f64 {
-        (self.frames - self.reused_frames) as f64 / self.seconds.max(1e-9)
+        (self.counts.frames - self.reused_frames) as f64 / self.seconds.max(1e-9)
     }
 
     /// Frames per second once the models are loaded (what a long run approaches).
     pub fn frames_per_second_after_loading(&self) -> f64 {
-        (self.frames - self.reused_frames) as f64 / (self.seconds - self.load_seconds).max(1e-9)
-    }
-
-    fn add(&mut self, c: &UnitCounts) {
-        self.records += c.records;
-        self.chunks += c.chunks;
-        self.frames += c.frames;
-        self.records_without_frames += c.records_without_frames;
-        self.virus_records += c.virus_records;
-        self.empty_skipped += c.empty_skipped;
+        (self.counts.frames - self.reused_frames) as f64
+            / (self.seconds - self.load_seconds).max(1e-9)
     }
 }
 
@@ -209,11 +197,11 @@ impl std::fmt::Display for PredictReport {
         write!(
             f,
             "{} records ({} called virus, {} without a scorable frame), {} chunks, {} frames scored in {:.1} s ({:.0} frames/s; models loaded in {:.1} s, {:.0} frames/s after that)",
-            self.records,
-            self.virus_records,
-            self.records_without_frames,
-            self.chunks,
-            self.frames,
+            self.counts.records,
+            self.counts.virus_records,
+            self.counts.records_without_frames,
+            self.counts.chunks,
+            self.counts.frames,
             self.seconds,
             self.frames_per_second(),
             self.load_seconds,
@@ -226,8 +214,8 @@ impl std::fmt::Display for PredictReport {
                 self.reused_units, self.units, self.reused_frames
             )?;
         }
-        if self.empty_skipped > 0 {
-            write!(f, "; {} empty records skipped", self.empty_skipped)?;
+        if self.counts.empty_skipped > 0 {
+            write!(f, "; {} empty records skipped", self.counts.empty_skipped)?;
         }
         if !self.failed_devices.is_empty() {
             write!(
@@ -282,7 +270,7 @@ impl Models {
             .protein
             .enqueue(&self.esm, &mut |_| {})?
             .into_device_rows()?;
-        // Merged feature = [nucleotide | protein] (PIPELINE.md §4).
+        // Merged feature = [nucleotide | protein] (docs/PIPELINE.md §4).
         let features = Tensor::cat(&[&dna.rows, &protein.rows], 1)?.to_device(&self.device)?;
         // The classifier runs on each work unit's rows alone, as when units come one by one:
         // its GEMM's algorithm may depend on the number of rows.
@@ -770,7 +758,7 @@ struct Setup {
 }
 
 /// The cheap checks and the run's fingerprint: devices, the classifier against the model
-/// configs (the dimension guard), the inputs' sizes.
+/// configs (the dimension guard), the inputs' sizes and bases.
 fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
     if req.chunk_len == 0 {
         bail!("--chunk-len must be at least 1");
@@ -853,7 +841,8 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
         .set("chunk length", req.chunk_len);
     req.output_options().add_to(&mut fp);
 
-    // The inputs, and the cut into units that follows from their sizes.
+    // The inputs (named with their sizes: a rewritten file is another input for a resumed run,
+    // even when its records are the same), and the cut into units that follows from their bases.
     RecordReader::new(&req.inputs)?; // every file opens: fail before the slow part
     let sizes = req
         .inputs
@@ -1271,8 +1260,8 @@ fn execute(
     } = writer;
     progress.finish();
     report.failed_devices = scheduled.failed_workers;
-    report.empty_skipped = empty_skipped.load(Ordering::Relaxed);
-    if shard.is_none() && report.records == 0 {
+    report.counts.empty_skipped = empty_skipped.load(Ordering::Relaxed);
+    if shard.is_none() && report.counts.records == 0 {
         bail!(
             "no sequence records in {}: nothing to predict",
             inputs_list(&req.inputs)
@@ -1378,7 +1367,7 @@ impl Handler<UnitResult> for RunWriter<'_> {
         };
         self.out.push(&unit)?;
         self.report.units += 1;
-        self.report.add(&unit.counts);
+        self.report.counts.add(&unit.counts);
         self.progress.update(&self.report);
         Ok(())
     }
@@ -1433,8 +1422,8 @@ impl Progress {
 
     fn update(&mut self, r: &PredictReport) {
         let read = self.bytes_read.load(Ordering::Relaxed);
-        let rate =
-            (r.frames - r.reused_frames) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let rate = (r.counts.frames - r.reused_frames) as f64
+            / self.started.elapsed().as_secs_f64().max(1e-9);
         let reused = if r.reused_units > 0 {
             format!(", {} units reused", r.reused_units)
         } else {
@@ -1442,7 +1431,7 @@ impl Progress {
         };
         let msg = format!(
             "{} records, {} frames ({rate:.0} frames/s{reused})",
-            r.records, r.frames
+            r.counts.records, r.counts.frames
         );
         if self.total_bytes.is_some() {
             self.bar.set_position(read);

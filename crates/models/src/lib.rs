@@ -12,12 +12,13 @@
 //! - [`esm`], [`dnabert`]: the encoders; [`tokenize`]: the ESM alphabet;
 //! - [`classifier`]: the MLP on the concatenated embeddings ([`pickle`]: PyTorch checkpoints);
 //! - [`embed`]: loading, tokenizing and batching; [`device`]: device and dtype choice;
-//! - [`rng`]: the seeded PRNG (random weights, training);
+//! - [`rng`]: the seeded PRNG (random weights, training); [`checksum`]: FNV-1a 64;
 //! - [`error`]: typed errors callers can match ([`WeightsError`]: a damaged weights file).
 //!
 //! Where a model's files come from (a directory, the Hugging Face cache, a download) is the
 //! `virnucpro-assets` crate's job, not this one's.
 
+pub mod checksum;
 pub mod classifier;
 pub mod config;
 pub mod device;

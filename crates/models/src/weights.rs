@@ -368,12 +368,6 @@ impl RandomWeights {
     }
 }
 
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 impl SimpleBackend for RandomWeights {
     fn get(
         &self,
@@ -393,7 +387,7 @@ impl SimpleBackend for RandomWeights {
         } else {
             // Uniform on [-a, a] with a = 0.02 * sqrt(3): standard deviation 0.02.
             let a = 0.02f32 * 3f32.sqrt();
-            let mut state = self.seed ^ fnv1a(name);
+            let mut state = self.seed ^ crate::checksum::Fnv1a64::of(name.as_bytes());
             (0..n)
                 .map(|_| {
                     let u = (crate::rng::splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;

@@ -2,8 +2,8 @@
 //! (docs/FORMATS.md).
 //!
 //! Each frame's DNA goes through the nucleotide model and its protein through the protein model;
-//! the row is `[nucleotide embedding | protein embedding]` (PIPELINE.md §4), with the frame's label
-//! and ID. Shard `k` always holds frames `k*R .. (k+1)*R` (`R` = rows per shard), so a shard can be
+//! the row is `[nucleotide embedding | protein embedding]` (docs/PIPELINE.md §4), with the
+//! frame's label and ID. Shard `k` always holds frames `k*R .. (k+1)*R` (`R` = rows per shard), so a shard can be
 //! recomputed on its own.
 //!
 //! Resuming: when a shard is complete, a completion record `shard-NNNNN.done.json` is written
@@ -13,7 +13,6 @@
 //! finished feature set.
 
 use std::fs;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -400,20 +399,6 @@ fn embed_frames(
     Ok(rows)
 }
 
-/// A progress bar over frames on an interactive terminal (none in logs and pipelines).
-fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() || !tracing::enabled!(tracing::Level::INFO) {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30}] {pos}/{len} frames ({per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    Some(bar)
-}
-
 /// Removes shard files and completion records numbered `count` or higher: left from a run on
 /// more frames or with smaller shards, they are not part of this feature set.
 fn remove_stale_shards(dir: &Path, count: usize) -> Result<()> {
@@ -454,12 +439,89 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractReport> {
         .with_context(|| format!("cannot create the feature directory {}", opts.out.display()))?;
     let dir = opts.out.as_path();
 
-    // Pass 1: plan the shards and verify the ones already there (no model needed).
+    let (mut plans, rows) = plan_shards(dir, &frames_path, opts)?;
+    let mut hidden = keep_consistent_sizes(dir, &mut plans);
+    let todo = plans.iter().filter(|p| p.keep.is_none()).count();
+    if todo < plans.len() {
+        tracing::info!(
+            "{} of {} shards already finished and verified; {todo} to compute",
+            plans.len() - todo,
+            plans.len()
+        );
+    }
+    let mut done = Computed::default();
+    if todo > 0 {
+        // The set is unfinished until every shard is in place again.
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if manifest_path.exists() {
+            fs::remove_file(&manifest_path)
+                .with_context(|| format!("cannot remove {}", manifest_path.display()))?;
+            tracing::info!(
+                "removed {} until the shards are complete again",
+                manifest_path.display()
+            );
+        }
+        let models = load_models(opts)?;
+        let model_sizes = (models.dnabert.hidden_size, models.esm.hidden_size);
+        if let Some(h) = hidden.filter(|&h| h != model_sizes) {
+            tracing::warn!(
+                "the finished shards were made with hidden sizes {h:?}, the models now give \
+                 {model_sizes:?}: recomputing all shards"
+            );
+            for plan in &mut plans {
+                plan.keep = None;
+            }
+        }
+        hidden = Some(model_sizes);
+        done = compute_missing(dir, &frames_path, opts, &models, &mut plans)?;
+    }
+    remove_stale_shards(dir, plans.len())?;
+
+    let (dnabert_hidden, esm_hidden) = hidden.context("internal error: no hidden sizes")?;
+    let shards: Vec<ShardEntry> = plans
+        .into_iter()
+        .map(|p| p.keep.map(|r| r.entry))
+        .collect::<Option<_>>()
+        .context("internal error: a shard was neither kept nor computed")?;
+    let manifest = FeatureManifest {
+        format: FEATURES_FORMAT.into(),
+        format_version: FEATURES_FORMAT_VERSION,
+        feature_dim: dnabert_hidden + esm_hidden,
+        rows,
+        info: FeatureInfo {
+            dnabert_model: Some(opts.dnabert.clone()),
+            dnabert_hidden: Some(dnabert_hidden),
+            esm_model: Some(opts.esm.clone()),
+            esm_hidden: Some(esm_hidden),
+            chunk_len: Some(summary.chunk_len),
+            source: Some(frames_path.display().to_string()),
+        },
+        shards,
+        virnucpro_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    write_manifest(dir, &manifest)?;
+    Ok(ExtractReport {
+        shards_kept: manifest.shards.len() - done.computed,
+        manifest,
+        shards_computed: done.computed,
+        shards_recomputed: done.recomputed,
+        frames_computed: done.frames,
+        seconds: done.seconds,
+    })
+}
+
+/// Pass 1: plans the shards of `frames_path` and verifies the ones already in `dir` (no model
+/// needed). Returns the plans and the number of frames.
+fn plan_shards(
+    dir: &Path,
+    frames_path: &Path,
+    opts: &ExtractOptions,
+) -> Result<(Vec<ShardPlan>, usize)> {
     let mut plans: Vec<ShardPlan> = Vec::new();
-    let mut reader = FramesReader::open(&frames_path)?;
+    let mut reader = FramesReader::open(frames_path)?;
     let mut rows = 0;
     loop {
-        let frames = next_frames(&mut reader, opts.rows_per_shard, rows, &frames_path)?;
+        let frames = next_frames(&mut reader, opts.rows_per_shard, rows, frames_path)?;
         if frames.is_empty() {
             break;
         }
@@ -492,10 +554,15 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractReport> {
         "{} holds no frames: nothing to extract",
         frames_path.display()
     );
-    // Kept shards must agree on the hidden sizes (models are compared by name above).
+    Ok((plans, rows))
+}
+
+/// Kept shards must agree on the hidden sizes (models are compared by name when verifying):
+/// drops those that differ from the first kept one, and returns its sizes.
+fn keep_consistent_sizes(dir: &Path, plans: &mut [ShardPlan]) -> Option<(usize, usize)> {
     let sizes = |r: &ShardRecord| (r.dnabert_hidden, r.esm_hidden);
-    let mut hidden = plans.iter().find_map(|p| p.keep.as_ref().map(sizes));
-    for plan in &mut plans {
+    let hidden = plans.iter().find_map(|p| p.keep.as_ref().map(sizes));
+    for plan in plans.iter_mut() {
         if let (Some(record), Some(h)) = (&plan.keep, hidden) {
             if sizes(record) != h {
                 tracing::warn!(
@@ -507,168 +574,133 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractReport> {
             }
         }
     }
+    hidden
+}
 
-    let todo = plans.iter().filter(|p| p.keep.is_none()).count();
-    if todo < plans.len() {
-        tracing::info!(
-            "{} of {} shards already finished and verified; {todo} to compute",
-            plans.len() - todo,
-            plans.len()
+/// What pass 2 did.
+#[derive(Default)]
+struct Computed {
+    computed: usize,
+    recomputed: usize,
+    frames: usize,
+    seconds: f64,
+}
+
+/// Pass 2: computes the shards not kept, one by one, each committed on its own.
+fn compute_missing(
+    dir: &Path,
+    frames_path: &Path,
+    opts: &ExtractOptions,
+    models: &Models,
+    plans: &mut [ShardPlan],
+) -> Result<Computed> {
+    let total = plans.iter().filter(|p| p.keep.is_none()).count();
+    let started = Instant::now();
+    let to_compute: usize = plans
+        .iter()
+        .filter(|p| p.keep.is_none())
+        .map(|p| p.rows)
+        .sum();
+    let bar = virnucpro_core::progress::bar(to_compute as u64, "frames");
+    let log = |msg: String| match &bar {
+        Some(b) => b.suspend(|| tracing::info!("{msg}")),
+        None => tracing::info!("{msg}"),
+    };
+    let mut done = Computed::default();
+    let mut reader = FramesReader::open(frames_path)?;
+    for plan in plans.iter_mut() {
+        let frames = next_frames(&mut reader, plan.rows, plan.first_row, frames_path)?;
+        if plan.keep.is_some() {
+            continue;
+        }
+        ensure!(
+            frames.len() == plan.rows && frames_hash(&frames) == plan.frames_hash,
+            "{} changed while extract was running; run it again",
+            frames_path.display()
         );
-    }
-    let manifest_path = dir.join(MANIFEST_FILE);
-    let (mut computed, mut recomputed, mut frames_computed) = (0, 0, 0);
-    let mut seconds = 0.0;
-    if todo > 0 {
-        // The set is unfinished until every shard is in place again.
-        if manifest_path.exists() {
-            fs::remove_file(&manifest_path)
-                .with_context(|| format!("cannot remove {}", manifest_path.display()))?;
-            tracing::info!(
-                "removed {} until the shards are complete again",
-                manifest_path.display()
-            );
-        }
-        let models = load_models(opts)?;
-        let model_sizes = (models.dnabert.hidden_size, models.esm.hidden_size);
-        if let Some(h) = hidden.filter(|&h| h != model_sizes) {
-            tracing::warn!(
-                "the finished shards were made with hidden sizes {h:?}, the models now give \
-                 {model_sizes:?}: recomputing all shards"
-            );
-            for plan in &mut plans {
-                plan.keep = None;
+        let shard_started = Instant::now();
+        let features = embed_frames(models, &frames, &mut |sequences| {
+            if let Some(b) = &bar {
+                // Two sequences per frame: its DNA, then its protein.
+                b.set_position((done.frames + sequences / 2) as u64);
             }
-        }
-        hidden = Some(model_sizes);
-        let device = device_name(&models.dnabert.device);
-        let dtype = format!("{:?}/{:?}", models.dnabert.dtype, models.esm.dtype);
-        let total = plans.iter().filter(|p| p.keep.is_none()).count();
-        let started = Instant::now();
-
-        // Pass 2: compute what is missing, shard by shard, each committed on its own.
-        let to_compute: usize = plans
-            .iter()
-            .filter(|p| p.keep.is_none())
-            .map(|p| p.rows)
-            .sum();
-        let bar = progress_bar(to_compute as u64);
-        let log = |msg: String| match &bar {
-            Some(b) => b.suspend(|| tracing::info!("{msg}")),
-            None => tracing::info!("{msg}"),
-        };
-        let mut reader = FramesReader::open(&frames_path)?;
-        for plan in &mut plans {
-            let frames = next_frames(&mut reader, plan.rows, plan.first_row, &frames_path)?;
-            if plan.keep.is_some() {
-                continue;
-            }
-            ensure!(
-                frames.len() == plan.rows && frames_hash(&frames) == plan.frames_hash,
-                "{} changed while extract was running; run it again",
-                frames_path.display()
-            );
-            let shard_started = Instant::now();
-            let features = embed_frames(&models, &frames, &mut |sequences| {
-                if let Some(b) = &bar {
-                    // Two sequences per frame: its DNA, then its protein.
-                    b.set_position((frames_computed + sequences / 2) as u64);
-                }
-            })
-            .with_context(|| {
-                format!(
-                    "cannot embed frames {}..{} of {}",
-                    plan.first_row,
-                    plan.first_row + plan.rows,
-                    frames_path.display()
-                )
-            })?;
-            let labels: Vec<u8> = frames.iter().map(|f| f.label).collect();
-            let ids: Vec<String> = frames.iter().map(|f| f.id.clone()).collect();
-            let record_path = dir.join(shard_record_name(plan.index));
-            // An old record must not vouch for the new file if this run stops half-way.
-            if record_path.exists() {
-                fs::remove_file(&record_path)
-                    .with_context(|| format!("cannot remove {}", record_path.display()))?;
-            }
-            let entry = write_shard(
-                &dir.join(shard_file_name(plan.index)),
-                &features,
-                model_sizes.0 + model_sizes.1,
-                &labels,
-                &ids,
-            )?;
-            let record = ShardRecord {
-                format: SHARD_RECORD_FORMAT.into(),
-                format_version: SHARD_RECORD_FORMAT_VERSION,
-                entry,
-                first_row: plan.first_row,
-                frames_fnv1a64: plan.frames_hash.clone(),
-                feature_dim: model_sizes.0 + model_sizes.1,
-                dnabert_model: opts.dnabert.clone(),
-                dnabert_hidden: model_sizes.0,
-                esm_model: opts.esm.clone(),
-                esm_hidden: model_sizes.1,
-                esm_token_dropout: opts.esm_token_dropout.to_string(),
-                device: device.clone(),
-                dtype: dtype.clone(),
-            };
-            write_atomic(
-                &record_path,
-                serde_json::to_string_pretty(&record)?.as_bytes(),
-            )
-            .with_context(|| format!("cannot write {}", record_path.display()))?;
-            computed += 1;
-            recomputed += usize::from(plan.existed);
-            frames_computed += plan.rows;
-            let secs = shard_started.elapsed().as_secs_f64();
-            log(format!(
-                "{} ({computed}/{total}): frames {}..{} in {secs:.1}s ({:.0} frames/s)",
-                record.entry.file,
+        })
+        .with_context(|| {
+            format!(
+                "cannot embed frames {}..{} of {}",
                 plan.first_row,
                 plan.first_row + plan.rows,
-                plan.rows as f64 / secs.max(1e-9)
-            ));
-            plan.keep = Some(record);
-        }
-        if let Some(b) = &bar {
-            b.finish_and_clear();
-        }
-        seconds = started.elapsed().as_secs_f64();
+                frames_path.display()
+            )
+        })?;
+        let record = write_shard_and_record(dir, opts, models, plan, &frames, &features)?;
+        done.computed += 1;
+        done.recomputed += usize::from(plan.existed);
+        done.frames += plan.rows;
+        let secs = shard_started.elapsed().as_secs_f64();
+        log(format!(
+            "{} ({}/{total}): frames {}..{} in {secs:.1}s ({:.0} frames/s)",
+            record.entry.file,
+            done.computed,
+            plan.first_row,
+            plan.first_row + plan.rows,
+            plan.rows as f64 / secs.max(1e-9)
+        ));
+        plan.keep = Some(record);
     }
-    remove_stale_shards(dir, plans.len())?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    done.seconds = started.elapsed().as_secs_f64();
+    Ok(done)
+}
 
-    let (dnabert_hidden, esm_hidden) = hidden.context("internal error: no hidden sizes")?;
-    let shards: Vec<ShardEntry> = plans
-        .into_iter()
-        .map(|p| p.keep.map(|r| r.entry))
-        .collect::<Option<_>>()
-        .context("internal error: a shard was neither kept nor computed")?;
-    let manifest = FeatureManifest {
-        format: FEATURES_FORMAT.into(),
-        format_version: FEATURES_FORMAT_VERSION,
-        feature_dim: dnabert_hidden + esm_hidden,
-        rows,
-        info: FeatureInfo {
-            dnabert_model: Some(opts.dnabert.clone()),
-            dnabert_hidden: Some(dnabert_hidden),
-            esm_model: Some(opts.esm.clone()),
-            esm_hidden: Some(esm_hidden),
-            chunk_len: Some(summary.chunk_len),
-            source: Some(frames_path.display().to_string()),
-        },
-        shards,
-        virnucpro_version: env!("CARGO_PKG_VERSION").to_string(),
+/// Writes shard `plan` of `frames` with their `features`, then its completion record.
+fn write_shard_and_record(
+    dir: &Path,
+    opts: &ExtractOptions,
+    models: &Models,
+    plan: &ShardPlan,
+    frames: &[PreparedFrame],
+    features: &[f32],
+) -> Result<ShardRecord> {
+    let model_sizes = (models.dnabert.hidden_size, models.esm.hidden_size);
+    let labels: Vec<u8> = frames.iter().map(|f| f.label).collect();
+    let ids: Vec<String> = frames.iter().map(|f| f.id.clone()).collect();
+    let record_path = dir.join(shard_record_name(plan.index));
+    // An old record must not vouch for the new file if this run stops half-way.
+    if record_path.exists() {
+        fs::remove_file(&record_path)
+            .with_context(|| format!("cannot remove {}", record_path.display()))?;
+    }
+    let entry = write_shard(
+        &dir.join(shard_file_name(plan.index)),
+        features,
+        model_sizes.0 + model_sizes.1,
+        &labels,
+        &ids,
+    )?;
+    let record = ShardRecord {
+        format: SHARD_RECORD_FORMAT.into(),
+        format_version: SHARD_RECORD_FORMAT_VERSION,
+        entry,
+        first_row: plan.first_row,
+        frames_fnv1a64: plan.frames_hash.clone(),
+        feature_dim: model_sizes.0 + model_sizes.1,
+        dnabert_model: opts.dnabert.clone(),
+        dnabert_hidden: model_sizes.0,
+        esm_model: opts.esm.clone(),
+        esm_hidden: model_sizes.1,
+        esm_token_dropout: opts.esm_token_dropout.to_string(),
+        device: device_name(&models.dnabert.device),
+        dtype: format!("{:?}/{:?}", models.dnabert.dtype, models.esm.dtype),
     };
-    write_manifest(dir, &manifest)?;
-    Ok(ExtractReport {
-        shards_kept: manifest.shards.len() - computed,
-        manifest,
-        shards_computed: computed,
-        shards_recomputed: recomputed,
-        frames_computed,
-        seconds,
-    })
+    write_atomic(
+        &record_path,
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", record_path.display()))?;
+    Ok(record)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use virnucpro_atomic::write_atomic;
+/// The checksum of feature shards and of their frames (`fnv1a64` in the manifest).
+pub use virnucpro_models::checksum::Fnv1a64;
 
 pub const FEATURES_FORMAT: &str = "virnucpro-features";
 pub const FEATURES_FORMAT_VERSION: u32 = 1;
@@ -105,38 +107,6 @@ impl FeatureSet {
     pub fn label_counts(&self) -> [usize; 2] {
         let viral = self.labels.iter().filter(|&&l| l == 1).count();
         [self.labels.len() - viral, viral]
-    }
-}
-
-/// FNV-1a, 64 bit: a dependency-free checksum that is easy to recompute anywhere
-/// (offset basis 0xcbf29ce484222325, prime 0x100000001b3, one byte at a time).
-#[derive(Debug, Clone, Copy)]
-pub struct Fnv1a64(u64);
-
-impl Default for Fnv1a64 {
-    fn default() -> Self {
-        Fnv1a64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv1a64 {
-    pub fn update(&mut self, bytes: &[u8]) {
-        let mut h = self.0;
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-
-    pub fn finish(&self) -> u64 {
-        self.0
-    }
-
-    pub fn hex(bytes: &[u8]) -> String {
-        let mut h = Self::default();
-        h.update(bytes);
-        format!("{:016x}", h.finish())
     }
 }
 
@@ -565,14 +535,6 @@ mod tests {
         assert_eq!(md["format"], FEATURES_FORMAT);
         assert_eq!(md["format_version"], "1");
         assert_eq!(md["ids"], r#"["id0","id1","id2"]"#);
-    }
-
-    #[test]
-    fn fnv_known_values() {
-        // Published FNV-1a 64 test vectors.
-        assert_eq!(Fnv1a64::hex(b""), "cbf29ce484222325");
-        assert_eq!(Fnv1a64::hex(b"a"), "af63dc4c8601ec8c");
-        assert_eq!(Fnv1a64::hex(b"foobar"), "85944171f73967e8");
     }
 
     #[test]

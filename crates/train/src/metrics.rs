@@ -1,5 +1,6 @@
 //! Binary classification metrics for `train` and `evaluate`: label 1 = viral is the positive
-//! class; a frame is predicted viral when score2 > score1 (PIPELINE.md §5, a tie is "others").
+//! class; a frame is predicted viral when score2 > score1 (docs/PIPELINE.md §5, a tie is
+//! "others").
 
 use serde::Serialize;
 

@@ -263,7 +263,7 @@ pub fn write_score_histogram(
     )
 }
 
-/// Reads `score2` of every frame from a `prediction_results.txt` (PIPELINE.md §6).
+/// Reads `score2` of every frame from a `prediction_results.txt` (docs/PIPELINE.md §6).
 pub fn read_prediction_scores(path: &Path) -> Result<Vec<f32>> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -1,8 +1,8 @@
 //! `prepare`: GenBank flat files -> labelled, balanced training frames (`frames.tsv` +
 //! `summary.json`, docs/FORMATS.md).
 //!
-//! Per record: chunk the sequence (PIPELINE.md §2), skip chunks with an ambiguous base, translate
-//! six frames (§3) and keep a frame when its protein is non-empty, stop-free and a substring of
+//! Per record: chunk the sequence (docs/PIPELINE.md §2), skip chunks with an ambiguous base,
+//! translate six frames (§3) and keep a frame when its protein is non-empty, stop-free and a substring of
 //! one of the record's CDS `/translation`s, i.e. the frame reads real annotated protein. Viral
 //! frames are all kept; host frames are sampled across host groups in proportion to their sizes
 //! until host and viral counts match (the original `features_extract.py` balancing).
@@ -382,6 +382,27 @@ impl WarnCounter {
     }
 }
 
+/// The warnings of one file, each kind counted and reported a few times.
+#[derive(Default)]
+struct FileWarnings {
+    rejected: WarnCounter,
+    no_cds: WarnCounter,
+    no_translation: WarnCounter,
+    empty: WarnCounter,
+    duplicate: WarnCounter,
+}
+
+impl FileWarnings {
+    fn finish(&self, path: &Path) {
+        self.rejected
+            .finish(path, "records the GenBank parser rejected");
+        self.no_cds.finish(path, "records without CDS");
+        self.no_translation.finish(path, "CDS without /translation");
+        self.empty.finish(path, "records without sequence");
+        self.duplicate.finish(path, "duplicate records");
+    }
+}
+
 /// Processes one GenBank file, writing every kept frame as a TSV line to `out`.
 fn process_file(
     input: &PrepareInput,
@@ -398,11 +419,7 @@ fn process_file(
         records: 0,
         path: path.clone(),
     };
-    let mut w_nocds = WarnCounter::default();
-    let mut w_notrans = WarnCounter::default();
-    let mut w_empty = WarnCounter::default();
-    let mut w_dup = WarnCounter::default();
-    let mut w_rejected = WarnCounter::default();
+    let mut warnings = FileWarnings::default();
     let file_records_before = stats.records + stats.records_rejected;
     while let Some(rec) = splitter.next_record()? {
         let seq = match parse_record(&rec, path) {
@@ -411,7 +428,9 @@ fn process_file(
             Err(e) => {
                 // The splitter has found the record's end (`//`), so the next one starts clean.
                 stats.records_rejected += 1;
-                w_rejected.warn(|| format!("{e:#}; skipped (--strict stops here instead)"));
+                warnings
+                    .rejected
+                    .warn(|| format!("{e:#}; skipped (--strict stops here instead)"));
                 continue;
             }
         };
@@ -425,115 +444,158 @@ fn process_file(
                 rec.index
             );
         };
-        if !seen_ids.insert(id.clone()) {
-            stats.records_duplicate += 1;
-            w_dup.warn(|| {
-                format!(
-                    "{}:{}: record {id} was already read (duplicate ID); skipped so that frame \
-                     IDs stay unique",
-                    path.display(),
-                    rec.line
-                )
-            });
+        if !usable_record(&seq, &id, &rec, path, stats, seen_ids, &mut warnings)? {
             continue;
         }
-        if seq.seq.is_empty() {
-            stats.records_empty += 1;
-            w_empty.warn(|| {
-                format!(
-                    "{}:{}: record {id} has no sequence (no ORIGIN data); skipped",
-                    path.display(),
-                    rec.line
-                )
-            });
+        let Some(translations) = cds_translations(&seq, &id, &rec, path, stats, &mut warnings)
+        else {
             continue;
-        }
-        if let Err(detail) = check_nucleotides(&seq.seq) {
-            bail!(
-                "{}:{}: GenBank record #{} ({id}) holds {}. prepare needs nucleotide GenBank \
-                 records (e.g. NCBI RefSeq's viral.1.1.genomic.gbff), not protein records \
-                 (GenPept, .gpff); see docs/FORMATS.md, \"Nucleotide alphabet\"",
-                path.display(),
-                rec.line,
-                rec.index,
-                detail.describe()
-            );
-        }
-        let mut translations = Vec::new();
-        let mut n_cds = 0u64;
-        for feature in seq.features.iter().filter(|f| f.kind == "CDS") {
-            n_cds += 1;
-            let mut any = false;
-            for t in feature.qualifier_values("translation") {
-                let protein: Vec<u8> = t
-                    .bytes()
-                    .filter(|b| !b.is_ascii_whitespace())
-                    .map(|b| b.to_ascii_uppercase())
-                    .collect();
-                if !protein.is_empty() {
-                    translations.push(protein);
-                    any = true;
-                }
-            }
-            if !any {
-                stats.cds_without_translation += 1;
-                w_notrans.warn(|| {
-                    format!(
-                        "{}: record {id} (line {}): CDS {} has no /translation; it cannot \
-                         confirm frames",
-                        path.display(),
-                        rec.line,
-                        feature.location.to_gb_format()
-                    )
-                });
-            }
-        }
-        stats.cds += n_cds;
-        if n_cds == 0 {
-            stats.records_without_cds += 1;
-            w_nocds.warn(|| {
-                format!(
-                    "{}:{}: record {id} has no CDS feature; skipped (no protein to confirm its \
-                     frames)",
-                    path.display(),
-                    rec.line
-                )
-            });
-            continue;
-        }
+        };
         let index = ProteinIndex::new(&translations);
-        let sequence = &seq.seq;
-        let spans: Vec<(usize, usize)> = chunk_spans(sequence.len(), chunk_len).collect();
-        stats.chunks += spans.len() as u64;
-        // Chunks are independent: translate and look up in parallel, write in order.
-        let per_chunk: Vec<Option<(usize, Vec<Frame>)>> = spans
-            .par_iter()
-            .enumerate()
-            .map_init(FrameScratch::new, |scratch, (j, &(start, end))| {
-                chunk_frames(&id, j, &sequence[start..end], &index, scratch)
-            })
-            .collect();
-        for result in per_chunk {
-            let Some((n_open, kept)) = result else {
-                stats.chunks_ambiguous += 1;
-                continue;
-            };
-            stats.frames_open += n_open as u64;
-            stats.frames_in_cds += kept.len() as u64;
-            for frame in kept {
-                write_frame_line(out, input, &frame)
-                    .with_context(|| "cannot write prepared frames".to_string())?;
-            }
-        }
+        write_record_frames(input, &id, &seq.seq, &index, chunk_len, stats, out)?;
     }
     if stats.records + stats.records_rejected == file_records_before {
         tracing::warn!("{}: no GenBank record in this file", path.display());
     }
-    w_rejected.finish(path, "records the GenBank parser rejected");
-    w_nocds.finish(path, "records without CDS");
-    w_notrans.finish(path, "CDS without /translation");
-    w_empty.finish(path, "records without sequence");
-    w_dup.finish(path, "duplicate records");
+    warnings.finish(path);
+    Ok(())
+}
+
+/// Whether a parsed record goes on to its frames: not a duplicate ID, not empty (both counted
+/// and skipped); a record that is not nucleotides is an error.
+fn usable_record(
+    seq: &gb_io::seq::Seq,
+    id: &str,
+    rec: &RecordText,
+    path: &Path,
+    stats: &mut GroupSummary,
+    seen_ids: &mut HashSet<String>,
+    warnings: &mut FileWarnings,
+) -> Result<bool> {
+    if !seen_ids.insert(id.to_owned()) {
+        stats.records_duplicate += 1;
+        warnings.duplicate.warn(|| {
+            format!(
+                "{}:{}: record {id} was already read (duplicate ID); skipped so that frame \
+                 IDs stay unique",
+                path.display(),
+                rec.line
+            )
+        });
+        return Ok(false);
+    }
+    if seq.seq.is_empty() {
+        stats.records_empty += 1;
+        warnings.empty.warn(|| {
+            format!(
+                "{}:{}: record {id} has no sequence (no ORIGIN data); skipped",
+                path.display(),
+                rec.line
+            )
+        });
+        return Ok(false);
+    }
+    if let Err(detail) = check_nucleotides(&seq.seq) {
+        bail!(
+            "{}:{}: GenBank record #{} ({id}) holds {}. prepare needs nucleotide GenBank \
+             records (e.g. NCBI RefSeq's viral.1.1.genomic.gbff), not protein records \
+             (GenPept, .gpff); see docs/FORMATS.md, \"Nucleotide alphabet\"",
+            path.display(),
+            rec.line,
+            rec.index,
+            detail.describe()
+        );
+    }
+    Ok(true)
+}
+
+/// The upper-cased `/translation`s of a record's CDS features; `None` (counted, warned) when
+/// the record has no CDS, so nothing can confirm its frames.
+fn cds_translations(
+    seq: &gb_io::seq::Seq,
+    id: &str,
+    rec: &RecordText,
+    path: &Path,
+    stats: &mut GroupSummary,
+    warnings: &mut FileWarnings,
+) -> Option<Vec<Vec<u8>>> {
+    let mut translations = Vec::new();
+    let mut n_cds = 0u64;
+    for feature in seq.features.iter().filter(|f| f.kind == "CDS") {
+        n_cds += 1;
+        let mut any = false;
+        for t in feature.qualifier_values("translation") {
+            let protein: Vec<u8> = t
+                .bytes()
+                .filter(|b| !b.is_ascii_whitespace())
+                .map(|b| b.to_ascii_uppercase())
+                .collect();
+            if !protein.is_empty() {
+                translations.push(protein);
+                any = true;
+            }
+        }
+        if !any {
+            stats.cds_without_translation += 1;
+            warnings.no_translation.warn(|| {
+                format!(
+                    "{}: record {id} (line {}): CDS {} has no /translation; it cannot \
+                     confirm frames",
+                    path.display(),
+                    rec.line,
+                    feature.location.to_gb_format()
+                )
+            });
+        }
+    }
+    stats.cds += n_cds;
+    if n_cds == 0 {
+        stats.records_without_cds += 1;
+        warnings.no_cds.warn(|| {
+            format!(
+                "{}:{}: record {id} has no CDS feature; skipped (no protein to confirm its \
+                 frames)",
+                path.display(),
+                rec.line
+            )
+        });
+        return None;
+    }
+    Some(translations)
+}
+
+/// Chunks a record, selects the frames its CDS confirm and writes them to `out` in order.
+fn write_record_frames(
+    input: &PrepareInput,
+    id: &str,
+    sequence: &[u8],
+    index: &ProteinIndex,
+    chunk_len: usize,
+    stats: &mut GroupSummary,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let spans: Vec<(usize, usize)> = chunk_spans(sequence.len(), chunk_len).collect();
+    stats.chunks += spans.len() as u64;
+    // Chunks are independent: translate and look up in parallel, write in order.
+    let per_chunk: Vec<Option<(usize, Vec<Frame>)>> = spans
+        .par_iter()
+        .enumerate()
+        .map_init(FrameScratch::new, |scratch, (j, &(start, end))| {
+            chunk_frames(id, j, &sequence[start..end], index, scratch)
+        })
+        .collect();
+    for result in per_chunk {
+        let Some((n_open, kept)) = result else {
+            stats.chunks_ambiguous += 1;
+            continue;
+        };
+        stats.frames_open += n_open as u64;
+        stats.frames_in_cds += kept.len() as u64;
+        for frame in kept {
+            write_frame_line(out, input, &frame)
+                .with_context(|| "cannot write prepared frames".to_string())?;
+        }
+    }
     Ok(())
 }
 
@@ -637,23 +699,7 @@ fn check_group_name(name: &str) -> Result<()> {
 
 /// Runs `prepare`: writes `frames.tsv` and `summary.json` into `opts.out_dir`.
 pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<PrepareSummary> {
-    ensure!(opts.chunk_len > 0, "--chunk-len must be positive");
-    ensure!(
-        inputs.iter().any(|i| i.label == 1),
-        "no viral input: give at least one --viral GenBank file"
-    );
-    ensure!(
-        inputs.iter().any(|i| i.label == 0),
-        "no host input: give at least one --host GenBank file"
-    );
-    for input in inputs {
-        check_group_name(&input.group)?;
-        ensure!(
-            input.path.is_file(),
-            "input {} does not exist or is not a file",
-            input.path.display()
-        );
-    }
+    check_inputs(inputs, opts)?;
     virnucpro_atomic::create_output_dir(&opts.out_dir)
         .with_context(|| format!("cannot create output directory {}", opts.out_dir.display()))?;
 
@@ -667,7 +713,6 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
             ..Default::default()
         })
         .collect();
-    let mut seen_ids = HashSet::new();
 
     // Viral frames go straight to the output; host frames to a spill file, sampled afterwards,
     // so memory stays flat however large the host genomes are.
@@ -678,39 +723,7 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
         opts.out_dir
             .join(format!(".host-frames.spill-{}", std::process::id())),
     );
-    let mut spill = std::io::BufWriter::new(
-        fs::File::create(&spill_path.0)
-            .with_context(|| format!("cannot create {}", spill_path.0.display()))?,
-    );
-    let mut host_sizes = Vec::new();
-    for ((label, _, files), stats) in groups.iter().zip(summaries.iter_mut()) {
-        for input in files {
-            tracing::info!(
-                "reading {} ({} group {})",
-                input.path.display(),
-                stats.label,
-                stats.group
-            );
-            let sink: &mut dyn Write = if *label == 1 { &mut out } else { &mut spill };
-            process_file(
-                input,
-                opts.chunk_len,
-                opts.strict,
-                stats,
-                &mut seen_ids,
-                sink,
-            )?;
-        }
-        if *label == 0 {
-            host_sizes.push(stats.frames_in_cds);
-        } else {
-            stats.frames_written = stats.frames_in_cds;
-        }
-    }
-    spill
-        .flush()
-        .with_context(|| format!("cannot write {}", spill_path.0.display()))?;
-    drop(spill);
+    let host_sizes = read_groups(&groups, &mut summaries, opts, &mut out, &spill_path.0)?;
 
     let viral: u64 = summaries
         .iter()
@@ -718,19 +731,6 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
         .map(|s| s.frames_in_cds)
         .sum();
     let host_available: u64 = host_sizes.iter().sum();
-    let partial = |summaries: &[GroupSummary]| PrepareSummary {
-        format: PREPARED_FORMAT.to_string(),
-        format_version: PREPARED_FORMAT_VERSION,
-        virnucpro_version: env!("CARGO_PKG_VERSION").to_string(),
-        chunk_len: opts.chunk_len,
-        seed: opts.seed,
-        frames_file: FRAMES_FILE.to_string(),
-        viral_frames: viral,
-        host_frames_available: host_available,
-        host_frames_written: 0,
-        balanced: false,
-        groups: summaries.to_vec(),
-    };
     if viral == 0 || host_available == 0 {
         bail!(
             "no {} frame was kept: check that those files have CDS features with /translation \
@@ -748,42 +748,8 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
         );
     }
     let quotas = proportional_quotas(&host_sizes, viral);
-
-    // Pick the sampled host frame numbers (global, in spill order), then copy those lines.
-    let mut rng = Rng::new(opts.seed, 0x5052_4550); // "PREP"
-    let mut selected = Vec::new();
-    let mut offset = 0u64;
-    for (&size, &quota) in host_sizes.iter().zip(&quotas) {
-        selected.extend(
-            rng.sample_sorted(size as usize, quota as usize)
-                .into_iter()
-                .map(|i| offset + i as u64),
-        );
-        offset += size;
-    }
-    let mut host_written = 0u64;
-    {
-        let reader = BufReader::new(
-            fs::File::open(&spill_path.0)
-                .with_context(|| format!("cannot read {}", spill_path.0.display()))?,
-        );
-        let mut next = selected.iter().peekable();
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let Some(&&want) = next.peek() else { break };
-            let line = line.with_context(|| format!("cannot read {}", spill_path.0.display()))?;
-            if i as u64 == want {
-                out.write_all(&line)?;
-                out.write_all(b"\n")?;
-                host_written += 1;
-                next.next();
-            }
-        }
-        ensure!(
-            next.peek().is_none(),
-            "internal error: host spill file {} is shorter than counted",
-            spill_path.0.display()
-        );
-    }
+    let selected = sample_host_frames(opts.seed, &host_sizes, &quotas);
+    let host_written = copy_selected_lines(&spill_path.0, &selected, &mut out)?;
     let mut hosts = summaries.iter_mut().filter(|s| s.label == "host");
     for &q in &quotas {
         if let Some(s) = hosts.next() {
@@ -791,9 +757,17 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
         }
     }
     let summary = PrepareSummary {
+        format: PREPARED_FORMAT.to_string(),
+        format_version: PREPARED_FORMAT_VERSION,
+        virnucpro_version: env!("CARGO_PKG_VERSION").to_string(),
+        chunk_len: opts.chunk_len,
+        seed: opts.seed,
+        frames_file: FRAMES_FILE.to_string(),
+        viral_frames: viral,
+        host_frames_available: host_available,
         host_frames_written: host_written,
         balanced,
-        ..partial(&summaries)
+        groups: summaries,
     };
     let mut summary_file = AtomicFile::create(opts.out_dir.join(SUMMARY_FILE))?;
     serde_json::to_writer_pretty(&mut summary_file, &summary)?;
@@ -801,6 +775,117 @@ pub fn prepare(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<Prepare
     // chunk length.
     commit_all(vec![out, summary_file])?;
     Ok(summary)
+}
+
+/// The options and inputs make sense: a viral and a host input at least, valid group names,
+/// files that exist.
+fn check_inputs(inputs: &[PrepareInput], opts: &PrepareOptions) -> Result<()> {
+    ensure!(opts.chunk_len > 0, "--chunk-len must be positive");
+    ensure!(
+        inputs.iter().any(|i| i.label == 1),
+        "no viral input: give at least one --viral GenBank file"
+    );
+    ensure!(
+        inputs.iter().any(|i| i.label == 0),
+        "no host input: give at least one --host GenBank file"
+    );
+    for input in inputs {
+        check_group_name(&input.group)?;
+        ensure!(
+            input.path.is_file(),
+            "input {} does not exist or is not a file",
+            input.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Reads every group's files: viral frames to `out`, host frames to the spill file `spill_path`.
+/// Returns the number of frames of each host group, in order.
+fn read_groups(
+    groups: &[(u8, String, Vec<&PrepareInput>)],
+    summaries: &mut [GroupSummary],
+    opts: &PrepareOptions,
+    out: &mut AtomicFile,
+    spill_path: &Path,
+) -> Result<Vec<u64>> {
+    let mut spill = std::io::BufWriter::new(
+        fs::File::create(spill_path)
+            .with_context(|| format!("cannot create {}", spill_path.display()))?,
+    );
+    let mut seen_ids = HashSet::new();
+    let mut host_sizes = Vec::new();
+    for ((label, _, files), stats) in groups.iter().zip(summaries.iter_mut()) {
+        for input in files {
+            tracing::info!(
+                "reading {} ({} group {})",
+                input.path.display(),
+                stats.label,
+                stats.group
+            );
+            let sink: &mut dyn Write = if *label == 1 { &mut *out } else { &mut spill };
+            process_file(
+                input,
+                opts.chunk_len,
+                opts.strict,
+                stats,
+                &mut seen_ids,
+                sink,
+            )?;
+        }
+        if *label == 0 {
+            host_sizes.push(stats.frames_in_cds);
+        } else {
+            stats.frames_written = stats.frames_in_cds;
+        }
+    }
+    spill
+        .flush()
+        .with_context(|| format!("cannot write {}", spill_path.display()))?;
+    Ok(host_sizes)
+}
+
+/// The sampled host frames: numbers of lines of the spill file (all host groups in order),
+/// `quotas[g]` of group `g`'s `host_sizes[g]`, sorted.
+fn sample_host_frames(seed: u64, host_sizes: &[u64], quotas: &[u64]) -> Vec<u64> {
+    let mut rng = Rng::new(seed, 0x5052_4550); // "PREP"
+    let mut selected = Vec::new();
+    let mut offset = 0u64;
+    for (&size, &quota) in host_sizes.iter().zip(quotas) {
+        selected.extend(
+            rng.sample_sorted(size as usize, quota as usize)
+                .into_iter()
+                .map(|i| offset + i as u64),
+        );
+        offset += size;
+    }
+    selected
+}
+
+/// Copies lines `selected` (sorted, 0-based) of `spill_path` to `out`; returns how many.
+fn copy_selected_lines(spill_path: &Path, selected: &[u64], out: &mut AtomicFile) -> Result<u64> {
+    let reader = BufReader::new(
+        fs::File::open(spill_path)
+            .with_context(|| format!("cannot read {}", spill_path.display()))?,
+    );
+    let mut written = 0u64;
+    let mut next = selected.iter().peekable();
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let Some(&&want) = next.peek() else { break };
+        let line = line.with_context(|| format!("cannot read {}", spill_path.display()))?;
+        if i as u64 == want {
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
+            written += 1;
+            next.next();
+        }
+    }
+    ensure!(
+        next.peek().is_none(),
+        "internal error: host spill file {} is shorter than counted",
+        spill_path.display()
+    );
+    Ok(written)
 }
 
 /// Reads `DIR/summary.json` of a prepared data set, checking its format.

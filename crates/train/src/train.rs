@@ -298,7 +298,8 @@ impl TrainReport {
 /// Forward and backward are written out by hand: the two large products (`x · W1ᵀ` and
 /// `xᵀ · dz`) go to candle's matmul, everything else is O(batch × hidden) and runs as plain
 /// loops. Against candle's autograd this avoids a dozen tensor allocations and thread-pool
-/// round trips per step, which dominated at batch 32 (measured ~3x slower; docs/BENCHMARKS.md).
+/// round trips per step, which dominate at batch 32 (autograd takes about 3x as long); this
+/// path's throughput is in docs/BENCHMARKS.md, "train".
 /// `steps_match_reference_math` checks the result against the textbook formulas.
 struct Trainer {
     d: usize,
@@ -325,6 +326,19 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     t
+}
+
+/// What the forward pass through the hidden layer keeps for the backward pass; every
+/// per-row vector is [n, H].
+struct Hidden {
+    /// The batch's mean and biased variance per hidden unit, and `1 / sqrt(var + eps)`.
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    inv_std: Vec<f32>,
+    /// Normalised (`zhat`), before ReLU (`pre`), after ReLU and dropout (`a`).
+    zhat: Vec<f32>,
+    pre: Vec<f32>,
+    a: Vec<f32>,
 }
 
 impl Trainer {
@@ -371,13 +385,24 @@ impl Trainer {
         lr: f32,
         momentum: f32,
     ) -> Result<f64> {
-        let (d, h, n) = (self.d, self.h, y.len());
+        let n = y.len();
+        let xt = Tensor::from_slice(x, (n, self.d), &Device::Cpu)?;
+        let hidden = self.hidden_forward(&xt, n, mask)?;
+        let (loss, dlogit) = self.output_loss(&hidden.a, y);
+        let (g_w1t, grad) = self.backward(&xt, &hidden, &dlogit, mask)?;
+        self.apply_sgd(&g_w1t, &grad, lr, momentum)?;
+        self.update_running_stats(&hidden, n);
+        Ok(loss / n as f64)
+    }
+
+    /// Hidden layer, BatchNorm in training mode (the batch's mean and biased variance), ReLU
+    /// and dropout.
+    fn hidden_forward(&self, xt: &Tensor, n: usize, mask: Option<&[f32]>) -> Result<Hidden> {
+        let (d, h) = (self.d, self.h);
         let nf = n as f32;
-        let [w1t, b1, gamma, beta, w2t, b2] = &self.params;
-        let dev = Device::Cpu;
-        let xt = Tensor::from_slice(x, (n, d), &dev)?;
+        let [w1t, b1, gamma, beta, _, _] = &self.params;
         let mut z = xt
-            .matmul(&Tensor::from_slice(w1t, (d, h), &dev)?)?
+            .matmul(&Tensor::from_slice(w1t, (d, h), &Device::Cpu)?)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         for row in z.chunks_exact_mut(h) {
@@ -385,7 +410,6 @@ impl Trainer {
                 *v += b;
             }
         }
-        // BatchNorm1d, training mode: the batch's mean and biased variance.
         let mut mean = vec![0.0f32; h];
         for row in z.chunks_exact(h) {
             for (m, v) in mean.iter_mut().zip(row) {
@@ -404,7 +428,6 @@ impl Trainer {
             .iter()
             .map(|v| 1.0 / (v + BN_EPS as f32).sqrt())
             .collect();
-        // zhat (normalised), pre (before ReLU) and a (after ReLU and dropout), all [n, H].
         let mut zhat = z;
         let mut pre = vec![0.0f32; n * h];
         let mut a = vec![0.0f32; n * h];
@@ -416,7 +439,22 @@ impl Trainer {
                 a[k] = pre[k].max(0.0) * mask.map_or(1.0, |m| m[k]);
             }
         }
-        // Output layer, softmax cross-entropy and its gradient (softmax - onehot) / n.
+        Ok(Hidden {
+            mean,
+            var,
+            inv_std,
+            zhat,
+            pre,
+            a,
+        })
+    }
+
+    /// Output layer, softmax cross-entropy: the summed loss and its gradient
+    /// `(softmax - onehot) / n` per logit, [n, 2].
+    fn output_loss(&self, a: &[f32], y: &[u8]) -> (f64, Vec<f32>) {
+        let (h, n) = (self.h, y.len());
+        let nf = n as f32;
+        let (w2t, b2) = (&self.params[W2T], &self.params[B2]);
         let mut loss = 0.0f64;
         let mut dlogit = vec![0.0f32; n * 2];
         for i in 0..n {
@@ -435,7 +473,29 @@ impl Trainer {
                 dlogit[2 * i + c] = (e[c] / sum - f32::from(c == label)) / nf;
             }
         }
-        // Gradients of the small parameters; W1T's comes from the matmul below.
+        (loss, dlogit)
+    }
+
+    /// The gradients: W1T's as a [D, H] tensor (from a matmul), the small parameters' in
+    /// `grad` (W1T's entry empty).
+    fn backward(
+        &self,
+        xt: &Tensor,
+        hidden: &Hidden,
+        dlogit: &[f32],
+        mask: Option<&[f32]>,
+    ) -> Result<(Tensor, [Vec<f32>; 6])> {
+        let h = self.h;
+        let n = dlogit.len() / 2;
+        let nf = n as f32;
+        let (gamma, w2t) = (&self.params[GAMMA], &self.params[W2T]);
+        let Hidden {
+            inv_std,
+            zhat,
+            pre,
+            a,
+            ..
+        } = hidden;
         let mut grad: [Vec<f32>; 6] = std::array::from_fn(|t| {
             if t == W1T {
                 Vec::new()
@@ -483,10 +543,20 @@ impl Trainer {
         }
         let g_w1t = xt
             .t()?
-            .matmul(&Tensor::from_vec(dz, (n, h), &dev)?)?
+            .matmul(&Tensor::from_vec(dz, (n, h), &Device::Cpu)?)?
             .contiguous()?;
-        // SGD with momentum, PyTorch semantics: v = mu * v + g (v starts at 0, so the first
-        // step's v is g, as PyTorch's buffer clone), p -= lr * v.
+        Ok((g_w1t, grad))
+    }
+
+    /// SGD with momentum, PyTorch semantics: v = mu * v + g (v starts at 0, so the first step's
+    /// v is g, as PyTorch's buffer clone), p -= lr * v.
+    fn apply_sgd(
+        &mut self,
+        g_w1t: &Tensor,
+        grad: &[Vec<f32>; 6],
+        lr: f32,
+        momentum: f32,
+    ) -> Result<()> {
         let sgd = |p: &mut [f32], v: &mut [f32], g: &[f32]| {
             for ((p, v), g) in p.iter_mut().zip(v.iter_mut()).zip(g) {
                 *v = momentum * *v + g;
@@ -500,20 +570,24 @@ impl Trainer {
                 bail!("internal error: training runs on the CPU");
             };
             let start = layout.start_offset();
-            let g = &cpu.as_slice::<f32>()?[start..start + d * h];
+            let g = &cpu.as_slice::<f32>()?[start..start + self.d * self.h];
             sgd(&mut self.params[W1T], &mut self.velocity[W1T], g);
         }
         for t in [B1, GAMMA, BETA, W2T, B2] {
             sgd(&mut self.params[t], &mut self.velocity[t], &grad[t]);
         }
-        // Running statistics use the unbiased batch variance, as PyTorch does.
+        Ok(())
+    }
+
+    /// Running statistics use the unbiased batch variance, as PyTorch does.
+    fn update_running_stats(&mut self, hidden: &Hidden, n: usize) {
         let m = BN_MOMENTUM as f32;
+        let nf = n as f32;
         let unbias = nf / (nf - 1.0);
-        for j in 0..h {
-            self.running_mean[j] = (1.0 - m) * self.running_mean[j] + m * mean[j];
-            self.running_var[j] = (1.0 - m) * self.running_var[j] + m * var[j] * unbias;
+        for j in 0..self.h {
+            self.running_mean[j] = (1.0 - m) * self.running_mean[j] + m * hidden.mean[j];
+            self.running_var[j] = (1.0 - m) * self.running_var[j] + m * hidden.var[j] * unbias;
         }
-        Ok(loss / n as f64)
     }
 
     /// The current weights in PyTorch layouts.

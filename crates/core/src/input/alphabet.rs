@@ -2,7 +2,7 @@
 //! "Nucleotide alphabet").
 //!
 //! Accepted, in upper or lower case (soft-masked sequence is lower case):
-//! - `A C G T`: translated (PIPELINE.md §3);
+//! - `A C G T`: translated (docs/PIPELINE.md §3);
 //! - `U` (RNA), the IUPAC ambiguity codes `R Y S W K M B D H V N`, and `X` (a masked base, as
 //!   RepeatMasker `-x` writes): kept in place, and a codon containing one is dropped from the
 //!   protein, as the reference does with anything but `ACGT`;

@@ -1,4 +1,4 @@
-//! Chunking a record into overlapping windows (PIPELINE.md §2).
+//! Chunking a record into overlapping windows (docs/PIPELINE.md §2).
 //!
 //! A record of length `n` gives `k = ceil(n / L)` chunks. The overlap `r = k*L - n` is spread over
 //! the gaps with the reference's shift list `[lo+1] * need + [lo] * (k-1-need) + [0]`, where
@@ -40,7 +40,17 @@ pub fn last_chunk_is_clipped(len: usize, chunk_len: usize) -> bool {
 
 /// The ID of chunk `index` (0-based) of record `record_id`: `<record id>_chunk_<index+1>`.
 pub fn chunk_id(record_id: &str, index: usize) -> String {
-    format!("{record_id}_chunk_{}", index + 1)
+    let mut id = Vec::with_capacity(record_id.len() + 12);
+    push_chunk_id(&mut id, record_id, index);
+    String::from_utf8(id).expect("a record ID is UTF-8")
+}
+
+/// Appends [`chunk_id`] to `out`, for writers that build their lines as bytes.
+pub fn push_chunk_id(out: &mut Vec<u8>, record_id: &str, index: usize) {
+    use std::io::Write;
+    out.extend_from_slice(record_id.as_bytes());
+    out.extend_from_slice(b"_chunk_");
+    write!(out, "{}", index + 1).expect("writing to a Vec cannot fail");
 }
 
 /// What the shift list boils down to: shift `j` (between chunk `j` and `j+1`) is `lo + 1` for

@@ -1,4 +1,4 @@
-//! Reading sequence records (PIPELINE.md §1) from one or more FASTA/FASTQ inputs.
+//! Reading sequence records (docs/PIPELINE.md §1) from one or more FASTA/FASTQ inputs.
 //!
 //! [`RecordReader`] streams records from files or stdin (`-`), one record in memory at a time.
 //! needletail does the parsing and detects gzip/bzip2/xz/zstd compression and FASTA vs FASTQ
@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,17 +78,23 @@ pub enum InputError {
     #[error("input {input} is given more than once; its records would all be duplicates")]
     GivenTwice { input: String },
 
-    #[error(
-        "{input} is not FASTA or FASTQ: it starts with {found} where '>' (FASTA) or '@' (FASTQ) \
-         is expected (after decompression for gzip/bzip2/xz/zstd files)"
-    )]
-    UnknownFormat { input: String, found: String },
+    #[error("{input} is not FASTA or FASTQ: {}", describe_start(*found))]
+    UnknownFormat {
+        input: String,
+        /// The first byte of an uncompressed input; `None` for a compressed one (the byte after
+        /// decompression is needletail's to see).
+        found: Option<u8>,
+    },
 
-    #[error("{input}, line {line}: {message}")]
-    Parse {
+    #[error("{input}, line {line}: {}", describe_format_error(*format, record.as_deref(), problem))]
+    Format {
         input: String,
         line: u64,
-        message: String,
+        /// FASTA or FASTQ, as far as known.
+        format: Option<needletail::parser::Format>,
+        /// The ID of the record with the problem, as far as known.
+        record: Option<String>,
+        problem: FormatProblem,
     },
 
     #[error("cannot read {input} {context}: {message}; is the file truncated or corrupt?")]
@@ -139,6 +145,21 @@ pub enum InputError {
         first: RecordLocation,
         second: RecordLocation,
     },
+}
+
+/// What is wrong in the text of a FASTA/FASTQ input ([`InputError::Format`]), decided on
+/// needletail's error kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatProblem {
+    /// The input ends inside a record; `after`: the ID and line of the last whole record.
+    Truncated { after: Option<(String, u64)> },
+    /// A record does not start with `expected` (`>` in FASTA, `@` in FASTQ).
+    BadStart { expected: char },
+    /// The line after a FASTQ record's sequence does not start with `+`.
+    BadSeparator,
+    /// A FASTQ record's sequence and quality differ in length (`detail`: needletail's words,
+    /// which hold the two lengths).
+    UnequalLengths { detail: String },
 }
 
 /// Streams [`SeqRecord`]s from several inputs in order, as an iterator of
@@ -303,6 +324,11 @@ impl RecordReader {
                 };
                 (name.into(), Box::new(file))
             };
+            let (head, stream) = peek_head(stream).map_err(|e| InputError::Read {
+                input: name.to_string(),
+                context: "before the first record".to_owned(),
+                message: e.to_string(),
+            })?;
             match needletail::parse_fastx_reader(stream) {
                 Ok(parser) => {
                     return Ok(Some(OpenInput {
@@ -318,7 +344,7 @@ impl RecordReader {
                 Err(e) if e.kind == ParseErrorKind::UnknownFormat => {
                     return Err(InputError::UnknownFormat {
                         input: name.to_string(),
-                        found: describe_first_byte(&e),
+                        found: uncompressed_first_byte(&head),
                     });
                 }
                 Err(e) => return Err(parse_error(&name, None, e)),
@@ -527,62 +553,121 @@ fn clean_sequence(mut seq: Vec<u8>) -> Result<Vec<u8>, (usize, u8)> {
     Ok(seq)
 }
 
-fn describe_first_byte(e: &ParseError) -> String {
-    // needletail's message is "Expected '@' or '>' ... but found 'X'."; keep only the byte.
-    let found = e
-        .msg
-        .rsplit_once("found '")
-        .map(|(_, rest)| rest.trim_end_matches(['.', '\'']))
-        .unwrap_or("?");
-    format!("'{found}'")
+/// Reads the first (up to) two bytes of `stream`, and gives them back with a stream that
+/// still starts with them.
+fn peek_head(
+    mut stream: Box<dyn io::Read + Send>,
+) -> io::Result<(Vec<u8>, Box<dyn io::Read + Send>)> {
+    let mut head = [0u8; 2];
+    let mut n = 0;
+    while n < head.len() {
+        match stream.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let head = head[..n].to_vec();
+    Ok((head.clone(), Box::new(io::Cursor::new(head).chain(stream))))
+}
+
+/// The first byte of an input that starts with `head`, unless `head` is the magic number of a
+/// compression needletail reads (gzip, bzip2, xz, zstd): then the byte that needletail found
+/// after decompression is not known here.
+fn uncompressed_first_byte(head: &[u8]) -> Option<u8> {
+    const MAGIC: [[u8; 2]; 4] = [[0x1f, 0x8b], *b"BZ", [0xfd, b'7'], [0x28, 0xb5]];
+    if MAGIC.iter().any(|m| head.starts_with(m)) {
+        return None;
+    }
+    head.first().copied()
+}
+
+/// The end of [`InputError::UnknownFormat`]'s message.
+fn describe_start(found: Option<u8>) -> String {
+    let expected = "'>' (FASTA) or '@' (FASTQ) is expected";
+    match found {
+        Some(b) if b.is_ascii_graphic() => {
+            format!("it starts with '{}' where {expected}", b as char)
+        }
+        Some(b) => format!("it starts with the byte {b:#04x} where {expected}"),
+        None => format!(
+            "after decompression it starts with something else where {expected} (gzip, bzip2, xz \
+             and zstd are decompressed)"
+        ),
+    }
+}
+
+/// The end of [`InputError::Format`]'s message.
+fn describe_format_error(
+    format: Option<needletail::parser::Format>,
+    record: Option<&str>,
+    problem: &FormatProblem,
+) -> String {
+    let format = match format {
+        Some(needletail::parser::Format::Fastq) => "FASTQ ",
+        Some(needletail::parser::Format::Fasta) => "FASTA ",
+        None => "",
+    };
+    let record = record.map_or_else(String::new, |id| format!(" '{id}'"));
+    match problem {
+        FormatProblem::Truncated { after } => {
+            let after = match after {
+                Some((id, line)) => format!("after record '{id}' (line {line})"),
+                None => "before the first record".to_owned(),
+            };
+            format!("the input ends in the middle of a record {after}; is the file truncated?")
+        }
+        FormatProblem::BadStart { expected } => format!(
+            "malformed {format}record{record}: expected '{expected}' at the start of a record"
+        ),
+        FormatProblem::BadSeparator => {
+            format!("malformed {format}record{record}: expected the '+' line after the sequence")
+        }
+        FormatProblem::UnequalLengths { detail } => {
+            format!("malformed {format}record{record}: {detail}")
+        }
+    }
 }
 
 fn parse_error(input: &str, last: Option<&(String, u64)>, e: ParseError) -> InputError {
-    let after = || match last {
-        Some((id, line)) => format!("after record '{id}' (line {line})"),
-        None => "before the first record".to_owned(),
+    let format_error = |problem| InputError::Format {
+        input: input.to_owned(),
+        line: e.position.line,
+        format: e.format,
+        record: e.position.id.clone(),
+        problem,
     };
     match e.kind {
         ParseErrorKind::Io => InputError::Read {
             input: input.to_owned(),
-            context: after(),
+            context: match last {
+                Some((id, line)) => format!("after record '{id}' (line {line})"),
+                None => "before the first record".to_owned(),
+            },
             message: e.msg,
         },
-        ParseErrorKind::UnexpectedEnd => InputError::Parse {
+        ParseErrorKind::UnexpectedEnd => format_error(FormatProblem::Truncated {
+            after: last.cloned(),
+        }),
+        // Both are decided when an input is opened, before any record.
+        ParseErrorKind::UnknownFormat | ParseErrorKind::EmptyFile => InputError::UnknownFormat {
             input: input.to_owned(),
-            line: e.position.line,
-            message: format!(
-                "the input ends in the middle of a record {}; is the file truncated?",
-                after()
-            ),
+            found: None,
         },
-        ParseErrorKind::UnknownFormat => InputError::UnknownFormat {
-            input: input.to_owned(),
-            found: describe_first_byte(&e),
-        },
-        _ => {
-            let record = match &e.position.id {
-                Some(id) => format!(" '{id}'"),
-                None => String::new(),
-            };
+        ParseErrorKind::InvalidStart => format_error(FormatProblem::BadStart {
+            expected: match e.format {
+                Some(needletail::parser::Format::Fastq) => '@',
+                _ => '>',
+            },
+        }),
+        ParseErrorKind::InvalidSeparator => format_error(FormatProblem::BadSeparator),
+        ParseErrorKind::UnequalLengths => {
             let mut detail = e.msg.trim_end_matches('.').to_owned();
-            // needletail leaves some quotes unclosed ("but found '-").
-            if detail.matches('\'').count() % 2 == 1 {
-                detail.push('\'');
-            }
             if let Some(first) = detail.get_mut(..1) {
                 first.make_ascii_lowercase();
             }
-            let format = match e.format {
-                Some(needletail::parser::Format::Fastq) => "FASTQ ",
-                Some(needletail::parser::Format::Fasta) => "FASTA ",
-                None => "",
-            };
-            InputError::Parse {
-                input: input.to_owned(),
-                line: e.position.line,
-                message: format!("malformed {format}record{record}: {detail}"),
-            }
+            format_error(FormatProblem::UnequalLengths { detail })
         }
     }
 }
@@ -652,6 +737,64 @@ mod tests {
         assert!(err.contains("no ID"), "{err}");
         let err = read(b"@r1\nACGT\n+\nII\n").unwrap_err().to_string();
         assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn format_errors_are_typed() {
+        let err = read(b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n+\nII\n").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                InputError::Format {
+                    line: 5,
+                    problem: FormatProblem::UnequalLengths { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("quality length is 2"), "{err}");
+        let err = read(b"@r1\nACGT\n-\nIIII\n").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                InputError::Format {
+                    problem: FormatProblem::BadSeparator,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = read(b"@r1\nACGT\n+\nIIII\n@r2\nAC").unwrap_err();
+        match &err {
+            InputError::Format {
+                problem: FormatProblem::Truncated { after },
+                ..
+            } => assert_eq!(after, &Some(("r1".to_owned(), 1))),
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("is the file truncated?"), "{err}");
+        // The first byte of a plain input; none for a compressed one.
+        let err = read(b"\x89PNG\r\n").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InputError::UnknownFormat {
+                    found: Some(0x89),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("the byte 0x89"), "{err}");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"hello\n").unwrap();
+        let err = read(&gz.finish().unwrap()).unwrap_err();
+        assert!(
+            matches!(err, InputError::UnknownFormat { found: None, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("after decompression"), "{err}");
     }
 
     #[test]

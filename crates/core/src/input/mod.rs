@@ -1,5 +1,5 @@
 //! Sequence input: FASTA/FASTQ records, the nucleotide alphabet check ([`alphabet`]), chunking
-//! (PIPELINE.md §2) and six-frame translation with frame selection (PIPELINE.md §3).
+//! (docs/PIPELINE.md §2) and six-frame translation with frame selection (docs/PIPELINE.md §3).
 
 pub mod alphabet;
 pub mod chunk;
@@ -30,7 +30,7 @@ impl SeqRecord {
 }
 
 /// A kept translated frame: `<chunk id>F1..F3|R1..R3`, the DNA handed to the nucleotide model
-/// (one base longer than the codons used, see PIPELINE.md §3) and the protein.
+/// (one base longer than the codons used, see docs/PIPELINE.md §3) and the protein.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub id: String,
@@ -38,7 +38,7 @@ pub struct Frame {
     pub protein: Vec<u8>,
 }
 
-/// One chunk of a record with the frames kept from it (PIPELINE.md §2–3).
+/// One chunk of a record with the frames kept from it (docs/PIPELINE.md §2–3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     /// `<record id>_chunk_<j+1>`.

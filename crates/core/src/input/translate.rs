@@ -1,4 +1,4 @@
-//! Six-frame translation and frame selection (PIPELINE.md §3).
+//! Six-frame translation and frame selection (docs/PIPELINE.md §3).
 //!
 //! Everything works on byte slices through 256-entry lookup tables, so upper and lower case need
 //! no separate pass: a base's 2-bit code comes from [`BASE_CODE`], a codon's amino acid from

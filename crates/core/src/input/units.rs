@@ -1,13 +1,16 @@
 //! Work units: the input cut into runs of whole records, the grain of resuming, of spreading
 //! work over several devices and of shards.
 //!
-//! The cut depends only on the input: a unit takes records in order until the next one would
-//! bring it above [`UnitRule::max_bases`] (a unit always holds at least one record), and that
-//! limit is derived from the total size of the input files, never from the device, the number of
-//! devices, timing or threads. A unit is computed whole on one device with the same batching
-//! wherever it runs, so its numbers, and therefore every output byte, do not depend on who
-//! computed it or when: a resumed run, a run on several GPUs and shards merged back all give the
-//! bytes of one uninterrupted run.
+//! The cut depends only on the records' content (IDs and sequences): a unit takes records in
+//! order until the next one would bring it above [`UnitRule::max_bases`] (a unit always holds at
+//! least one record), and that limit is derived from the number of bases in the input, counted in
+//! a pass over the records before the run ([`UnitRule::for_inputs`]). Never from the bytes on
+//! disk, so that a gzip and a plain copy of the same records, or the same records wrapped at 60
+//! or 80 columns, are cut into the same units; never from the device, the number of devices,
+//! timing or threads. A unit is computed whole on one device with the same batching wherever it
+//! runs, so its numbers, and therefore every output byte, do not depend on who computed it or
+//! when: a resumed run, a run on several GPUs and shards merged back all give the bytes of one
+//! uninterrupted run.
 //!
 //! Each unit carries a hash of its records as read (header and sequence), which identifies it in
 //! a journal: a resumed run reuses a unit only if the input still holds the same records there.
@@ -18,7 +21,7 @@ use std::str::FromStr;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::fasta::{InputError, RecordReader, STDIN};
+use super::fasta::{Alphabet, InputError, RecordReader, STDIN};
 use super::SeqRecord;
 
 /// Units never grow past this many bases (big enough to fill a GPU's batches).
@@ -26,6 +29,9 @@ pub const MAX_UNIT_BASES: u64 = 1 << 20;
 /// Smaller inputs are cut into about this many units, so that shards and devices can be
 /// balanced even on inputs of a few hundred records.
 pub const TARGET_UNITS: u64 = 1024;
+/// Beyond this many bases every input gets units of [`MAX_UNIT_BASES`]: the counting pass stops
+/// there, so that it reads at most the first gigabase of a large input.
+const COUNT_LIMIT: u64 = MAX_UNIT_BASES * TARGET_UNITS;
 
 /// How the input is cut into units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,20 +41,42 @@ pub struct UnitRule {
 }
 
 impl UnitRule {
-    /// The rule for inputs of `total_bytes` bytes on disk (`None`: unknown, e.g. stdin):
-    /// `ceil(total / TARGET_UNITS)` bases per unit, at most [`MAX_UNIT_BASES`].
-    pub fn for_size(total_bytes: Option<u64>) -> UnitRule {
-        let max_bases = match total_bytes {
+    /// The rule for inputs of `total_bases` bases (`None`: unknown, e.g. stdin, which cannot be
+    /// read twice): `ceil(total / TARGET_UNITS)` bases per unit, at most [`MAX_UNIT_BASES`].
+    pub fn for_bases(total_bases: Option<u64>) -> UnitRule {
+        let max_bases = match total_bases {
             Some(total) => total.div_ceil(TARGET_UNITS).clamp(1, MAX_UNIT_BASES),
             None => MAX_UNIT_BASES,
         };
         UnitRule { max_bases }
     }
 
-    /// The rule for these inputs, from their sizes on disk (stdin: size unknown).
+    /// The rule for these inputs, from their bases ([`count_bases`]; stdin: unknown).
     pub fn for_inputs(inputs: &[PathBuf]) -> Result<UnitRule, InputError> {
-        Ok(UnitRule::for_size(total_input_bytes(inputs)?))
+        Ok(UnitRule::for_bases(count_bases(inputs)?))
     }
+}
+
+/// The bases of the records in `inputs` (records as [`RecordReader`] returns them, duplicate IDs
+/// and any letters allowed: the run itself judges those), counted up to the point where the rule
+/// no longer changes; `None` when one of the inputs is stdin.
+pub fn count_bases(inputs: &[PathBuf]) -> Result<Option<u64>, InputError> {
+    if inputs.iter().any(|p| p.as_os_str() == STDIN) {
+        return Ok(None);
+    }
+    // Silent: the run reads these records again and reports what it finds (empty records)
+    // then, once.
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        let reader = RecordReader::with_alphabet(inputs, Alphabet::Any)?.allow_duplicate_ids(true);
+        let mut total = 0u64;
+        for record in reader {
+            total += record?.seq.len() as u64;
+            if total >= COUNT_LIMIT {
+                break;
+            }
+        }
+        Ok(Some(total))
+    })
 }
 
 /// Total size on disk of `inputs`; `None` when one of them is stdin.
@@ -356,7 +384,7 @@ pub fn measure_input(inputs: &[PathBuf], repeats: usize) -> anyhow::Result<Input
     for _ in 0..repeats {
         let t = Instant::now();
         plan = Some(UnitPlan::read(
-            RecordReader::with_alphabet(inputs, super::fasta::Alphabet::Any)?,
+            RecordReader::with_alphabet(inputs, Alphabet::Any)?,
             rule,
         )?);
         times.push(t.elapsed().as_secs_f64());
@@ -410,14 +438,52 @@ mod tests {
     }
 
     #[test]
-    fn rule_scales_with_input_size() {
-        assert_eq!(UnitRule::for_size(None).max_bases, MAX_UNIT_BASES);
-        assert_eq!(UnitRule::for_size(Some(0)).max_bases, 1);
+    fn rule_scales_with_input_bases() {
+        assert_eq!(UnitRule::for_bases(None).max_bases, MAX_UNIT_BASES);
+        assert_eq!(UnitRule::for_bases(Some(0)).max_bases, 1);
         assert_eq!(
-            UnitRule::for_size(Some(10 * TARGET_UNITS + 1)).max_bases,
+            UnitRule::for_bases(Some(10 * TARGET_UNITS + 1)).max_bases,
             11
         );
-        assert_eq!(UnitRule::for_size(Some(u64::MAX)).max_bases, MAX_UNIT_BASES);
+        assert_eq!(
+            UnitRule::for_bases(Some(COUNT_LIMIT)).max_bases,
+            MAX_UNIT_BASES
+        );
+        assert_eq!(
+            UnitRule::for_bases(Some(u64::MAX)).max_bases,
+            MAX_UNIT_BASES
+        );
+    }
+
+    /// The rule follows the records, not the file: the same records wrapped otherwise, or
+    /// gzip-compressed, give the same count.
+    #[test]
+    fn bases_are_counted_from_the_records() {
+        use flate2::write::GzEncoder;
+        let dir = tempfile::tempdir().unwrap();
+        let mut plain = Vec::new();
+        let mut wide = Vec::new();
+        for i in 0..50 {
+            let seq = b"ACGTN".repeat(30 + i);
+            writeln!(plain, ">r{i} x").unwrap();
+            writeln!(wide, ">r{i} x").unwrap();
+            for line in seq.chunks(60) {
+                plain.extend_from_slice(line);
+                plain.push(b'\n');
+            }
+            wide.extend_from_slice(&seq);
+            wide.push(b'\n');
+        }
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let want: u64 = (0..50).map(|i| 5 * (30 + i)).sum();
+        for (name, bytes) in [("a.fa", plain), ("b.fa", wide), ("c.fa.gz", gz)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(count_bases(&[path]).unwrap(), Some(want), "{name}");
+        }
+        assert_eq!(count_bases(&["-".into()]).unwrap(), None);
     }
 
     #[test]
@@ -496,7 +562,7 @@ mod tests {
                     .collect();
                 // Units as the rule would cut them for an input of that many bases.
                 let total: u64 = lengths.iter().sum();
-                let rule = UnitRule::for_size(Some(total + 30 * n as u64));
+                let rule = UnitRule::for_bases(Some(total));
                 let mut unit_bases = Vec::new();
                 let mut current = 0u64;
                 for &l in &lengths {

@@ -1,4 +1,4 @@
-//! The published prediction files (PIPELINE.md §6) and the per-record summary.
+//! The published prediction files (docs/PIPELINE.md §6) and the per-record summary.
 //!
 //! - `prediction_results.txt`: one row per scored frame, in input order;
 //! - `prediction_results_highestscore.csv`: one row per chunk (tab-separated despite the name),
