@@ -9,12 +9,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
 use virnucpro_assets::load::load_embedding_model;
-use virnucpro_kernels::{self as kernels, AttentionImpl};
+use virnucpro_kernels::{self as kernels, AttentionImpl, GemmFallback, KernelOptions};
 use virnucpro_models::config::ModelFamily;
 use virnucpro_models::device::{resolve_dtype, DTypeSpec};
 use virnucpro_models::dnabert::{DnaBert, DnaBertConfig};
 use virnucpro_models::embed::{LoadOptions, RandomModel, DNABERT_S_CONFIG};
 use virnucpro_models::esm::{Esm, EsmConfig};
+use virnucpro_models::options::ModelOptions;
+use virnucpro_models::profile::Profiler;
 use virnucpro_models::weights::RandomWeights;
 use virnucpro_models::{Encoder, TokenBatch};
 
@@ -32,8 +34,10 @@ pub struct BenchOptions {
     pub ragged: bool,
     pub warmup: usize,
     pub repeats: usize,
-    /// Attention implementations to time (each sets the process-wide choice in turn).
+    /// Attention implementations to time (a model is built with each).
     pub attention: Vec<AttentionImpl>,
+    /// The rest of the models' options (the profiler's report is printed after the timings).
+    pub model_options: ModelOptions,
 }
 
 /// One measured configuration.
@@ -66,12 +70,41 @@ pub struct BenchModel {
     pub family: ModelFamily,
     pub dtype: DType,
     pub source: String,
+    /// The attention implementation it was built with.
+    pub attention: AttentionImpl,
     /// Token ids for synthetic rows: (first, last, pad, lowest ordinary id, vocabulary size).
     specials: (u32, u32, u32, u32, u32),
 }
 
+/// Builds the model of `spec` (a named random shape, or a checkpoint) on `device`, once per
+/// attention implementation (the same weights each time).
+pub fn build_models(
+    spec: &str,
+    device: &Device,
+    dtype: DTypeSpec,
+    options: &ModelOptions,
+    attention: &[AttentionImpl],
+) -> Result<Vec<BenchModel>> {
+    attention
+        .iter()
+        .map(|&imp| {
+            let options = ModelOptions {
+                kernels: options.kernels.with_attention(imp),
+                ..options.clone()
+            };
+            build_model(spec, device, dtype, &options)
+        })
+        .collect()
+}
+
 /// Builds the model of `spec` (a named random shape, or a checkpoint) on `device`.
-pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<BenchModel> {
+pub fn build_model(
+    spec: &str,
+    device: &Device,
+    dtype: DTypeSpec,
+    options: &ModelOptions,
+) -> Result<BenchModel> {
+    let attention = options.kernels.attention;
     const SEED: u64 = 0x5eed;
     // ESM alphabet: <cls>=0 <pad>=1 <eos>=2, residues from 4; DNABERT-S: [CLS]=1 [SEP]=2
     // [PAD]=3, k-mers from 5.
@@ -86,12 +119,13 @@ pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<Benc
             let dt = resolve_dtype(dtype, ModelFamily::Esm, device);
             let vb = RandomWeights { seed: SEED }.into_var_builder(dt, device);
             // FastESM2 applies no token-dropout scaling; the time is the same either way.
-            let enc = Esm::load(vb, &cfg, false)?;
+            let enc = Esm::load(vb, &cfg, false, options)?;
             Ok(BenchModel {
                 encoder: Box::new(enc),
                 family: ModelFamily::Esm,
                 dtype: dt,
                 source: format!("random-weights:{spec}"),
+                attention,
                 specials: esm_ids,
             })
         }
@@ -100,17 +134,22 @@ pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<Benc
                 serde_json::from_str(DNABERT_S_CONFIG).context("built-in DNABERT-S config")?;
             let dt = resolve_dtype(dtype, ModelFamily::DnaBert, device);
             let vb = RandomWeights { seed: SEED }.into_var_builder(dt, device);
-            let enc = DnaBert::load(vb, &cfg)?;
+            let enc = DnaBert::load(vb, &cfg, options)?;
             Ok(BenchModel {
                 encoder: Box::new(enc),
                 family: ModelFamily::DnaBert,
                 dtype: dt,
                 source: "random-weights:dnabert-s".into(),
+                attention,
                 specials: (1, 2, 3, 5, cfg.vocab_size as u32),
             })
         }
         Err(_) => {
-            let m = load_embedding_model(spec, device, dtype, &LoadOptions::default())?;
+            let load = LoadOptions {
+                model: options.clone(),
+                ..LoadOptions::default()
+            };
+            let m = load_embedding_model(spec, device, dtype, &load)?;
             let specials = match m.family {
                 ModelFamily::Esm => esm_ids,
                 ModelFamily::DnaBert => {
@@ -124,6 +163,7 @@ pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<Benc
                 family: m.family,
                 dtype: m.dtype,
                 source: m.source,
+                attention,
                 specials,
             })
         }
@@ -172,109 +212,139 @@ pub fn synthetic_batch(
     }
 }
 
-/// Builds the model of `opts` and times it ([`run_model`]).
+/// Builds the model of `opts` (once per attention implementation) and times it
+/// ([`run_model`]).
 pub fn run(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
-    let model = build_model(&opts.model, device, opts.dtype)
-        .with_context(|| format!("cannot build model `{}`", opts.model))?;
+    let models = build_models(
+        &opts.model,
+        device,
+        opts.dtype,
+        &opts.model_options,
+        &opts.attention,
+    )
+    .with_context(|| format!("cannot build model `{}`", opts.model))?;
+    let profiler = opts.model_options.profiler.as_deref();
     let report = run_model(
-        &model,
+        &models,
         device,
         &opts.shapes,
         opts.ragged,
         opts.warmup,
         opts.repeats,
-        &opts.attention,
+        profiler,
     );
-    let profile = virnucpro_models::profile::take_report();
+    let profile = profiler.map(Profiler::take_report).unwrap_or_default();
     if !profile.is_empty() {
         eprintln!("VIRNUCPRO_PROFILE sections (timed passes, after warm-up):\n{profile}");
     }
     report
 }
 
-/// Times `forward_pooled` on every shape and attention implementation (median of `repeats`
-/// after `warmup` runs). Prints one line per row on stderr.
+/// Times `forward_pooled` on every shape with each of `models` (one model built per attention
+/// implementation; median of `repeats` after `warmup` runs). Prints one line per row on
+/// stderr. `profiler`: the one the models were built with, if any.
 pub fn run_model(
-    model: &BenchModel,
+    models: &[BenchModel],
     device: &Device,
     shapes: &[(usize, usize)],
     ragged: bool,
     warmup: usize,
     repeats: usize,
-    attention: &[AttentionImpl],
+    profiler: Option<&Profiler>,
 ) -> Result<BenchReport> {
-    let before = kernels::attention_impl();
+    let Some(first) = models.first() else {
+        bail!("nothing to measure: no attention implementation given");
+    };
     let mut rows = Vec::new();
-    let result = (|| -> Result<()> {
-        for &(b, t) in shapes {
-            let batch = synthetic_batch(model, b, t, ragged, 0x9e37 + (b * 131 + t) as u64);
-            let real: usize = batch.lengths.iter().sum();
-            for &imp in attention {
-                kernels::set_attention_impl(imp);
-                if virnucpro_models::profile::enabled() {
-                    // The profile covers steady-state passes only: not kernel compilation,
-                    // GEMM tuning or first allocations.
-                    for _ in 0..warmup.max(1) {
-                        model.encoder.forward_pooled(&batch)?;
-                    }
-                    device.synchronize()?;
-                    virnucpro_models::profile::take_report();
-                    // Host-bound or device-bound? Enqueue time of one pass vs its completion.
-                    virnucpro_models::profile::pause(true);
-                    let t0 = std::time::Instant::now();
-                    let out = model.encoder.forward_pooled(&batch);
-                    let host = t0.elapsed().as_secs_f64() * 1e3;
-                    device.synchronize()?;
-                    let done = t0.elapsed().as_secs_f64() * 1e3;
-                    virnucpro_models::profile::pause(false);
-                    drop(out?);
-                    eprintln!(
-                        "profile {b}x{t}: one pass, host returns after {host:.2} ms, device done \
-                         after {done:.2} ms"
-                    );
-                    virnucpro_models::profile::take_report();
-                }
-                let time = timing::measure(device, warmup, repeats, 1.0, || {
-                    model.encoder.forward_pooled(&batch).map(drop)
-                })
-                .with_context(|| format!("{} at {b}x{t}, attention {imp}", model.source))?;
-                let sec = time.median_ms * 1e-3;
-                let row = BenchRow {
-                    batch: b,
-                    len: t,
-                    ragged,
-                    attention: imp,
-                    real_tokens: real,
-                    time,
-                    tokens_per_s: real as f64 / sec,
-                    seqs_per_s: b as f64 / sec,
-                };
-                eprintln!(
-                    "bench {} {b}x{t}{} attention={imp}: {:.2} ms/batch, {:.0} tokens/s, {:.1} seqs/s",
-                    model.source,
-                    if ragged { " ragged" } else { "" },
-                    time.median_ms,
-                    row.tokens_per_s,
-                    row.seqs_per_s
-                );
-                rows.push(row);
+    for &(b, t) in shapes {
+        let batch = synthetic_batch(first, b, t, ragged, 0x9e37 + (b * 131 + t) as u64);
+        for model in models {
+            if let Some(p) = profiler {
+                profile_one_pass(model, &batch, device, warmup, p)?;
             }
+            rows.push(time_shape(model, &batch, device, warmup, repeats, ragged)?);
         }
-        Ok(())
-    })();
-    kernels::set_attention_impl(before);
-    result?;
+    }
     if rows.is_empty() {
         bail!("nothing to measure: give at least one shape");
     }
     Ok(BenchReport {
-        model: model.source.clone(),
-        family: model.family.to_string(),
-        hidden: model.encoder.hidden_size(),
+        model: first.source.clone(),
+        family: first.family.to_string(),
+        hidden: first.encoder.hidden_size(),
         device: virnucpro_models::device::device_name(device),
-        dtype: format!("{:?}", model.dtype).to_lowercase(),
+        dtype: format!("{:?}", first.dtype).to_lowercase(),
         rows,
     })
+}
+
+/// Profiled passes after warm-up: the profile covers steady-state passes only (not kernel
+/// compilation, GEMM tuning or first allocations). Also says whether a pass is host- or
+/// device-bound: the enqueue time of one pass against its completion.
+fn profile_one_pass(
+    model: &BenchModel,
+    batch: &TokenBatch,
+    device: &Device,
+    warmup: usize,
+    profiler: &Profiler,
+) -> Result<()> {
+    for _ in 0..warmup.max(1) {
+        model.encoder.forward_pooled(batch)?;
+    }
+    device.synchronize()?;
+    profiler.take_report();
+    profiler.pause(true);
+    let t0 = std::time::Instant::now();
+    let out = model.encoder.forward_pooled(batch);
+    let host = t0.elapsed().as_secs_f64() * 1e3;
+    device.synchronize()?;
+    let done = t0.elapsed().as_secs_f64() * 1e3;
+    profiler.pause(false);
+    drop(out?);
+    eprintln!(
+        "profile {}x{}: one pass, host returns after {host:.2} ms, device done after {done:.2} ms",
+        batch.batch_size(),
+        batch.max_len
+    );
+    profiler.take_report();
+    Ok(())
+}
+
+/// One row: `model` timed on `batch`.
+fn time_shape(
+    model: &BenchModel,
+    batch: &TokenBatch,
+    device: &Device,
+    warmup: usize,
+    repeats: usize,
+    ragged: bool,
+) -> Result<BenchRow> {
+    let (b, t, imp) = (batch.batch_size(), batch.max_len, model.attention);
+    let real: usize = batch.lengths.iter().sum();
+    let time = timing::measure(device, warmup, repeats, 1.0, || {
+        model.encoder.forward_pooled(batch).map(drop)
+    })
+    .with_context(|| format!("{} at {b}x{t}, attention {imp}", model.source))?;
+    let sec = time.median_ms * 1e-3;
+    let row = BenchRow {
+        batch: b,
+        len: t,
+        ragged,
+        attention: imp,
+        real_tokens: real,
+        time,
+        tokens_per_s: real as f64 / sec,
+        seqs_per_s: b as f64 / sec,
+    };
+    eprintln!(
+        "bench {} {b}x{t}{} attention={imp}: {:.2} ms/batch, {:.0} tokens/s, {:.1} seqs/s",
+        model.source,
+        if ragged { " ragged" } else { "" },
+        time.median_ms,
+        row.tokens_per_s,
+        row.seqs_per_s
+    );
+    Ok(row)
 }
 
 /// One operation of an encoder layer, timed alone at a model's shape.
@@ -320,6 +390,7 @@ pub fn op_profile(
     (b, t): (usize, usize),
     (hidden, heads, ffn_in, ffn_out): (usize, usize, usize, usize),
     repeats: usize,
+    options: &KernelOptions,
 ) -> Result<Vec<OpRow>> {
     use virnucpro_models::layers::{split_qkv, AttentionMask, Rotary};
     let n = b * t;
@@ -351,7 +422,9 @@ pub fn op_profile(
     let lens: Vec<usize> = vec![t; b];
     let mask = AttentionMask::new(&lens, t, dtype, device)?;
     // The fused kernels and cuBLASLt run on a CUDA device of a CUDA build only.
-    let fused = kernels::CUDA_BUILT && device.is_cuda() && kernels::fused_ops_enabled();
+    let fused = kernels::CUDA_BUILT && device.is_cuda() && options.fused_ops;
+    let on = options;
+    let gemm = &GemmFallback::default();
     let flops = flop_unit(device);
     let mut rows = Vec::new();
     let mut time = |name: &str,
@@ -383,13 +456,14 @@ pub fn op_profile(
     let bytes = |elems: usize| elems as f64 * es;
     // A cuBLASLt row is timed only where the call takes the cuBLASLt path (it declines shapes
     // and dtypes it cannot handle, returning None, which would time as nothing).
-    let lt_runs =
-        |x: &candle_core::Tensor,
-         w: &candle_core::Tensor,
-         bias: Option<&candle_core::Tensor>,
-         res: Option<&candle_core::Tensor>,
-         gelu: bool|
-         -> Result<bool> { Ok(fused && kernels::linear(x, w, bias, res, gelu)?.is_some()) };
+    let lt_runs = |x: &candle_core::Tensor,
+                   w: &candle_core::Tensor,
+                   bias: Option<&candle_core::Tensor>,
+                   res: Option<&candle_core::Tensor>,
+                   gelu: bool|
+     -> Result<bool> {
+        Ok(fused && kernels::linear(x, w, bias, res, gelu, on, gemm)?.is_some())
+    };
     time(
         "matmul qkv [N,H]x[H,3H]",
         mm(n, hidden, 3 * hidden),
@@ -401,7 +475,7 @@ pub fn op_profile(
             "linear qkv cuBLASLt (+bias) [N,H]x[H,3H]",
             mm(n, hidden, 3 * hidden),
             flops,
-            &mut || kernels::linear(&x, &w_qkv, Some(&bias_qkv), None, false).map(drop),
+            &mut || kernels::linear(&x, &w_qkv, Some(&bias_qkv), None, false, on, gemm).map(drop),
         )?;
         // GEMM speed on an H100 depends on the data (power draw): PyTorch's baseline uses
         // weights of std 0.02, as trained models have; this row uses the same.
@@ -410,7 +484,9 @@ pub fn op_profile(
             "linear qkv cuBLASLt (+bias), W std 0.02",
             mm(n, hidden, 3 * hidden),
             flops,
-            &mut || kernels::linear(&x, &w_qkv_small, Some(&bias_qkv), None, false).map(drop),
+            &mut || {
+                kernels::linear(&x, &w_qkv_small, Some(&bias_qkv), None, false, on, gemm).map(drop)
+            },
         )?;
     }
     time(
@@ -438,41 +514,33 @@ pub fn op_profile(
             "rotary q+k fused from qkv",
             bytes(4 * n * hidden),
             "GB/s",
-            &mut || kernels::rotary_qk(&qkv, cos, sin, heads, d).map(drop),
+            &mut || kernels::rotary_qk(&qkv, cos, sin, heads, d, on).map(drop),
         )?;
     }
     time("rotary (q)", bytes(2 * n * hidden), "GB/s", &mut || {
         rotary.forward(&q).map(drop)
     })?;
     let attn_flops = 4.0 * (b * heads * t * t * d) as f64;
-    let imp = kernels::attention_impl();
-    kernels::set_attention_impl(AttentionImpl::Fused);
-    let r = if kernels::fused_attention_available(dtype, d, device) {
+    let scale = 1.0 / (d as f64).sqrt();
+    let with = |imp| options.with_attention(imp);
+    if kernels::fused_attention_available(dtype, d, device) {
+        let fused_attn = with(AttentionImpl::Fused);
         time(
             "attention fused (+out layout)",
             attn_flops,
             flops,
             &mut || {
-                virnucpro_models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
-                    .map(drop)
+                virnucpro_models::layers::attention(&q, &k, &v, &mask, scale, &fused_attn).map(drop)
             },
-        )
-    } else {
-        Ok(())
-    };
-    kernels::set_attention_impl(AttentionImpl::Naive);
-    let r2 = time(
+        )?;
+    }
+    let naive = with(AttentionImpl::Naive);
+    time(
         "attention naive (+out layout)",
         attn_flops,
         flops,
-        &mut || {
-            virnucpro_models::layers::attention(&q, &k, &v, &mask, 1.0 / (d as f64).sqrt())
-                .map(drop)
-        },
-    );
-    kernels::set_attention_impl(imp);
-    r?;
-    r2?;
+        &mut || virnucpro_models::layers::attention(&q, &k, &v, &mask, scale, &naive).map(drop),
+    )?;
     time(
         "matmul out [N,H]x[H,H]",
         mm(n, hidden, hidden),
@@ -485,7 +553,7 @@ pub fn op_profile(
             "linear out cuBLASLt (+bias+res) [N,H]x[H,H]",
             mm(n, hidden, hidden),
             flops,
-            &mut || kernels::linear(&x, &w_out, Some(&b_out), Some(&x), false).map(drop),
+            &mut || kernels::linear(&x, &w_out, Some(&b_out), Some(&x), false, on, gemm).map(drop),
         )?;
     }
     time(
@@ -505,7 +573,7 @@ pub fn op_profile(
             "layer_norm [N,H] (fused kernel)",
             bytes(2 * n * hidden),
             "GB/s",
-            &mut || kernels::layer_norm(&x, &ln_w, &ln_b, 1e-5).map(drop),
+            &mut || kernels::layer_norm(&x, &ln_w, &ln_b, 1e-5, on).map(drop),
         )?;
     }
     time(
@@ -534,7 +602,7 @@ pub fn op_profile(
             "linear ffn1 cuBLASLt [N,H]x[H,F]",
             mm(n, hidden, ffn_in),
             flops,
-            &mut || kernels::linear(&x, &w1, None, None, false).map(drop),
+            &mut || kernels::linear(&x, &w1, None, None, false, on, gemm).map(drop),
         )?;
     }
     if ffn_in == 2 * ffn_out {
@@ -546,7 +614,7 @@ pub fn op_profile(
             "gated_gelu (candle ops) [N,2F]->[N,F]"
         };
         time(name, bytes(3 * n * ffn_out), "GB/s", &mut || {
-            kernels::gated_gelu(&g, ffn_out).map(drop)
+            kernels::gated_gelu(&g, ffn_out, options).map(drop)
         })?;
     }
     time(
@@ -561,7 +629,7 @@ pub fn op_profile(
             "linear ffn1 +bias+gelu(tanh) epilogue",
             mm(n, hidden, ffn_in),
             flops,
-            &mut || kernels::linear(&x, &w1, Some(&b1), None, true).map(drop),
+            &mut || kernels::linear(&x, &w1, Some(&b1), None, true, on, gemm).map(drop),
         )?;
     }
     if fused {
@@ -584,7 +652,7 @@ pub fn op_profile(
             "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
             mm(n, ffn_out, hidden),
             flops,
-            &mut || kernels::linear(&h1, &w2, Some(&b2), Some(&x), false).map(drop),
+            &mut || kernels::linear(&h1, &w2, Some(&b2), Some(&x), false, on, gemm).map(drop),
         )?;
     }
     Ok(rows)
@@ -734,10 +802,12 @@ mod tests {
                     c
                 },
                 false,
+                &ModelOptions::default(),
             )?),
             family: ModelFamily::Esm,
             dtype: DType::F32,
             source: "tiny".into(),
+            attention: AttentionImpl::Auto,
             specials: (0, 2, 1, 4, 24),
         };
         let batch = synthetic_batch(&model, 3, 12, true, 5);
@@ -754,7 +824,14 @@ mod tests {
     fn cpu_op_profile_shows_only_what_ran_in_gflops() -> Result<()> {
         let dev = Device::Cpu;
         // A gated MLP (DNABERT-S's layout: 2F rows in, F out), so every row kind is tried.
-        let rows = op_profile(&dev, DType::F32, (2, 16), (64, 2, 256, 128), 1)?;
+        let rows = op_profile(
+            &dev,
+            DType::F32,
+            (2, 16),
+            (64, 2, 256, 128),
+            1,
+            &KernelOptions::default(),
+        )?;
         let names: Vec<&str> = rows.iter().map(|r| r.op.as_str()).collect();
         for r in &rows {
             assert!(

@@ -4,7 +4,8 @@
 //! and calls the library crates) plus the diagnostics that use every layer below:
 //! - [`doctor`]: the `doctor` command (device, kernels and models checked);
 //! - [`bench`](mod@bench): the `bench` command (throughput of models and single operations);
-//! - [`timing`]: measuring GPU work for both.
+//! - [`timing`]: measuring GPU work for both;
+//! - [`env`]: the environment variables, read here only and passed to the crates as options.
 //!
 //! The library crates, lowest layer first (docs/ARCHITECTURE.md): `virnucpro-kernels`,
 //! `virnucpro-atomic`, `virnucpro-models`, `virnucpro-assets`, `virnucpro-core` (the prediction
@@ -12,4 +13,5 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod env;
 pub mod timing;

@@ -46,6 +46,7 @@ fn request(model: &str, input: &str, out: &Path) -> EmbedRequest {
         batch_tokens: None,
         esm_token_dropout: TokenDropout::Auto,
         random_weights: None,
+        model_options: Default::default(),
     }
 }
 

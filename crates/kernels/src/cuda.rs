@@ -169,12 +169,13 @@ pub(super) fn forward(
         lq.dims()[2]
     };
     let dev = q.device();
-    let hopper = match op.variant {
+    let hopper = match op.knobs.variant {
         // An explicitly requested portable variant needs nothing from the wgmma module.
         Some(v) if !v.hopper() => false,
-        _ => sm90_ready(dev, op.variant.is_some())?,
+        _ => sm90_ready(dev, op.knobs.variant.is_some())?,
     };
     let variant = op
+        .knobs
         .variant
         .unwrap_or_else(|| FaVariant::for_len(rows, hopper));
     if op.rotary.is_some() && !variant.fuses_rotary() {
@@ -256,14 +257,14 @@ where
     let qs = q.as_cuda_slice::<T>()?.slice(lq.start_offset()..);
     let ks = k.as_cuda_slice::<T>()?.slice(lk.start_offset()..);
     let vs = v.as_cuda_slice::<T>()?.slice(lv.start_offset()..);
-    let mut out: CudaSlice<T> = if packed && !op.poison {
+    let mut out: CudaSlice<T> = if packed && !op.knobs.poison {
         // Rows of sequences longer than `max_len` would not be written: zeros, not garbage.
         dev.alloc_zeros::<T>(n_out)?
     } else {
         // SAFETY: every element is written by the kernel (padded rows as zeros).
         unsafe { dev.alloc::<T>(n_out)? }
     };
-    if op.poison && n_out > 0 {
+    if op.knobs.poison && n_out > 0 {
         let stream = dev.cuda_stream();
         let (ptr, _sync) = out.device_ptr_mut(&stream);
         // SAFETY: `ptr` is a live allocation of n_out elements on this stream.
@@ -317,7 +318,12 @@ where
             .w()?
             .max(1) as usize;
         let tiles = grid_rows.div_ceil(variant.key_tile());
-        Some(super::WorkSplit::plan(n_items, tiles, sms))
+        Some(super::WorkSplit::plan(
+            n_items,
+            tiles,
+            sms,
+            op.knobs.batch_invariant,
+        ))
     } else {
         None
     };
