@@ -285,7 +285,7 @@ pub fn fused_attention_rotary(
 ) -> Result<Option<Tensor>> {
     let t = q.dim(2)?;
     // The rotated q and k are bit-identical to the rotary q/k kernel's (predict results
-    // identical with and without), and the separate rotary pass (6% of a `predict` run) is gone.
+    // identical with and without), and a separate rotary pass (6% of a `predict` run) is saved.
     if !hopper_attention(q.device()) || !FaVariant::for_len(t, true).fuses_rotary() {
         return Ok(None);
     }
@@ -583,8 +583,8 @@ impl FaVariant {
     /// 192 rows and three 64-key tiles; the fastest at 64x168), p3n128 from 768 on (the fastest
     /// at 8x1026 and 4x2048 and in whole FastESM2 passes at 2x1024 and 1x2048). Elsewhere w4m1
     /// for short rows (more blocks, 3 per SM) and w4m2 from 768 on (each K/V fragment feeds two
-    /// products; 10-12% faster at 2048 on an H100). The other tile shapes measured on the way
-    /// (git history, docs/GPU.md) were slower everywhere and are no longer compiled.
+    /// products; 10-12% faster at 2048 on an H100). Only these four are compiled: the other
+    /// tile shapes tried (docs/GPU.md) were slower everywhere.
     pub fn for_len(len: usize, hopper: bool) -> Self {
         match (hopper, len >= LONG_ROWS) {
             (true, false) => Self::P3N64,
