@@ -107,8 +107,8 @@ pub struct GemmFallback {
 impl GemmFallback {
     /// Whether a call of this kind (with the GELU epilogue or not) should still go to cuBLASLt.
     pub(crate) fn allows(&self, gelu_tanh: bool) -> bool {
-        !self.no_lt.load(Ordering::Relaxed)
-            && !(gelu_tanh && self.no_gelu_epilogue.load(Ordering::Relaxed))
+        let gave_up_gelu = gelu_tanh && self.no_gelu_epilogue.load(Ordering::Relaxed);
+        !(self.no_lt.load(Ordering::Relaxed) || gave_up_gelu)
     }
 
     /// Records that a call of this kind found no algorithm; true the first time (to warn once).
