@@ -411,7 +411,7 @@ fn enqueue<T: DeviceRepr>(
 
 /// TMA maps of q, k and v (view, strides, box rows each) over `(rows, heads, batch)`; `None`
 /// where one cannot be made (the kernel then loads with cp.async).
-fn tma_maps<T>(
+fn tma_maps<T: DeviceRepr>(
     dev: &CudaDevice,
     dtype: DType,
     (rows, heads, batch): (usize, usize, usize),

@@ -220,7 +220,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
     };
     let (ws_ptr, _gw) = ctx.workspace.device_ptr(&stream);
     let gemm = Gemm {
-        ctx: &ctx,
+        ctx: ctx.as_ref(),
         desc,
         a_l: mat_layout(ty, k, n)?,
         b_l: mat_layout(ty, k, rows)?,
@@ -398,7 +398,9 @@ fn algo_for_problem(
     if let Some(report) = &op.tune {
         // Tuning (`virnucpro bench --tune-gemm`): time every candidate on this problem.
         let candidates = heuristics(ctx, &gemm.desc, layouts, key.align, (rows, n, k))?;
-        let timed = time_candidates(dev, &candidates, &|a| gemm.fits(a), &|a| gemm.run(a))?;
+        let fits = |a: &sys::cublasLtMatmulAlgo_t| gemm.fits(a);
+        let run = |a: &sys::cublasLtMatmulAlgo_t| gemm.run(a);
+        let timed = time_candidates(dev, &candidates, &fits, &run)?;
         report
             .lock()
             .map_err(|_| candle_core::Error::Msg("tuning report lock poisoned".into()))?

@@ -1250,8 +1250,9 @@ fn read_entry<R: Read + Seek>(
     };
     match read {
         Ok(_) => {}
-        // The zip crate's own check, where a read did reach the end of the entry.
-        Err(e) if e.to_string().contains("checksum") => {
+        // The zip crate's own check: invalid data reported once the whole entry was read is its
+        // CRC-32 comparison (a decompression error stops before the end).
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData && buf.len() as u64 == size => {
             return Err(corrupt(format!(
                 "fails its CRC-32 check (stored {stored_crc:08x})"
             )))
