@@ -311,7 +311,6 @@ where
         persistent,
     };
     enqueue(&func, cfg, &mut args)?;
-    drop(args);
     Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), g.out_shape))
 }
 
