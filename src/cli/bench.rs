@@ -66,9 +66,11 @@ pub fn run(args: Args, attention: AttentionImpl) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Timings only: no injected failures.
     let model_options = virnucpro_models::options::ModelOptions {
+        kernels: virnucpro::env::kernel_options(attention),
         profiler: virnucpro::env::profiler(),
-        ..virnucpro::env::model_options(attention)
+        inject_oom_above_rows: None,
     };
     let device = select_device(args.device, &model_options.kernels)?;
     if let Some(rows) = args.tune_gemm {
