@@ -268,18 +268,12 @@ where
             Some(((cs, cl), (ss, sl))) => Some(rotary_views(cs, cl, ss, sl, g.grid_rows)?),
             None => None,
         };
-        // Tensor maps for the TMA loads: q (boxes of a query block) and k, v (boxes of a key
-        // tile), over the same elements as the pointers.
-        let (map_rows, map_batch) = if packed {
-            (lq.dims()[0], 1)
-        } else {
-            (g.grid_rows, g.batch)
-        };
-        let shape = (map_rows, g.heads, map_batch);
+        // q in boxes of a query block, k and v in boxes of a key tile.
+        let total_rows = if packed { lq.dims()[0] } else { g.grid_rows };
         let maps = tma_maps(
             dev,
             q.dtype(),
-            shape,
+            (total_rows, g.heads, if packed { 1 } else { g.batch }),
             [
                 (&qs, &sq, variant.block_m()),
                 (&ks, &sk, variant.key_tile()),
@@ -408,8 +402,10 @@ fn enqueue<T: DeviceRepr>(
     Ok(())
 }
 
-/// TMA maps of q, k and v (view, strides, box rows each) over `(rows, heads, batch)`; `None`
-/// where one cannot be made (the kernel then loads with cp.async).
+/// TMA maps of q, k and v (view, strides, box rows each) over `(rows, heads, batch)` (packed:
+/// all tokens as the rows of one sequence), for the persistent kernels' loads, over the same
+/// elements as the pointers; `None` where one cannot be made (the kernel then loads with
+/// cp.async).
 fn tma_maps<T: DeviceRepr>(
     dev: &CudaDevice,
     dtype: DType,
