@@ -9,13 +9,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use virnucpro_assets::load::load_embedding_model;
-use virnucpro_kernels::{self as kernels, AttentionImpl};
+use virnucpro_kernels::{self as kernels, AttentionImpl, GemmFallback, KernelOptions};
 use virnucpro_models::config::ModelFamily;
 use virnucpro_models::device::{resolve_dtype, DTypeSpec};
 use virnucpro_models::dnabert::{DnaBert, DnaBertConfig};
 use virnucpro_models::embed::{LoadOptions, RandomModel, DNABERT_S_CONFIG};
 use virnucpro_models::esm::{Esm, EsmConfig};
 use virnucpro_models::layers::{split_qkv, AttentionMask, Rotary};
+use virnucpro_models::options::ModelOptions;
+use virnucpro_models::profile::Profiler;
 use virnucpro_models::weights::RandomWeights;
 use virnucpro_models::{Encoder, TokenBatch};
 
@@ -34,8 +36,10 @@ pub struct BenchOptions {
     pub ragged: bool,
     pub warmup: usize,
     pub repeats: usize,
-    /// Attention implementations to time (each sets the process-wide choice in turn).
+    /// Attention implementations to time (a model is built with each).
     pub attention: Vec<AttentionImpl>,
+    /// The rest of the models' options (the profiler's report is sent after the timings).
+    pub model_options: ModelOptions,
 }
 
 /// One measured configuration.
@@ -68,12 +72,41 @@ pub struct BenchModel {
     pub family: ModelFamily,
     pub dtype: DType,
     pub source: String,
+    /// The attention implementation it was built with.
+    pub attention: AttentionImpl,
     /// Token ids for synthetic rows: (first, last, pad, lowest ordinary id, vocabulary size).
     specials: (u32, u32, u32, u32, u32),
 }
 
+/// Builds the model of `spec` (a named random shape, or a checkpoint) on `device`, once per
+/// attention implementation (the same weights each time).
+pub fn build_models(
+    spec: &str,
+    device: &Device,
+    dtype: DTypeSpec,
+    options: &ModelOptions,
+    attention: &[AttentionImpl],
+) -> Result<Vec<BenchModel>> {
+    attention
+        .iter()
+        .map(|&imp| {
+            let options = ModelOptions {
+                kernels: options.kernels.with_attention(imp),
+                ..options.clone()
+            };
+            build_model(spec, device, dtype, &options)
+        })
+        .collect()
+}
+
 /// Builds the model of `spec` (a named random shape, or a checkpoint) on `device`.
-pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<BenchModel> {
+pub fn build_model(
+    spec: &str,
+    device: &Device,
+    dtype: DTypeSpec,
+    options: &ModelOptions,
+) -> Result<BenchModel> {
+    let attention = options.kernels.attention;
     const SEED: u64 = 0x5eed;
     // ESM alphabet: <cls>=0 <pad>=1 <eos>=2, residues from 4; DNABERT-S: [CLS]=1 [SEP]=2
     // [PAD]=3, k-mers from 5.
@@ -88,12 +121,13 @@ pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<Benc
             let dt = resolve_dtype(dtype, ModelFamily::Esm, device);
             let vb = RandomWeights { seed: SEED }.into_var_builder(dt, device);
             // FastESM2 applies no token-dropout scaling; the time is the same either way.
-            let enc = Esm::load(vb, &cfg, false)?;
+            let enc = Esm::load(vb, &cfg, false, options)?;
             Ok(BenchModel {
                 encoder: Box::new(enc),
                 family: ModelFamily::Esm,
                 dtype: dt,
                 source: format!("random-weights:{spec}"),
+                attention,
                 specials: esm_ids,
             })
         }
@@ -102,17 +136,22 @@ pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<Benc
                 serde_json::from_str(DNABERT_S_CONFIG).context("built-in DNABERT-S config")?;
             let dt = resolve_dtype(dtype, ModelFamily::DnaBert, device);
             let vb = RandomWeights { seed: SEED }.into_var_builder(dt, device);
-            let enc = DnaBert::load(vb, &cfg)?;
+            let enc = DnaBert::load(vb, &cfg, options)?;
             Ok(BenchModel {
                 encoder: Box::new(enc),
                 family: ModelFamily::DnaBert,
                 dtype: dt,
                 source: "random-weights:dnabert-s".into(),
+                attention,
                 specials: (1, 2, 3, 5, cfg.vocab_size as u32),
             })
         }
         Err(_) => {
-            let m = load_embedding_model(spec, device, dtype, &LoadOptions::default())?;
+            let load = LoadOptions {
+                model: options.clone(),
+                ..LoadOptions::default()
+            };
+            let m = load_embedding_model(spec, device, dtype, &load)?;
             let specials = match m.family {
                 ModelFamily::Esm => esm_ids,
                 ModelFamily::DnaBert => {
@@ -126,6 +165,7 @@ pub fn build_model(spec: &str, device: &Device, dtype: DTypeSpec) -> Result<Benc
                 family: m.family,
                 dtype: m.dtype,
                 source: m.source,
+                attention,
                 specials,
             })
         }
@@ -174,24 +214,31 @@ pub fn synthetic_batch(
     }
 }
 
-/// Builds the model of `opts` and times it ([`run_model`]); the `VIRNUCPRO_PROFILE` sections, when
-/// profiling is on, go to `progress` as a note at the end.
+/// Builds the model of `opts` (once per attention implementation) and times it
+/// ([`run_model`]); the `VIRNUCPRO_PROFILE` sections, when profiling is on, go to `progress` as a
+/// note at the end.
 pub fn run(
     opts: &BenchOptions,
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<BenchReport> {
-    let model = build_model(&opts.model, device, opts.dtype)
-        .with_context(|| format!("cannot build model `{}`", opts.model))?;
+    let models = build_models(
+        &opts.model,
+        device,
+        opts.dtype,
+        &opts.model_options,
+        &opts.attention,
+    )
+    .with_context(|| format!("cannot build model `{}`", opts.model))?;
+    let profiler = opts.model_options.profiler.as_deref();
     let sweep = Sweep {
         shapes: &opts.shapes,
         ragged: opts.ragged,
         warmup: opts.warmup,
         repeats: opts.repeats,
-        attention: &opts.attention,
     };
-    let report = run_model(&model, device, sweep, progress);
-    let profile = virnucpro_models::profile::take_report();
+    let report = run_model(&models, device, sweep, profiler, progress);
+    let profile = profiler.map(Profiler::take_report).unwrap_or_default();
     if !profile.is_empty() {
         progress.note(&format!(
             "VIRNUCPRO_PROFILE sections (timed passes, after warm-up):\n{profile}\n"
@@ -200,7 +247,7 @@ pub fn run(
     report
 }
 
-/// What [`run_model`] times: every shape with every attention implementation.
+/// What [`run_model`] times: every shape, with each model.
 #[derive(Debug, Clone, Copy)]
 pub struct Sweep<'a> {
     /// (batch, padded length) shapes.
@@ -210,96 +257,112 @@ pub struct Sweep<'a> {
     pub warmup: usize,
     /// Timed repeats (the median is reported).
     pub repeats: usize,
-    pub attention: &'a [AttentionImpl],
 }
 
-/// Times `forward_pooled` on every shape and attention implementation of `sweep` (median of
-/// `repeats` after `warmup` runs). Sends one note per row to `progress` as it is measured.
+/// Times `forward_pooled` on every shape of `sweep` with each of `models` (one model built per
+/// attention implementation; median of `repeats` after `warmup` runs). Sends one note per row to
+/// `progress` as it is measured. `profiler`: the one the models were built with, if any.
 pub fn run_model(
-    model: &BenchModel,
+    models: &[BenchModel],
     device: &Device,
     sweep: Sweep,
+    profiler: Option<&Profiler>,
     progress: &mut dyn Progress,
 ) -> Result<BenchReport> {
-    let Sweep {
-        shapes,
-        ragged,
-        warmup,
-        repeats,
-        attention,
-    } = sweep;
-    let before = kernels::attention_impl();
+    let Some(first) = models.first() else {
+        bail!("nothing to measure: no attention implementation given");
+    };
     let mut rows = Vec::new();
-    let result = (|| -> Result<()> {
-        for &(b, t) in shapes {
-            let batch = synthetic_batch(model, b, t, ragged, 0x9e37 + (b * 131 + t) as u64);
-            let real: usize = batch.lengths.iter().sum();
-            for &imp in attention {
-                kernels::set_attention_impl(imp);
-                if virnucpro_models::profile::enabled() {
-                    // The profile covers steady-state passes only: not kernel compilation,
-                    // GEMM tuning or first allocations.
-                    for _ in 0..warmup.max(1) {
-                        model.encoder.forward_pooled(&batch)?;
-                    }
-                    device.synchronize()?;
-                    virnucpro_models::profile::take_report();
-                    // Host-bound or device-bound? Enqueue time of one pass vs its completion.
-                    virnucpro_models::profile::pause(true);
-                    let t0 = std::time::Instant::now();
-                    let out = model.encoder.forward_pooled(&batch);
-                    let host = t0.elapsed().as_secs_f64() * 1e3;
-                    device.synchronize()?;
-                    let done = t0.elapsed().as_secs_f64() * 1e3;
-                    virnucpro_models::profile::pause(false);
-                    drop(out?);
-                    progress.note(&format!(
-                        "profile {b}x{t}: one pass, host returns after {host:.2} ms, device done \
-                         after {done:.2} ms\n"
-                    ));
-                    virnucpro_models::profile::take_report();
-                }
-                let time = timing::measure(device, warmup, repeats, 1.0, || {
-                    model.encoder.forward_pooled(&batch).map(drop)
-                })
-                .with_context(|| format!("{} at {b}x{t}, attention {imp}", model.source))?;
-                let sec = time.median_ms * 1e-3;
-                let row = BenchRow {
-                    batch: b,
-                    len: t,
-                    ragged,
-                    attention: imp,
-                    real_tokens: real,
-                    time,
-                    tokens_per_s: real as f64 / sec,
-                    seqs_per_s: b as f64 / sec,
-                };
-                progress.note(&format!(
-                    "bench {} {b}x{t}{} attention={imp}: {:.2} ms/batch, {:.0} tokens/s, {:.1} seqs/s\n",
-                    model.source,
-                    if ragged { " ragged" } else { "" },
-                    time.median_ms,
-                    row.tokens_per_s,
-                    row.seqs_per_s
-                ));
-                rows.push(row);
+    for &(b, t) in sweep.shapes {
+        let seed = 0x9e37 + (b * 131 + t) as u64;
+        let batch = synthetic_batch(first, b, t, sweep.ragged, seed);
+        for model in models {
+            if let Some(p) = profiler {
+                profile_one_pass(model, &batch, device, sweep.warmup, p, progress)?;
             }
+            rows.push(time_shape(model, &batch, device, sweep, progress)?);
         }
-        Ok(())
-    })();
-    kernels::set_attention_impl(before);
-    result?;
+    }
     if rows.is_empty() {
         bail!("nothing to measure: give at least one shape");
     }
     Ok(BenchReport {
-        model: model.source.clone(),
-        family: model.family.to_string(),
-        hidden: model.encoder.hidden_size(),
+        model: first.source.clone(),
+        family: first.family.to_string(),
+        hidden: first.encoder.hidden_size(),
         device: virnucpro_models::device::device_name(device),
-        dtype: format!("{:?}", model.dtype).to_lowercase(),
+        dtype: format!("{:?}", first.dtype).to_lowercase(),
         rows,
     })
+}
+
+/// Profiled passes after warm-up: the profile covers steady-state passes only (not kernel
+/// compilation, GEMM tuning or first allocations). Also says whether a pass is host- or
+/// device-bound: the enqueue time of one pass against its completion.
+fn profile_one_pass(
+    model: &BenchModel,
+    batch: &TokenBatch,
+    device: &Device,
+    warmup: usize,
+    profiler: &Profiler,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    for _ in 0..warmup.max(1) {
+        model.encoder.forward_pooled(batch)?;
+    }
+    device.synchronize()?;
+    profiler.take_report();
+    profiler.pause(true);
+    let t0 = std::time::Instant::now();
+    let out = model.encoder.forward_pooled(batch);
+    let host = t0.elapsed().as_secs_f64() * 1e3;
+    device.synchronize()?;
+    let done = t0.elapsed().as_secs_f64() * 1e3;
+    profiler.pause(false);
+    drop(out?);
+    progress.note(&format!(
+        "profile {}x{}: one pass, host returns after {host:.2} ms, device done after {done:.2} ms\n",
+        batch.batch_size(),
+        batch.max_len
+    ));
+    profiler.take_report();
+    Ok(())
+}
+
+/// One row: `model` timed on `batch`.
+fn time_shape(
+    model: &BenchModel,
+    batch: &TokenBatch,
+    device: &Device,
+    sweep: Sweep,
+    progress: &mut dyn Progress,
+) -> Result<BenchRow> {
+    let (b, t, imp, ragged) = (batch.batch_size(), batch.max_len, model.attention, sweep.ragged);
+    let real: usize = batch.lengths.iter().sum();
+    let time = timing::measure(device, sweep.warmup, sweep.repeats, 1.0, || {
+        model.encoder.forward_pooled(batch).map(drop)
+    })
+    .with_context(|| format!("{} at {b}x{t}, attention {imp}", model.source))?;
+    let sec = time.median_ms * 1e-3;
+    let row = BenchRow {
+        batch: b,
+        len: t,
+        ragged,
+        attention: imp,
+        real_tokens: real,
+        time,
+        tokens_per_s: real as f64 / sec,
+        seqs_per_s: b as f64 / sec,
+    };
+    progress.note(&format!(
+        "bench {} {b}x{t}{} attention={imp}: {:.2} ms/batch, {:.0} tokens/s, {:.1} seqs/s\n",
+        model.source,
+        if ragged { " ragged" } else { "" },
+        time.median_ms,
+        row.tokens_per_s,
+        row.seqs_per_s
+    ));
+    Ok(row)
 }
 
 /// One operation of an encoder layer, timed alone at a model's shape.
@@ -345,9 +408,10 @@ pub fn op_profile(
     (b, t): (usize, usize),
     (hidden, heads, ffn_in, ffn_out): (usize, usize, usize, usize),
     repeats: usize,
+    options: &KernelOptions,
     progress: &mut dyn Progress,
 ) -> Result<Vec<OpRow>> {
-    let x = OpInputs::new(device, dtype, (b, t), (hidden, heads, ffn_in, ffn_out))?;
+    let x = OpInputs::new(device, dtype, (b, t), (hidden, heads, ffn_in, ffn_out), options)?;
     let mut tm = OpTimer {
         device,
         repeats,
@@ -393,6 +457,9 @@ struct OpInputs {
     mask: AttentionMask,
     /// The fused kernels and cuBLASLt run on a CUDA device of a CUDA build only.
     fused: bool,
+    kernels: KernelOptions,
+    /// The cuBLASLt fallback state of these rows (a model holds its own).
+    gemm: GemmFallback,
 }
 
 impl OpInputs {
@@ -401,6 +468,7 @@ impl OpInputs {
         dtype: DType,
         (b, t): (usize, usize),
         (hidden, heads, ffn_in, ffn_out): (usize, usize, usize, usize),
+        options: &KernelOptions,
     ) -> Result<Self> {
         let n = b * t;
         let d = hidden / heads;
@@ -427,7 +495,7 @@ impl OpInputs {
         };
         let lens: Vec<usize> = vec![t; b];
         let mask = AttentionMask::new(&lens, t, dtype, device)?;
-        let fused = kernels::CUDA_BUILT && device.is_cuda() && kernels::fused_ops_enabled();
+        let fused = kernels::CUDA_BUILT && device.is_cuda() && options.fused_ops;
         Ok(Self {
             dtype,
             device: device.clone(),
@@ -456,6 +524,8 @@ impl OpInputs {
             rotary_f32,
             mask,
             fused,
+            kernels: *options,
+            gemm: GemmFallback::default(),
         })
     }
 
@@ -482,7 +552,7 @@ impl OpInputs {
         res: Option<&Tensor>,
         gelu: bool,
     ) -> Result<bool> {
-        Ok(self.fused && kernels::linear(x, w, bias, res, gelu)?.is_some())
+        Ok(self.fused && kernels::linear(x, w, bias, res, gelu, &self.kernels, &self.gemm)?.is_some())
     }
 }
 
@@ -546,7 +616,7 @@ fn time_qkv_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear qkv cuBLASLt (+bias) [N,H]x[H,3H]",
             mm(n, hidden, 3 * hidden),
             flops,
-            &mut || kernels::linear(xs, w_qkv, Some(bias_qkv), None, false).map(drop),
+            &mut || kernels::linear(xs, w_qkv, Some(bias_qkv), None, false, &x.kernels, &x.gemm).map(drop),
         )?;
         // GEMM speed on an H100 depends on the data (power draw): PyTorch's baseline uses
         // weights of std 0.02, as trained models have; this row uses the same.
@@ -555,7 +625,7 @@ fn time_qkv_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear qkv cuBLASLt (+bias), W std 0.02",
             mm(n, hidden, 3 * hidden),
             flops,
-            &mut || kernels::linear(xs, &w_qkv_small, Some(bias_qkv), None, false).map(drop),
+            &mut || kernels::linear(xs, &w_qkv_small, Some(bias_qkv), None, false, &x.kernels, &x.gemm).map(drop),
         )?;
     }
     tm.time(
@@ -583,7 +653,7 @@ fn time_qkv_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "rotary q+k fused from qkv",
             x.bytes(4 * n * hidden),
             "GB/s",
-            &mut || kernels::rotary_qk(qkv, cos, sin, heads, d).map(drop),
+            &mut || kernels::rotary_qk(qkv, cos, sin, heads, d, &x.kernels).map(drop),
         )?;
     }
     tm.time("rotary (q)", x.bytes(2 * n * hidden), "GB/s", &mut || {
@@ -597,33 +667,23 @@ fn time_attention_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
         (x.b, x.t, x.heads, x.d, x.dtype, &x.device, tm.flops);
     let (q, k, v, mask) = (&x.q, &x.k, &x.v, &x.mask);
     let attn_flops = 4.0 * (b * heads * t * t * d) as f64;
-    let imp = kernels::attention_impl();
-    kernels::set_attention_impl(AttentionImpl::Fused);
-    let r = if kernels::fused_attention_available(dtype, d, device) {
+    let scale = 1.0 / (d as f64).sqrt();
+    if kernels::fused_attention_available(dtype, d, device) {
+        let fused = x.kernels.with_attention(AttentionImpl::Fused);
         tm.time(
             "attention fused (+out layout)",
             attn_flops,
             flops,
-            &mut || {
-                virnucpro_models::layers::attention(q, k, v, mask, 1.0 / (d as f64).sqrt())
-                    .map(drop)
-            },
-        )
-    } else {
-        Ok(())
-    };
-    kernels::set_attention_impl(AttentionImpl::Naive);
-    let r2 = tm.time(
+            &mut || virnucpro_models::layers::attention(q, k, v, mask, scale, &fused).map(drop),
+        )?;
+    }
+    let naive = x.kernels.with_attention(AttentionImpl::Naive);
+    tm.time(
         "attention naive (+out layout)",
         attn_flops,
         flops,
-        &mut || {
-            virnucpro_models::layers::attention(q, k, v, mask, 1.0 / (d as f64).sqrt()).map(drop)
-        },
-    );
-    kernels::set_attention_impl(imp);
-    r?;
-    r2
+        &mut || virnucpro_models::layers::attention(q, k, v, mask, scale, &naive).map(drop),
+    )
 }
 
 /// The output projection, the residual add and LayerNorm in its three forms.
@@ -642,7 +702,7 @@ fn time_out_and_norm_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear out cuBLASLt (+bias+res) [N,H]x[H,H]",
             mm(n, hidden, hidden),
             flops,
-            &mut || kernels::linear(xs, w_out, Some(&b_out), Some(xs), false).map(drop),
+            &mut || kernels::linear(xs, w_out, Some(&b_out), Some(xs), false, &x.kernels, &x.gemm).map(drop),
         )?;
     }
     tm.time(
@@ -662,7 +722,7 @@ fn time_out_and_norm_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "layer_norm [N,H] (fused kernel)",
             x.bytes(2 * n * hidden),
             "GB/s",
-            &mut || kernels::layer_norm(xs, ln_w, ln_b, 1e-5).map(drop),
+            &mut || kernels::layer_norm(xs, ln_w, ln_b, 1e-5, &x.kernels).map(drop),
         )?;
     }
     tm.time(
@@ -697,7 +757,7 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear ffn1 cuBLASLt [N,H]x[H,F]",
             mm(n, hidden, ffn_in),
             flops,
-            &mut || kernels::linear(xs, w1, None, None, false).map(drop),
+            &mut || kernels::linear(xs, w1, None, None, false, &x.kernels, &x.gemm).map(drop),
         )?;
     }
     if ffn_in == 2 * ffn_out {
@@ -709,7 +769,7 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "gated_gelu (candle ops) [N,2F]->[N,F]"
         };
         tm.time(name, x.bytes(3 * n * ffn_out), "GB/s", &mut || {
-            kernels::gated_gelu(&g, ffn_out).map(drop)
+            kernels::gated_gelu(&g, ffn_out, &x.kernels).map(drop)
         })?;
     }
     tm.time(
@@ -724,7 +784,7 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear ffn1 +bias+gelu(tanh) epilogue",
             mm(n, hidden, ffn_in),
             flops,
-            &mut || kernels::linear(xs, w1, Some(&b1), None, true).map(drop),
+            &mut || kernels::linear(xs, w1, Some(&b1), None, true, &x.kernels, &x.gemm).map(drop),
         )?;
     }
     if x.fused {
@@ -747,7 +807,7 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
             mm(n, ffn_out, hidden),
             flops,
-            &mut || kernels::linear(h1, w2, Some(&b2), Some(xs), false).map(drop),
+            &mut || kernels::linear(h1, w2, Some(&b2), Some(xs), false, &x.kernels, &x.gemm).map(drop),
         )?;
     }
     Ok(())
@@ -897,10 +957,12 @@ mod tests {
                     c
                 },
                 false,
+                &ModelOptions::default(),
             )?),
             family: ModelFamily::Esm,
             dtype: DType::F32,
             source: "tiny".into(),
+            attention: AttentionImpl::Auto,
             specials: (0, 2, 1, 4, 24),
         };
         let batch = synthetic_batch(&model, 3, 12, true, 5);
@@ -924,6 +986,7 @@ mod tests {
             (2, 16),
             (64, 2, 256, 128),
             1,
+            &KernelOptions::default(),
             &mut progress,
         )?;
         let names: Vec<&str> = rows.iter().map(|r| r.op.as_str()).collect();

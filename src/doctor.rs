@@ -21,11 +21,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use virnucpro_assets::hub::{resolve_model, verify_cache_hashes};
-use virnucpro_kernels::{self as kernels, selftest, AttentionImpl, FaVariant};
+use virnucpro_kernels::{
+    self as kernels, selftest, AttentionImpl, FaVariant, KernelOptions, Knobs,
+};
 use virnucpro_models::classifier::Classifier;
 use virnucpro_models::config::ModelFamily;
 use virnucpro_models::device::DTypeSpec;
 use virnucpro_models::embed::{embed_sequences, load_from_files, LoadOptions};
+use virnucpro_models::options::ModelOptions;
 
 use crate::bench;
 use crate::progress::Progress;
@@ -38,6 +41,9 @@ const CUDA_BUILD_NOTE: &str = "This build starts only where the NVIDIA driver (l
 /// What `doctor` should do.
 #[derive(Debug, Clone)]
 pub struct DoctorOptions {
+    /// The kernel choices of the models checked (`--attention` and the environment; the
+    /// fused-vs-naive comparisons build a model with each attention implementation).
+    pub kernels: KernelOptions,
     /// CUDA device ordinal.
     pub ordinal: usize,
     /// (batch, length) shapes for the attention timing.
@@ -65,6 +71,7 @@ pub struct DoctorOptions {
 impl Default for DoctorOptions {
     fn default() -> Self {
         Self {
+            kernels: KernelOptions::default(),
             ordinal: 0,
             shapes: vec![(1, 502), (64, 168), (8, 1026), (4, 2048)],
             heads: 20,
@@ -273,7 +280,7 @@ fn check_cuda_build(run: &mut Checkup) -> Result<()> {
 /// ENV-02: the CUDA device opens and is new enough for the fused kernels; its random generator
 /// gets a fresh seed, so that every run checks new inputs.
 fn open_device(run: &mut Checkup, opts: &DoctorOptions) -> Result<Device> {
-    let dev = match virnucpro_kernels::open_cuda(opts.ordinal) {
+    let dev = match virnucpro_kernels::open_cuda(opts.ordinal, &opts.kernels) {
         Ok(d) => d,
         Err(e) => {
             run.line(
@@ -330,7 +337,7 @@ fn check_real_shape_models(
     run: &mut Checkup,
     opts: &DoctorOptions,
     dev: &Device,
-) -> Result<Vec<(bench::BenchModel, DTypeSpec)>> {
+) -> Result<Vec<(Vec<bench::BenchModel>, DTypeSpec)>> {
     let mut models = Vec::new();
     if opts.skip_models {
         run.line(
@@ -344,8 +351,18 @@ fn check_real_shape_models(
         ("esm2-650m", DTypeSpec::F16, 4, 168),
         ("dnabert-s", DTypeSpec::Auto, 8, 128),
     ] {
-        let model = bench::build_model(spec, dev, dtype)
-            .with_context(|| format!("building {spec} with random weights"))?;
+        let model_options = ModelOptions {
+            kernels: opts.kernels,
+            ..ModelOptions::default()
+        };
+        let model = bench::build_models(
+            spec,
+            dev,
+            dtype,
+            &model_options,
+            &[AttentionImpl::Fused, AttentionImpl::Naive],
+        )
+        .with_context(|| format!("building {spec} with random weights"))?;
         match check_model(&model, b, t) {
             Ok(c) if c.fused_vs_naive <= c.limit => {
                 run.detail(&format!(
@@ -424,7 +441,7 @@ fn check_fused_attention(run: &mut Checkup, dev: &Device) -> Result<()> {
             }
         }
     }
-    check_fused_ops(run, dev)?;
+    check_fused_ops(run, dev, &opts.kernels)?;
     if let Some((name, detail)) = failed {
         run.line(
             "ENV-04",
@@ -451,8 +468,9 @@ fn check_fused_attention(run: &mut Checkup, dev: &Device) -> Result<()> {
 }
 
 /// The part of ENV-04 that checks the fused ops other than attention against candle's.
-fn check_fused_ops(run: &mut Checkup, dev: &Device) -> Result<()> {
-    let epilogues = selftest::check_bias_act(dev).context("fused epilogue / fused ops check")?;
+fn check_fused_ops(run: &mut Checkup, dev: &Device, kernels: &KernelOptions) -> Result<()> {
+    let epilogues =
+        selftest::check_bias_act(dev, kernels).context("fused epilogue / fused ops check")?;
     let worst_epi = epilogues.iter().map(|e| e.1).fold(0f64, f64::max);
     if let Some((name, rel, limit)) = epilogues.iter().find(|e| e.1.is_nan() || e.1 > e.2) {
         run.line(
@@ -503,7 +521,7 @@ fn time_fused_attention(
     let table = attention_table(&run.rep.attention);
     run.detail(&table);
     for (model, _) in models {
-        let shapes = if model.family == ModelFamily::Esm {
+        let shapes = if model[0].family == ModelFamily::Esm {
             &opts.esm_shapes
         } else {
             &opts.dnabert_shapes
@@ -514,10 +532,9 @@ fn time_fused_attention(
                 ragged,
                 warmup: 2,
                 repeats: (opts.repeats / 3).max(3),
-                attention: &[AttentionImpl::Fused, AttentionImpl::Naive],
             };
-            let r = bench::run_model(model, dev, sweep, &mut *run.progress)
-                .with_context(|| format!("timing {}", model.source))?;
+            let r = bench::run_model(model, dev, sweep, None, &mut *run.progress)
+                .with_context(|| format!("timing {}", model[0].source))?;
             run.detail(&indent(&bench::table(&r)));
             run.rep.model_timings.push(r);
         }
@@ -563,7 +580,14 @@ fn check_user_models(run: &mut Checkup, opts: &DoctorOptions, dev: &Device) -> R
             // Before loading: a corrupt file should be named as such, not fail somewhere inside.
             let hashes = verify_cache_hashes(&files)?;
             let started = std::time::Instant::now();
-            let model = load_from_files(files, dev, DTypeSpec::Auto, &LoadOptions::default())?;
+            let load = LoadOptions {
+                model: ModelOptions {
+                    kernels: opts.kernels,
+                    ..ModelOptions::default()
+                },
+                ..LoadOptions::default()
+            };
+            let model = load_from_files(files, dev, DTypeSpec::Auto, &load)?;
             let out = embed_sequences(&model, &[("doctor-probe", probe)], 4096)?;
             let v: Vec<f32> = out.embeddings.flatten_all()?.to_vec1()?;
             if v.len() != model.hidden_size || v.iter().any(|x| !x.is_finite()) {
@@ -659,19 +683,16 @@ fn check_classifier(
     Ok(())
 }
 
-/// Runs a ragged batch through `model` with the fused and the materialized attention and compares
-/// the pooled embeddings.
-pub fn check_model(model: &bench::BenchModel, b: usize, t: usize) -> Result<ModelCheck> {
-    let batch = bench::synthetic_batch(model, b, t, true, 17);
-    let before = kernels::attention_impl();
-    let run = |imp| -> Result<Tensor> {
-        kernels::set_attention_impl(imp);
-        Ok(model.encoder.forward_pooled(&batch)?)
+/// Runs a ragged batch through the model built with the fused and with the materialized
+/// attention (`pair`, in that order, the same weights) and compares the pooled embeddings.
+pub fn check_model(pair: &[bench::BenchModel], b: usize, t: usize) -> Result<ModelCheck> {
+    let [fused_model, naive_model] = pair else {
+        bail!("check_model needs the model built with fused and with naive attention");
     };
-    let fused = run(AttentionImpl::Fused);
-    let naive = run(AttentionImpl::Naive);
-    kernels::set_attention_impl(before);
-    let (fused, naive) = (fused?, naive?);
+    let model = fused_model;
+    let batch = bench::synthetic_batch(model, b, t, true, 17);
+    let fused = fused_model.encoder.forward_pooled(&batch)?;
+    let naive = naive_model.encoder.forward_pooled(&batch)?;
     let hidden = model.encoder.hidden_size();
     if fused.dims() != [b, hidden] || naive.dims() != [b, hidden] {
         bail!(
@@ -796,8 +817,7 @@ impl AttnInputs {
             &self.lens,
             None,
             scale,
-            false,
-            Some(var),
+            Knobs::variant(var),
         )
         .map(drop)
     }
@@ -829,6 +849,7 @@ pub fn time_attention(
             &x.lens,
             Some(&x.slopes),
             AttnInputs::scale() as f32,
+            &KernelOptions::default(),
         )
         .map(drop)
     })?;

@@ -6,7 +6,8 @@
 //! - [`bench`](mod@bench): the `bench` command (throughput of models and single operations);
 //! - [`timing`]: measuring GPU work for both;
 //! - [`progress`]: where both send their text as they run (the command line prints it);
-//! - [`logging`]: which crates' log events the command line shows.
+//! - [`logging`]: which crates' log events the command line shows;
+//! - [`env`]: the environment variables, read here only and passed to the crates as options.
 //!
 //! The library crates, lowest layer first (docs/ARCHITECTURE.md): `virnucpro-kernels`,
 //! `virnucpro-atomic`, `virnucpro-models`, `virnucpro-assets`, `virnucpro-core` (the prediction
@@ -14,6 +15,7 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod env;
 pub mod logging;
 pub mod progress;
 pub mod timing;

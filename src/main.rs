@@ -13,8 +13,7 @@ fn main() -> ExitCode {
         eprintln!("error: {err:#}");
         return ExitCode::FAILURE;
     }
-    virnucpro_kernels::set_attention_impl(args.attention);
-    match cli::run(args.command) {
+    match cli::run(args.command, args.attention) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // An output directory this run created and never filled is not left behind.

@@ -10,7 +10,7 @@ use virnucpro_models::device::{DTypeSpec, DeviceSpec};
 use virnucpro_models::embed::{embed_sequences, LoadOptions};
 use virnucpro_models::esm::TokenDropout;
 
-use crate::util::{default_kernel_switches, max_abs_diff, oracle, proteins};
+use crate::util::{max_abs_diff, oracle, proteins};
 
 /// Per-row `‖a − b‖ / ‖b‖`.
 fn row_rel_errors(a: &Tensor, b: &Tensor) -> Vec<f64> {
@@ -42,11 +42,11 @@ fn request(model: &str, input: &str, out: &Path) -> EmbedRequest {
         batch_tokens: None,
         esm_token_dropout: TokenDropout::Auto,
         random_weights: None,
+        model_options: Default::default(),
     }
 }
 
 fn check_against(model: &str, input: &str, expected: &str, batch_tokens: Option<usize>) -> f64 {
-    let _switches = default_kernel_switches();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("emb.safetensors");
     let mut req = request(model, input, &out);
@@ -114,7 +114,6 @@ fn dnabert_matches_reference() {
 /// The token-dropout switch does matter (so the auto choice above is really tested).
 #[test]
 fn esm_token_dropout_override_changes_result() {
-    let _switches = default_kernel_switches();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("emb.safetensors");
     let mut req = request("esm2", "inputs/proteins.fa", &out);
@@ -129,7 +128,6 @@ fn esm_token_dropout_override_changes_result() {
 /// A sequence alone and inside a padded batch of mixed lengths gives the same vector.
 #[test]
 fn padding_does_not_change_embeddings() {
-    let _switches = default_kernel_switches();
     for model in ["esm2", "fastesm"] {
         let m = load_embedding_model(
             &oracle(model).display().to_string(),
@@ -168,7 +166,6 @@ fn padding_does_not_change_embeddings() {
 /// Results come back in input order whatever the batching.
 #[test]
 fn input_order_is_kept_across_budgets() {
-    let _switches = default_kernel_switches();
     let m = load_embedding_model(
         &oracle("esm2").display().to_string(),
         &Device::Cpu,

@@ -11,7 +11,7 @@ use virnucpro_models::rng::Rng;
 use virnucpro_train::extract::{extract, ExtractOptions};
 use virnucpro_train::prepare::{PrepareSummary, FRAMES_FILE, FRAMES_HEADER, SUMMARY_FILE};
 
-use crate::util::{default_kernel_switches, env_or, oracle, CODE};
+use crate::util::{env_or, oracle, CODE};
 
 /// A prepared data set of `n` F1 frames of stop-free random chunks (what `prepare` keeps from a
 /// coding region): DNA `chunk` bases, protein `chunk / 3` residues.
@@ -58,7 +58,6 @@ fn write_dataset(dir: &Path, n: usize, chunk: usize) {
 #[test]
 #[ignore]
 fn extract_throughput_tiny_models() {
-    let _switches = default_kernel_switches();
     let frames = env_or("VNP_BENCH_FRAMES", 2000);
     let chunk = env_or("VNP_BENCH_CHUNK", 300);
     let device: DeviceSpec = std::env::var("VNP_BENCH_DEVICE")

@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use virnucpro_core::embed::{read_embeddings, run, EmbedRequest};
-use virnucpro_kernels::{set_attention_impl, AttentionImpl};
+use virnucpro_kernels::{AttentionImpl, KernelOptions};
 use virnucpro_models::device::{DTypeSpec, DeviceSpec};
 use virnucpro_models::esm::TokenDropout;
-
-use crate::util::kernel_switches;
+use virnucpro_models::options::ModelOptions;
 
 /// The repository root: `CARGO_MANIFEST_DIR` at run time when set (so that a test binary built
 /// on one machine runs from a checkout on the GPU machine), else where it was built.
@@ -54,7 +53,6 @@ fn min_cosine(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn embed_on_gpu(model: &str, input: &str, expected: &str, attention: AttentionImpl) {
-    set_attention_impl(attention);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("emb.safetensors");
     run(&EmbedRequest {
@@ -66,6 +64,10 @@ fn embed_on_gpu(model: &str, input: &str, expected: &str, attention: AttentionIm
         batch_tokens: None,
         esm_token_dropout: TokenDropout::Auto,
         random_weights: None,
+        model_options: ModelOptions {
+            kernels: KernelOptions::default().with_attention(attention),
+            ..ModelOptions::default()
+        },
     })
     .unwrap();
     let got = read_embeddings(&out).unwrap();
@@ -76,11 +78,9 @@ fn embed_on_gpu(model: &str, input: &str, expected: &str, attention: AttentionIm
     assert!(cos >= 0.999, "{model} ({attention}): min cosine {cos}");
 }
 
-/// One test for all cases: the attention choice is process-global.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embeddings_match_oracle_on_gpu() {
-    let _switches = kernel_switches();
     for attention in [AttentionImpl::Fused, AttentionImpl::Naive] {
         embed_on_gpu(
             "esm2",
@@ -101,7 +101,6 @@ fn embeddings_match_oracle_on_gpu() {
             attention,
         );
     }
-    set_attention_impl(AttentionImpl::Auto);
 }
 
 /// `predict` as a user runs it (the binary), scores against the original pipeline's.
@@ -165,10 +164,11 @@ fn predict_matches_oracle_on_gpu() {
 fn embeddings_do_not_depend_on_batching() {
     use virnucpro_assets::load::random_embedding_model;
     use virnucpro_models::embed::{embed_sequences, LoadOptions, RandomModel};
-    let _switches = kernel_switches();
-    virnucpro_kernels::set_batch_invariant(true);
-    set_attention_impl(AttentionImpl::Auto);
-    let device = virnucpro_models::device::select_device(DeviceSpec::Cuda(0)).unwrap();
+    let kernels = KernelOptions {
+        batch_invariant: true,
+        ..KernelOptions::default()
+    };
+    let device = virnucpro_models::device::select_device(DeviceSpec::Cuda(0), &kernels).unwrap();
     let mut x: u64 = 0x2545F4914F6CDD1D;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -184,7 +184,13 @@ fn embeddings_do_not_depend_on_batching() {
             tokenizer.as_deref(),
             &device,
             DTypeSpec::Auto,
-            &LoadOptions::default(),
+            &LoadOptions {
+                model: ModelOptions {
+                    kernels,
+                    ..ModelOptions::default()
+                },
+                ..LoadOptions::default()
+            },
         )
         .unwrap();
         let items: Vec<(String, Vec<u8>)> = (0..48)

@@ -19,12 +19,14 @@ mod input_props;
 mod large_runs;
 mod models_loading;
 mod nucleotide_input;
+mod oom_injection;
 mod predict_cli;
 mod prepare_cli;
 mod presets_cli;
 mod train_bench;
 mod train_cli;
 mod train_e2e;
+mod units_content;
 mod workflow;
 
 /// With `autotests = false` Cargo builds no file of tests/ by itself: one left out of the list

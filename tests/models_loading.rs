@@ -13,7 +13,7 @@ use virnucpro_models::device::DTypeSpec;
 use virnucpro_models::embed::{embed_sequences, load_from_files, EmbeddingModel, LoadOptions};
 use virnucpro_models::weights::{Checkpoint, WeightFiles, WeightsFormat};
 
-use crate::util::{default_kernel_switches, fake_hub, oracle, proteins};
+use crate::util::{fake_hub, oracle, proteins};
 
 /// A scratch copy of an oracle model directory.
 fn copy_model(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -50,7 +50,6 @@ fn load_err(dir: &Path) -> String {
 
 /// Max per-row relative error against the esm2 reference.
 fn esm2_error(model: &EmbeddingModel) -> f64 {
-    let _switches = default_kernel_switches();
     let got = embed_sequences(model, &proteins(), 4096)
         .unwrap()
         .embeddings;

@@ -13,7 +13,7 @@ use virnucpro_models::embed::{embed_sequences, LoadOptions};
 use virnucpro_train::features::{read_features, read_manifest, FeatureSet};
 use virnucpro_train::prepare::{FramesReader, PreparedFrame};
 
-use crate::util::{default_kernel_switches, raw_metadata, vnp, CODE};
+use crate::util::{raw_metadata, vnp, CODE};
 
 const CHUNK_LEN: usize = 60;
 /// 80 frames (40 viral + 40 host) in shards of 25: 25, 25, 25, 5.
@@ -270,7 +270,6 @@ fn prepare_extract_resume_train_evaluate() {
     }
 
     // A row is [nucleotide embedding of its DNA | protein embedding of its protein].
-    let switches = default_kernel_switches();
     let load = |name: &str| {
         load_embedding_model(
             &oracle(name),
@@ -296,7 +295,6 @@ fn prepare_extract_resume_train_evaluate() {
             .fold(0f32, f32::max);
         assert!(diff < 1e-5, "row {row}: max difference {diff}");
     }
-    drop(switches);
 
     // Resume 1: shard 1 and the manifest deleted -> exactly shard 1 is computed again.
     let kept_before = inodes(&run, &[0, 2, 3]);

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_virnucpro");
+use crate::util::BIN;
 const O: &str = "tests/data/oracle";
 
 /// Seeded records of 30 to 250 bases (some lower case, some N), short enough that a unit holds

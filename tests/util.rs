@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
 
 use candle_core::Tensor;
 
@@ -140,37 +139,4 @@ pub fn raw_metadata(path: &Path) -> HashMap<String, String> {
     let bytes = fs::read(path).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     header.metadata().clone().unwrap()
-}
-
-/// The kernels' process-wide switches (attention implementation, batch invariance) are shared by
-/// every test of this binary: a test that changes them holds this lock exclusively
-/// ([`kernel_switches`]), one that runs an encoder in this process holds it shared
-/// ([`default_kernel_switches`]), so that no test runs under another's settings.
-static KERNEL_SWITCHES: RwLock<()> = RwLock::new(());
-
-/// Held while an encoder runs in this process: the switches stay at their defaults.
-pub fn default_kernel_switches() -> RwLockReadGuard<'static, ()> {
-    // A test that panicked holding the lock has already reset the switches (`SwitchesGuard`).
-    KERNEL_SWITCHES.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Exclusive use of the kernels' switches; they return to their defaults when it is dropped.
-#[cfg(feature = "cuda")]
-pub fn kernel_switches() -> SwitchesGuard {
-    SwitchesGuard {
-        _lock: KERNEL_SWITCHES.write().unwrap_or_else(|e| e.into_inner()),
-    }
-}
-
-#[cfg(feature = "cuda")]
-pub struct SwitchesGuard {
-    _lock: std::sync::RwLockWriteGuard<'static, ()>,
-}
-
-#[cfg(feature = "cuda")]
-impl Drop for SwitchesGuard {
-    fn drop(&mut self) {
-        virnucpro_kernels::set_attention_impl(virnucpro_kernels::AttentionImpl::Auto);
-        virnucpro_kernels::set_batch_invariant(false);
-    }
 }

@@ -1,7 +1,7 @@
 //! `virnucpro bench`: embedding throughput (tokens/s, sequences/s) of one model.
 
 use virnucpro::bench::{self, BenchOptions};
-use virnucpro_kernels::{attention_impl, AttentionImpl};
+use virnucpro_kernels::AttentionImpl;
 use virnucpro_models::device::{select_device, DTypeSpec, DeviceSpec};
 
 /// Measure embedding throughput on synthetic batches: a model directory / Hub ID, or a real
@@ -56,7 +56,7 @@ pub struct Args {
     pub tune_gemm: Option<usize>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, attention: AttentionImpl) -> anyhow::Result<()> {
     if !args.input.is_empty() {
         let r = virnucpro_core::input::units::measure_input(&args.input, args.repeats.max(1))?;
         if args.json {
@@ -66,7 +66,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let device = select_device(args.device)?;
+    // Timings only: no injected failures.
+    let model_options = virnucpro_models::options::ModelOptions {
+        kernels: virnucpro::env::kernel_options(attention),
+        profiler: virnucpro::env::profiler(),
+        inject_oom_above_rows: None,
+    };
+    let device = select_device(args.device, &model_options.kernels)?;
     if let Some(rows) = args.tune_gemm {
         #[cfg(feature = "cuda")]
         {
@@ -82,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let attention = if args.compare_attention && device.is_cuda() {
         vec![AttentionImpl::Fused, AttentionImpl::Naive]
     } else {
-        vec![attention_impl()]
+        vec![attention]
     };
     let opts = BenchOptions {
         model: args.model,
@@ -96,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         warmup: args.warmup,
         repeats: args.repeats.max(1),
         attention,
+        model_options,
     };
     if args.ops {
         let dims = bench::layer_dims(&opts.model)?;
@@ -105,12 +112,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             virnucpro_models::config::ModelFamily::Esm
         };
         let dtype = virnucpro_models::device::resolve_dtype(opts.dtype, family, &device);
+        let kernels = &opts.model_options.kernels;
         let rows = bench::op_profile(
             &device,
             dtype,
             opts.shapes[0],
             dims,
             opts.repeats,
+            kernels,
             &mut super::Console,
         )?;
         if args.json {

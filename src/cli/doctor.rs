@@ -93,7 +93,7 @@ fn parse_ordinal(device: &str) -> anyhow::Result<Option<usize>> {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, attention: virnucpro_kernels::AttentionImpl) -> anyhow::Result<()> {
     let ordinal = parse_ordinal(&args.device)?;
     let models = presets::resolve(
         &ModelChoice {
@@ -109,6 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::enabled!(tracing::Level::INFO),
     )?;
     let opts = DoctorOptions {
+        kernels: virnucpro::env::kernel_options(attention),
         ordinal: ordinal.unwrap_or(0),
         cpu: ordinal.is_none(),
         esm: models.esm,

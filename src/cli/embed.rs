@@ -55,7 +55,7 @@ pub struct Args {
     pub random_weights: Option<RandomModel>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, attention: virnucpro_kernels::AttentionImpl) -> anyhow::Result<()> {
     let req = EmbedRequest {
         model: args.model,
         inputs: args.inputs,
@@ -65,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batch_tokens: args.compute.precision.batch_tokens(),
         esm_token_dropout: args.esm_token_dropout,
         random_weights: args.random_weights,
+        model_options: virnucpro::env::model_options(attention),
     };
     embed::run(&req).map(|_| ())
 }

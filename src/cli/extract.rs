@@ -58,7 +58,7 @@ pub struct Args {
     pub rows_per_shard: u64,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, attention: virnucpro_kernels::AttentionImpl) -> anyhow::Result<()> {
     virnucpro_atomic::install_interrupt_handler()?;
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let opts = ExtractOptions {
@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batch_tokens: args.compute.precision.batch_tokens(),
         rows_per_shard: to_usize(args.rows_per_shard),
         esm_token_dropout: args.esm_token_dropout,
+        model_options: virnucpro::env::model_options(attention),
     };
     let report = extract(&opts)?;
     let m = &report.manifest;

@@ -68,20 +68,22 @@ pub enum Command {
     Presets(presets::Args),
 }
 
-pub fn run(command: Command) -> anyhow::Result<()> {
+/// Runs `command`; `attention` is the global `--attention`, given to the commands that build
+/// models (with the environment's options, [`virnucpro::env`]).
+pub fn run(command: Command, attention: virnucpro_kernels::AttentionImpl) -> anyhow::Result<()> {
     // Every command may leave temporary outputs; Ctrl-C must remove them.
     virnucpro_atomic::install_interrupt_handler()?;
     match command {
         Command::Frames(a) => frames::run(a),
-        Command::Embed(a) => embed::run(a),
-        Command::Predict(a) => predict::run(a),
+        Command::Embed(a) => embed::run(a, attention),
+        Command::Predict(a) => predict::run(a, attention),
         Command::Merge(a) => merge::run(a),
         Command::Fetch(a) => fetch::run(a),
         Command::Convert(a) => convert::run(a),
-        Command::Doctor(a) => doctor::run(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Doctor(a) => doctor::run(a, attention),
+        Command::Bench(a) => bench::run(a, attention),
         Command::Prepare(a) => prepare::run(a),
-        Command::Extract(a) => extract::run(a),
+        Command::Extract(a) => extract::run(a, attention),
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Plot(a) => plot::run(a),

@@ -142,7 +142,7 @@ pub struct Args {
     pub random_weights: Option<RandomModel>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, attention: virnucpro_kernels::AttentionImpl) -> anyhow::Result<()> {
     let progress = tracing::enabled!(tracing::Level::INFO);
     let choice = ModelChoice {
         preset: args.presets.preset,
@@ -182,6 +182,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         no_journal: args.no_journal,
         progress,
         random_weights: args.random_weights,
+        kernels: virnucpro::env::kernel_options(attention),
+        test_hooks: virnucpro::env::predict_test_hooks(),
     };
     let report = predict::run(&req)?;
     tracing::info!("{report}; results in {}", req.out_dir.display());

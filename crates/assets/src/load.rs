@@ -6,7 +6,7 @@
 //! use virnucpro_models::device::{DTypeSpec, select_device, DeviceSpec};
 //! use virnucpro_models::embed::{embed_sequences, LoadOptions};
 //!
-//! let device = select_device(DeviceSpec::Auto)?;
+//! let device = select_device(DeviceSpec::Auto, &Default::default())?;
 //! let model = load_embedding_model("Synthyra/FastESM2_650", &device, DTypeSpec::Auto,
 //!                                  &LoadOptions::default())?;
 //! let proteins = vec![("p1", b"MKV".to_vec()), ("p2", b"MSTNPKPQRK".to_vec())];

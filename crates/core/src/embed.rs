@@ -15,6 +15,7 @@ use virnucpro_models::embed::{
     embed_sequences_with, EmbedStats, EmbeddingModel, LoadOptions, RandomModel,
 };
 use virnucpro_models::esm::TokenDropout;
+use virnucpro_models::options::ModelOptions;
 
 use crate::input::fasta::{check_nucleotide_record, Alphabet, RecordReader};
 
@@ -32,6 +33,8 @@ pub struct EmbedRequest {
     pub batch_tokens: Option<usize>,
     pub esm_token_dropout: TokenDropout,
     pub random_weights: Option<RandomModel>,
+    /// Kernel choices and test hooks, kept by the model.
+    pub model_options: ModelOptions,
 }
 
 /// Runs `embed`: reads the FASTA inputs, embeds every record as given (no chunking), writes
@@ -61,9 +64,10 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<EmbedStats> {
                 .join(", ")
         );
     }
-    let device = select_device(req.device)?;
+    let device = select_device(req.device, &req.model_options.kernels)?;
     let options = LoadOptions {
         esm_token_dropout: req.esm_token_dropout,
+        model: req.model_options.clone(),
     };
     let model = match (req.random_weights, &req.model) {
         (Some(kind), spec) => {

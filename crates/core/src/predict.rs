@@ -31,6 +31,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use virnucpro_assets::hub::resolve_family;
 use virnucpro_assets::identity::{file_identity, model_identity};
 use virnucpro_assets::load::random_embedding_model;
+use virnucpro_kernels::KernelOptions;
 use virnucpro_models::classifier::Classifier;
 use virnucpro_models::config::ModelFamily;
 use virnucpro_models::device::{
@@ -42,6 +43,7 @@ use virnucpro_models::embed::{
 };
 use virnucpro_models::esm::TokenDropout;
 use virnucpro_models::files::ModelFiles;
+use virnucpro_models::options::ModelOptions;
 
 use crate::frames::translate_batch;
 use crate::input::fasta::RecordReader;
@@ -65,17 +67,25 @@ const MAX_AHEAD_PER_DEVICE: usize = 256;
 /// protein batches (and half of its read-ahead), so that small units still fill the GPU's
 /// batches.
 const GROUP_BATCHES: usize = 4;
-/// Test switch: `VIRNUCPRO_TEST_FAIL_DEVICE=K:N` makes device K (0-based position in `--device`)
-/// fail as it takes its N-th work unit, so that redistribution can be tested on any machine.
-pub const FAIL_DEVICE_ENV: &str = "VIRNUCPRO_TEST_FAIL_DEVICE";
-/// Test switch: `VIRNUCPRO_TEST_GROUP_UNITS=1` groups units on the CPU too (as on a GPU), so
-/// that the grouping can be tested on any machine (on the CPU scores may then differ from an
-/// ungrouped run in the last digits).
-pub const GROUP_UNITS_ENV: &str = "VIRNUCPRO_TEST_GROUP_UNITS";
-/// Test switch: `VIRNUCPRO_TEST_STALL_AFTER=N` makes the run stop working once it has journaled
-/// N units it computed (it says so and waits to be killed), so that tests can kill or cancel a
-/// run part-way at a known point and check what the next run reuses.
-pub const STALL_AFTER_ENV: &str = "VIRNUCPRO_TEST_STALL_AFTER";
+
+/// Failures and behaviours a test asks for, so that the paths they exercise run on any machine.
+/// The binary fills them from its environment (the `VIRNUCPRO_TEST_*` variables of docs/GPU.md);
+/// a library caller sets them directly. The default asks for nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestHooks {
+    /// `(K, N)`: device K (0-based position in `--device`) fails as it takes its N-th work unit,
+    /// so that redistribution can be tested (`VIRNUCPRO_TEST_FAIL_DEVICE=K:N`).
+    pub fail_device: Option<(usize, usize)>,
+    /// Group units on the CPU too (as on a GPU), to test the grouping (on the CPU scores may
+    /// then differ from an ungrouped run in the last digits; `VIRNUCPRO_TEST_GROUP_UNITS=1`).
+    pub group_units: bool,
+    /// Stop working once N computed units are journaled (say so and wait to be killed), so that
+    /// a test can kill or cancel a run at a known point (`VIRNUCPRO_TEST_STALL_AFTER=N`).
+    pub stall_after: Option<u64>,
+    /// A linear layer on more than this many tokens fails as out of device memory
+    /// ([`ModelOptions::inject_oom_above_rows`], `VIRNUCPRO_TEST_OOM_TOKENS=T`): the back-off.
+    pub oom_above_tokens: Option<usize>,
+}
 /// How often progress is logged when stderr is not a terminal (cluster logs).
 const LOG_PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
@@ -116,6 +126,10 @@ pub struct PredictRequest {
     /// shape, and a random classifier that fits them (`classifier` is not read; the DNABERT
     /// tokenizer still comes from `dnabert`). The scores are meaningless.
     pub random_weights: Option<RandomModel>,
+    /// Kernel choices (`--attention`, ...). `run` always adds batch invariance: units are
+    /// batched by budget and split on out-of-memory failures, and no bit may depend on it.
+    pub kernels: KernelOptions,
+    pub test_hooks: TestHooks,
 }
 
 impl PredictRequest {
@@ -148,6 +162,16 @@ impl PredictRequest {
             no_journal: false,
             progress: false,
             random_weights: None,
+            kernels: KernelOptions::default(),
+            test_hooks: TestHooks::default(),
+        }
+    }
+
+    /// The kernel options of the run: the request's, batch-invariant.
+    fn run_kernels(&self) -> KernelOptions {
+        KernelOptions {
+            batch_invariant: true,
+            ..self.kernels
         }
     }
 
@@ -492,11 +516,11 @@ struct DeviceWorker {
     models: Models,
     budget: Arc<Budget>,
     output: OutputOptions,
-    /// [`FAIL_DEVICE_ENV`]: fail when taking this (1-based) unit.
+    /// [`TestHooks::fail_device`]: fail when taking this (1-based) unit.
     fail_at: Option<usize>,
     /// How many waiting units to batch together: several on a GPU, where a row's result does
     /// not depend on its batch; one on the CPU, where it can in the last bits (except for tests
-    /// of the grouping itself, [`GROUP_UNITS_ENV`]).
+    /// of the grouping itself, [`TestHooks::group_units`]).
     max_group: usize,
 }
 
@@ -655,7 +679,7 @@ impl DeviceWorker {
         let count = |taken: &mut usize| -> anyhow::Result<()> {
             *taken += 1;
             if Some(*taken) == self.fail_at {
-                bail!("injected failure ({FAIL_DEVICE_ENV})");
+                bail!("injected failure (VIRNUCPRO_TEST_FAIL_DEVICE)");
             }
             Ok(())
         };
@@ -727,24 +751,23 @@ impl DeviceWorker {
     }
 }
 
-/// The test switch [`STALL_AFTER_ENV`], after `journaled` units.
-fn stall_if_asked(journaled: u64) {
-    let stall_at = std::env::var(STALL_AFTER_ENV).ok();
-    if stall_at.and_then(|n| n.trim().parse().ok()) == Some(journaled) {
-        tracing::warn!("{STALL_AFTER_ENV}: {journaled} work units journaled; waiting to be killed");
+/// The test hook [`TestHooks::stall_after`], after `journaled` units.
+fn stall_if_asked(hooks: &TestHooks, journaled: u64) {
+    if hooks.stall_after == Some(journaled) {
+        tracing::warn!(
+            "VIRNUCPRO_TEST_STALL_AFTER: {journaled} work units journaled; waiting to be killed"
+        );
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
 }
 
-/// The test switch [`FAIL_DEVICE_ENV`] for device `index`.
-fn injected_failure(index: usize) -> Option<usize> {
-    let spec = std::env::var(FAIL_DEVICE_ENV).ok()?;
-    let (device, unit) = spec.trim().split_once(':')?;
-    (device.parse::<usize>().ok()? == index)
-        .then(|| unit.parse().ok())
-        .flatten()
+/// The test hook [`TestHooks::fail_device`] for device `index`: the unit it fails on.
+fn injected_failure(hooks: &TestHooks, index: usize) -> Option<usize> {
+    hooks
+        .fail_device
+        .and_then(|(device, unit)| (device == index).then_some(unit))
 }
 
 /// What the run is about, resolved before anything slow happens.
@@ -772,7 +795,7 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
     if req.shard.is_some() && req.inputs.iter().any(|p| p.as_os_str() == "-") {
         bail!("--shard needs input files (every shard reads the whole input): stdin (-) cannot be split");
     }
-    let devices = select_devices(&req.devices)?;
+    let devices = select_devices(&req.devices, &req.run_kernels())?;
     let kinds = devices
         .iter()
         .map(device_kind)
@@ -831,7 +854,7 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
                 dtype(ModelFamily::Esm)
             ),
         )
-        .set("attention", virnucpro_kernels::attention_impl())
+        .set("attention", req.kernels.attention)
         .set(
             "--batch-tokens",
             req.batch_tokens
@@ -878,6 +901,11 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
 fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models>> {
     let options = LoadOptions {
         esm_token_dropout: req.esm_token_dropout,
+        model: ModelOptions {
+            kernels: req.run_kernels(),
+            inject_oom_above_rows: req.test_hooks.oom_above_tokens,
+            ..ModelOptions::default()
+        },
     };
     let load_one = |device: &Device| -> anyhow::Result<Models> {
         let (dnabert, esm, classifier) = match (&setup.dnabert, &setup.esm) {
@@ -995,8 +1023,6 @@ fn random_classifier(input: usize, device: &Device) -> anyhow::Result<Classifier
 /// interrupted run leaves its journal there: the same request again resumes it.
 pub fn run(req: &PredictRequest) -> anyhow::Result<PredictReport> {
     let started = Instant::now();
-    // Units are batched by budget and split on out-of-memory failures: no bit may depend on it.
-    virnucpro_kernels::set_batch_invariant(true);
     let mut setup = set_up(req)?;
 
     // A shard reads the whole input first: the shares are cut from every unit's size.
@@ -1174,7 +1200,7 @@ fn execute(
     };
     // At most half of a device's share in one group, so that the next group's units are
     // queued (and tokenized) while this one runs.
-    let max_group = if on_gpu || std::env::var(GROUP_UNITS_ENV).is_ok_and(|v| v.trim() == "1") {
+    let max_group = if on_gpu || req.test_hooks.group_units {
         (ahead_per_device / 2).max(2)
     } else {
         1
@@ -1187,7 +1213,7 @@ fn execute(
             models,
             budget: budget.clone(),
             output,
-            fail_at: injected_failure(i),
+            fail_at: injected_failure(&req.test_hooks, i),
         })
         .collect();
     let n_devices = workers.len();
@@ -1245,6 +1271,7 @@ fn execute(
         out: Assembler::create(&req.out_dir, &output)?,
         report: PredictReport::default(),
         progress,
+        hooks: &req.test_hooks,
     };
     let schedule = scheduler::run(items, workers, ahead, &mut writer);
     let producer_ok = producer.join().is_ok();
@@ -1344,13 +1371,14 @@ struct RunWriter<'a> {
     out: Assembler,
     report: PredictReport,
     progress: Progress,
+    hooks: &'a TestHooks,
 }
 
 impl Handler<UnitResult> for RunWriter<'_> {
     fn computed(&mut self, _pos: u64, out: &UnitResult) -> anyhow::Result<()> {
         if let UnitResult::Computed(unit) = out {
             self.journal.append(unit)?;
-            stall_if_asked(self.journal.cost().entries);
+            stall_if_asked(self.hooks, self.journal.cost().entries);
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ pub(super) use by_dtype;
 
 // The kernels as build.rs compiled them: one fatbin per source, with machine code for the build's
 // compute capability (compute_90a for the Hopper file) and the PTX, which the driver compiles
-// only for other GPUs. PTX alone cost every fresh machine or container a JIT compilation at first
+// only for other GPUs: with PTX alone every fresh machine or container would JIT-compile at first
 // use (ptxas needs ~9 s for the Hopper file alone).
 const FLASH_ATTN_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attn.fatbin"));
 const MODULE: &str = "virnucpro_flash_attn";
@@ -169,12 +169,13 @@ pub(super) fn forward(
         lq.dims()[2]
     };
     let dev = q.device();
-    let hopper = match op.variant {
+    let hopper = match op.knobs.variant {
         // An explicitly requested portable variant needs nothing from the wgmma module.
         Some(v) if !v.hopper() => false,
-        _ => sm90_ready(dev, op.variant.is_some())?,
+        _ => sm90_ready(dev, op.knobs.variant.is_some())?,
     };
     let variant = op
+        .knobs
         .variant
         .unwrap_or_else(|| FaVariant::for_len(rows, hopper));
     if op.rotary.is_some() && !variant.fuses_rotary() {
@@ -219,51 +220,278 @@ where
     let sq = strides(lq, packed, "q")?;
     let sk = strides(lk, packed, "k")?;
     let sv = strides(lv, packed, "v")?;
-    let dims = lq.dims();
-    // (batch, heads, rows per sequence in the grid, output shape, output strides)
-    let (batch, heads, grid_rows, out_shape, so) = if packed {
-        let (total, h) = (dims[0], dims[1]);
-        let n = match &op.lens {
-            SeqLens::Packed(cu) => cu.dims1()? - 1,
-            SeqLens::Padded(_) => unreachable!(),
-        };
-        let so = Strides {
-            b: 0,
-            t: (h * FUSED_HEAD_DIM) as i64,
-            h: FUSED_HEAD_DIM as i64,
-        };
-        (
-            n,
-            h,
-            op.max_len,
-            Shape::from((total, h, FUSED_HEAD_DIM)),
-            so,
-        )
-    } else {
-        let (b, h, t) = (dims[0], dims[1], dims[2]);
-        let so = Strides {
-            b: (t * h * FUSED_HEAD_DIM) as i64,
-            t: (h * FUSED_HEAD_DIM) as i64,
-            h: FUSED_HEAD_DIM as i64,
-        };
-        (b, h, t, Shape::from((b, t, h, FUSED_HEAD_DIM)), so)
-    };
-    if batch > 65535 || heads > 65535 {
-        candle_core::bail!("fused attention: batch {batch} or heads {heads} over 65535");
-    }
-    let n_out = out_shape.elem_count();
-
+    let g = Geometry::of(op, lq.dims(), packed)?;
+    let n_out = g.out_shape.elem_count();
     let qs = q.as_cuda_slice::<T>()?.slice(lq.start_offset()..);
     let ks = k.as_cuda_slice::<T>()?.slice(lk.start_offset()..);
     let vs = v.as_cuda_slice::<T>()?.slice(lv.start_offset()..);
-    let mut out: CudaSlice<T> = if packed && !op.poison {
-        // Rows of sequences longer than `max_len` would not be written: zeros, not garbage.
+    let mut out = alloc_output::<T>(dev, n_out, packed, op.knobs.poison)?;
+    if n_out == 0 || g.grid_rows == 0 || g.batch == 0 {
+        return Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), g.out_shape));
+    }
+    let (lens_storage, lens_layout) = match &op.lens {
+        SeqLens::Padded(t) | SeqLens::Packed(t) => t.storage_and_layout(),
+    };
+    let lens = u32_view(&lens_storage, lens_layout, "key_lens / cu_seqlens")?;
+    let slopes_guard = op.slopes.as_ref().map(Tensor::storage_and_layout);
+    let slopes = match &slopes_guard {
+        Some((s, l)) => Some(f32_view(s, l, "alibi_slopes")?),
+        None => None,
+    };
+    let func = attention_kernel(dev, variant, dtype)?;
+    let n_qblocks = g.grid_rows.div_ceil(variant.block_m());
+    // Persistent kernels: work items (query block, head, sequence) walked by one block per
+    // multiprocessor (one fits: 384-512 threads at up to 168 registers).
+    let n_items = n_qblocks * g.heads * g.batch;
+    let split = work_split(dev, op, variant, g.grid_rows, n_items)?;
+    let cfg = LaunchConfig {
+        grid_dim: split.map_or((n_qblocks as u32, g.heads as u32, g.batch as u32), |sp| {
+            (sp.grid as u32, 1, 1)
+        }),
+        block_dim: (variant.threads(), 1, 1),
+        shared_mem_bytes: variant.dynamic_smem(),
+    };
+    // Partial results of the items split between blocks, and their piece counters.
+    let ws = match &split {
+        Some(sp) if sp.n_dp < n_items => Some(split_workspace(dev, sp.grid)?),
+        _ => None,
+    };
+    let mut ws_guard = ws
+        .as_ref()
+        .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner));
+    let rot_guard = op
+        .rotary
+        .as_ref()
+        .map(|(c, s)| (c.storage_and_layout(), s.storage_and_layout()));
+    let persistent = if variant.persistent() {
+        let rot = match &rot_guard {
+            Some(((cs, cl), (ss, sl))) => Some(rotary_views(cs, cl, ss, sl, g.grid_rows)?),
+            None => None,
+        };
+        // q in boxes of a query block, k and v in boxes of a key tile.
+        let total_rows = if packed { lq.dims()[0] } else { g.grid_rows };
+        let maps = tma_maps(
+            dev,
+            q.dtype(),
+            (total_rows, g.heads, if packed { 1 } else { g.batch }),
+            [
+                (&qs, &sq, variant.block_m()),
+                (&ks, &sk, variant.key_tile()),
+                (&vs, &sv, variant.key_tile()),
+            ],
+        );
+        Some(PersistentArgs {
+            rot,
+            items: [n_qblocks as i32, g.heads as i32, n_items as i32],
+            split: split.map_or([0; 2], |sp| [sp.n_dp as i32, sp.tiles as i32]),
+            ws: ws_guard.as_deref_mut(),
+            tma_flag: maps.is_some().into(),
+            maps: maps.unwrap_or([TmaMap::ZERO; 3]),
+        })
+    } else {
+        None
+    };
+    let mut args = KernelArgs {
+        q: qs,
+        k: ks,
+        v: vs,
+        out: &mut out,
+        lens,
+        packed,
+        slopes,
+        t_rows: if packed { 0 } else { g.grid_rows as i32 },
+        strides: [sq, sk, sv, g.out_strides],
+        scale_log2: op.scale * std::f32::consts::LOG2_E,
+        persistent,
+    };
+    enqueue(&func, cfg, &mut args)?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), g.out_shape))
+}
+
+/// The arguments of an attention kernel (`flash_attn.cu`, `flash_attn_sm90.cu`).
+struct KernelArgs<'a, T> {
+    q: CudaView<'a, T>,
+    k: CudaView<'a, T>,
+    v: CudaView<'a, T>,
+    out: &'a mut CudaSlice<T>,
+    /// Key lengths (padded) or `cu_seqlens` (packed).
+    lens: CudaView<'a, u32>,
+    packed: bool,
+    slopes: Option<CudaView<'a, f32>>,
+    t_rows: i32,
+    /// q, k, v, out.
+    strides: [Strides; 4],
+    scale_log2: f32,
+    persistent: Option<PersistentArgs<'a>>,
+}
+
+/// The persistent kernels' arguments after the common ones.
+struct PersistentArgs<'a> {
+    rot: Option<(CudaView<'a, f32>, CudaView<'a, f32>)>,
+    /// Query blocks, heads, items.
+    items: [i32; 3],
+    /// Whole items, key tiles per item ([`super::WorkSplit`]).
+    split: [i32; 2],
+    ws: Option<&'a mut SplitWorkspace>,
+    tma_flag: i32,
+    maps: [TmaMap; 3],
+}
+
+/// Launches `func` with `a`, the arguments in the order of the kernels' signatures.
+fn enqueue<T: DeviceRepr>(
+    func: &Kernel,
+    cfg: LaunchConfig,
+    a: &mut KernelArgs<'_, T>,
+) -> Result<()> {
+    let null: u64 = 0;
+    let mut b = func.builder();
+    b.arg(&a.q);
+    b.arg(&a.k);
+    b.arg(&a.v);
+    b.arg(&mut *a.out);
+    if a.packed {
+        b.arg(&null);
+        b.arg(&a.lens);
+    } else {
+        b.arg(&a.lens);
+        b.arg(&null);
+    }
+    match &a.slopes {
+        Some(s) => b.arg(s),
+        None => b.arg(&null),
+    };
+    b.arg(&a.t_rows);
+    for s in &a.strides {
+        b.arg(&s.b);
+        b.arg(&s.t);
+        b.arg(&s.h);
+    }
+    b.arg(&a.scale_log2);
+    if let Some(p) = &mut a.persistent {
+        match &p.rot {
+            Some((c, s)) => {
+                b.arg(c);
+                b.arg(s);
+            }
+            None => {
+                b.arg(&null);
+                b.arg(&null);
+            }
+        }
+        for x in p.items.iter().chain(&p.split) {
+            b.arg(x);
+        }
+        match &mut p.ws {
+            Some(w) => {
+                b.arg(&mut w.part);
+                b.arg(&mut w.count);
+            }
+            None => {
+                b.arg(&null);
+                b.arg(&null);
+            }
+        }
+        b.arg(&p.tma_flag);
+        for m in &p.maps {
+            b.arg(m);
+        }
+    }
+    // SAFETY: argument list matches the kernel's signature in flash_attn.cu; all buffers live
+    // until the launch is enqueued (cudarc records their use on the stream).
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(())
+}
+
+/// TMA maps of q, k and v (view, strides, box rows each) over `(rows, heads, batch)` (packed:
+/// all tokens as the rows of one sequence), for the persistent kernels' loads, over the same
+/// elements as the pointers; `None` where one cannot be made (the kernel then loads with
+/// cp.async).
+fn tma_maps<T: DeviceRepr>(
+    dev: &CudaDevice,
+    dtype: DType,
+    (rows, heads, batch): (usize, usize, usize),
+    operands: [(&CudaView<'_, T>, &Strides, usize); 3],
+) -> Option<[TmaMap; 3]> {
+    let stream = dev.cuda_stream();
+    let map = |(view, s, box_rows): (&CudaView<'_, T>, &Strides, usize)| {
+        let (ptr, _sync) = view.device_ptr(&stream);
+        TmaMap::encode(ptr, dtype, s, rows, heads, batch, box_rows)
+    };
+    let [q, k, v] = operands;
+    Some([map(q)?, map(k)?, map(v)?])
+}
+
+/// The grid and output of one fused attention call.
+struct Geometry {
+    batch: usize,
+    heads: usize,
+    /// Rows per sequence in the grid (the longest sequence's, packed).
+    grid_rows: usize,
+    out_shape: Shape,
+    out_strides: Strides,
+}
+
+impl Geometry {
+    /// From q's dims: `[total, heads, 64]` packed, `[batch, heads, len, 64]` padded. The output
+    /// is `[total, heads, 64]` or `[batch, len, heads, 64]`.
+    fn of(op: &FusedAttention, dims: &[usize], packed: bool) -> Result<Geometry> {
+        let g = if packed {
+            let (total, h) = (dims[0], dims[1]);
+            let n = match &op.lens {
+                SeqLens::Packed(cu) => cu.dims1()? - 1,
+                SeqLens::Padded(_) => unreachable!(),
+            };
+            Geometry {
+                batch: n,
+                heads: h,
+                grid_rows: op.max_len,
+                out_shape: Shape::from((total, h, FUSED_HEAD_DIM)),
+                out_strides: Strides {
+                    b: 0,
+                    t: (h * FUSED_HEAD_DIM) as i64,
+                    h: FUSED_HEAD_DIM as i64,
+                },
+            }
+        } else {
+            let (b, h, t) = (dims[0], dims[1], dims[2]);
+            Geometry {
+                batch: b,
+                heads: h,
+                grid_rows: t,
+                out_shape: Shape::from((b, t, h, FUSED_HEAD_DIM)),
+                out_strides: Strides {
+                    b: (t * h * FUSED_HEAD_DIM) as i64,
+                    t: (h * FUSED_HEAD_DIM) as i64,
+                    h: FUSED_HEAD_DIM as i64,
+                },
+            }
+        };
+        if g.batch > 65535 || g.heads > 65535 {
+            candle_core::bail!(
+                "fused attention: batch {} or heads {} over 65535",
+                g.batch,
+                g.heads
+            );
+        }
+        Ok(g)
+    }
+}
+
+/// The output buffer: zeros where rows may be left unwritten (packed sequences longer than
+/// `max_len`), NaN everywhere with `poison` (a test then proves every element was written).
+fn alloc_output<T: DeviceRepr + ValidAsZeroBits>(
+    dev: &CudaDevice,
+    n_out: usize,
+    packed: bool,
+    poison: bool,
+) -> Result<CudaSlice<T>> {
+    let mut out: CudaSlice<T> = if packed && !poison {
         dev.alloc_zeros::<T>(n_out)?
     } else {
         // SAFETY: every element is written by the kernel (padded rows as zeros).
         unsafe { dev.alloc::<T>(n_out)? }
     };
-    if op.poison && n_out > 0 {
+    if poison && n_out > 0 {
         let stream = dev.cuda_stream();
         let (ptr, _sync) = out.device_ptr_mut(&stream);
         // SAFETY: `ptr` is a live allocation of n_out elements on this stream.
@@ -277,176 +505,70 @@ where
         }
         .w()?;
     }
-    if n_out == 0 || grid_rows == 0 || batch == 0 {
-        return Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), out_shape));
-    }
+    Ok(out)
+}
 
-    let (lens_storage, lens_layout) = match &op.lens {
-        SeqLens::Padded(t) | SeqLens::Packed(t) => t.storage_and_layout(),
-    };
-    let lens = u32_view(&lens_storage, lens_layout, "key_lens / cu_seqlens")?;
-    let slopes_guard = op.slopes.as_ref().map(Tensor::storage_and_layout);
-    let slopes = match &slopes_guard {
-        Some((s, l)) => Some(f32_view(s, l, "alibi_slopes")?),
-        None => None,
-    };
-
-    let func = if variant.hopper() {
+/// The kernel of a tile variant in `dtype` ("f16", "bf16"), loaded (the wgmma ones with their
+/// dynamic shared memory allowed).
+fn attention_kernel(dev: &CudaDevice, variant: FaVariant, dtype: &str) -> Result<Kernel> {
+    if variant.hopper() {
         let kernel = format!("virnucpro_flash_attn_sm90_{dtype}_{}", variant.name());
         let func = load_kernel(dev, &kernel, SM90_MODULE, FLASH_ATTN_SM90_IMAGE)?;
         allow_dynamic_smem(&func.func, variant.dynamic_smem())?;
-        func
+        Ok(func)
     } else {
         let kernel = format!("virnucpro_flash_attn_{dtype}_{}", variant.name());
-        load_kernel(dev, &kernel, MODULE, FLASH_ATTN_IMAGE)?
-    };
-    let n_qblocks = grid_rows.div_ceil(variant.block_m());
-    // Persistent kernels: work items (query block, head, sequence) walked by one block per
-    // multiprocessor (one fits: 384-512 threads at up to 168 registers).
-    let n_items = n_qblocks * heads * batch;
-    if variant.persistent() && n_items > i32::MAX as usize {
+        load_kernel(dev, &kernel, MODULE, FLASH_ATTN_IMAGE)
+    }
+}
+
+/// How a persistent kernel shares out its `n_items` work items over the multiprocessors
+/// ([`super::WorkSplit`]); `None` for the other kernels (one block per query block).
+fn work_split(
+    dev: &CudaDevice,
+    op: &FusedAttention,
+    variant: FaVariant,
+    grid_rows: usize,
+    n_items: usize,
+) -> Result<Option<super::WorkSplit>> {
+    if !variant.persistent() {
+        return Ok(None);
+    }
+    if n_items > i32::MAX as usize {
         candle_core::bail!("fused attention: {n_items} work items do not fit the kernel's i32");
     }
-    let split = if variant.persistent() {
-        let sms = dev
-            .cuda_stream()
-            .context()
-            .attribute(
-                candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .w()?
-            .max(1) as usize;
-        let tiles = grid_rows.div_ceil(variant.key_tile());
-        Some(super::WorkSplit::plan(n_items, tiles, sms))
-    } else {
-        None
-    };
-    let grid_dim = match &split {
-        Some(sp) => (sp.grid as u32, 1, 1),
-        None => (n_qblocks as u32, heads as u32, batch as u32),
-    };
-    let cfg = LaunchConfig {
-        grid_dim,
-        block_dim: (variant.threads(), 1, 1),
-        shared_mem_bytes: variant.dynamic_smem(),
-    };
-    let null: u64 = 0;
-    let t_rows: i32 = if packed { 0 } else { grid_rows as i32 };
-    let scale_log2: f32 = op.scale * std::f32::consts::LOG2_E;
-    let mut b = func.builder();
-    b.arg(&qs);
-    b.arg(&ks);
-    b.arg(&vs);
-    b.arg(&mut out);
-    if packed {
-        b.arg(&null);
-        b.arg(&lens);
-    } else {
-        b.arg(&lens);
-        b.arg(&null);
+    let sms = dev
+        .cuda_stream()
+        .context()
+        .attribute(
+            candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .w()?
+        .max(1) as usize;
+    let tiles = grid_rows.div_ceil(variant.key_tile());
+    Ok(Some(super::WorkSplit::plan(
+        n_items,
+        tiles,
+        sms,
+        op.knobs.batch_invariant,
+    )))
+}
+
+/// The rotary cos and sin tables as f32 views, checked to cover `grid_rows` positions.
+fn rotary_views<'a>(
+    cs: &'a Storage,
+    cl: &Layout,
+    ss: &'a Storage,
+    sl: &Layout,
+    grid_rows: usize,
+) -> Result<(CudaView<'a, f32>, CudaView<'a, f32>)> {
+    if cl.dims()[0] < grid_rows || sl.dims()[0] < grid_rows {
+        candle_core::bail!("fused attention: rotary tables shorter than the rows");
     }
-    match &slopes {
-        Some(s) => b.arg(s),
-        None => b.arg(&null),
-    };
-    b.arg(&t_rows);
-    for s in [&sq, &sk, &sv, &so] {
-        b.arg(&s.b);
-        b.arg(&s.t);
-        b.arg(&s.h);
-    }
-    b.arg(&scale_log2);
-    let item_args = [n_qblocks as i32, heads as i32, n_items as i32];
-    let split_args = split.map_or([0; 2], |sp| [sp.n_dp as i32, sp.tiles as i32]);
-    // Partial results of the items split between blocks, and their piece counters.
-    let ws = match &split {
-        Some(sp) if sp.n_dp < n_items => Some(split_workspace(dev, sp.grid)?),
-        _ => None,
-    };
-    let mut ws_guard = ws
-        .as_ref()
-        .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner));
-    let rot_guard = op
-        .rotary
-        .as_ref()
-        .map(|(c, s)| (c.storage_and_layout(), s.storage_and_layout()));
-    let rot = match &rot_guard {
-        Some(((cs, cl), (ss, sl))) => {
-            if cl.dims()[0] < grid_rows || sl.dims()[0] < grid_rows {
-                candle_core::bail!("fused attention: rotary tables shorter than the rows");
-            }
-            Some((
-                f32_view(cs, cl, "rotary cos")?,
-                f32_view(ss, sl, "rotary sin")?,
-            ))
-        }
-        None => None,
-    };
-    if variant.persistent() {
-        match &rot {
-            Some((c, s)) => {
-                b.arg(c);
-                b.arg(s);
-            }
-            None => {
-                b.arg(&null);
-                b.arg(&null);
-            }
-        }
-        for a in &item_args {
-            b.arg(a);
-        }
-        for a in &split_args {
-            b.arg(a);
-        }
-        match ws_guard.as_deref_mut() {
-            Some(w) => {
-                b.arg(&mut w.part);
-                b.arg(&mut w.count);
-            }
-            None => {
-                b.arg(&null);
-                b.arg(&null);
-            }
-        }
-    }
-    // Tensor maps for the persistent kernels' TMA loads: q (boxes of a query block) and k, v
-    // (boxes of a key tile), over the same elements as the pointers above.
-    let maps = if variant.persistent() {
-        let stream = dev.cuda_stream();
-        let (map_rows, map_batch) = if packed {
-            (dims[0], 1)
-        } else {
-            (grid_rows, batch)
-        };
-        let map = |view: &CudaView<T>, s: &Strides, box_rows: usize| {
-            let (ptr, _sync) = view.device_ptr(&stream);
-            TmaMap::encode(ptr, q.dtype(), s, map_rows, heads, map_batch, box_rows)
-        };
-        match (
-            map(&qs, &sq, variant.block_m()),
-            map(&ks, &sk, variant.key_tile()),
-            map(&vs, &sv, variant.key_tile()),
-        ) {
-            (Some(mq), Some(mk), Some(mv)) => Some([mq, mk, mv]),
-            _ => None,
-        }
-    } else {
-        None
-    };
-    let tma_flag: i32 = maps.is_some().into();
-    let maps = maps.unwrap_or([TmaMap::ZERO; 3]);
-    if variant.persistent() {
-        b.arg(&tma_flag);
-        for m in &maps {
-            b.arg(m);
-        }
-    }
-    // SAFETY: argument list matches the kernel's signature in flash_attn.cu; all buffers live
-    // until the launch is enqueued (cudarc records their use on the stream).
-    unsafe { b.launch(cfg) }.w()?;
-    drop(b);
-    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), out_shape))
+    Ok((
+        f32_view(cs, cl, "rotary cos")?,
+        f32_view(ss, sl, "rotary sin")?,
+    ))
 }
 
 /// A TMA tensor map (`CUtensorMap`, `TmaMap` in flash_attn_sm90.cu), passed to the persistent

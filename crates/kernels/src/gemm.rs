@@ -207,6 +207,62 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
     // stored k x rows, C = residual (n x rows).
     let ctx = context(&dev)?;
     let ty = cuda_type(dtype)?;
+    let stream = dev.cuda_stream();
+    let bias_ptr = bias.as_ref().map(|b| b.device_ptr(&stream));
+    let desc = matmul_desc(bias_ptr.as_ref().map(|(p, _)| *p), op.gelu_tanh)?;
+    let (a_ptr, _ga) = w.device_ptr(&stream);
+    let (b_ptr, _gb) = xs.device_ptr(&stream);
+    let res_ptr = res.as_ref().map(|r| r.device_ptr(&stream));
+    let (d_ptr, gd) = out.device_ptr_mut(&stream);
+    let c_ptr = match &res_ptr {
+        Some((p, _)) => *p,
+        None => d_ptr,
+    };
+    let (ws_ptr, _gw) = ctx.workspace.device_ptr(&stream);
+    let gemm = Gemm {
+        ctx: ctx.as_ref(),
+        desc,
+        a_l: mat_layout(ty, k, n)?,
+        b_l: mat_layout(ty, k, rows)?,
+        d_l: mat_layout(ty, n, rows)?,
+        ptrs: [a_ptr, b_ptr, c_ptr, d_ptr],
+        workspace: ws_ptr,
+        beta: if res.is_some() { 1.0 } else { 0.0 },
+        stream: stream.cu_stream() as *mut _,
+    };
+    let align_of = |p: u64| -> u32 { 1u32 << p.trailing_zeros().min(8) };
+    // One algorithm per layer shape, whatever the number of rows (batch size x padded length):
+    // with the same kernel and no split of k, a row's result depends on that row alone, not on
+    // the batch it came in, so splitting a batch (out-of-memory back-off) or batching a work
+    // unit otherwise changes no bit. The choice never depends on a timing made at run time, so
+    // every run and every GPU of one kind computes the same bits (a resumed run continues
+    // exactly; several GPUs agree): the tuned table's entry for this GPU kind and shape (timed
+    // once by maintainers, `bench --tune-gemm`), else cuBLASLt's heuristic for a reference
+    // problem.
+    let key = Key {
+        align: gemm.ptrs.map(align_of),
+        m: n as u64,
+        n: 0,
+        k: k as u64,
+        dtype,
+        bias: bias.is_some(),
+        residual: res.is_some(),
+        gelu: op.gelu_tanh,
+    };
+    let algo = algo_for_problem(&gemm, &dev, op, key, ty, rows)?;
+    gemm.run(&algo)?;
+    drop(bias_ptr);
+    drop(res_ptr);
+    drop(gd);
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from((rows, n)),
+    ))
+}
+
+/// The matmul descriptor of a linear layer: A transposed, compute in f32, the bias (at
+/// `bias_ptr`) and GELU in the epilogue.
+fn matmul_desc(bias_ptr: Option<u64>, gelu_tanh: bool) -> Result<Desc> {
     let desc = Desc(ok(lt::create_matmul_desc(
         sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
         sys::cudaDataType::CUDA_R_32F,
@@ -218,9 +274,7 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
         sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
         &trans_t,
     )?;
-    let stream = dev.cuda_stream();
-    let bias_ptr = bias.as_ref().map(|b| b.device_ptr(&stream));
-    let epi = match (bias_ptr.is_some(), op.gelu_tanh) {
+    let epi = match (bias_ptr.is_some(), gelu_tanh) {
         (true, true) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS),
         (true, false) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS),
         (false, true) => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU),
@@ -233,168 +287,177 @@ fn forward_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
             &epi,
         )?;
     }
-    if let Some((ptr, _)) = &bias_ptr {
+    if let Some(ptr) = &bias_ptr {
         set_desc(
             &desc,
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
             ptr,
         )?;
     }
-    let layout = |r: usize, c: usize, ld: usize| -> Result<MatLayout> {
-        Ok(MatLayout(ok(lt::create_matrix_layout(
-            ty, r as u64, c as u64, ld as i64,
-        ))?))
-    };
-    let a_l = layout(k, n, k)?;
-    let b_l = layout(k, rows, k)?;
-    let d_l = layout(n, rows, n)?;
-    let (a_ptr, _ga) = w.device_ptr(&stream);
-    let (b_ptr, _gb) = xs.device_ptr(&stream);
-    let res_ptr = res.as_ref().map(|r| r.device_ptr(&stream));
-    let (d_ptr, gd) = out.device_ptr_mut(&stream);
-    let c_ptr = match &res_ptr {
-        Some((p, _)) => *p,
-        None => d_ptr,
-    };
-    let align_of = |p: u64| -> u32 { 1u32 << p.trailing_zeros().min(8) };
-    let align = [
-        align_of(a_ptr),
-        align_of(b_ptr),
-        align_of(c_ptr),
-        align_of(d_ptr),
-    ];
-    // One algorithm per layer shape, whatever the number of rows (batch size x padded length):
-    // with the same kernel and no split of k, a row's result depends on that row alone, not on
-    // the batch it came in, so splitting a batch (out-of-memory back-off) or batching a work
-    // unit otherwise changes no bit. The choice never depends on a timing made at run time, so
-    // every run and every GPU of one kind computes the same bits (a resumed run continues
-    // exactly; several GPUs agree): the tuned table's entry for this GPU kind and shape (timed
-    // once by maintainers, `bench --tune-gemm`), else cuBLASLt's heuristic for a reference
-    // problem.
-    let key = Key {
-        align,
-        m: n as u64,
-        n: 0,
-        k: k as u64,
-        dtype,
-        bias: bias.is_some(),
-        residual: res.is_some(),
-        gelu: op.gelu_tanh,
-    };
-    let alpha = 1f32;
-    let beta = if res.is_some() { 1f32 } else { 0f32 };
-    let (ws_ptr, _gw) = ctx.workspace.device_ptr(&stream);
-    let run = |algo: &sys::cublasLtMatmulAlgo_t| -> Result<()> {
+    Ok(desc)
+}
+
+/// A column-major `rows x cols` layout of `ty` with leading dimension `rows`.
+fn mat_layout(ty: sys::cudaDataType, rows: usize, cols: usize) -> Result<MatLayout> {
+    Ok(MatLayout(ok(lt::create_matrix_layout(
+        ty,
+        rows as u64,
+        cols as u64,
+        rows as i64,
+    ))?))
+}
+
+/// One GEMM ready to run: descriptors, device pointers (A, B, C, D), workspace and stream.
+struct Gemm<'a> {
+    ctx: &'a Context,
+    desc: Desc,
+    a_l: MatLayout,
+    b_l: MatLayout,
+    /// The layout of C and of D.
+    d_l: MatLayout,
+    ptrs: [u64; 4],
+    workspace: u64,
+    beta: f32,
+    stream: sys::cudaStream_t,
+}
+
+impl Gemm<'_> {
+    fn run(&self, algo: &sys::cublasLtMatmulAlgo_t) -> Result<()> {
+        let alpha = 1f32;
+        let [a, b, c, d] = self.ptrs;
         // SAFETY: pointers are live allocations of the sizes the layouts describe, on `stream`.
         unsafe {
             lt::matmul(
-                ctx.handle.0,
-                desc.0,
+                self.ctx.handle.0,
+                self.desc.0,
                 &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                a_ptr as *const c_void,
-                a_l.0,
-                b_ptr as *const c_void,
-                b_l.0,
-                c_ptr as *const c_void,
-                d_l.0,
-                d_ptr as *mut c_void,
-                d_l.0,
+                &self.beta as *const f32 as *const c_void,
+                a as *const c_void,
+                self.a_l.0,
+                b as *const c_void,
+                self.b_l.0,
+                c as *const c_void,
+                self.d_l.0,
+                d as *mut c_void,
+                self.d_l.0,
                 algo,
-                ws_ptr as *mut c_void,
+                self.workspace as *mut c_void,
                 WORKSPACE_BYTES,
-                stream.cu_stream() as *mut _,
+                self.stream,
             )
         }
         .map_err(lt_error)
-    };
+    }
+
+    /// Whether `algo` takes this problem within the workspace.
+    fn fits(&self, algo: &sys::cublasLtMatmulAlgo_t) -> bool {
+        let mut result = std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::uninit();
+        // SAFETY: descriptors are alive; `result` is written by the call.
+        let st = unsafe {
+            sys::cublasLtMatmulAlgoCheck(
+                self.ctx.handle.0,
+                self.desc.0,
+                self.a_l.0,
+                self.b_l.0,
+                self.d_l.0,
+                self.d_l.0,
+                algo,
+                result.as_mut_ptr(),
+            )
+        };
+        st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+            // SAFETY: initialised by the successful call.
+            && unsafe { result.assume_init() }.workspaceSize <= WORKSPACE_BYTES
+    }
+}
+
+/// The algorithm of this exact problem (`rows` rows of the layer shape `key`): remembered per
+/// problem; else the layer shape's algorithm ([`algo_for_shape`]) where it takes these rows,
+/// else this problem's own heuristic choice. With `op.tune`, every candidate is timed first.
+fn algo_for_problem(
+    gemm: &Gemm<'_>,
+    dev: &CudaDevice,
+    op: &LtLinear,
+    key: Key,
+    ty: sys::cudaDataType,
+    rows: usize,
+) -> Result<sys::cublasLtMatmulAlgo_t> {
+    let ctx = gemm.ctx;
     let lock_err = |_| candle_core::Error::Msg("cuBLASLt cache lock poisoned".into());
     let exact_key = Key {
         n: rows as u64,
         ..key
     };
-    // (The guard must be gone before the branch below takes the lock again.)
+    // (The guard must be gone before the lock is taken again below.)
     let known = ctx.exact.lock().map_err(lock_err)?.get(&exact_key).copied();
     if let Some(algo) = known {
-        run(&algo)?;
-    } else {
-        let fits = |algo: &sys::cublasLtMatmulAlgo_t| -> bool {
-            // SAFETY: descriptors are alive; `result` is written by the call.
-            let mut result =
-                std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::uninit();
-            let st = unsafe {
-                sys::cublasLtMatmulAlgoCheck(
-                    ctx.handle.0,
-                    desc.0,
-                    a_l.0,
-                    b_l.0,
-                    d_l.0,
-                    d_l.0,
-                    algo,
-                    result.as_mut_ptr(),
-                )
-            };
-            st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-                // SAFETY: initialised by the successful call.
-                && unsafe { result.assume_init() }.workspaceSize <= WORKSPACE_BYTES
-        };
-        if let Some(report) = &op.tune {
-            // Tuning (`virnucpro bench --tune-gemm`): time every candidate on this problem.
-            let candidates = heuristics(&ctx, &desc, [&a_l, &b_l, &d_l], align, (rows, n, k))?;
-            let timed = time_candidates(&dev, &candidates, &fits, &run)?;
-            report
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("tuning report lock poisoned".into()))?
-                .extend(timed);
-        }
-        let cached = ctx.algos.lock().map_err(lock_err)?.get(&key).copied();
-        let shape_algo = match cached {
-            Some(algo) => algo,
-            None => {
-                let tuned = tuned_algo(&ctx, &dev, &key, ty).filter(|a| fits(a));
-                let algo = match tuned {
-                    Some(algo) => algo,
-                    None => {
-                        let b_ref = layout(k, REFERENCE_ROWS, k)?;
-                        let d_ref = layout(n, REFERENCE_ROWS, n)?;
-                        let candidates = heuristics(
-                            &ctx,
-                            &desc,
-                            [&a_l, &b_ref, &d_ref],
-                            align,
-                            (REFERENCE_ROWS, n, k),
-                        )?;
-                        candidates
-                            .iter()
-                            .copied()
-                            .find(|a| splits_k(a) == Some(false))
-                            .unwrap_or(candidates[0])
-                    }
-                };
-                ctx.algos.lock().map_err(lock_err)?.insert(key, algo);
-                algo
-            }
-        };
-        let algo = if fits(&shape_algo) {
-            shape_algo
-        } else {
-            // Rare (an odd row count the algorithm cannot take): this problem's own choice.
-            tracing::debug!(
-                "cuBLASLt: the algorithm of {n}x{k} does not take {rows} rows; rows of this \
-                 batch may differ in the last bits from the same rows in other batches"
-            );
-            heuristics(&ctx, &desc, [&a_l, &b_l, &d_l], align, (rows, n, k))?[0]
-        };
-        ctx.exact.lock().map_err(lock_err)?.insert(exact_key, algo);
-        run(&algo)?;
+        return Ok(algo);
     }
-    drop(bias_ptr);
-    drop(res_ptr);
-    drop(gd);
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev),
-        Shape::from((rows, n)),
-    ))
+    let (n, k) = (key.m as usize, key.k as usize);
+    let layouts = [&gemm.a_l, &gemm.b_l, &gemm.d_l];
+    if let Some(report) = &op.tune {
+        // Tuning (`virnucpro bench --tune-gemm`): time every candidate on this problem.
+        let candidates = heuristics(ctx, &gemm.desc, layouts, key.align, (rows, n, k))?;
+        let fits = |a: &sys::cublasLtMatmulAlgo_t| gemm.fits(a);
+        let run = |a: &sys::cublasLtMatmulAlgo_t| gemm.run(a);
+        let timed = time_candidates(dev, &candidates, &fits, &run)?;
+        report
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("tuning report lock poisoned".into()))?
+            .extend(timed);
+    }
+    let shape_algo = algo_for_shape(gemm, dev, key, ty)?;
+    let algo = if gemm.fits(&shape_algo) {
+        shape_algo
+    } else {
+        // Rare (an odd row count the algorithm cannot take): this problem's own choice.
+        tracing::debug!(
+            "cuBLASLt: the algorithm of {n}x{k} does not take {rows} rows; rows of this batch \
+             may differ in the last bits from the same rows in other batches"
+        );
+        heuristics(ctx, &gemm.desc, layouts, key.align, (rows, n, k))?[0]
+    };
+    ctx.exact.lock().map_err(lock_err)?.insert(exact_key, algo);
+    Ok(algo)
+}
+
+/// The algorithm of a layer shape (whatever the rows): remembered per shape; else the tuned
+/// table's for this GPU kind, where it takes the problem; else cuBLASLt's first non-split-k
+/// choice for [`REFERENCE_ROWS`] rows.
+fn algo_for_shape(
+    gemm: &Gemm<'_>,
+    dev: &CudaDevice,
+    key: Key,
+    ty: sys::cudaDataType,
+) -> Result<sys::cublasLtMatmulAlgo_t> {
+    let ctx = gemm.ctx;
+    let lock_err = |_| candle_core::Error::Msg("cuBLASLt cache lock poisoned".into());
+    let cached = ctx.algos.lock().map_err(lock_err)?.get(&key).copied();
+    if let Some(algo) = cached {
+        return Ok(algo);
+    }
+    let (n, k) = (key.m as usize, key.k as usize);
+    let algo = match tuned_algo(ctx, dev, &key, ty).filter(|a| gemm.fits(a)) {
+        Some(algo) => algo,
+        None => {
+            let b_ref = mat_layout(ty, k, REFERENCE_ROWS)?;
+            let d_ref = mat_layout(ty, n, REFERENCE_ROWS)?;
+            let candidates = heuristics(
+                ctx,
+                &gemm.desc,
+                [&gemm.a_l, &b_ref, &d_ref],
+                key.align,
+                (REFERENCE_ROWS, n, k),
+            )?;
+            candidates
+                .iter()
+                .copied()
+                .find(|a| splits_k(a) == Some(false))
+                .unwrap_or(candidates[0])
+        }
+    };
+    ctx.algos.lock().map_err(lock_err)?.insert(key, algo);
+    Ok(algo)
 }
 
 /// Rows of the problem whose heuristic choice every problem of that layer shape takes.

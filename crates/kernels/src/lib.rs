@@ -29,6 +29,7 @@ mod error;
 #[cfg(feature = "cuda")]
 mod gemm;
 mod ops;
+mod options;
 mod reference;
 pub mod rotary;
 pub mod selftest;
@@ -40,10 +41,8 @@ pub use error::{anyhow_is_out_of_memory, is_out_of_memory, kernel_error, KernelE
 pub use gemm::{gpu_key, AlgoConfig, TunedCandidate, TunedEntry};
 #[cfg(feature = "cuda")]
 pub use ops::tune_linear;
-pub use ops::{
-    fused_ops_enabled, gated_gelu, gather_rows, layer_norm, linear, rotary_qk, set_fused_ops,
-    weighted_pool,
-};
+pub use ops::{gated_gelu, gather_rows, layer_norm, linear, rotary_qk, weighted_pool};
+pub use options::{GemmFallback, KernelOptions};
 
 pub use reference::{alibi_bias, alibi_slopes, key_padding_mask, materialized_attention, row_mask};
 
@@ -79,13 +78,13 @@ pub const FUSED_HEAD_DIM: usize = 64;
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
 /// Opens CUDA device `n`, with freed memory kept in its pool between batches
-/// (`hold_pool_memory`, CUDA builds) and without cudarc's per-buffer event tracking
-/// ([`event_tracking_wanted`]).
-pub fn open_cuda(n: usize) -> Result<Device> {
+/// (`hold_pool_memory`, CUDA builds) and without cudarc's per-buffer event tracking unless
+/// `options` keep it ([`KernelOptions::event_tracking`]).
+pub fn open_cuda(n: usize, options: &KernelOptions) -> Result<Device> {
     let dev = Device::new_cuda(n)?;
     #[cfg(feature = "cuda")]
     if let Device::Cuda(c) = &dev {
-        if !event_tracking_wanted() {
+        if !options.event_tracking {
             // SAFETY: everything this program does on the device runs on the one stream of this
             // candle device (candle ops, our kernels, cuBLASLt), so stream order alone orders
             // every use of a buffer, its frees included; no tensor is shared with another device.
@@ -93,15 +92,9 @@ pub fn open_cuda(n: usize) -> Result<Device> {
         }
         hold_pool_memory(c)?;
     }
+    #[cfg(not(feature = "cuda"))]
+    let _ = options;
     Ok(dev)
-}
-
-/// Whether to keep cudarc's event tracking (`VIRNUCPRO_EVENT_TRACKING=1`; off by default). With
-/// it, every launch records an event per buffer it touches and waits on the buffers' earlier
-/// events, on the same single stream: several driver calls per kernel on the host, and on the
-/// device a wait on the previous kernel's event before the next one can start.
-pub fn event_tracking_wanted() -> bool {
-    std::env::var("VIRNUCPRO_EVENT_TRACKING").is_ok_and(|v| v.trim() == "1")
 }
 
 /// Compute capability the kernels were compiled for (`CUDA_COMPUTE_CAP` at build time), if
@@ -154,54 +147,6 @@ impl std::fmt::Display for AttentionImpl {
     }
 }
 
-static ATTENTION_IMPL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Sets the process-wide attention implementation (the `--attention` option).
-pub fn set_attention_impl(imp: AttentionImpl) {
-    let v = match imp {
-        AttentionImpl::Auto => 0,
-        AttentionImpl::Fused => 1,
-        AttentionImpl::Naive => 2,
-    };
-    ATTENTION_IMPL.store(v, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The process-wide attention implementation.
-pub fn attention_impl() -> AttentionImpl {
-    match ATTENTION_IMPL.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => AttentionImpl::Fused,
-        2 => AttentionImpl::Naive,
-        _ => AttentionImpl::Auto,
-    }
-}
-
-/// Whether an encoder's attention should take the fused kernel, per [`attention_impl`]; with
-/// `--attention fused` where the kernel cannot run, an error that says why.
-pub fn use_fused(dtype: DType, head_dim: usize, device: &Device) -> Result<bool> {
-    match attention_impl() {
-        AttentionImpl::Naive => Ok(false),
-        AttentionImpl::Auto => Ok(fused_attention_available(dtype, head_dim, device)),
-        AttentionImpl::Fused => {
-            if fused_attention_available(dtype, head_dim, device) {
-                Ok(true)
-            } else if !CUDA_BUILT {
-                candle_core::bail!(
-                    "--attention fused: this binary was built without CUDA support; rebuild with \
-                     `cargo build --release --features cuda` (see docs/GPU.md), or use \
-                     --attention auto"
-                )
-            } else {
-                candle_core::bail!(
-                    "--attention fused needs a CUDA device, head size {FUSED_HEAD_DIM} and f16 or \
-                     bf16 (here: {:?}, head size {head_dim}, {dtype:?}); use --attention auto or \
-                     naive",
-                    device.location()
-                )
-            }
-        }
-    }
-}
-
 /// Whether [`fused_attention`] can run for this dtype, head size and device: a CUDA build, a CUDA
 /// device, head size 64, f16 or bf16. Callers fall back to [`materialized_attention`] otherwise.
 pub fn fused_attention_available(dtype: DType, head_dim: usize, device: &Device) -> bool {
@@ -221,7 +166,10 @@ pub fn fused_attention_available(dtype: DType, head_dim: usize, device: &Device)
 /// * `alibi_slopes`: optional f32 `[heads]` on the same device: adds `-slope_h * |i - j|`.
 /// * `scale`: multiplies `q·k` (usually `1/sqrt(64)`).
 ///
+/// * `options`: [`KernelOptions::batch_invariant`] is the one that applies.
+///
 /// Returns `[batch, heads, len, 64]` (a transposed view of `[batch, len, heads, 64]` storage).
+#[allow(clippy::too_many_arguments)]
 pub fn fused_attention(
     q: &Tensor,
     k: &Tensor,
@@ -229,8 +177,36 @@ pub fn fused_attention(
     key_lens: &Tensor,
     alibi_slopes: Option<&Tensor>,
     scale: f32,
+    options: &KernelOptions,
 ) -> Result<Tensor> {
-    fused_padded(q, k, v, key_lens, alibi_slopes, scale, false, None)
+    let knobs = Knobs {
+        batch_invariant: options.batch_invariant,
+        ..Knobs::default()
+    };
+    fused_padded(q, k, v, key_lens, alibi_slopes, scale, knobs)
+}
+
+/// Validation and benchmark knobs of the fused attention entry points ([`fused_padded`],
+/// [`fused_packed`], [`fused_padded_rotary`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Knobs {
+    /// Fill the output with NaN before the kernel runs (a test can then prove every element
+    /// was written).
+    pub poison: bool,
+    /// The tile shape; `None`: the one [`FaVariant::for_len`] picks.
+    pub variant: Option<FaVariant>,
+    /// [`KernelOptions::batch_invariant`].
+    pub batch_invariant: bool,
+}
+
+impl Knobs {
+    /// Knobs that only pick the tile variant.
+    pub fn variant(variant: FaVariant) -> Self {
+        Self {
+            variant: Some(variant),
+            ..Self::default()
+        }
+    }
 }
 
 /// Fused attention over packed sequences: `q`, `k`, `v` are `[total_tokens, heads, 64]` (same
@@ -238,6 +214,7 @@ pub fn fused_attention(
 /// `cu_seqlens[i] .. cu_seqlens[i + 1]` (u32 `[batch + 1]` on the device, non-decreasing);
 /// `max_len` must be at least the longest sequence (rows past it stay zero). Returns
 /// `[total_tokens, heads, 64]`.
+#[allow(clippy::too_many_arguments)]
 pub fn fused_attention_varlen(
     q: &Tensor,
     k: &Tensor,
@@ -246,25 +223,17 @@ pub fn fused_attention_varlen(
     max_len: usize,
     alibi_slopes: Option<&Tensor>,
     scale: f32,
+    options: &KernelOptions,
 ) -> Result<Tensor> {
-    fused_packed(
-        q,
-        k,
-        v,
-        cu_seqlens,
-        max_len,
-        alibi_slopes,
-        scale,
-        false,
-        None,
-    )
+    let knobs = Knobs {
+        batch_invariant: options.batch_invariant,
+        ..Knobs::default()
+    };
+    fused_packed(q, k, v, cu_seqlens, max_len, alibi_slopes, scale, knobs)
 }
 
-/// [`fused_attention`] with knobs for validation and benchmarks: `poison` fills the output with
-/// NaN before the kernel runs (a test can then prove every element was written), `variant` picks
-/// the tile shape.
+/// [`fused_attention`] with the [`Knobs`] of validation and benchmarks.
 #[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
 pub fn fused_padded(
     q: &Tensor,
     k: &Tensor,
@@ -272,8 +241,7 @@ pub fn fused_padded(
     key_lens: &Tensor,
     alibi_slopes: Option<&Tensor>,
     scale: f32,
-    poison: bool,
-    variant: Option<FaVariant>,
+    knobs: Knobs,
 ) -> Result<Tensor> {
     let (b, h, _t, _d) = q.dims4()?;
     check_same_shape(q, k, v)?;
@@ -291,8 +259,7 @@ pub fn fused_padded(
         slopes,
         scale,
         max_len: 0,
-        poison,
-        variant,
+        knobs,
         rotary: None,
     };
     q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)
@@ -305,6 +272,7 @@ pub fn fused_padded(
 ///
 /// `Ok(None)` where the kernel chosen for this length does not rotate (no Hopper GPU, or a tile
 /// variant without it): rotate q and k first and call [`fused_attention`].
+#[allow(clippy::too_many_arguments)]
 pub fn fused_attention_rotary(
     q: &Tensor,
     k: &Tensor,
@@ -313,36 +281,23 @@ pub fn fused_attention_rotary(
     cos: &Tensor,
     sin: &Tensor,
     scale: f32,
+    options: &KernelOptions,
 ) -> Result<Option<Tensor>> {
     let t = q.dim(2)?;
     // The rotated q and k are bit-identical to the rotary q/k kernel's (predict results
-    // identical with and without), and the separate rotary pass (6% of a `predict` run) is gone.
+    // identical with and without), and a separate rotary pass (6% of a `predict` run) is saved.
     if !hopper_attention(q.device()) || !FaVariant::for_len(t, true).fuses_rotary() {
         return Ok(None);
     }
-    fused_padded_rotary(q, k, v, key_lens, cos, sin, scale, None).map(Some)
+    let knobs = Knobs {
+        batch_invariant: options.batch_invariant,
+        ..Knobs::default()
+    };
+    fused_padded_rotary(q, k, v, key_lens, cos, sin, scale, knobs).map(Some)
 }
 
-/// The value of an on-by-default comparison switch (the `VIRNUCPRO_…=0` variables of
-/// docs/GPU.md): on unless the variable is set to "0". Callers keep it in a `OnceLock` of their
-/// own (read once per process) or, where it can be changed at run time, in an atomic.
-pub(crate) fn switch_on(var: &str) -> bool {
-    std::env::var(var).map_or(true, |v| v != "0")
-}
-
-/// Whether the ESM feed-forward applies its GELU in the cuBLASLt GEMM's epilogue (f16/bf16 on
-/// CUDA; `VIRNUCPRO_GELU_EPILOGUE=0` turns it off). cuBLASLt's GELU is the tanh approximation,
-/// at most 4.7e-4 from the exact (erf) GELU, below the rounding of the f16 activations it writes
-/// over most of their range; it saves a pass over the `[tokens, 5120]` activations per layer
-/// (7% of a FastESM2 pass on an H100, run 41) and left the oracle score differences unchanged
-/// (max 4.7e-4). Elsewhere (CPU, f32, Metal) the exact GELU runs.
-pub fn gelu_epilogue_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| switch_on("VIRNUCPRO_GELU_EPILOGUE"))
-}
-
-/// [`fused_attention_rotary`] on a given tile variant (one with [`FaVariant::fuses_rotary`];
-/// `None`: the one for the length), for validation and benchmarks.
+/// [`fused_attention_rotary`] with [`Knobs`] (a tile variant must be one with
+/// [`FaVariant::fuses_rotary`]), for validation and benchmarks.
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn fused_padded_rotary(
@@ -353,7 +308,7 @@ pub fn fused_padded_rotary(
     cos: &Tensor,
     sin: &Tensor,
     scale: f32,
-    variant: Option<FaVariant>,
+    knobs: Knobs,
 ) -> Result<Tensor> {
     let (b, _h, t, d) = q.dims4()?;
     check_same_shape(q, k, v)?;
@@ -380,8 +335,10 @@ pub fn fused_padded_rotary(
         slopes: None,
         scale,
         max_len: 0,
-        poison: false,
-        variant,
+        knobs: Knobs {
+            poison: false,
+            ..knobs
+        },
         rotary: Some((cos.contiguous()?, sin.contiguous()?)),
     };
     q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)
@@ -398,8 +355,7 @@ pub fn fused_packed(
     max_len: usize,
     alibi_slopes: Option<&Tensor>,
     scale: f32,
-    poison: bool,
-    variant: Option<FaVariant>,
+    knobs: Knobs,
 ) -> Result<Tensor> {
     let (_total, h, _d) = q.dims3()?;
     check_same_shape(q, k, v)?;
@@ -421,8 +377,7 @@ pub fn fused_packed(
         slopes,
         scale,
         max_len,
-        poison,
-        variant,
+        knobs,
         rotary: None,
     };
     q.apply_op3_no_bwd(k, v, &op)
@@ -510,35 +465,22 @@ pub struct WorkSplit {
 /// row's variant, and its result, does not depend on the batch it is in.
 pub const LONG_ROWS: usize = 768;
 
-static BATCH_INVARIANT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes every result independent of how rows are batched (`predict` turns it on: its resumed,
-/// split and multi-GPU runs must give the bits of one run). It turns off the one thing that
-/// depends on the whole batch, [`WorkSplit`] (a few % on long rows; rows of up to 255 tokens, a
-/// 500-bp chunk's frames, are never split anyway).
-pub fn set_batch_invariant(on: bool) {
-    BATCH_INVARIANT.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn batch_invariant() -> bool {
-    BATCH_INVARIANT.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 impl WorkSplit {
-    /// `tiles`: key tiles per item of the longest row; `sms`: multiprocessors.
-    pub fn plan(n_items: usize, tiles: usize, sms: usize) -> WorkSplit {
+    /// `tiles`: key tiles per item of the longest row; `sms`: multiprocessors; with
+    /// `batch_invariant` ([`KernelOptions::batch_invariant`]) items are never cut, since how an
+    /// item is cut depends on how many items the batch has.
+    pub fn plan(n_items: usize, tiles: usize, sms: usize, batch_invariant: bool) -> WorkSplit {
         let whole = WorkSplit {
             grid: n_items.min(sms).max(1),
             n_dp: n_items,
             tiles: tiles.max(1),
         };
-        // How an item is cut depends on how many items the batch has: not with batch invariance.
-        if batch_invariant() {
+        if batch_invariant {
             return whole;
         }
         // Short rows: too few tiles to cut finely, and many items even out anyway. Fewer items
-        // than multiprocessors: cutting every item costs more in merges than it gives (run 53:
-        // 1x502 0.0123 -> 0.0130 ms).
+        // than multiprocessors: cutting every item costs more in merges than it gives (measured
+        // slower at 1x502 on an H100).
         if tiles < 4 || n_items <= sms || n_items.is_multiple_of(sms) {
             return whole;
         }
@@ -641,8 +583,8 @@ impl FaVariant {
     /// 192 rows and three 64-key tiles; the fastest at 64x168), p3n128 from 768 on (the fastest
     /// at 8x1026 and 4x2048 and in whole FastESM2 passes at 2x1024 and 1x2048). Elsewhere w4m1
     /// for short rows (more blocks, 3 per SM) and w4m2 from 768 on (each K/V fragment feeds two
-    /// products; 10-12% faster at 2048 on an H100). The other tile shapes measured on the way
-    /// (git history, docs/GPU.md) were slower everywhere and are no longer compiled.
+    /// products; 10-12% faster at 2048 on an H100). Only these four are compiled: the other
+    /// tile shapes tried (docs/GPU.md) were slower everywhere.
     pub fn for_len(len: usize, hopper: bool) -> Self {
         match (hopper, len >= LONG_ROWS) {
             (true, false) => Self::P3N64,
@@ -767,10 +709,8 @@ pub(crate) struct FusedAttention {
     pub(crate) scale: f32,
     /// Longest sequence (packed layout only).
     pub(crate) max_len: usize,
-    /// Fill the output with NaN before the kernel (tests).
-    pub(crate) poison: bool,
-    /// Tile variant; `None`: [`FaVariant::default_for_run`].
-    pub(crate) variant: Option<FaVariant>,
+    /// Poisoned output, tile variant (`None`: [`FaVariant::for_len`]), batch invariance.
+    pub(crate) knobs: Knobs,
     /// Rotary tables (f32 cos, sin `[positions, head_dim / 2]`): q and k are rotated in the
     /// kernel (variants with [`FaVariant::fuses_rotary`] only).
     pub(crate) rotary: Option<(Tensor, Tensor)>,
@@ -848,7 +788,13 @@ mod tests {
         let sms = 132;
         // (items, tiles): doctor's 4x2048 and 8x1026 (p3n128), and odd sizes.
         for (n_items, tiles) in [(880, 16), (960, 9), (133, 4), (1000, 5), (300, 40)] {
-            let sp = WorkSplit::plan(n_items, tiles, sms);
+            let sp = WorkSplit::plan(n_items, tiles, sms, false);
+            let whole = WorkSplit::plan(n_items, tiles, sms, true);
+            assert_eq!(
+                (whole.n_dp, whole.grid),
+                (n_items, sms),
+                "batch invariance never cuts an item"
+            );
             assert!(
                 sp.n_dp < n_items,
                 "{n_items}x{tiles}: expected a split, got {sp:?}"
@@ -890,7 +836,7 @@ mod tests {
         }
         // No split: short rows, whole rounds, fewer items than multiprocessors.
         for (n_items, tiles) in [(880, 3), (264, 16), (60, 8)] {
-            let sp = WorkSplit::plan(n_items, tiles, sms);
+            let sp = WorkSplit::plan(n_items, tiles, sms, false);
             assert_eq!(sp.n_dp, n_items);
             assert_eq!(sp.grid, n_items.min(sms));
         }
@@ -906,7 +852,8 @@ mod tests {
         let dev = Device::Cpu;
         let q = Tensor::zeros((1, 1, 4, 64), DType::F16, &dev)?;
         let lens = Tensor::new(&[4u32], &dev)?;
-        let err = fused_attention(&q, &q, &q, &lens, None, 0.125).unwrap_err();
+        let err =
+            fused_attention(&q, &q, &q, &lens, None, 0.125, &KernelOptions::default()).unwrap_err();
         assert!(err.to_string().contains("needs CUDA"), "{err}");
         Ok(())
     }
@@ -914,7 +861,9 @@ mod tests {
     /// The candle fallbacks of the fused ops (what the CPU runs) agree with the f32 reference.
     #[test]
     fn fused_op_fallbacks_match_reference_on_cpu() -> anyhow::Result<()> {
-        for (name, rel, limit) in selftest::check_fused_ops(&Device::Cpu)? {
+        for (name, rel, limit) in
+            selftest::check_fused_ops(&Device::Cpu, &KernelOptions::default())?
+        {
             if name.ends_with("F32") {
                 assert!(rel <= limit, "{name}: {rel:.2e} > {limit:.0e}");
             }
@@ -928,8 +877,8 @@ mod tests {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn fused_ops_match_candle_on_gpu() -> anyhow::Result<()> {
-        let dev = crate::open_cuda(0)?;
-        for (name, rel, limit) in selftest::check_bias_act(&dev)? {
+        let dev = crate::open_cuda(0, &KernelOptions::default())?;
+        for (name, rel, limit) in selftest::check_bias_act(&dev, &KernelOptions::default())? {
             assert!(rel <= limit, "{name}: {rel:.2e} > {limit:.0e}");
         }
         Ok(())
@@ -939,7 +888,7 @@ mod tests {
     #[test]
     #[ignore = "needs a compute capability 9.0 GPU"]
     fn rotary_in_attention_matches_on_gpu() -> anyhow::Result<()> {
-        let dev = crate::open_cuda(0)?;
+        let dev = crate::open_cuda(0, &KernelOptions::default())?;
         assert!(hopper_attention(&dev), "this test needs an H100/H200");
         let checks = selftest::check_rotary_attention(&dev)?;
         assert_eq!(checks.len(), 2, "p3n64 x 2 dtypes");
@@ -1014,7 +963,7 @@ mod tests {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn fused_matches_materialized_on_gpu() -> anyhow::Result<()> {
-        let dev = crate::open_cuda(0)?;
+        let dev = crate::open_cuda(0, &KernelOptions::default())?;
         for variant in FaVariant::available(hopper_attention(&dev)) {
             for case in selftest::cases() {
                 let r = selftest::run_case(&case, &dev, Some(variant))?;

@@ -1,5 +1,5 @@
 //! Fused building blocks of the encoders on CUDA, each with the candle-op form it replaces as the
-//! fallback (CPU, Metal, shapes a kernel does not handle, or `VIRNUCPRO_FUSED_OPS=0`):
+//! fallback (CPU, Metal, shapes a kernel does not handle, or [`KernelOptions::fused_ops`] off):
 //!
 //! * [`linear`]: `x·Wᵀ + bias (+ residual)` as one cuBLASLt call (bias in the GEMM epilogue,
 //!   residual as its `C` operand) instead of a GEMM and one or two passes over the output;
@@ -10,42 +10,17 @@
 //! * [`gather_rows`]: the embedding lookup, rows copied as 16-byte vectors;
 //! * [`weighted_pool`]: the masked mean of the last hidden state, summed in f32 straight from f16.
 //!
-//! Where the time went before these (H100, FastESM2_650 shape, 512 x 168 tokens): see
-//! docs/BENCHMARKS.md, run 3.
-
-use std::sync::atomic::{AtomicU8, Ordering};
+//! What each one saves is in docs/GPU.md (the table of fused ops).
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-use super::{KernelError, CUDA_BUILT};
+use super::{GemmFallback, KernelError, KernelOptions, CUDA_BUILT};
 
-/// 0: not read yet, 1: on, 2: off.
-static FUSED_OPS: AtomicU8 = AtomicU8::new(0);
-
-/// Whether the fused ops of this module run where they apply (default on; the environment
-/// variable `VIRNUCPRO_FUSED_OPS=0` turns them off, to compare against candle's ops).
-pub fn fused_ops_enabled() -> bool {
-    match FUSED_OPS.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = super::switch_on("VIRNUCPRO_FUSED_OPS");
-            FUSED_OPS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-    }
-}
-
-/// Turns the fused ops on or off for this process (bench and doctor compare both).
-pub fn set_fused_ops(on: bool) {
-    FUSED_OPS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-}
-
-fn fast_path(x: &Tensor) -> bool {
+fn fast_path(x: &Tensor, options: &KernelOptions) -> bool {
     CUDA_BUILT
+        && options.fused_ops
         && x.device().is_cuda()
         && matches!(x.dtype(), DType::F16 | DType::BF16 | DType::F32)
-        && fused_ops_enabled()
 }
 
 /// Elements per 16-byte vector.
@@ -56,19 +31,22 @@ fn vec_width(dtype: DType) -> usize {
 /// `x·Wᵀ + bias + residual` on cuBLASLt for a 2-D `x` `[rows, in]`, `weight` `[out, in]`, `bias`
 /// `[out]`, `residual` `[rows, out]`, all of `x`'s dtype; with `gelu_tanh`,
 /// `gelu_tanh(x·Wᵀ + bias)` (no residual; f16/bf16 only). `None` when the fused path does not
-/// apply (the caller then uses candle's matmul, or its own GELU pass).
+/// apply, or `fallback` (the model's) says cuBLASLt has no algorithm for this kind of call: the
+/// caller then uses candle's matmul, or its own GELU pass.
 pub fn linear(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
     gelu_tanh: bool,
+    options: &KernelOptions,
+    fallback: &GemmFallback,
 ) -> Result<Option<Tensor>> {
     let dtype = x.dtype();
     let same = |t: &Tensor| t.dtype() == dtype && t.device().same_device(x.device());
     let (rows, k) = x.dims2()?;
     let (n, kw) = weight.dims2()?;
-    if !fast_path(x)
+    if !fast_path(x, options)
         || k != kw
         || !same(weight)
         || !bias.is_none_or(|b| same(b) && b.dims() == [n])
@@ -81,7 +59,7 @@ pub fn linear(
     {
         return Ok(None);
     }
-    if LT_FAILED.load(Ordering::Relaxed) || (gelu_tanh && GELU_FAILED.load(Ordering::Relaxed)) {
+    if !fallback.allows(gelu_tanh) {
         return Ok(None);
     }
     let op = LtLinear {
@@ -98,7 +76,7 @@ pub fn linear(
         Err(e) => match super::kernel_error(&e) {
             Some(KernelError::NoAlgorithm { what }) if gelu_tanh => {
                 // Only the GELU epilogue is given up: the caller applies the exact GELU itself.
-                if !GELU_FAILED.swap(true, Ordering::Relaxed) {
+                if fallback.give_up(true) {
                     tracing::warn!(
                         "cuBLASLt has no GELU-epilogue algorithm for {what}; using a separate \
                          GELU pass"
@@ -107,7 +85,7 @@ pub fn linear(
                 Ok(None)
             }
             Some(KernelError::NoAlgorithm { what }) => {
-                if !LT_FAILED.swap(true, Ordering::Relaxed) {
+                if fallback.give_up(false) {
                     tracing::warn!(
                         "cuBLASLt has no algorithm for {what} on this GPU; using candle's matmul \
                          for the linear layers from now on (slower)"
@@ -120,17 +98,17 @@ pub fn linear(
     }
 }
 
-/// Set once a cuBLASLt call with the GELU epilogue failed: [`linear`] then declines those.
-static GELU_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Set once a cuBLASLt call failed: [`linear`] then leaves every layer to candle's matmul.
-static LT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// LayerNorm over the last dimension (statistics in f32): `(x - mean) / sqrt(var + eps) * w + b`.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+    options: &KernelOptions,
+) -> Result<Tensor> {
     let cols = x.dims().last().copied().unwrap_or(0);
     let v = vec_width(x.dtype());
-    let fits = fast_path(x)
+    let fits = fast_path(x, options)
         && cols > 0
         && cols % v == 0
         && cols / v <= 16 * 32
@@ -160,10 +138,11 @@ pub fn rotary_qk(
     sin: &Tensor,
     heads: usize,
     head_dim: usize,
+    options: &KernelOptions,
 ) -> Result<Option<(Tensor, Tensor)>> {
     let (b, l, w) = qkv.dims3()?;
     let half = head_dim / 2;
-    let fits = fast_path(qkv)
+    let fits = fast_path(qkv, options)
         && w == 3 * heads * head_dim
         && half.is_multiple_of(8)
         && cos.dtype() == DType::F32
@@ -188,9 +167,12 @@ pub fn rotary_qk(
 }
 
 /// `gelu(g[..., :inter]) * g[..., inter:]` (exact GELU) for `g` `[..., 2 * inter]`.
-pub fn gated_gelu(g: &Tensor, inter: usize) -> Result<Tensor> {
+pub fn gated_gelu(g: &Tensor, inter: usize, options: &KernelOptions) -> Result<Tensor> {
     let cols = g.dims().last().copied().unwrap_or(0);
-    if fast_path(g) && cols == 2 * inter && inter.is_multiple_of(vec_width(g.dtype())) && inter > 0
+    if fast_path(g, options)
+        && cols == 2 * inter
+        && inter.is_multiple_of(vec_width(g.dtype()))
+        && inter > 0
     {
         return g.contiguous()?.apply_op1_no_bwd(&GatedGelu { inter });
     }
@@ -201,9 +183,9 @@ pub fn gated_gelu(g: &Tensor, inter: usize) -> Result<Tensor> {
 
 /// Embedding lookup `table[ids]`: `table` `[vocab, hidden]`, `ids` u32 of any shape -> `ids`'
 /// shape + `[hidden]`. One 16-byte vector per thread on CUDA; candle's `index_select` elsewhere.
-pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+pub fn gather_rows(table: &Tensor, ids: &Tensor, options: &KernelOptions) -> Result<Tensor> {
     let (_, hidden) = table.dims2()?;
-    let fits = fast_path(table)
+    let fits = fast_path(table, options)
         && ids.dtype() == DType::U32
         && ids.device().same_device(table.device())
         && hidden % vec_width(table.dtype()) == 0
@@ -222,9 +204,9 @@ pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// `out[b, :] = sum_l weights[b, l] * x[b, l, :]` in f32 for `x` `[batch, len, hidden]` (any
 /// float dtype) and f32 `weights` `[batch, len]`; positions of weight 0 are skipped on CUDA.
 /// Elsewhere: `x` cast to f32 and a batched matmul.
-pub fn weighted_pool(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
+pub fn weighted_pool(x: &Tensor, weights: &Tensor, options: &KernelOptions) -> Result<Tensor> {
     let (b, l, hidden) = x.dims3()?;
-    let fits = fast_path(x)
+    let fits = fast_path(x, options)
         && weights.dtype() == DType::F32
         && weights.dims() == [b, l]
         && weights.device().same_device(x.device())

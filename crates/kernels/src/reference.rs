@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 /// ALiBi slopes of DNABERT-2/DNABERT-S (MosaicBERT) for `n` heads: for a power of two,
 /// `start = 2^(-8/n)`, `slope_h = start^(h+1)`; otherwise the slopes of the nearest lower power of
-/// two `p`, then every other slope of the `2p` list until there are `n`.
+/// two `p`, then every other slope of the `2p` list until there are `n`. Computed in f64 and
+/// rounded to f32, as the reference's `torch.Tensor(list_of_floats)` does.
 pub fn alibi_slopes(n: usize) -> Vec<f32> {
     fn pow2(n: usize) -> Vec<f64> {
         let start = 2f64.powf(-8.0 / n as f64);

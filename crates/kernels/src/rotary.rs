@@ -69,11 +69,16 @@ impl Rotary {
     /// Rotated q and k straight from a fused projection `qkv` `[batch, len, 3 * heads *
     /// head_dim]`, as `[batch, heads, len, head_dim]` views of token-major storage (one kernel,
     /// no split copies; [`crate::rotary_qk`]). `None` where that kernel does not apply.
-    pub fn forward_qkv(&self, qkv: &Tensor, heads: usize) -> Result<Option<(Tensor, Tensor)>> {
+    pub fn forward_qkv(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        options: &crate::KernelOptions,
+    ) -> Result<Option<(Tensor, Tensor)>> {
         let Some((cos, sin)) = &self.tables_f32 else {
             return Ok(None);
         };
-        crate::rotary_qk(qkv, cos, sin, heads, self.head_dim)?
+        crate::rotary_qk(qkv, cos, sin, heads, self.head_dim, options)?
             .map(|(q, k)| -> Result<(Tensor, Tensor)> {
                 Ok((q.transpose(1, 2)?, k.transpose(1, 2)?))
             })

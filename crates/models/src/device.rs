@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use anyhow::bail;
 use candle_core::{DType, Device};
-use virnucpro_kernels::open_cuda;
+use virnucpro_kernels::{open_cuda, KernelOptions};
 
 use crate::config::ModelFamily;
 
@@ -57,8 +57,9 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
-/// Opens the device; a GPU this build cannot drive is an error that says how to get one.
-pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
+/// Opens the device (a CUDA one as `kernels` say, [`KernelOptions::event_tracking`]); a GPU this
+/// build cannot drive is an error that says how to get one.
+pub fn select_device(spec: DeviceSpec, kernels: &KernelOptions) -> anyhow::Result<Device> {
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Cuda(n) => {
@@ -68,7 +69,7 @@ pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
                      `cargo build --release --features cuda`, or use --device cpu"
                 );
             }
-            open_cuda(n).map_err(|e| {
+            open_cuda(n, kernels).map_err(|e| {
                 anyhow::anyhow!(
                     "--device cuda:{n}: cannot open CUDA device {n}: {e}; check the driver and \
                      `nvidia-smi`, or use --device cpu"
@@ -90,7 +91,7 @@ pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
         }
         DeviceSpec::Auto => {
             if cfg!(feature = "cuda") {
-                match open_cuda(0) {
+                match open_cuda(0, kernels) {
                     Ok(d) => return Ok(d),
                     Err(e) => tracing::info!("no usable CUDA device ({e}); using the CPU"),
                 }
@@ -157,15 +158,17 @@ impl fmt::Display for DeviceList {
 }
 
 /// Opens every device of `list` (`cuda:all`: every CUDA device of the machine).
-pub fn select_devices(list: &DeviceList) -> anyhow::Result<Vec<Device>> {
+pub fn select_devices(list: &DeviceList, kernels: &KernelOptions) -> anyhow::Result<Vec<Device>> {
     match list {
-        DeviceList::Some(specs) => specs.iter().map(|s| select_device(*s)).collect(),
+        DeviceList::Some(specs) => specs.iter().map(|s| select_device(*s, kernels)).collect(),
         DeviceList::AllCuda => {
             let n = cuda_device_count()?;
             if n == 0 {
                 bail!("--device cuda:all: no CUDA device found; check `nvidia-smi`, or use --device cpu");
             }
-            (0..n).map(|i| select_device(DeviceSpec::Cuda(i))).collect()
+            (0..n)
+                .map(|i| select_device(DeviceSpec::Cuda(i), kernels))
+                .collect()
         }
     }
 }
@@ -309,11 +312,15 @@ mod tests {
     #[test]
     fn gpu_without_feature_is_a_clear_error() {
         if !cfg!(feature = "cuda") {
-            let err = select_device(DeviceSpec::Cuda(0)).unwrap_err().to_string();
+            let err = select_device(DeviceSpec::Cuda(0), &KernelOptions::default())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("--features cuda"), "{err}");
         }
         if !cfg!(feature = "metal") {
-            let err = select_device(DeviceSpec::Metal(0)).unwrap_err().to_string();
+            let err = select_device(DeviceSpec::Metal(0), &KernelOptions::default())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("--features metal"), "{err}");
         }
     }

@@ -26,8 +26,10 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use virnucpro_kernels::KernelOptions;
+
 use super::layers::{split_qkv, split_qkv_views, Act, Embedding, LayerNorm, Linear};
-use super::profile::section;
+use super::options::{Ctx, ModelContext, ModelOptions};
 use super::{Encoder, SeqTokenizer, TokenBatch};
 
 // ---------------------------------------------------------------------------------------------
@@ -143,32 +145,8 @@ impl DnaBertConfig {
 // ALiBi
 // ---------------------------------------------------------------------------------------------
 
-fn alibi_slopes_power_of_two(n: usize) -> Vec<f64> {
-    let start = 2f64.powf(-8.0 / n as f64);
-    (1..=n).map(|h| start.powi(h as i32)).collect()
-}
-
-/// ALiBi slopes of the MosaicBERT code, computed in f64 and rounded to f32 like its
-/// `torch.Tensor(list_of_floats)`.
-///
-/// `n` a power of two: `start = 2^(-8/n)`, slope_h = start^(h+1). Otherwise the slopes of the
-/// nearest lower power of two `p`, followed by slopes 0, 2, 4, ... of the `2p`-head list until
-/// there are `n`.
-pub fn alibi_slopes(n_heads: usize) -> Vec<f32> {
-    fn slopes(n: usize) -> Vec<f64> {
-        if n.is_power_of_two() {
-            return alibi_slopes_power_of_two(n);
-        }
-        let p = 1usize << (usize::BITS - 1 - n.leading_zeros());
-        let mut out = alibi_slopes_power_of_two(p);
-        out.extend(slopes(2 * p).into_iter().step_by(2).take(n - p));
-        out
-    }
-    if n_heads == 0 {
-        return Vec::new();
-    }
-    slopes(n_heads).into_iter().map(|s| s as f32).collect()
-}
+/// ALiBi slopes of the MosaicBERT code (one implementation, beside the kernels that use them).
+pub use virnucpro_kernels::alibi_slopes;
 
 /// Everything attention needs besides q, k, v: what a fused varlen ALiBi kernel would take
 /// (`key_lengths`, `slopes`), plus the materialised additive bias for the matmul path.
@@ -237,6 +215,7 @@ pub(crate) fn attention(
     v: &Tensor,
     bias: &AttentionBias,
     scale: f64,
+    kernels: &KernelOptions,
 ) -> Result<Tensor> {
     let _span = tracing::trace_span!("dnabert-attention-core").entered();
     let (b, heads, _, _) = q.dims4()?;
@@ -249,7 +228,8 @@ pub(crate) fn attention(
     }
     if let Some((lens, slopes)) = &bias.fused {
         // Fused kernel: ALiBi and the key mask applied on chip; [b, heads, L, d] view.
-        return virnucpro_kernels::fused_attention(q, k, v, lens, Some(slopes), scale as f32);
+        let slopes = Some(slopes);
+        return virnucpro_kernels::fused_attention(q, k, v, lens, slopes, scale as f32, kernels);
     }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let dense = if bias.dense.dtype() == scores.dtype() {
@@ -275,7 +255,7 @@ struct DnaBertEmbeddings {
 }
 
 impl DnaBertEmbeddings {
-    fn load(vb: VarBuilder, cfg: &DnaBertConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &DnaBertConfig, ctx: &Ctx) -> Result<Self> {
         let h = cfg.hidden_size;
         let word = vb
             .pp("word_embeddings")
@@ -285,8 +265,8 @@ impl DnaBertEmbeddings {
             .get((cfg.type_vocab_size, h), "weight")?;
         let table = word.broadcast_add(&token_type.get(0)?)?;
         Ok(Self {
-            word_and_type0: Embedding::from_weight(table)?,
-            layer_norm: LayerNorm::load_two_pass(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            word_and_type0: Embedding::from_weight(table, ctx)?,
+            layer_norm: LayerNorm::load_two_pass(vb.pp("LayerNorm"), h, cfg.layer_norm_eps, ctx)?,
         })
     }
 
@@ -304,21 +284,20 @@ struct DnaBertAttention {
     layer_norm: LayerNorm,
     num_heads: usize,
     head_dim: usize,
+    ctx: Ctx,
 }
 
 impl DnaBertAttention {
-    fn load(vb: VarBuilder, cfg: &DnaBertConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &DnaBertConfig, ctx: &Ctx) -> Result<Self> {
         let h = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
         Ok(Self {
-            wqkv: Linear::load(vb.pp("self").pp("Wqkv"), h, 3 * h)?,
-            output: Linear::load(vb.pp("output").pp("dense"), h, h)?,
-            layer_norm: LayerNorm::load_two_pass(
-                vb.pp("output").pp("LayerNorm"),
-                h,
-                cfg.layer_norm_eps,
-            )?,
+            wqkv: Linear::load(vb.pp("self").pp("Wqkv"), h, 3 * h, ctx)?,
+            output: Linear::load(vb.pp("output").pp("dense"), h, h, ctx)?,
+            layer_norm: LayerNorm::load_two_pass(vb.pp("output").pp("LayerNorm"), h, eps, ctx)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
+            ctx: ctx.clone(),
         })
     }
 
@@ -327,7 +306,9 @@ impl DnaBertAttention {
         let _span = tracing::trace_span!("dnabert-attention").entered();
         let (b, l, h) = x.dims3()?;
         let dev = x.device();
-        let qkv = section("dnabert qkv linear", dev, || self.wqkv.forward(x))?;
+        let qkv = self
+            .ctx
+            .section("dnabert qkv linear", dev, || self.wqkv.forward(x))?;
         // q, k, v as [b, heads, l, d]. The fused kernel reads strided views of the projection;
         // they must stay views: `Tensor::get` on a permuted tensor reshapes, i.e. copies, and
         // three copies per layer would be a large share of a DNABERT-S pass (docs/GPU.md).
@@ -337,15 +318,15 @@ impl DnaBertAttention {
             split_qkv(&qkv, self.num_heads, self.head_dim)?
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let ctx = section("dnabert attention", dev, || {
-            attention(&q, &k, &v, bias, scale)
+        let ctx = self.ctx.section("dnabert attention", dev, || {
+            attention(&q, &k, &v, bias, scale, self.ctx.kernels())
         })?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
         // Bias and residual in one pass; then LN.
-        let out = section("dnabert out linear+res", dev, || {
+        let out = self.ctx.section("dnabert out linear+res", dev, || {
             self.output.forward_with(&ctx, Act::Identity, Some(x))
         })?;
-        section("dnabert layer_norm", dev, || {
+        self.ctx.section("dnabert layer_norm", dev, || {
             self.layer_norm.forward(&out, None)
         })
     }
@@ -357,16 +338,18 @@ struct DnaBertMlp {
     wo: Linear,
     layer_norm: LayerNorm,
     intermediate: usize,
+    ctx: Ctx,
 }
 
 impl DnaBertMlp {
-    fn load(vb: VarBuilder, cfg: &DnaBertConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &DnaBertConfig, ctx: &Ctx) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gated_layers: Linear::load_no_bias(vb.pp("gated_layers"), h, 2 * i)?,
-            wo: Linear::load(vb.pp("wo"), i, h)?,
-            layer_norm: LayerNorm::load_two_pass(vb.pp("layernorm"), h, cfg.layer_norm_eps)?,
+            gated_layers: Linear::load_no_bias(vb.pp("gated_layers"), h, 2 * i, ctx)?,
+            wo: Linear::load(vb.pp("wo"), i, h, ctx)?,
+            layer_norm: LayerNorm::load_two_pass(vb.pp("layernorm"), h, cfg.layer_norm_eps, ctx)?,
             intermediate: i,
+            ctx: ctx.clone(),
         })
     }
 
@@ -374,15 +357,17 @@ impl DnaBertMlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("dnabert-mlp").entered();
         let dev = x.device();
-        let g = section("dnabert gated linear", dev, || self.gated_layers.forward(x))?;
+        let g = self
+            .ctx
+            .section("dnabert gated linear", dev, || self.gated_layers.forward(x))?;
         // One pass on CUDA; narrow + gelu + mul elsewhere.
-        let gated = section("dnabert gated gelu", dev, || {
-            virnucpro_kernels::gated_gelu(&g, self.intermediate)
+        let gated = self.ctx.section("dnabert gated gelu", dev, || {
+            virnucpro_kernels::gated_gelu(&g, self.intermediate, self.ctx.kernels())
         })?;
-        let y = section("dnabert wo linear+res", dev, || {
+        let y = self.ctx.section("dnabert wo linear+res", dev, || {
             self.wo.forward_with(&gated, Act::Identity, Some(x))
         })?;
-        section("dnabert layer_norm", dev, || {
+        self.ctx.section("dnabert layer_norm", dev, || {
             self.layer_norm.forward(&y, None)
         })
     }
@@ -394,10 +379,10 @@ struct DnaBertLayer {
 }
 
 impl DnaBertLayer {
-    fn load(vb: VarBuilder, cfg: &DnaBertConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &DnaBertConfig, ctx: &Ctx) -> Result<Self> {
         Ok(Self {
-            attention: DnaBertAttention::load(vb.pp("attention"), cfg)?,
-            mlp: DnaBertMlp::load(vb.pp("mlp"), cfg)?,
+            attention: DnaBertAttention::load(vb.pp("attention"), cfg, ctx)?,
+            mlp: DnaBertMlp::load(vb.pp("mlp"), cfg, ctx)?,
         })
     }
 
@@ -421,19 +406,21 @@ pub struct DnaBert {
     device: Device,
     /// Compute dtype of the weights.
     dtype: DType,
+    ctx: Ctx,
 }
 
 impl DnaBert {
     /// Loads the weights; `vb` is rooted so that `embeddings.word_embeddings.weight` resolves.
     /// Every tensor is requested with its expected shape, so a config/weights mismatch errors
-    /// with the tensor's name.
-    pub fn load(vb: VarBuilder, cfg: &DnaBertConfig) -> Result<Self> {
+    /// with the tensor's name. `options` are kept by the model and its layers.
+    pub fn load(vb: VarBuilder, cfg: &DnaBertConfig, options: &ModelOptions) -> Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(format!("invalid DNABERT-S config: {e:#}")))?;
-        let embeddings = DnaBertEmbeddings::load(vb.pp("embeddings"), cfg)?;
+        let ctx = ModelContext::new(options);
+        let embeddings = DnaBertEmbeddings::load(vb.pp("embeddings"), cfg, &ctx)?;
         let vb_layers = vb.pp("encoder").pp("layer");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DnaBertLayer::load(vb_layers.pp(i.to_string()), cfg))
+            .map(|i| DnaBertLayer::load(vb_layers.pp(i.to_string()), cfg, &ctx))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings,
@@ -442,6 +429,7 @@ impl DnaBert {
             cfg: cfg.clone(),
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            ctx,
         })
     }
 
@@ -456,13 +444,17 @@ impl DnaBert {
         self.check_batch(batch)?;
         let (b, l) = (batch.batch_size(), batch.max_len);
         let ids = Tensor::from_slice(&batch.ids, (b, l), &self.device)?;
-        let fused = virnucpro_kernels::use_fused(self.dtype, self.cfg.head_dim(), &self.device)?;
+        let fused = self.ctx.kernels().use_fused_attention(
+            self.dtype,
+            self.cfg.head_dim(),
+            &self.device,
+        )?;
         let bias = if fused {
             AttentionBias::for_fused(&self.slopes, &batch.lengths, &self.device)?
         } else {
             AttentionBias::new(&self.slopes, &batch.lengths, l, &self.device)?
         };
-        let mut x = section("dnabert embeddings", &self.device, || {
+        let mut x = self.ctx.section("dnabert embeddings", &self.device, || {
             self.embeddings.forward(&ids)
         })?;
         for layer in &self.layers {
@@ -522,8 +514,8 @@ impl Encoder for DnaBert {
         for (row, &len) in batch.lengths.iter().enumerate() {
             w[row * l..row * l + len].fill(1.0 / len as f32);
         }
-        section("dnabert pool", &dev, || {
-            super::layers::weighted_pool(&hidden, w)
+        self.ctx.section("dnabert pool", &dev, || {
+            super::layers::weighted_pool(&hidden, w, self.ctx.kernels())
         })
     }
 }
@@ -647,7 +639,12 @@ mod tests {
     fn load_model() -> DnaBert {
         let dir = oracle().join("dnabert");
         let cfg = DnaBertConfig::from_file(dir.join("config.json")).unwrap();
-        DnaBert::load(vb_for(&dir.join("pytorch_model.bin")), &cfg).unwrap()
+        DnaBert::load(
+            vb_for(&dir.join("pytorch_model.bin")),
+            &cfg,
+            &ModelOptions::default(),
+        )
+        .unwrap()
     }
 
     fn model_max_length() -> usize {
@@ -908,12 +905,18 @@ mod tests {
 
         let mut cfg = base.clone();
         cfg.hidden_size = 64;
-        let err = DnaBert::load(vb.clone(), &cfg).err().unwrap().to_string();
+        let err = DnaBert::load(vb.clone(), &cfg, &ModelOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("embeddings.word_embeddings.weight"), "{err}");
 
         let mut cfg = base.clone();
         cfg.intermediate_size = 512;
-        let err = DnaBert::load(vb.clone(), &cfg).err().unwrap().to_string();
+        let err = DnaBert::load(vb.clone(), &cfg, &ModelOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("encoder.layer.0.mlp.gated_layers.weight"),
             "{err}"
@@ -921,7 +924,10 @@ mod tests {
 
         let mut cfg = base.clone();
         cfg.num_hidden_layers = 3;
-        let err = DnaBert::load(vb, &cfg).err().unwrap().to_string();
+        let err = DnaBert::load(vb, &cfg, &ModelOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("encoder.layer.2."), "{err}");
     }
 
@@ -1016,7 +1022,7 @@ mod tests {
         )
         .unwrap();
         let vb = VarBuilder::from_tensors(random_weights(&cfg), DType::F32, &Device::Cpu);
-        let model = DnaBert::load(vb, &cfg).unwrap();
+        let model = DnaBert::load(vb, &cfg, &ModelOptions::default()).unwrap();
         let rows: Vec<Vec<u32>> = [3usize, 40, 17, 2, 25]
             .iter()
             .enumerate()

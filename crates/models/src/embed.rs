@@ -21,6 +21,7 @@ use crate::device::{device_name, resolve_dtype, DTypeSpec};
 use crate::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
 use crate::esm::{Esm, EsmConfig, TokenDropout};
 use crate::files::ModelFiles;
+use crate::options::ModelOptions;
 use crate::tokenize::EsmTokenizer;
 use crate::weights::{Checkpoint, RandomWeights};
 use crate::{Encoder, SeqTokenizer, TokenBatch};
@@ -47,6 +48,8 @@ pub struct EmbeddingModel {
     pub device: Device,
     /// Compute dtype (embeddings are always returned in f32).
     pub dtype: DType,
+    /// The options it was built with (its encoder keeps its own copy).
+    pub options: ModelOptions,
 }
 
 impl fmt::Debug for EmbeddingModel {
@@ -78,6 +81,8 @@ impl EmbeddingModel {
 pub struct LoadOptions {
     /// ESM token-dropout rescaling (ignored for DNABERT).
     pub esm_token_dropout: TokenDropout,
+    /// Kept by the model: kernel choices, profiler, test hooks.
+    pub model: ModelOptions,
 }
 
 /// Builds the model from already resolved files.
@@ -99,7 +104,7 @@ pub fn load_from_files(
                 let (drop, why) = options.esm_token_dropout.resolve(cfg);
                 let tokenizer = EsmTokenizer::from_file(&files.tokenizer)?;
                 check_esm_vocab(cfg, &tokenizer, &files.tokenizer)?;
-                let encoder = Esm::load(vb, cfg, drop)?;
+                let encoder = Esm::load(vb, cfg, drop, &options.model)?;
                 (
                     Box::new(encoder),
                     Box::new(tokenizer),
@@ -109,7 +114,7 @@ pub fn load_from_files(
             ModelConfig::DnaBert(cfg) => {
                 let limit = dnabert_token_limit(&files.tokenizer, cfg);
                 let tokenizer = DnaBertTokenizer::from_file(&files.tokenizer, limit)?;
-                let encoder = DnaBert::load(vb, cfg)?;
+                let encoder = DnaBert::load(vb, cfg, &options.model)?;
                 (Box::new(encoder), Box::new(tokenizer), "DNABERT".into())
             }
         };
@@ -130,6 +135,7 @@ pub fn load_from_files(
         pooling: family.pooling().to_string(),
         device: device.clone(),
         dtype,
+        options: options.model.clone(),
     })
 }
 
@@ -225,7 +231,7 @@ pub fn random_embedding_model(
                     "{source}: {}; token-dropout scaling {why}",
                     esm_summary(&cfg)
                 );
-                let enc = Esm::load(vb, &cfg, drop)?;
+                let enc = Esm::load(vb, &cfg, drop, &options.model)?;
                 (
                     ModelFamily::Esm,
                     Box::new(enc),
@@ -251,7 +257,7 @@ pub fn random_embedding_model(
                     serde_json::from_str(DNABERT_S_CONFIG).context("built-in DNABERT-S config")?;
                 let dtype = resolve_dtype(dtype, ModelFamily::DnaBert, device);
                 let vb = RandomWeights { seed: SEED }.into_var_builder(dtype, device);
-                let enc = DnaBert::load(vb, &cfg)?;
+                let enc = DnaBert::load(vb, &cfg, &options.model)?;
                 let limit = dnabert_token_limit(&files.tokenizer, &cfg);
                 let tok = DnaBertTokenizer::from_file(&files.tokenizer, limit)?;
                 (ModelFamily::DnaBert, Box::new(enc), Box::new(tok), dtype)
@@ -266,6 +272,7 @@ pub fn random_embedding_model(
         pooling: family.pooling().to_string(),
         device: device.clone(),
         dtype,
+        options: options.model.clone(),
     })
 }
 
@@ -468,14 +475,6 @@ where
     })
 }
 
-/// Test switch: with `VIRNUCPRO_TEST_OOM_TOKENS=N`, every batch of more than `N` padded tokens
-/// fails as a GPU out of memory would, so the back-off can be tested on any machine.
-pub const INJECT_OOM_ENV: &str = "VIRNUCPRO_TEST_OOM_TOKENS";
-
-fn injected_oom_tokens() -> Option<usize> {
-    std::env::var(INJECT_OOM_ENV).ok()?.trim().parse().ok()
-}
-
 /// Whether an error is the device running out of memory (typed, see
 /// [`virnucpro_kernels::KernelError`]).
 pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
@@ -546,34 +545,27 @@ impl Tokenized {
             stats: self.stats,
             started: self.started,
         };
-        let injected_oom = injected_oom_tokens();
         for (rows, batch) in self.batches {
             let max_len = batch.max_len;
-            let pooled = match injected_oom {
-                Some(limit) if rows.len() * max_len > limit => {
-                    Err(virnucpro_kernels::KernelError::out_of_memory(format!(
-                        "injected: {INJECT_OOM_ENV}={limit}"
-                    ))
-                    .into())
-                }
-                _ => model.encoder.forward_pooled(&batch),
-            }
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| {
-                let failure = BatchFailure {
-                    model: model.family,
-                    rows: rows.len(),
-                    max_len,
-                    first: out.ids[rows[0]].clone(),
-                    out_of_memory: false,
-                };
-                let e = anyhow::Error::from(e);
-                let failure = BatchFailure {
-                    out_of_memory: is_out_of_memory(&e),
-                    ..failure
-                };
-                e.context(failure)
-            })?;
+            let pooled = model
+                .encoder
+                .forward_pooled(&batch)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .map_err(|e| {
+                    let failure = BatchFailure {
+                        model: model.family,
+                        rows: rows.len(),
+                        max_len,
+                        first: out.ids[rows[0]].clone(),
+                        out_of_memory: false,
+                    };
+                    let e = anyhow::Error::from(e);
+                    let failure = BatchFailure {
+                        out_of_memory: is_out_of_memory(&e),
+                        ..failure
+                    };
+                    e.context(failure)
+                })?;
             if pooled.dims() != [rows.len(), hidden] {
                 bail!(
                     "encoder returned shape {:?} for a batch of {} sequences, expected [{}, \
@@ -674,7 +666,7 @@ impl<'a> PendingEmbeddings<'a> {
                     position[i] = u32::try_from(j).context("too many sequences for one call")?;
                 }
                 let index = Tensor::from_vec(position, n, device)?;
-                virnucpro_kernels::gather_rows(&in_batch_order, &index)?
+                virnucpro_kernels::gather_rows(&in_batch_order, &index, &model.options.kernels)?
             }
         };
         Ok(DeviceRows {

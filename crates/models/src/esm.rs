@@ -16,7 +16,7 @@ use super::layers::{
     attention, attention_rotary, split_qkv, split_qkv_views, weighted_pool, Act, AttentionMask,
     Embedding, LayerNorm, Linear, Rotary,
 };
-use super::profile::section;
+use super::options::{Ctx, ModelContext, ModelOptions};
 use super::{Encoder, TokenBatch};
 
 /// `config.json` of an ESM2-family checkpoint (the fields this encoder reads).
@@ -215,22 +215,24 @@ struct EsmAttention {
     layer_norm: LayerNorm,
     heads: usize,
     head_dim: usize,
+    ctx: Ctx,
     span: tracing::Span,
 }
 
 impl EsmAttention {
-    fn load(vb: VarBuilder, cfg: &EsmConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &EsmConfig, ctx: &Ctx) -> Result<Self> {
         let h = cfg.hidden_size;
         let sa = vb.pp("self");
-        let qkv = Linear::load_fused(&[sa.pp("query"), sa.pp("key"), sa.pp("value")], h, h)?;
-        let out = Linear::load(vb.pp("output").pp("dense"), h, h)?;
-        let layer_norm = LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?;
+        let qkv = Linear::load_fused(&[sa.pp("query"), sa.pp("key"), sa.pp("value")], h, h, ctx)?;
+        let out = Linear::load(vb.pp("output").pp("dense"), h, h, ctx)?;
+        let layer_norm = LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps, ctx)?;
         Ok(Self {
             qkv,
             out,
             layer_norm,
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
+            ctx: ctx.clone(),
             span: tracing::span!(tracing::Level::TRACE, "esm_attention"),
         })
     }
@@ -238,31 +240,36 @@ impl EsmAttention {
     fn forward(&self, x: &Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
         let _enter = self.span.enter();
         let dev = x.device();
-        let normed = section("esm layer_norm", dev, || self.layer_norm.forward(x, None))?;
-        let qkv = section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
-        let fused = virnucpro_kernels::use_fused(qkv.dtype(), self.head_dim, qkv.device())?;
+        let kernels = self.ctx.kernels();
+        let normed = self
+            .ctx
+            .section("esm layer_norm", dev, || self.layer_norm.forward(x, None))?;
+        let qkv = self
+            .ctx
+            .section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
+        let fused = kernels.use_fused_attention(qkv.dtype(), self.head_dim, qkv.device())?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // Strided [b, heads, l, d] views of the projection: the fused kernel reads them in place.
         let views = split_qkv_views(&qkv, self.heads, self.head_dim)?;
         if fused {
             // Hopper: the attention kernel rotates q and k as it loads them (no rotary pass).
             let (q, k, v) = &views;
-            if let Some(ctx) = section("esm attention+rotary", dev, || {
-                attention_rotary(q, k, v, mask, rotary, scale)
+            if let Some(ctx) = self.ctx.section("esm attention+rotary", dev, || {
+                attention_rotary(q, k, v, mask, rotary, scale, kernels)
             })? {
-                return section("esm out linear+res", dev, || {
+                return self.ctx.section("esm out linear+res", dev, || {
                     self.out.forward_with(&ctx, Act::Identity, Some(x))
                 });
             }
         }
-        if let Some((q, k)) = section("esm rotary q/k", dev, || {
-            rotary.forward_qkv(&qkv, self.heads)
+        if let Some((q, k)) = self.ctx.section("esm rotary q/k", dev, || {
+            rotary.forward_qkv(&qkv, self.heads, kernels)
         })? {
             // Rotated q and k written once by one kernel; v read in place by the fused kernel.
-            let ctx = section("esm attention", dev, || {
-                attention(&q, &k, &views.2, mask, scale)
+            let ctx = self.ctx.section("esm attention", dev, || {
+                attention(&q, &k, &views.2, mask, scale, kernels)
             })?;
-            return section("esm out linear+res", dev, || {
+            return self.ctx.section("esm out linear+res", dev, || {
                 self.out.forward_with(&ctx, Act::Identity, Some(x))
             });
         }
@@ -275,7 +282,7 @@ impl EsmAttention {
         };
         let q = rotary.forward(&q)?;
         let k = rotary.forward(&k)?;
-        let ctx = attention(&q, &k, &v, mask, scale)?;
+        let ctx = attention(&q, &k, &v, mask, scale, kernels)?;
         self.out.forward_with(&ctx, Act::Identity, Some(x))
     }
 }
@@ -287,17 +294,19 @@ struct EsmLayer {
     layer_norm: LayerNorm,
     intermediate: Linear,
     output: Linear,
+    ctx: Ctx,
     span: tracing::Span,
 }
 
 impl EsmLayer {
-    fn load(vb: VarBuilder, cfg: &EsmConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &EsmConfig, ctx: &Ctx) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            attention: EsmAttention::load(vb.pp("attention"), cfg)?,
-            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
-            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), h, i)?,
-            output: Linear::load(vb.pp("output").pp("dense"), i, h)?,
+            attention: EsmAttention::load(vb.pp("attention"), cfg, ctx)?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps, ctx)?,
+            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), h, i, ctx)?,
+            output: Linear::load(vb.pp("output").pp("dense"), i, h, ctx)?,
+            ctx: ctx.clone(),
             span: tracing::span!(tracing::Level::TRACE, "esm_layer"),
         })
     }
@@ -306,11 +315,13 @@ impl EsmLayer {
         let _enter = self.span.enter();
         let dev = x.device();
         let h = self.attention.forward(x, mask, rotary)?;
-        let normed = section("esm layer_norm", dev, || self.layer_norm.forward(&h, None))?;
-        let ff = section("esm ffn1 linear+gelu", dev, || {
+        let normed = self
+            .ctx
+            .section("esm layer_norm", dev, || self.layer_norm.forward(&h, None))?;
+        let ff = self.ctx.section("esm ffn1 linear+gelu", dev, || {
             self.intermediate.forward_with(&normed, Act::GeluErf, None)
         })?;
-        section("esm ffn2 linear+res", dev, || {
+        self.ctx.section("esm ffn2 linear+res", dev, || {
             self.output.forward_with(&ff, Act::Identity, Some(&h))
         })
     }
@@ -335,29 +346,39 @@ pub struct Esm {
     mask_token_id: u32,
     device: Device,
     dtype: DType,
+    ctx: Ctx,
     span: tracing::Span,
 }
 
 impl Esm {
     /// Builds the encoder from `vb` (rooted where the `esm.` prefix has been stripped);
-    /// `token_dropout` is the resolved choice (see [`TokenDropout::resolve`]).
-    pub fn load(vb: VarBuilder, cfg: &EsmConfig, token_dropout: bool) -> Result<Self> {
+    /// `token_dropout` is the resolved choice (see [`TokenDropout::resolve`]); `options` are kept
+    /// by the model and its layers.
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &EsmConfig,
+        token_dropout: bool,
+        options: &ModelOptions,
+    ) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
+        let ctx = ModelContext::new(options);
         let word_embeddings = Embedding::load(
             vb.pp("embeddings").pp("word_embeddings"),
             cfg.vocab_size,
             cfg.hidden_size,
+            &ctx,
         )?;
         let enc = vb.pp("encoder");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EsmLayer::load(enc.pp("layer").pp(i), cfg))
+            .map(|i| EsmLayer::load(enc.pp("layer").pp(i), cfg, &ctx))
             .collect::<Result<Vec<_>>>()?;
         let emb_layer_norm_after = LayerNorm::load(
             enc.pp("emb_layer_norm_after"),
             cfg.hidden_size,
             cfg.layer_norm_eps,
+            &ctx,
         )?;
-        let scaled_lookup = Self::scaled_table(&word_embeddings, token_dropout)?;
+        let scaled_lookup = Self::scaled_table(&word_embeddings, token_dropout, &ctx)?;
         let rotary = Rotary::new(
             cfg.head_dim(),
             cfg.rope_theta.unwrap_or(10000.0),
@@ -376,6 +397,7 @@ impl Esm {
             mask_token_id: cfg.mask_token_id.unwrap_or(DEFAULT_MASK_TOKEN_ID),
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            ctx,
             span: tracing::span!(tracing::Level::TRACE, "esm"),
         })
     }
@@ -387,7 +409,7 @@ impl Esm {
 
     /// See `scaled_lookup`: `[table * factor; 0]`, factor the mask-free one, multiplied as
     /// [`Self::forward`]'s general path does (factor cast to the table's dtype first).
-    fn scaled_table(table: &Embedding, token_dropout: bool) -> Result<Embedding> {
+    fn scaled_table(table: &Embedding, token_dropout: bool, ctx: &Ctx) -> Result<Embedding> {
         let w = table.weight();
         let factor = if token_dropout {
             Self::dropout_scale(0.0)
@@ -397,7 +419,7 @@ impl Esm {
         let factor = Tensor::new(&[[factor]], w.device())?.to_dtype(w.dtype())?;
         let scaled = w.broadcast_mul(&factor)?;
         let zero = Tensor::zeros((1, w.dim(1)?), w.dtype(), w.device())?;
-        Embedding::from_weight(Tensor::cat(&[&scaled, &zero], 0)?)
+        Embedding::from_weight(Tensor::cat(&[&scaled, &zero], 0)?, ctx)
     }
 
     /// Per-position embedding factor `[batch, len, 1]`: 0 on padding (and on `<mask>` when
@@ -493,6 +515,6 @@ impl Encoder for Esm {
                 w[b * l + j] = 1.0 / residues as f32;
             }
         }
-        weighted_pool(&hidden, w)
+        weighted_pool(&hidden, w, self.ctx.kernels())
     }
 }

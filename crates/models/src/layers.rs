@@ -2,12 +2,16 @@
 //! rotary position embedding and masked attention. The rotary tables and the q/k/v split live
 //! with the kernels that read them ([`virnucpro_kernels::rotary`]) and are re-exported here.
 //!
-//! Every block is a struct with `load(vb, ..)` and `forward`, and the same code runs on CPU and
-//! GPU. [`attention`] is the one place where scores are computed, so that a fused kernel (flash
-//! attention, varlen) can be swapped in behind it without touching the models.
+//! Every block is a struct with `load(vb, .., ctx)` and `forward`, and the same code runs on CPU
+//! and GPU; `ctx` is the model's [`Ctx`] (its options and what it learned at run time), kept by
+//! the block. [`attention`] is the one place where scores are computed, so that a fused kernel
+//! (flash attention, varlen) can be swapped in behind it without touching the models.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use virnucpro_kernels::KernelOptions;
+
+use crate::options::Ctx;
 
 pub use virnucpro_kernels::rotary::{split_qkv, split_qkv_views, Rotary};
 pub use virnucpro_kernels::Act;
@@ -17,18 +21,23 @@ pub use virnucpro_kernels::Act;
 pub struct Embedding {
     weight: Tensor,
     hidden: usize,
+    ctx: Ctx,
 }
 
 impl Embedding {
-    pub fn load(vb: VarBuilder, vocab: usize, hidden: usize) -> Result<Self> {
+    pub fn load(vb: VarBuilder, vocab: usize, hidden: usize, ctx: &Ctx) -> Result<Self> {
         let weight = vb.get((vocab, hidden), "weight")?;
-        Ok(Self { weight, hidden })
+        Self::from_weight(weight, ctx)
     }
 
     /// A table from its `[vocab, hidden]` weight.
-    pub fn from_weight(weight: Tensor) -> Result<Self> {
+    pub fn from_weight(weight: Tensor, ctx: &Ctx) -> Result<Self> {
         let (_, hidden) = weight.dims2()?;
-        Ok(Self { weight, hidden })
+        Ok(Self {
+            weight,
+            hidden,
+            ctx: ctx.clone(),
+        })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -38,7 +47,11 @@ impl Embedding {
     /// `ids`: `[batch, len]` u32 -> `[batch, len, hidden]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
-        virnucpro_kernels::gather_rows(&self.weight, ids)?.reshape((b, l, self.hidden))
+        virnucpro_kernels::gather_rows(&self.weight, ids, self.ctx.kernels())?.reshape((
+            b,
+            l,
+            self.hidden,
+        ))
     }
 }
 
@@ -47,37 +60,44 @@ impl Embedding {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    ctx: Ctx,
     span: tracing::Span,
 }
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, ctx: &Ctx) -> Self {
         Self {
             weight,
             bias,
+            ctx: ctx.clone(),
             span: tracing::span!(tracing::Level::TRACE, "linear"),
         }
     }
 
     /// Loads `weight` `[out, in]` and `bias` `[out]`.
-    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, ctx: &Ctx) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = vb.get(out_dim, "bias")?;
-        Ok(Self::new(weight, Some(bias)))
+        Ok(Self::new(weight, Some(bias), ctx))
     }
 
     /// Loads `weight` `[out, in]` without a bias.
-    pub fn load_no_bias(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    pub fn load_no_bias(vb: VarBuilder, in_dim: usize, out_dim: usize, ctx: &Ctx) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        Ok(Self::new(weight, None))
+        Ok(Self::new(weight, None, ctx))
     }
 
     /// Stacks several linears that read the same input (q, k, v) into one, so that one matmul
     /// replaces three; the outputs come out concatenated in the order given.
-    pub fn load_fused(vbs: &[VarBuilder], in_dim: usize, out_dim: usize) -> Result<Self> {
+    pub fn load_fused(
+        vbs: &[VarBuilder],
+        in_dim: usize,
+        out_dim: usize,
+        ctx: &Ctx,
+    ) -> Result<Self> {
         let parts = vbs
             .iter()
-            .map(|vb| Self::load(vb.clone(), in_dim, out_dim))
+            .map(|vb| Self::load(vb.clone(), in_dim, out_dim, ctx))
             .collect::<Result<Vec<_>>>()?;
         let weight = Tensor::cat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>(), 0)?;
         let biases = parts
@@ -88,7 +108,7 @@ impl Linear {
             Some(b) => Some(Tensor::cat(&b, 0)?),
             None => None,
         };
-        Ok(Self::new(weight, bias))
+        Ok(Self::new(weight, bias, ctx))
     }
 
     pub fn out_dim(&self) -> usize {
@@ -105,6 +125,8 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
+        self.ctx.injected_oom(rows)?;
+        let (kernels, gemm) = (self.ctx.kernels(), &self.ctx.gemm);
         // One 2-D GEMM over all tokens instead of a batched one.
         let x2 = x.reshape((rows, in_dim))?;
         let mut out_dims = dims;
@@ -115,10 +137,12 @@ impl Linear {
             Some(r) => Some(r.reshape((rows, self.out_dim()))?),
             None => None,
         };
-        // Bias + GELU (tanh approximation) in the cuBLASLt epilogue: see gelu_epilogue_enabled.
-        if act == Act::GeluErf && residual.is_none() && virnucpro_kernels::gelu_epilogue_enabled() {
+        // Bias + GELU (tanh approximation) in the cuBLASLt epilogue: see
+        // KernelOptions::gelu_epilogue.
+        if act == Act::GeluErf && residual.is_none() && kernels.gelu_epilogue {
+            let bias = self.bias.as_ref();
             if let Some(y) =
-                virnucpro_kernels::linear(&x2, &self.weight, self.bias.as_ref(), None, true)?
+                virnucpro_kernels::linear(&x2, &self.weight, bias, None, true, kernels, gemm)?
             {
                 return y.reshape(out_dims);
             }
@@ -128,8 +152,9 @@ impl Linear {
             Act::Identity => self.bias.as_ref(),
             Act::GeluErf => None,
         };
+        let lt_res = lt_res.as_ref();
         if let Some(y) =
-            virnucpro_kernels::linear(&x2, &self.weight, lt_bias, lt_res.as_ref(), false)?
+            virnucpro_kernels::linear(&x2, &self.weight, lt_bias, lt_res, false, kernels, gemm)?
         {
             let y = y.reshape(out_dims)?;
             return match (act, &self.bias) {
@@ -170,12 +195,13 @@ pub struct LayerNorm {
     eps: f64,
     /// Off CUDA, take the variance of `x - mean` (two passes) instead of candle's one pass.
     two_pass_off_cuda: bool,
+    ctx: Ctx,
     span: tracing::Span,
 }
 
 impl LayerNorm {
     /// Loads `weight` and `bias` (`[hidden]`).
-    pub fn load(vb: VarBuilder, hidden: usize, eps: f64) -> Result<Self> {
+    pub fn load(vb: VarBuilder, hidden: usize, eps: f64, ctx: &Ctx) -> Result<Self> {
         let weight = vb.get(hidden, "weight")?;
         let bias = vb.get(hidden, "bias")?;
         Ok(Self {
@@ -183,6 +209,7 @@ impl LayerNorm {
             bias,
             eps,
             two_pass_off_cuda: false,
+            ctx: ctx.clone(),
             span: tracing::span!(tracing::Level::TRACE, "layer_norm"),
         })
     }
@@ -191,10 +218,10 @@ impl LayerNorm {
     /// variance is taken (two passes, in the input's dtype): the form the DNABERT-S oracle
     /// tolerances are set for, and one that loses less precision than a one-pass variance where
     /// the mean is large next to the spread. CUDA runs the fused kernel (f32 statistics) either way.
-    pub fn load_two_pass(vb: VarBuilder, hidden: usize, eps: f64) -> Result<Self> {
+    pub fn load_two_pass(vb: VarBuilder, hidden: usize, eps: f64, ctx: &Ctx) -> Result<Self> {
         Ok(Self {
             two_pass_off_cuda: true,
-            ..Self::load(vb, hidden, eps)?
+            ..Self::load(vb, hidden, eps, ctx)?
         })
     }
 
@@ -217,7 +244,13 @@ impl LayerNorm {
                 .broadcast_add(&self.bias);
         }
         // Accumulates in f32 whatever the storage dtype (one warp per row on CUDA).
-        virnucpro_kernels::layer_norm(&x, &self.weight, &self.bias, self.eps as f32)
+        virnucpro_kernels::layer_norm(
+            &x,
+            &self.weight,
+            &self.bias,
+            self.eps as f32,
+            self.ctx.kernels(),
+        )
     }
 }
 
@@ -298,7 +331,7 @@ impl AttentionMask {
 /// so the softmax is always defined.
 ///
 /// Takes the fused kernel ([`virnucpro_kernels::fused_attention`]: no score matrix in memory, key
-/// tiles past a row's length skipped) when `--attention` allows it and it applies (CUDA, head
+/// tiles past a row's length skipped) when `kernels.attention` allows it and it applies (CUDA, head
 /// size 64, f16/bf16, no extra additive bias); padded query rows then come out as zeros instead
 /// of meaningless finite values (pooling ignores them either way). Otherwise the materialized
 /// path below.
@@ -308,12 +341,13 @@ pub fn attention(
     v: &Tensor,
     mask: &AttentionMask,
     scale: f64,
+    kernels: &KernelOptions,
 ) -> Result<Tensor> {
     let _enter = tracing::span!(tracing::Level::TRACE, "attention").entered();
     let (b, h, l, d) = q.dims4()?;
-    if mask.bias.is_none() && virnucpro_kernels::use_fused(q.dtype(), d, q.device())? {
+    if mask.bias.is_none() && kernels.use_fused_attention(q.dtype(), d, q.device())? {
         let lens = mask.key_lens_on(q.device())?;
-        let out = virnucpro_kernels::fused_attention(q, k, v, &lens, None, scale as f32)?;
+        let out = virnucpro_kernels::fused_attention(q, k, v, &lens, None, scale as f32, kernels)?;
         // [b, h, l, d] view of [b, l, h, d] storage: this transpose is free.
         return out.transpose(1, 2)?.reshape((b, l, h * d));
     }
@@ -349,27 +383,28 @@ pub fn attention_rotary(
     mask: &AttentionMask,
     rotary: &Rotary,
     scale: f64,
+    kernels: &KernelOptions,
 ) -> Result<Option<Tensor>> {
     let (b, h, l, d) = q.dims4()?;
     let Some((cos, sin)) = rotary.tables_for(l) else {
         return Ok(None);
     };
-    if mask.bias.is_some() || !virnucpro_kernels::use_fused(q.dtype(), d, q.device())? {
+    if mask.bias.is_some() || !kernels.use_fused_attention(q.dtype(), d, q.device())? {
         return Ok(None);
     }
     let lens = mask.key_lens_on(q.device())?;
-    virnucpro_kernels::fused_attention_rotary(q, k, v, &lens, cos, sin, scale as f32)?
+    virnucpro_kernels::fused_attention_rotary(q, k, v, &lens, cos, sin, scale as f32, kernels)?
         .map(|out| out.transpose(1, 2)?.reshape((b, l, h * d)))
         .transpose()
 }
 
 /// Mean over the positions where `weights` is non-zero: `weights` is `[batch, len]` on the host
 /// (already divided by the count), `x` is `[batch, len, hidden]`; returns `[batch, hidden]` f32.
-pub fn weighted_pool(x: &Tensor, weights: Vec<f32>) -> Result<Tensor> {
+pub fn weighted_pool(x: &Tensor, weights: Vec<f32>, kernels: &KernelOptions) -> Result<Tensor> {
     let (b, l, _) = x.dims3()?;
     let w = Tensor::from_vec(weights, (b, l), x.device())?;
     // Pooled in f32 whatever the compute dtype.
-    virnucpro_kernels::weighted_pool(x, &w)
+    virnucpro_kernels::weighted_pool(x, &w, kernels)
 }
 
 #[cfg(test)]
@@ -379,15 +414,16 @@ mod tests {
     #[test]
     fn attention_ignores_padding_keys() -> Result<()> {
         let dev = Device::Cpu;
+        let opts = KernelOptions::default();
         let (h, d) = (2, 4);
         let q = Tensor::randn(0f32, 1.0, (1, h, 5, d), &dev)?;
         let k = Tensor::randn(0f32, 1.0, (1, h, 5, d), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (1, h, 5, d), &dev)?;
         let full = AttentionMask::new(&[3], 5, DType::F32, &dev)?;
-        let padded = attention(&q, &k, &v, &full, 0.5)?.narrow(1, 0, 3)?;
+        let padded = attention(&q, &k, &v, &full, 0.5, &opts)?.narrow(1, 0, 3)?;
         let cut = |t: &Tensor| t.narrow(2, 0, 3);
         let short = AttentionMask::new(&[3], 3, DType::F32, &dev)?;
-        let alone = attention(&cut(&q)?, &cut(&k)?, &cut(&v)?, &short, 0.5)?;
+        let alone = attention(&cut(&q)?, &cut(&k)?, &cut(&v)?, &short, 0.5, &opts)?;
         let diff = (padded - alone)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "{diff}");
         Ok(())

@@ -12,6 +12,7 @@
 //! - [`esm`], [`dnabert`]: the encoders; [`tokenize`]: the ESM alphabet;
 //! - [`classifier`]: the MLP on the concatenated embeddings ([`pickle`]: PyTorch checkpoints);
 //! - [`embed`]: loading, tokenizing and batching; [`device`]: device and dtype choice;
+//! - [`options`]: what a model is built with (kernel choices, profiler, test hooks);
 //! - [`rng`]: the seeded PRNG (random weights, training); [`checksum`]: FNV-1a 64;
 //! - [`error`]: typed errors callers can match ([`WeightsError`]: a damaged weights file).
 //!
@@ -28,6 +29,7 @@ pub mod error;
 pub mod esm;
 pub mod files;
 pub mod layers;
+pub mod options;
 pub mod pickle;
 pub mod profile;
 pub mod rng;

@@ -25,6 +25,7 @@ use virnucpro_models::config::ModelFamily;
 use virnucpro_models::device::{device_name, select_device, DTypeSpec, DeviceSpec};
 use virnucpro_models::embed::{embed_sequences_with, load_from_files, EmbeddingModel, LoadOptions};
 use virnucpro_models::esm::TokenDropout;
+use virnucpro_models::options::ModelOptions;
 
 use crate::features::{
     parse_shard, shard_file_name, write_manifest, write_shard, FeatureInfo, FeatureManifest,
@@ -59,6 +60,8 @@ pub struct ExtractOptions {
     pub batch_tokens: Option<usize>,
     pub rows_per_shard: usize,
     pub esm_token_dropout: TokenDropout,
+    /// Kernel choices and test hooks, kept by the models.
+    pub model_options: ModelOptions,
 }
 
 impl ExtractOptions {
@@ -74,6 +77,7 @@ impl ExtractOptions {
             batch_tokens: None,
             rows_per_shard: DEFAULT_ROWS_PER_SHARD,
             esm_token_dropout: TokenDropout::Auto,
+            model_options: ModelOptions::default(),
         }
     }
 }
@@ -322,13 +326,14 @@ fn load_model(
     }
     let options = LoadOptions {
         esm_token_dropout: opts.esm_token_dropout,
+        model: opts.model_options.clone(),
     };
     load_from_files(files, device, opts.dtype, &options)
         .with_context(|| format!("cannot load model `{spec}`"))
 }
 
 fn load_models(opts: &ExtractOptions) -> Result<Models> {
-    let device = select_device(opts.device)?;
+    let device = select_device(opts.device, &opts.model_options.kernels)?;
     let dnabert = load_model(
         "--dnabert",
         &opts.dnabert,
