@@ -337,7 +337,12 @@ fn time_shape(
     sweep: Sweep,
     progress: &mut dyn Progress,
 ) -> Result<BenchRow> {
-    let (b, t, imp, ragged) = (batch.batch_size(), batch.max_len, model.attention, sweep.ragged);
+    let (b, t, imp, ragged) = (
+        batch.batch_size(),
+        batch.max_len,
+        model.attention,
+        sweep.ragged,
+    );
     let real: usize = batch.lengths.iter().sum();
     let time = timing::measure(device, sweep.warmup, sweep.repeats, 1.0, || {
         model.encoder.forward_pooled(batch).map(drop)
@@ -411,7 +416,13 @@ pub fn op_profile(
     options: &KernelOptions,
     progress: &mut dyn Progress,
 ) -> Result<Vec<OpRow>> {
-    let x = OpInputs::new(device, dtype, (b, t), (hidden, heads, ffn_in, ffn_out), options)?;
+    let x = OpInputs::new(
+        device,
+        dtype,
+        (b, t),
+        (hidden, heads, ffn_in, ffn_out),
+        options,
+    )?;
     let mut tm = OpTimer {
         device,
         repeats,
@@ -552,7 +563,8 @@ impl OpInputs {
         res: Option<&Tensor>,
         gelu: bool,
     ) -> Result<bool> {
-        Ok(self.fused && kernels::linear(x, w, bias, res, gelu, &self.kernels, &self.gemm)?.is_some())
+        Ok(self.fused
+            && kernels::linear(x, w, bias, res, gelu, &self.kernels, &self.gemm)?.is_some())
     }
 }
 
@@ -616,7 +628,10 @@ fn time_qkv_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear qkv cuBLASLt (+bias) [N,H]x[H,3H]",
             mm(n, hidden, 3 * hidden),
             flops,
-            &mut || kernels::linear(xs, w_qkv, Some(bias_qkv), None, false, &x.kernels, &x.gemm).map(drop),
+            &mut || {
+                kernels::linear(xs, w_qkv, Some(bias_qkv), None, false, &x.kernels, &x.gemm)
+                    .map(drop)
+            },
         )?;
         // GEMM speed on an H100 depends on the data (power draw): PyTorch's baseline uses
         // weights of std 0.02, as trained models have; this row uses the same.
@@ -625,7 +640,18 @@ fn time_qkv_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear qkv cuBLASLt (+bias), W std 0.02",
             mm(n, hidden, 3 * hidden),
             flops,
-            &mut || kernels::linear(xs, &w_qkv_small, Some(bias_qkv), None, false, &x.kernels, &x.gemm).map(drop),
+            &mut || {
+                kernels::linear(
+                    xs,
+                    &w_qkv_small,
+                    Some(bias_qkv),
+                    None,
+                    false,
+                    &x.kernels,
+                    &x.gemm,
+                )
+                .map(drop)
+            },
         )?;
     }
     tm.time(
@@ -702,7 +728,18 @@ fn time_out_and_norm_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear out cuBLASLt (+bias+res) [N,H]x[H,H]",
             mm(n, hidden, hidden),
             flops,
-            &mut || kernels::linear(xs, w_out, Some(&b_out), Some(xs), false, &x.kernels, &x.gemm).map(drop),
+            &mut || {
+                kernels::linear(
+                    xs,
+                    w_out,
+                    Some(&b_out),
+                    Some(xs),
+                    false,
+                    &x.kernels,
+                    &x.gemm,
+                )
+                .map(drop)
+            },
         )?;
     }
     tm.time(
@@ -807,7 +844,9 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
             mm(n, ffn_out, hidden),
             flops,
-            &mut || kernels::linear(h1, w2, Some(&b2), Some(xs), false, &x.kernels, &x.gemm).map(drop),
+            &mut || {
+                kernels::linear(h1, w2, Some(&b2), Some(xs), false, &x.kernels, &x.gemm).map(drop)
+            },
         )?;
     }
     Ok(())

@@ -211,7 +211,7 @@ pub fn run(opts: &DoctorOptions, progress: &mut dyn Progress) -> Result<DoctorRe
     let dev = open_device(&mut run, opts)?;
     check_user_models(&mut run, opts, &dev)?;
     let models = check_real_shape_models(&mut run, opts, &dev)?;
-    check_fused_attention(&mut run, &dev)?;
+    check_fused_attention(&mut run, &dev, &opts.kernels)?;
     time_fused_attention(&mut run, opts, &dev, &models)?;
     run.rep.ok = true;
     Ok(run.rep)
@@ -408,7 +408,7 @@ fn check_real_shape_models(
 
 /// ENV-04: the fused attention kernel, every case with every compiled tile variant, and the
 /// fused ops (epilogues, cuBLASLt, LayerNorm, rotary, gated GELU) against candle's.
-fn check_fused_attention(run: &mut Checkup, dev: &Device) -> Result<()> {
+fn check_fused_attention(run: &mut Checkup, dev: &Device, options: &KernelOptions) -> Result<()> {
     let mut worst = 0f64;
     let mut failed = None;
     let hopper = kernels::hopper_attention(dev);
@@ -441,7 +441,7 @@ fn check_fused_attention(run: &mut Checkup, dev: &Device) -> Result<()> {
             }
         }
     }
-    check_fused_ops(run, dev, &opts.kernels)?;
+    check_fused_ops(run, dev, options)?;
     if let Some((name, detail)) = failed {
         run.line(
             "ENV-04",
@@ -468,9 +468,9 @@ fn check_fused_attention(run: &mut Checkup, dev: &Device) -> Result<()> {
 }
 
 /// The part of ENV-04 that checks the fused ops other than attention against candle's.
-fn check_fused_ops(run: &mut Checkup, dev: &Device, kernels: &KernelOptions) -> Result<()> {
+fn check_fused_ops(run: &mut Checkup, dev: &Device, options: &KernelOptions) -> Result<()> {
     let epilogues =
-        selftest::check_bias_act(dev, kernels).context("fused epilogue / fused ops check")?;
+        selftest::check_bias_act(dev, options).context("fused epilogue / fused ops check")?;
     let worst_epi = epilogues.iter().map(|e| e.1).fold(0f64, f64::max);
     if let Some((name, rel, limit)) = epilogues.iter().find(|e| e.1.is_nan() || e.1 > e.2) {
         run.line(
@@ -498,7 +498,7 @@ fn time_fused_attention(
     run: &mut Checkup,
     opts: &DoctorOptions,
     dev: &Device,
-    models: &[(bench::BenchModel, DTypeSpec)],
+    models: &[(Vec<bench::BenchModel>, DTypeSpec)],
 ) -> Result<()> {
     if opts.skip_bench {
         run.line(
