@@ -21,6 +21,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha1::Digest as _;
 use virnucpro_atomic::AtomicFile;
 
+use crate::error::ChecksumError;
+
 /// The expected hash of a file: what a preset pins its classifier to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Digest {
@@ -212,15 +214,13 @@ impl Cache {
                 .of_file(&path)
                 .with_context(|| format!("cannot read the cached file {}", path.display()))?;
             if &actual != digest {
-                bail!(
-                    "the cached file {} does not have the expected {} (expected {}, actual {}): \
-                     it was changed after it was downloaded; delete it and run again to download \
-                     it anew",
-                    path.display(),
-                    digest.algorithm(),
-                    digest.hex(),
-                    actual.hex()
-                );
+                return Err(ChecksumError::Cached {
+                    path,
+                    algorithm: digest.algorithm(),
+                    expected: digest.hex(),
+                    actual: actual.hex(),
+                }
+                .into());
             }
             tracing::debug!("{url}: cached at {}", path.display());
             return Ok(path);
@@ -315,15 +315,14 @@ impl Cache {
             .with_context(|| format!("cannot read back {}", file.temp_path().display()))?;
         if &actual != digest {
             // Dropping `file` removes the temporary file: nothing is cached.
-            bail!(
-                "the file downloaded from {url} ({received} bytes) does not have the expected {}: \
-                 expected {}, actual {}; it was not cached. The file at the URL changed or the \
-                 download was altered on the way: check the URL, or fix the expected hash if you \
-                 published a new version",
-                digest.algorithm(),
-                digest.hex(),
-                actual.hex()
-            );
+            return Err(ChecksumError::Downloaded {
+                url: url.to_string(),
+                bytes: received,
+                algorithm: digest.algorithm(),
+                expected: digest.hex(),
+                actual: actual.hex(),
+            }
+            .into());
         }
         file.commit()
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -405,6 +404,42 @@ pub fn is_url(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cached file changed after it was verified: a typed error callers can match, and the
+    /// cached copy is never returned.
+    #[test]
+    fn a_changed_cached_file_is_a_typed_checksum_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache {
+            dir: dir.path().to_path_buf(),
+            offline: true,
+            progress: false,
+        };
+        let url = "https://example.org/models/classifier.pth";
+        // `printf 'hello\n' | sha256sum`
+        let digest =
+            Digest::sha256("5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03")
+                .unwrap();
+        let path = cache.path_for(url, &digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"hello\n").unwrap();
+        assert_eq!(cache.fetch(url, &digest).unwrap(), path);
+        std::fs::write(&path, b"hellO\n").unwrap();
+        let err = cache.fetch(url, &digest).unwrap_err();
+        match err.downcast_ref::<ChecksumError>() {
+            Some(ChecksumError::Cached {
+                path: p,
+                algorithm: "sha256",
+                expected,
+                ..
+            }) => {
+                assert_eq!(p, &path);
+                assert_eq!(expected, &digest.hex());
+            }
+            other => panic!("not a typed cached-file checksum error: {other:?} ({err:#})"),
+        }
+        assert!(err.to_string().contains("delete it and run again"), "{err}");
+    }
 
     #[test]
     fn git_blob_sha1_matches_git_hash_object() {

@@ -14,6 +14,8 @@ use virnucpro_models::config::{ModelConfig, ModelFamily};
 use virnucpro_models::files::ModelFiles;
 use virnucpro_models::weights::{shard_names, WeightFiles, WEIGHT_CANDIDATES};
 
+use crate::error::ChecksumError;
+
 /// Default protein model of the pipeline.
 pub const DEFAULT_PROTEIN_MODEL: &str = "Synthyra/FastESM2_650";
 /// Default nucleotide model of the pipeline.
@@ -121,16 +123,15 @@ pub fn verify_cache_hashes(files: &ModelFiles) -> anyhow::Result<String> {
                 actual,
             } => {
                 let blob = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-                bail!(
-                    "{} of `{}` does not match the content hash the Hugging Face cache names it \
-                     by: expected {algo} {expected}, got {actual}. The cached file is corrupt \
-                     (bit rot, an interrupted or bad copy): delete {} and download it again \
-                     (`huggingface-cli download {} --force-download`)",
-                    path.display(),
-                    files.source,
-                    blob.display(),
-                    files.source
-                );
+                return Err(ChecksumError::HubBlob {
+                    path: path.to_path_buf(),
+                    blob,
+                    source_id: files.source.clone(),
+                    algorithm: algo,
+                    expected,
+                    actual,
+                }
+                .into());
             }
         }
     }
