@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::BIN;
+use crate::util::{output_files, BIN};
 const ORACLE: &str = "tests/data/oracle";
 /// The reference run's `--batch-tokens` and the injected run's limit.
 const BUDGET: usize = 128;
@@ -73,15 +73,9 @@ fn predict(input: &Path, out: &Path, batch_tokens: usize, oom_tokens: Option<usi
 
 /// The result files of a run (hidden ones, the journal, left out) with their bytes.
 fn result_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (name, fs::read(e.path()).unwrap())
-        })
-        .collect()
+    let mut files = output_files(dir);
+    files.retain(|name, _| !name.starts_with('.'));
+    files
 }
 
 #[test]

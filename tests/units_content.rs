@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::BIN;
+use crate::util::{output_files, BIN};
 const O: &str = "tests/data/oracle";
 
 /// Seeded records of 30 to 250 bases (some lower case, some N), short enough that a unit holds
@@ -70,14 +70,7 @@ fn predict(input: &Path, out: &Path) -> BTreeMap<String, Vec<u8>> {
         input.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    fs::read_dir(out)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            (name, fs::read(e.path()).unwrap())
-        })
-        .collect()
+    output_files(out)
 }
 
 #[test]

@@ -134,6 +134,18 @@ pub fn send_signal(pid: u32, signal: &str) {
     assert!(ok, "kill -{signal} {pid} failed");
 }
 
+/// Every file of an output directory with its bytes, by name (hidden ones included).
+pub fn output_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
 /// The safetensors `__metadata__` exactly as stored.
 pub fn raw_metadata(path: &Path) -> HashMap<String, String> {
     let bytes = fs::read(path).unwrap();

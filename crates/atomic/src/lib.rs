@@ -1,8 +1,8 @@
 //! Output files that appear complete or not at all.
 //!
 //! An [`AtomicFile`] writes to a hidden temporary file beside its target
-//! (`.<name>.tmp-<pid>-<n>`) and renames it over the target on [`AtomicFile::commit`], after an
-//! fsync. Dropping it uncommitted (an error, a panic) removes the temporary file. Every live
+//! (`.<name>.tmp-<pid>-<random>`) and renames it over the target on [`AtomicFile::commit`], after
+//! an fsync. Dropping it uncommitted (an error, a panic) removes the temporary file. Every live
 //! temporary file is kept in a process-wide registry so that [`install_interrupt_handler`] can
 //! remove them on Ctrl-C or SIGTERM before exiting with status 130. Outputs that belong together
 //! are committed with [`commit_all`], which renames nothing until every file is written.
@@ -23,7 +23,6 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// Exit status after an interrupt, as shells report death by SIGINT (128 + 2).
@@ -31,7 +30,13 @@ pub const INTERRUPTED_EXIT_CODE: i32 = 130;
 
 /// Temporary files not yet committed or removed, for the interrupt handler.
 static LIVE_TEMPS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A random value for temporary names: std's per-process random hash keys, which differ for
+/// every `RandomState`.
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
 
 /// Locks the registry. A panic while it was held cannot leave it inconsistent (every update is
 /// a single insert or remove), so a poisoned lock is used as is.
@@ -62,20 +67,22 @@ impl AtomicFile {
                 format!("output path {} has no file name", target.display()),
             )
         })?;
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".tmp-{}-{n}", std::process::id()));
-        let temp = target.with_file_name(temp_name);
-
         // Create and register under the lock, so an interrupt either sees the file or finds
-        // it not yet created.
+        // it not yet created. `create_new` makes the name exclusive; a name already taken (by
+        // another writer of the same target) is drawn again.
         let mut live = registry();
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(|e| annotate(e, "cannot create temporary file", &temp))?;
+        let mut attempt = 0;
+        let (temp, file) = loop {
+            let mut temp_name = std::ffi::OsString::from(".");
+            temp_name.push(name);
+            temp_name.push(format!(".tmp-{}-{:016x}", std::process::id(), random_u64()));
+            let temp = target.with_file_name(temp_name);
+            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(file) => break (temp, file),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+                Err(e) => return Err(annotate(e, "cannot create temporary file", &temp)),
+            }
+        };
         live.get_or_insert_with(HashSet::new).insert(temp.clone());
         drop(live);
 
@@ -202,7 +209,7 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Removes the temporary files that [`AtomicFile`]s for `names` in `dir` left behind when their
-/// process was killed (`kill -9`, a power cut): `.<name>.tmp-<pid>-<n>`. Only call it while
+/// process was killed (`kill -9`, a power cut): `.<name>.tmp-<pid>-<random>`. Only call it while
 /// holding the directory (e.g. its journal's lock), when no other process can be writing there.
 /// Returns how many were removed.
 pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> usize {
