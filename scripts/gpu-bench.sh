@@ -123,7 +123,8 @@ fits() {
 }
 
 # Runs "$@", sampling the GPU's used memory every 200 ms; appends the command's last output line
-# (predict's summary) and "peak memory.used N MiB" to LOG.
+# (predict's summary), the memory pool's high-water marks where `-v` logged them, and
+# "peak memory.used N MiB" to LOG.
 with_peak_memory() {
     local log=$1
     shift
@@ -134,6 +135,7 @@ with_peak_memory() {
     kill "$mon" 2> /dev/null
     wait "$mon" 2> /dev/null
     tail -n 1 /tmp/virnucpro-cmd.log >> "$log"
+    grep -o "device memory at its highest.*" /tmp/virnucpro-cmd.log >> "$log"
     echo "peak memory.used $(sort -n /tmp/virnucpro-mem.csv | tail -n 1) MiB (exit $rc)" >> "$log"
 }
 
@@ -181,7 +183,7 @@ predict_runs() {  # SHAPE RECORDS RUNS LOG
     local r
     for r in $(seq 1 "$runs"); do
         echo "-- predict --random-weights $shape, $records records, run $r" >> "$log"
-        with_peak_memory "$log" timeout "$(left)" "$V" predict "$genome" --chunk-len 500 \
+        with_peak_memory "$log" timeout "$(left)" "$V" -v predict "$genome" --chunk-len 500 \
             --random-weights "$shape" --dnabert "$CARRY/kmer" --out-dir "/tmp/virnucpro-o-$shape-$r" \
             --device cuda
     done

@@ -34,6 +34,11 @@ pub struct KernelOptions {
     /// touches and waits on the buffers' earlier events, on the same single stream: several
     /// driver calls per kernel on the host, and a wait before each kernel on the device.
     pub event_tracking: bool,
+    /// Return the CUDA memory pool's free memory to the driver between the two models' phases of
+    /// a `predict` group ([`crate::release_pool`]; `VIRNUCPRO_POOL_RELEASE=0` keeps it). Kept, the
+    /// blocks freed by one model's activations, sized for that model, stay reserved beside those
+    /// of the other.
+    pub release_pool_between_models: bool,
 }
 
 impl Default for KernelOptions {
@@ -44,6 +49,7 @@ impl Default for KernelOptions {
             gelu_epilogue: true,
             batch_invariant: false,
             event_tracking: false,
+            release_pool_between_models: true,
         }
     }
 }

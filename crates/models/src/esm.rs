@@ -247,6 +247,9 @@ impl EsmAttention {
         let qkv = self
             .ctx
             .section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
+        // Each activation is dropped as soon as it is dead: the device's peak memory is the sum
+        // of what lives at once (docs/BENCHMARKS.md, "predict (GPU)").
+        drop(normed);
         let fused = kernels.use_fused_attention(qkv.dtype(), self.head_dim, qkv.device())?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // Strided [b, heads, l, d] views of the projection: the fused kernel reads them in place.
@@ -257,6 +260,7 @@ impl EsmAttention {
             if let Some(ctx) = self.ctx.section("esm attention+rotary", dev, || {
                 attention_rotary(q, k, v, mask, rotary, scale, kernels)
             })? {
+                drop((views, qkv));
                 return self.ctx.section("esm out linear+res", dev, || {
                     self.out.forward_with(&ctx, Act::Identity, Some(x))
                 });
@@ -269,6 +273,7 @@ impl EsmAttention {
             let ctx = self.ctx.section("esm attention", dev, || {
                 attention(&q, &k, &views.2, mask, scale, kernels)
             })?;
+            drop((q, k, views, qkv));
             return self.ctx.section("esm out linear+res", dev, || {
                 self.out.forward_with(&ctx, Act::Identity, Some(x))
             });
@@ -311,16 +316,20 @@ impl EsmLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
+    /// Takes the layer's input by value: it is dropped once the attention block's residual add
+    /// has read it.
+    fn forward(&self, x: Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let dev = x.device();
-        let h = self.attention.forward(x, mask, rotary)?;
+        let dev = &x.device().clone();
+        let h = self.attention.forward(&x, mask, rotary)?;
+        drop(x);
         let normed = self
             .ctx
             .section("esm layer_norm", dev, || self.layer_norm.forward(&h, None))?;
         let ff = self.ctx.section("esm ffn1 linear+gelu", dev, || {
             self.intermediate.forward_with(&normed, Act::GeluErf, None)
         })?;
+        drop(normed);
         self.ctx.section("esm ffn2 linear+res", dev, || {
             self.output.forward_with(&ff, Act::Identity, Some(&h))
         })
@@ -469,7 +478,7 @@ impl Esm {
         };
         let mask = AttentionMask::new(&batch.lengths, l, self.dtype, &self.device)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, &self.rotary)?;
+            x = layer.forward(x, &mask, &self.rotary)?;
         }
         self.emb_layer_norm_after.forward(&x, None)
     }
