@@ -34,6 +34,11 @@ pub struct KernelOptions {
     /// touches and waits on the buffers' earlier events, on the same single stream: several
     /// driver calls per kernel on the host, and a wait before each kernel on the device.
     pub event_tracking: bool,
+    /// The linear layers of a model built on the CPU as [`crate::Int8Linear`]: int8 weights per
+    /// output channel, packed once at load, activations quantized per row (`--dtype int8`).
+    /// Embeddings, layer norms and attention stay f32; ignored on other devices (the caller
+    /// refuses int8 there).
+    pub cpu_int8: bool,
 }
 
 impl Default for KernelOptions {
@@ -44,6 +49,7 @@ impl Default for KernelOptions {
             gelu_epilogue: true,
             batch_invariant: false,
             event_tracking: false,
+            cpu_int8: false,
         }
     }
 }
