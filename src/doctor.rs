@@ -229,8 +229,23 @@ fn features_list(rep: &DoctorReport) -> String {
 /// `--device cpu`: ENV-01 and the user's models; the GPU checks are skipped.
 fn check_on_cpu(run: &mut Checkup, opts: &DoctorOptions) -> Result<()> {
     let feats = features_list(&run.rep);
+    let isa = kernels::cpu_int8_isa();
+    let int8 = if isa.simd {
+        format!(
+            "{}{}",
+            isa.kernel,
+            if isa.seven_bit_weights {
+                " (7-bit weights)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        format!("none ({}: --dtype int8 keeps f32)", isa.kernel)
+    };
     let summary = format!(
-        "virnucpro {} built with features: {feats}{}",
+        "virnucpro {} built with features: {feats}; CPU int8 matrix path (--dtype int8): \
+         {int8}{}",
         run.rep.version,
         if kernels::CUDA_BUILT {
             format!(". {CUDA_BUILD_NOTE}")
@@ -1000,6 +1015,7 @@ mod tests {
             "{}",
             sent[1]
         );
+        assert!(sent[0].contains("CPU int8 matrix path"), "{}", sent[0]);
         assert!(progress.notes.is_empty(), "{}", progress.notes);
     }
 }

@@ -851,7 +851,16 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
             (None, None)
         }
     };
-    let dtype = |family| format!("{:?}", resolve_dtype(req.dtype, family, &devices[0]));
+    // int8 computes in f32 around int8 linear layers: named, so that a resumed run cannot mix
+    // its results with f32's.
+    let dtype = |family| {
+        let d = format!("{:?}", resolve_dtype(req.dtype, family, &devices[0]));
+        if req.dtype == DTypeSpec::Int8 {
+            format!("{d} with int8 linear layers")
+        } else {
+            d
+        }
+    };
     fp.set("device", &kinds[0])
         .set(
             "dtype",

@@ -23,6 +23,7 @@
 //! [`materialized_attention`] is the reference: `softmax(scale * Q K^T + bias + mask) V` with the
 //! scores in device memory, run through candle's ordinary ops on any device and dtype.
 
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod error;
@@ -34,6 +35,7 @@ mod reference;
 pub mod rotary;
 pub mod selftest;
 
+pub use cpu::{cpu_int8_isa, CpuInt8Isa, Int8Linear};
 #[cfg(feature = "cuda")]
 pub use cuda::hold_pool_memory;
 pub use error::{anyhow_is_out_of_memory, is_out_of_memory, kernel_error, KernelError};

@@ -39,6 +39,11 @@ pub struct KernelOptions {
     /// blocks freed by one model's activations, sized for that model, stay reserved beside those
     /// of the other.
     pub release_pool_between_models: bool,
+    /// The linear layers of a model built on the CPU as [`crate::Int8Linear`]: int8 weights per
+    /// output channel, packed once at load, activations quantized per row (`--dtype int8`).
+    /// Embeddings, layer norms and attention stay f32; ignored on other devices (the caller
+    /// refuses int8 there).
+    pub cpu_int8: bool,
 }
 
 impl Default for KernelOptions {
@@ -50,6 +55,7 @@ impl Default for KernelOptions {
             batch_invariant: false,
             event_tracking: false,
             release_pool_between_models: true,
+            cpu_int8: false,
         }
     }
 }

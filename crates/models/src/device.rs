@@ -230,6 +230,10 @@ pub enum DTypeSpec {
     F32,
     F16,
     Bf16,
+    /// CPU only: the encoders' linear layers with int8 weights (per output channel, packed once
+    /// at load) and activations quantized per row; everything else f32 (see
+    /// [`virnucpro_kernels::Int8Linear`]). Opt-in: close to f32, not equal.
+    Int8,
 }
 
 impl FromStr for DTypeSpec {
@@ -240,7 +244,10 @@ impl FromStr for DTypeSpec {
             "f32" | "float32" | "fp32" => Ok(Self::F32),
             "f16" | "float16" | "fp16" | "half" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            _ => Err(format!("`{s}` is not a dtype; use auto, f32, f16 or bf16")),
+            "int8" | "i8" => Ok(Self::Int8),
+            _ => Err(format!(
+                "`{s}` is not a dtype; use auto, f32, f16, bf16 or int8 (CPU)"
+            )),
         }
     }
 }
@@ -252,6 +259,7 @@ impl fmt::Display for DTypeSpec {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
         })
     }
 }
@@ -259,10 +267,11 @@ impl fmt::Display for DTypeSpec {
 /// The compute dtype. `Auto`: f32 on the CPU (half precision is slow there and f32 is exact);
 /// f16 on a GPU for both families (FastESM2 ships in f16; DNABERT-S is post-LayerNorm, so its
 /// activations stay small). An overflow would show as non-finite embeddings, which
-/// [`crate::embed`] refuses with a message that suggests `--dtype bf16`.
+/// [`crate::embed`] refuses with a message that suggests `--dtype bf16`. `Int8`: f32 activations
+/// (its int8 is in the linear layers' weights, [`int8_model_options`]).
 pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> DType {
     match spec {
-        DTypeSpec::F32 => DType::F32,
+        DTypeSpec::F32 | DTypeSpec::Int8 => DType::F32,
         DTypeSpec::F16 => DType::F16,
         DTypeSpec::Bf16 => DType::BF16,
         DTypeSpec::Auto => match (device, family) {
@@ -273,6 +282,38 @@ pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> D
             _ => DType::F16,
         },
     }
+}
+
+/// The model options for `spec` on `device`: with `--dtype int8` on the CPU, the int8 linear
+/// layers on ([`virnucpro_kernels::KernelOptions::cpu_int8`]); elsewhere an error that says so.
+/// A CPU without SIMD int8 instructions keeps f32, with a warning. Other dtypes: `options`.
+pub fn int8_model_options(
+    spec: DTypeSpec,
+    device: &Device,
+    options: &crate::options::ModelOptions,
+) -> candle_core::Result<crate::options::ModelOptions> {
+    let mut options = options.clone();
+    if spec != DTypeSpec::Int8 {
+        return Ok(options);
+    }
+    if !device.is_cpu() {
+        candle_core::bail!(
+            "--dtype int8 runs on the CPU only (here: {}); on a GPU use --dtype f16, bf16 or \
+             f32 (or auto)",
+            device_name(device)
+        );
+    }
+    let isa = virnucpro_kernels::cpu_int8_isa();
+    if isa.simd {
+        options.kernels.cpu_int8 = true;
+    } else {
+        tracing::warn!(
+            "--dtype int8: this CPU has no SIMD int8 matrix instructions (kernel {}); the \
+             linear layers stay f32",
+            isa.kernel
+        );
+    }
+    Ok(options)
 }
 
 #[cfg(test)]
@@ -335,5 +376,23 @@ mod tests {
             resolve_dtype(DTypeSpec::Bf16, ModelFamily::Esm, &Device::Cpu),
             DType::BF16
         );
+    }
+
+    #[test]
+    fn int8_is_f32_activations_with_int8_linears_on_the_cpu() {
+        assert_eq!("INT8".parse::<DTypeSpec>(), Ok(DTypeSpec::Int8));
+        assert_eq!(DTypeSpec::Int8.to_string(), "int8");
+        assert!("int4".parse::<DTypeSpec>().unwrap_err().contains("int8"));
+        assert_eq!(
+            resolve_dtype(DTypeSpec::Int8, ModelFamily::DnaBert, &Device::Cpu),
+            DType::F32
+        );
+        let base = crate::options::ModelOptions::default();
+        let o = int8_model_options(DTypeSpec::Int8, &Device::Cpu, &base).unwrap();
+        assert_eq!(o.kernels.cpu_int8, virnucpro_kernels::cpu_int8_isa().simd);
+        for spec in [DTypeSpec::Auto, DTypeSpec::F32, DTypeSpec::F16] {
+            let o = int8_model_options(spec, &Device::Cpu, &base).unwrap();
+            assert!(!o.kernels.cpu_int8);
+        }
     }
 }

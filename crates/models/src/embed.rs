@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::config::{ModelConfig, ModelFamily};
-use crate::device::{device_name, resolve_dtype, DTypeSpec};
+use crate::device::{device_name, int8_model_options, resolve_dtype, DTypeSpec};
 use crate::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
 use crate::esm::{Esm, EsmConfig, TokenDropout};
 use crate::files::ModelFiles;
@@ -93,6 +93,11 @@ pub fn load_from_files(
     options: &LoadOptions,
 ) -> anyhow::Result<EmbeddingModel> {
     let family = files.family();
+    let model_options = int8_model_options(dtype, device, &options.model)?;
+    let options = &LoadOptions {
+        model: model_options,
+        ..options.clone()
+    };
     let dtype = resolve_dtype(dtype, family, device);
     let config_origin = files.config_path.display().to_string();
     let checkpoint = Checkpoint::open(&files.weights, family.checkpoint_prefix(), &config_origin)?;
@@ -216,6 +221,11 @@ pub fn random_embedding_model(
 ) -> anyhow::Result<EmbeddingModel> {
     const SEED: u64 = 0x5eed;
     let source = format!("random-weights:{kind}");
+    let model_options = int8_model_options(dtype, device, &options.model)?;
+    let options = &LoadOptions {
+        model: model_options,
+        ..options.clone()
+    };
     let (family, encoder, tokenizer, dtype): (_, Box<dyn Encoder>, Box<dyn SeqTokenizer>, _) =
         match kind {
             RandomModel::Esm2_650m | RandomModel::Esm2_3b => {
@@ -840,6 +850,45 @@ mod tests {
     /// The oracle's ESM2 model (its files as `virnucpro-assets` resolves a directory) and its
     /// protein records (one FASTA record per `>`, line breaks removed).
     fn oracle_esm2() -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
+        oracle_esm2_as(DTypeSpec::F32)
+    }
+
+    /// The records of a FASTA file of the oracle's inputs (line breaks removed).
+    fn oracle_records(name: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle/inputs");
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        text.split('>')
+            .skip(1)
+            .map(|record| {
+                let (header, seq) = record.split_once('\n').unwrap_or((record, ""));
+                let id = header.split_whitespace().next().unwrap_or("").to_string();
+                let seq: String = seq.split_whitespace().collect();
+                (id, seq.into_bytes())
+            })
+            .collect()
+    }
+
+    /// The oracle's DNABERT-S model (PyTorch zip weights) and its DNA records.
+    fn oracle_dnabert_as(dtype: DTypeSpec) -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
+        use crate::weights::{WeightFiles, WeightsFormat};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle");
+        let model_dir = dir.join("dnabert");
+        let config_path = model_dir.join("config.json");
+        let files = ModelFiles {
+            source: model_dir.display().to_string(),
+            config: ModelConfig::from_file(&config_path).unwrap(),
+            config_path,
+            weights: WeightFiles {
+                format: WeightsFormat::Pytorch,
+                files: vec![model_dir.join("pytorch_model.bin")],
+            },
+            tokenizer: model_dir.join("tokenizer.json"),
+        };
+        let model = load_from_files(files, &Device::Cpu, dtype, &LoadOptions::default()).unwrap();
+        (model, oracle_records("dna.fa"))
+    }
+
+    fn oracle_esm2_as(dtype: DTypeSpec) -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
         use crate::weights::{WeightFiles, WeightsFormat};
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle");
         let model_dir = dir.join("esm2");
@@ -854,20 +903,44 @@ mod tests {
             },
             tokenizer: model_dir.join("vocab.txt"),
         };
-        let model =
-            load_from_files(files, &Device::Cpu, DTypeSpec::F32, &LoadOptions::default()).unwrap();
-        let text = std::fs::read_to_string(dir.join("inputs/proteins.fa")).unwrap();
-        let records = text
-            .split('>')
-            .skip(1)
-            .map(|record| {
-                let (header, seq) = record.split_once('\n').unwrap_or((record, ""));
-                let id = header.split_whitespace().next().unwrap_or("").to_string();
-                let seq: String = seq.split_whitespace().collect();
-                (id, seq.into_bytes())
-            })
-            .collect();
-        (model, records)
+        let model = load_from_files(files, &Device::Cpu, dtype, &LoadOptions::default()).unwrap();
+        (model, oracle_records("proteins.fa"))
+    }
+
+    /// `--dtype int8` (CPU): every embedding within cosine 0.999 of f32's, for both families,
+    /// and the int8 linears really ran (the embeddings differ from f32's).
+    #[test]
+    fn int8_embeddings_match_f32_on_the_oracle_models() {
+        if !virnucpro_kernels::cpu_int8_isa().simd {
+            return; // int8 keeps f32 on this CPU
+        }
+        type Loader = fn(DTypeSpec) -> (EmbeddingModel, Vec<(String, Vec<u8>)>);
+        for (name, load) in [
+            ("esm2", oracle_esm2_as as Loader),
+            ("dnabert", oracle_dnabert_as as Loader),
+        ] {
+            let (f32_model, recs) = load(DTypeSpec::F32);
+            let (int8_model, _) = load(DTypeSpec::Int8);
+            assert!(int8_model.options.kernels.cpu_int8);
+            assert!(!f32_model.options.kernels.cpu_int8);
+            let want = embed_sequences(&f32_model, &recs, 4096).unwrap();
+            let got = embed_sequences(&int8_model, &recs, 4096).unwrap();
+            let (want, got) = (
+                want.embeddings.to_vec2::<f32>().unwrap(),
+                got.embeddings.to_vec2::<f32>().unwrap(),
+            );
+            assert_ne!(want, got, "{name}: int8 ran as f32");
+            let mut min_cos = 1f64;
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                let dot: f64 = a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum();
+                let na: f64 = a.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+                let nb: f64 = b.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+                let cos = dot / (na * nb);
+                assert!(cos >= 0.999, "{name} record {i}: cosine {cos}");
+                min_cos = min_cos.min(cos);
+            }
+            eprintln!("{name}: int8 vs f32, lowest cosine {min_cos:.6}");
+        }
     }
 
     fn bits(t: &Tensor) -> Vec<Vec<u32>> {

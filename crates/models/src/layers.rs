@@ -56,35 +56,49 @@ impl Embedding {
 }
 
 /// `y = x W^T + b`, weights as stored by PyTorch (`[out, in]`).
+///
+/// A model built on the CPU with [`KernelOptions::cpu_int8`] also keeps the weight quantized to
+/// int8 and packed ([`virnucpro_kernels::Int8Linear`], made once here at load), and its forward
+/// runs on that; the f32 weight stays (1.25x the f32 weights in all) for [`Self::out_dim`] and
+/// the fused q/k/v stacking.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    int8: Option<std::sync::Arc<virnucpro_kernels::Int8Linear>>,
     ctx: Ctx,
     span: tracing::Span,
 }
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>, ctx: &Ctx) -> Self {
-        Self {
+    /// Fails only where the int8 weights cannot be built (a CPU int8 model).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, ctx: &Ctx) -> Result<Self> {
+        let int8 = if ctx.kernels().cpu_int8 && weight.device().is_cpu() {
+            let q = virnucpro_kernels::Int8Linear::new(&weight, bias.as_ref())?;
+            Some(std::sync::Arc::new(q))
+        } else {
+            None
+        };
+        Ok(Self {
             weight,
             bias,
+            int8,
             ctx: ctx.clone(),
             span: tracing::span!(tracing::Level::TRACE, "linear"),
-        }
+        })
     }
 
     /// Loads `weight` `[out, in]` and `bias` `[out]`.
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, ctx: &Ctx) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = vb.get(out_dim, "bias")?;
-        Ok(Self::new(weight, Some(bias), ctx))
+        Self::new(weight, Some(bias), ctx)
     }
 
     /// Loads `weight` `[out, in]` without a bias.
     pub fn load_no_bias(vb: VarBuilder, in_dim: usize, out_dim: usize, ctx: &Ctx) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        Ok(Self::new(weight, None, ctx))
+        Self::new(weight, None, ctx)
     }
 
     /// Stacks several linears that read the same input (q, k, v) into one, so that one matmul
@@ -95,20 +109,19 @@ impl Linear {
         out_dim: usize,
         ctx: &Ctx,
     ) -> Result<Self> {
+        // The parts' tensors only: the stacked layer alone is built (and quantized, for int8).
         let parts = vbs
             .iter()
-            .map(|vb| Self::load(vb.clone(), in_dim, out_dim, ctx))
+            .map(|vb| {
+                Ok((
+                    vb.get((out_dim, in_dim), "weight")?,
+                    vb.get(out_dim, "bias")?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let weight = Tensor::cat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>(), 0)?;
-        let biases = parts
-            .iter()
-            .map(|p| p.bias.as_ref())
-            .collect::<Option<Vec<_>>>();
-        let bias = match biases {
-            Some(b) => Some(Tensor::cat(&b, 0)?),
-            None => None,
-        };
-        Ok(Self::new(weight, bias, ctx))
+        let weight = Tensor::cat(&parts.iter().map(|p| &p.0).collect::<Vec<_>>(), 0)?;
+        let bias = Tensor::cat(&parts.iter().map(|p| &p.1).collect::<Vec<_>>(), 0)?;
+        Self::new(weight, Some(bias), ctx)
     }
 
     pub fn out_dim(&self) -> usize {
@@ -137,6 +150,18 @@ impl Linear {
             Some(r) => Some(r.reshape((rows, self.out_dim()))?),
             None => None,
         };
+        if let Some(q) = &self.int8 {
+            // CPU int8: bias inside, the exact GELU and the residual add in f32 after.
+            let y = q.forward(&x2)?.reshape(out_dims)?;
+            let y = match act {
+                Act::Identity => y,
+                Act::GeluErf => y.gelu_erf()?,
+            };
+            return match residual {
+                Some(r) => y + r,
+                None => Ok(y),
+            };
+        }
         // Bias + GELU (tanh approximation) in the cuBLASLt epilogue: see
         // KernelOptions::gelu_epilogue.
         if act == Act::GeluErf && residual.is_none() && kernels.gelu_epilogue {
