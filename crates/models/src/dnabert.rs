@@ -19,6 +19,7 @@
 //! There are no position embeddings: every head adds `-slope_h * |i - j|` to its scores.
 //! `pooler.*` is present in checkpoints and unused.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -28,7 +29,7 @@ use serde::Deserialize;
 
 use virnucpro_kernels::KernelOptions;
 
-use super::layers::{split_qkv, split_qkv_views, Act, Embedding, LayerNorm, Linear};
+use super::layers::{split_qkv, split_qkv_views, Act, Embedding, LayerNorm, Linear, Packing};
 use super::options::{Ctx, ModelContext, ModelOptions};
 use super::{Encoder, SeqTokenizer, TokenBatch};
 
@@ -204,6 +205,16 @@ impl AttentionBias {
     }
 }
 
+/// How a batch's sequences lie in the activations, with their attention biases.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// `[batch, max_len, hidden]`, one bias for the batch (padding masked).
+    Padded(&'a AttentionBias),
+    /// `[1, total, hidden]` end to end (the CPU's layout), with the bias of one unpadded sequence
+    /// of each length present.
+    Packed(&'a Packing, &'a HashMap<usize, AttentionBias>),
+}
+
 /// Scaled dot-product attention with an additive bias.
 ///
 /// `q`, `k`, `v`: `[batch, heads, L, head_dim]`; returns `[batch, heads, L, head_dim]`.
@@ -302,7 +313,49 @@ impl DnaBertAttention {
     }
 
     /// `LN_a(x + Wo·Attn(x))`.
-    fn forward(&self, x: &Tensor, bias: &AttentionBias) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rows: Rows) -> Result<Tensor> {
+        match rows {
+            Rows::Padded(bias) => self.forward_padded(x, bias),
+            Rows::Packed(packing, biases) => self.forward_packed(x, packing, biases),
+        }
+    }
+
+    /// [`Self::forward_padded`] on packed rows: the projections over every token, attention on
+    /// each sequence's rows with its own length's bias.
+    fn forward_packed(
+        &self,
+        x: &Tensor,
+        packing: &Packing,
+        biases: &HashMap<usize, AttentionBias>,
+    ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("dnabert-attention").entered();
+        let h = x.dim(2)?;
+        let dev = x.device();
+        let qkv = self
+            .ctx
+            .section("dnabert qkv linear", dev, || self.wqkv.forward(x))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let ctx = self.ctx.section("dnabert attention", dev, || {
+            packing.per_sequence(&qkv, |len, rows| {
+                let (q, k, v) = split_qkv(rows, self.num_heads, self.head_dim)?;
+                let Some(bias) = biases.get(&len) else {
+                    candle_core::bail!("DNABERT-S: no attention bias for a sequence of {len}");
+                };
+                attention(&q, &k, &v, bias, scale, self.ctx.kernels())?
+                    .transpose(1, 2)?
+                    .reshape((1, len, h))
+            })
+        })?;
+        drop(qkv);
+        let out = self.ctx.section("dnabert out linear+res", dev, || {
+            self.output.forward_with(&ctx, Act::Identity, Some(x))
+        })?;
+        self.ctx.section("dnabert layer_norm", dev, || {
+            self.layer_norm.forward(&out, None)
+        })
+    }
+
+    fn forward_padded(&self, x: &Tensor, bias: &AttentionBias) -> Result<Tensor> {
         let _span = tracing::trace_span!("dnabert-attention").entered();
         let (b, l, h) = x.dims3()?;
         let dev = x.device();
@@ -386,8 +439,8 @@ impl DnaBertLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, bias: &AttentionBias) -> Result<Tensor> {
-        let h = self.attention.forward(x, bias)?;
+    fn forward(&self, x: &Tensor, rows: Rows) -> Result<Tensor> {
+        let h = self.attention.forward(x, rows)?;
         self.mlp.forward(&h)
     }
 }
@@ -458,9 +511,34 @@ impl DnaBert {
             self.embeddings.forward(&ids)
         })?;
         for layer in &self.layers {
-            x = layer.forward(&x, &bias)?;
+            x = layer.forward(&x, Rows::Padded(&bias))?;
         }
         Ok(x)
+    }
+
+    /// The pooled embeddings of [`Encoder::forward_pooled`] computed on packed rows
+    /// ([`Packing`]): what the CPU runs.
+    fn forward_pooled_packed(&self, batch: &TokenBatch) -> Result<Tensor> {
+        let _span = tracing::trace_span!("dnabert-forward").entered();
+        self.check_batch(batch)?;
+        let packing = Packing::new(&batch.lengths);
+        let ids = packing.pack(&batch.ids, batch.max_len);
+        let ids = Tensor::from_vec(ids, (1, packing.total()), &self.device)?;
+        let mut biases = HashMap::new();
+        for &len in &batch.lengths {
+            if let std::collections::hash_map::Entry::Vacant(e) = biases.entry(len) {
+                e.insert(AttentionBias::new(&self.slopes, &[len], len, &self.device)?);
+            }
+        }
+        let mut x = self.ctx.section("dnabert embeddings", &self.device, || {
+            self.embeddings.forward(&ids)
+        })?;
+        for layer in &self.layers {
+            x = layer.forward(&x, Rows::Packed(&packing, &biases))?;
+        }
+        let _span = tracing::trace_span!("dnabert-pool").entered();
+        // Every real token, `[CLS]` and `[SEP]` included.
+        packing.mean_pool(&x, |len| 0..len)
     }
 
     fn check_batch(&self, batch: &TokenBatch) -> Result<()> {
@@ -504,6 +582,9 @@ impl Encoder for DnaBert {
     }
 
     fn forward_pooled(&self, batch: &TokenBatch) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            return self.forward_pooled_packed(batch);
+        }
         let hidden = self.forward_hidden(batch)?;
         let _span = tracing::trace_span!("dnabert-pool").entered();
         let dev = hidden.device().clone();

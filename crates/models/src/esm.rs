@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::layers::{
     attention, attention_rotary, split_qkv, split_qkv_views, weighted_pool, Act, AttentionMask,
-    Embedding, LayerNorm, Linear, Rotary,
+    Embedding, LayerNorm, Linear, Packing, Rotary,
 };
 use super::options::{Ctx, ModelContext, ModelOptions};
 use super::{Encoder, TokenBatch};
@@ -207,6 +207,15 @@ impl TokenDropout {
     }
 }
 
+/// How a batch's sequences lie in the activations.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// `[batch, max_len, hidden]`, padding masked (GPUs: the fused kernels take this layout).
+    Padded(&'a AttentionMask),
+    /// `[1, total, hidden]`, end to end ([`Packing`], the CPU's layout).
+    Packed(&'a Packing),
+}
+
 /// Pre-LN self-attention block: `x + Wo·Attn(LN(x))`.
 #[derive(Debug, Clone)]
 struct EsmAttention {
@@ -237,7 +246,42 @@ impl EsmAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rows: Rows, rotary: &Rotary) -> Result<Tensor> {
+        match rows {
+            Rows::Padded(mask) => self.forward_padded(x, mask, rotary),
+            Rows::Packed(packing) => self.forward_packed(x, packing, rotary),
+        }
+    }
+
+    /// [`Self::forward_padded`] on packed rows: one projection over every token, then attention
+    /// on each sequence's rows (rotary positions counted from its first token).
+    fn forward_packed(&self, x: &Tensor, packing: &Packing, rotary: &Rotary) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let dev = x.device();
+        let kernels = self.ctx.kernels();
+        let normed = self
+            .ctx
+            .section("esm layer_norm", dev, || self.layer_norm.forward(x, None))?;
+        let qkv = self
+            .ctx
+            .section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
+        drop(normed);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let ctx = self.ctx.section("esm attention", dev, || {
+            packing.per_sequence(&qkv, |len, rows| {
+                let (q, k, v) = split_qkv(rows, self.heads, self.head_dim)?;
+                let (q, k) = (rotary.forward(&q)?, rotary.forward(&k)?);
+                let alone = AttentionMask::new(&[len], len, q.dtype(), q.device())?;
+                attention(&q, &k, &v, &alone, scale, kernels)
+            })
+        })?;
+        drop(qkv);
+        self.ctx.section("esm out linear+res", dev, || {
+            self.out.forward_with(&ctx, Act::Identity, Some(x))
+        })
+    }
+
+    fn forward_padded(&self, x: &Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
         let _enter = self.span.enter();
         let dev = x.device();
         let kernels = self.ctx.kernels();
@@ -318,10 +362,10 @@ impl EsmLayer {
 
     /// Takes the layer's input by value: it is dropped once the attention block's residual add
     /// has read it.
-    fn forward(&self, x: Tensor, mask: &AttentionMask, rotary: &Rotary) -> Result<Tensor> {
+    fn forward(&self, x: Tensor, rows: Rows, rotary: &Rotary) -> Result<Tensor> {
         let _enter = self.span.enter();
         let dev = &x.device().clone();
-        let h = self.attention.forward(&x, mask, rotary)?;
+        let h = self.attention.forward(&x, rows, rotary)?;
         drop(x);
         let normed = self
             .ctx
@@ -478,9 +522,37 @@ impl Esm {
         };
         let mask = AttentionMask::new(&batch.lengths, l, self.dtype, &self.device)?;
         for layer in &self.layers {
-            x = layer.forward(x, &mask, &self.rotary)?;
+            x = layer.forward(x, Rows::Padded(&mask), &self.rotary)?;
         }
         self.emb_layer_norm_after.forward(&x, None)
+    }
+
+    /// The pooled embeddings of [`Encoder::forward_pooled`] computed on packed rows
+    /// ([`Packing`]): what the CPU runs.
+    fn forward_pooled_packed(&self, batch: &TokenBatch) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        check_batch(batch)?;
+        let l = batch.max_len;
+        let packing = Packing::new(&batch.lengths);
+        let t = packing.total();
+        let ids = Tensor::from_vec(packing.pack(&batch.ids, l), (1, t), &self.device)?;
+        let has_mask = self.token_dropout && batch.ids.contains(&self.mask_token_id);
+        let mut x = if has_mask {
+            let factors = packing.pack(&self.embedding_factors(batch), l);
+            let factors =
+                Tensor::from_vec(factors, (1, t, 1), &self.device)?.to_dtype(self.dtype)?;
+            self.word_embeddings
+                .forward(&ids)?
+                .broadcast_mul(&factors)?
+        } else {
+            self.scaled_lookup.forward(&ids)?
+        };
+        for layer in &self.layers {
+            x = layer.forward(x, Rows::Packed(&packing), &self.rotary)?;
+        }
+        let x = self.emb_layer_norm_after.forward(&x, None)?;
+        // The residues: `<cls>` and `<eos>` left out.
+        packing.mean_pool(&x, |len| 1..len - 1)
     }
 }
 
@@ -515,6 +587,9 @@ impl Encoder for Esm {
     /// Mean over positions `1..=len-2` of each row (the residues; `<cls>`, `<eos>` and padding
     /// excluded).
     fn forward_pooled(&self, batch: &TokenBatch) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            return self.forward_pooled_packed(batch);
+        }
         let hidden = self.forward(batch)?;
         let l = batch.max_len;
         let mut w = vec![0f32; batch.batch_size() * l];

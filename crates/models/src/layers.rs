@@ -423,6 +423,81 @@ pub fn attention_rotary(
         .transpose()
 }
 
+/// A batch's sequences laid end to end without padding, the CPU's layout: activations are
+/// `[1, total, hidden]`, every op but attention works token by token on them, and attention runs
+/// on each sequence's own rows. Padding then costs no work, and a sequence's attention never
+/// depends on the length of the batch's longest.
+#[derive(Debug, Clone)]
+pub struct Packing {
+    /// `(first token, length)` of each sequence, in batch order.
+    spans: Vec<(usize, usize)>,
+    total: usize,
+}
+
+impl Packing {
+    /// The packing of sequences of `lengths` tokens.
+    pub fn new(lengths: &[usize]) -> Self {
+        let mut total = 0;
+        let spans = lengths
+            .iter()
+            .map(|&len| {
+                let span = (total, len);
+                total += len;
+                span
+            })
+            .collect();
+        Self { spans, total }
+    }
+
+    /// Tokens of all sequences.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Per-position values of a padded batch (`batch * max_len`, row-major), padding left out.
+    pub fn pack<T: Copy>(&self, padded: &[T], max_len: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.total);
+        for (row, &(_, len)) in self.spans.iter().enumerate() {
+            out.extend_from_slice(&padded[row * max_len..row * max_len + len]);
+        }
+        out
+    }
+
+    /// Runs `f(len, rows)` on each sequence's rows of `x` (`[1, total, ...]`, narrowed on
+    /// dimension 1) and concatenates the results on dimension 1.
+    pub fn per_sequence(
+        &self,
+        x: &Tensor,
+        mut f: impl FnMut(usize, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let parts = self
+            .spans
+            .iter()
+            .map(|&(start, len)| f(len, &x.narrow(1, start, len)?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)
+    }
+
+    /// Mean of each sequence's rows `rows(len)` of `x` (`[1, total, hidden]`), in f32:
+    /// `[batch, hidden]`.
+    pub fn mean_pool(
+        &self,
+        x: &Tensor,
+        rows: impl Fn(usize) -> std::ops::Range<usize>,
+    ) -> Result<Tensor> {
+        let x = x.squeeze(0)?.to_dtype(DType::F32)?;
+        let means = self
+            .spans
+            .iter()
+            .map(|&(start, len)| {
+                let r = rows(len);
+                x.narrow(0, start + r.start, r.len())?.mean_keepdim(0)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&means, 0)
+    }
+}
+
 /// Mean over the positions where `weights` is non-zero: `weights` is `[batch, len]` on the host
 /// (already divided by the count), `x` is `[batch, len, hidden]`; returns `[batch, hidden]` f32.
 pub fn weighted_pool(x: &Tensor, weights: Vec<f32>, kernels: &KernelOptions) -> Result<Tensor> {
