@@ -216,20 +216,32 @@ impl PredictReport {
     }
 }
 
+/// A rate with two significant digits below 10 (a CPU running the real models scores well under
+/// one frame per second), whole numbers above.
+fn rate(per_second: f64) -> String {
+    if per_second >= 10.0 {
+        format!("{per_second:.0}")
+    } else if per_second >= 1.0 {
+        format!("{per_second:.1}")
+    } else {
+        format!("{per_second:.2}")
+    }
+}
+
 impl std::fmt::Display for PredictReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} records ({} called virus, {} without a scorable frame), {} chunks, {} frames scored in {:.1} s ({:.0} frames/s; models loaded in {:.1} s, {:.0} frames/s after that)",
+            "{} records ({} called virus, {} without a scorable frame), {} chunks, {} frames scored in {:.1} s ({} frames/s; models loaded in {:.1} s, {} frames/s after that)",
             self.counts.records,
             self.counts.virus_records,
             self.counts.records_without_frames,
             self.counts.chunks,
             self.counts.frames,
             self.seconds,
-            self.frames_per_second(),
+            rate(self.frames_per_second()),
             self.load_seconds,
-            self.frames_per_second_after_loading()
+            rate(self.frames_per_second_after_loading())
         )?;
         if self.reused_units > 0 {
             write!(

@@ -415,5 +415,8 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx2") {
             assert!(isa.simd, "{isa:?}");
         }
+        // Every aarch64 CPU has NEON (scripts/aarch64-qemu.sh runs this under qemu).
+        #[cfg(target_arch = "aarch64")]
+        assert!(isa.simd, "{isa:?}");
     }
 }
