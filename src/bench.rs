@@ -1011,6 +1011,7 @@ mod tests {
             )?),
             family: ModelFamily::Esm,
             dtype: DType::F32,
+            int8: false,
             source: "tiny".into(),
             attention: AttentionImpl::Auto,
             specials: (0, 2, 1, 4, 24),
