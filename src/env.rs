@@ -13,8 +13,6 @@ use virnucpro_models::profile::Profiler;
 pub const FUSED_OPS: &str = "VIRNUCPRO_FUSED_OPS";
 /// `VIRNUCPRO_GELU_EPILOGUE=0`: ESM's feed-forward GELU as the exact GELU in its own pass.
 pub const GELU_EPILOGUE: &str = "VIRNUCPRO_GELU_EPILOGUE";
-/// `VIRNUCPRO_POOL_RELEASE=1`: return the CUDA pool's free memory between `predict`'s two models.
-pub const POOL_RELEASE: &str = "VIRNUCPRO_POOL_RELEASE";
 /// `VIRNUCPRO_EVENT_TRACKING=1`: keep cudarc's per-buffer CUDA events.
 pub const EVENT_TRACKING: &str = "VIRNUCPRO_EVENT_TRACKING";
 /// `VIRNUCPRO_PROFILE=1`: `bench` times each section of a layer.
@@ -49,7 +47,6 @@ pub fn kernel_options(attention: AttentionImpl) -> KernelOptions {
         fused_ops: on_unless_zero(FUSED_OPS),
         gelu_epilogue: on_unless_zero(GELU_EPILOGUE),
         event_tracking: on_if_one(EVENT_TRACKING),
-        release_pool_between_models: on_if_one(POOL_RELEASE),
         ..KernelOptions::default()
     }
 }

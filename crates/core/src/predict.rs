@@ -298,17 +298,10 @@ impl Models {
         if prepared.dna.is_empty() {
             return Ok(PendingScores { work: None });
         }
-        let release = self.esm.options.kernels.release_pool_between_models;
-        if release {
-            virnucpro_kernels::release_pool(&self.device)?;
-        }
         let dna = prepared
             .dna
             .enqueue(&self.dnabert, &mut |_| {})?
             .into_device_rows()?;
-        if release {
-            virnucpro_kernels::release_pool(&self.device)?;
-        }
         let protein = prepared
             .protein
             .enqueue(&self.esm, &mut |_| {})?

@@ -1228,20 +1228,6 @@ pub fn pool_high_water(dev: &CudaDevice) -> Result<(u64, u64)> {
     ))
 }
 
-/// Waits for the stream, then returns the pool's unused memory to the driver (see
-/// [`crate::release_pool`]).
-pub fn release_pool(dev: &CudaDevice) -> Result<()> {
-    use candle_core::cuda_backend::cudarc::driver::result as dres;
-    let cu_dev = dev.cuda_stream().context().cu_device();
-    dev.cuda_stream().synchronize().w()?;
-    // SAFETY: `cu_dev` is the device of a live context; the stream is idle, so no free is pending.
-    unsafe {
-        let pool = dres::device::get_default_mem_pool(cu_dev).w()?;
-        dres::mem_pool::trim_to(pool, 0).w()?;
-    }
-    Ok(())
-}
-
 /// Returns the pool's unused memory to the driver (the f32 staging copies of a model's weights
 /// leave holes that later batches may not fit) and restarts its high-water marks, so that
 /// [`pool_high_water`] then measures the run that follows.

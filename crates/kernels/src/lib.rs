@@ -73,19 +73,6 @@ pub fn trim_pool(device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// On a CUDA device, waits for the device and returns the memory pool's unused memory to the
-/// driver, keeping the [`pool_high_water`] marks; nothing elsewhere. Between phases whose
-/// allocations differ in size (one model's batches, then another's) the next phase then maps
-/// blocks of its own sizes instead of adding them to the previous phase's.
-pub fn release_pool(device: &Device) -> Result<()> {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = device {
-        return cuda::release_pool(dev);
-    }
-    let _ = device;
-    Ok(())
-}
-
 /// The only head size the fused kernel handles (every ESM2 from 150M up, DNABERT-S).
 pub const FUSED_HEAD_DIM: usize = 64;
 

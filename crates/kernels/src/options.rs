@@ -34,11 +34,6 @@ pub struct KernelOptions {
     /// touches and waits on the buffers' earlier events, on the same single stream: several
     /// driver calls per kernel on the host, and a wait before each kernel on the device.
     pub event_tracking: bool,
-    /// Return the CUDA memory pool's free memory to the driver between the two models' phases of
-    /// a `predict` group ([`crate::release_pool`]; `VIRNUCPRO_POOL_RELEASE=1`). Kept, the blocks
-    /// freed by one model's activations, sized for that model, stay reserved beside those of the
-    /// other. Off until measured on a GPU: the next phase maps its memory again.
-    pub release_pool_between_models: bool,
     /// The linear layers of a model built on the CPU as [`crate::Int8Linear`]: int8 weights per
     /// output channel, packed once at load, activations quantized per row (`--dtype int8`).
     /// Embeddings, layer norms and attention stay f32; ignored on other devices (the caller
@@ -54,7 +49,6 @@ impl Default for KernelOptions {
             gelu_epilogue: true,
             batch_invariant: false,
             event_tracking: false,
-            release_pool_between_models: false,
             cpu_int8: false,
         }
     }
