@@ -883,6 +883,11 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
         )
         .set("--esm-token-dropout", req.esm_token_dropout)
         .set("chunk length", req.chunk_len);
+    if devices[0].is_cpu() {
+        // The CPU's batch layout decides the last bits of its embeddings: a journal written with
+        // padded CPU batches (builds before packing, same version number) is not resumed.
+        fp.set("CPU batches", "packed");
+    }
     req.output_options().add_to(&mut fp);
 
     // The inputs (named with their sizes: a rewritten file is another input for a resumed run,
