@@ -868,43 +868,43 @@ mod tests {
             .collect()
     }
 
-    /// The oracle's DNABERT-S model (PyTorch zip weights) and its DNA records.
-    fn oracle_dnabert_as(dtype: DTypeSpec) -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
-        use crate::weights::{WeightFiles, WeightsFormat};
+    /// A model of the oracle (`tests/data/oracle/NAME`: its weights file and tokenizer) in
+    /// `dtype`, with the records of `records`.
+    fn oracle_model(
+        name: &str,
+        weights: (crate::weights::WeightsFormat, &str),
+        tokenizer: &str,
+        records: &str,
+        dtype: DTypeSpec,
+    ) -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle");
-        let model_dir = dir.join("dnabert");
+        let model_dir = dir.join(name);
         let config_path = model_dir.join("config.json");
         let files = ModelFiles {
             source: model_dir.display().to_string(),
             config: ModelConfig::from_file(&config_path).unwrap(),
             config_path,
-            weights: WeightFiles {
-                format: WeightsFormat::Pytorch,
-                files: vec![model_dir.join("pytorch_model.bin")],
+            weights: crate::weights::WeightFiles {
+                format: weights.0,
+                files: vec![model_dir.join(weights.1)],
             },
-            tokenizer: model_dir.join("tokenizer.json"),
+            tokenizer: model_dir.join(tokenizer),
         };
         let model = load_from_files(files, &Device::Cpu, dtype, &LoadOptions::default()).unwrap();
-        (model, oracle_records("dna.fa"))
+        (model, oracle_records(records))
+    }
+
+    /// The oracle's DNABERT-S model (PyTorch zip weights) and its DNA records.
+    fn oracle_dnabert_as(dtype: DTypeSpec) -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
+        use crate::weights::WeightsFormat::Pytorch;
+        let weights = (Pytorch, "pytorch_model.bin");
+        oracle_model("dnabert", weights, "tokenizer.json", "dna.fa", dtype)
     }
 
     fn oracle_esm2_as(dtype: DTypeSpec) -> (EmbeddingModel, Vec<(String, Vec<u8>)>) {
-        use crate::weights::{WeightFiles, WeightsFormat};
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle");
-        let model_dir = dir.join("esm2");
-        let config_path = model_dir.join("config.json");
-        let files = ModelFiles {
-            source: model_dir.display().to_string(),
-            config: ModelConfig::from_file(&config_path).unwrap(),
-            config_path,
-            weights: WeightFiles {
-                format: WeightsFormat::Safetensors,
-                files: vec![model_dir.join("model.safetensors")],
-            },
-            tokenizer: model_dir.join("vocab.txt"),
-        };
-        let model = load_from_files(files, &Device::Cpu, dtype, &LoadOptions::default()).unwrap();
-        (model, oracle_records("proteins.fa"))
+        use crate::weights::WeightsFormat::Safetensors;
+        let weights = (Safetensors, "model.safetensors");
+        oracle_model("esm2", weights, "vocab.txt", "proteins.fa", dtype)
     }
 
     /// `--dtype int8` (CPU): every embedding within cosine 0.999 of f32's, for both families,
