@@ -12,6 +12,9 @@
 #   ESMCPP_VENV      where esm.cpp is installed (default ~/.cache/virnucpro-esmcpp/venv)
 #   ESMCPP_MODEL     where the checkpoint is written once (default ~/.cache/virnucpro-esmcpp/esm2-650m)
 #   THREADS          threads for both engines (default: all cores)
+#   ESMCPP_MODES     esm.cpp's modes to time (default "fp32 int8")
+#   ESMCPP_WHEELS    a folder of wheels (esm-cpp, numpy<2) to install from, for a machine
+#                    without PyPI
 #   REPEATS          timed passes per engine, shape and round (default 5; the median is used)
 # Shapes: 8 sequences of 168 tokens, and 16 ragged sequences of 125-250 tokens (lengths drawn
 # between T/2 and T by each engine with its own seed: compare tokens/s, not milliseconds).
@@ -26,11 +29,18 @@ venv="${ESMCPP_VENV:-$HOME/.cache/virnucpro-esmcpp/venv}"
 model="${ESMCPP_MODEL:-$HOME/.cache/virnucpro-esmcpp/esm2-650m}"
 threads="${THREADS:-$(nproc)}"
 repeats="${REPEATS:-5}"
+modes="${ESMCPP_MODES:-fp32 int8}"
 [ -x "$bin" ] || { echo "esmcpp-bench: no $bin; run cargo build --release first" >&2; exit 1; }
 if [ ! -x "$venv/bin/python" ]; then
   echo "esmcpp-bench: installing esm-cpp 0.2.1 into $venv" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "esm-cpp==0.2.1" "numpy<2" safetensors
+  if [ -n "${ESMCPP_WHEELS:-}" ]; then
+    # Offline: the wheels given, plus what the system Python has (safetensors).
+    python3 -m venv --system-site-packages "$venv"
+    "$venv/bin/pip" install -q --no-index --find-links "$ESMCPP_WHEELS" "esm-cpp==0.2.1" "numpy<2"
+  else
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "esm-cpp==0.2.1" "numpy<2" safetensors
+  fi
 fi
 py="$venv/bin/python"
 if [ ! -f "$model/model.safetensors" ]; then
@@ -51,7 +61,7 @@ for r in $(seq "$rounds"); do
       | "$py" -c 'import json,sys; d=json.load(sys.stdin); r=d["rows"][0]
 print(json.dumps({"engine": "virnucpro " + d["dtype"], "batch": r["batch"], "len": r["len"],
   "ragged": r["ragged"], "real_tokens": r["real_tokens"], "tokens_per_s": r["tokens_per_s"]}))' >>"$log"
-    for mode in fp32 int8; do
+    for mode in $modes; do
       # esm.cpp's thread pool is OpenMP's.
       OMP_NUM_THREADS="$threads" "$py" scripts/esmcpp_bench.py esmcpp "$model" --mode "$mode" \
         --shapes "$shape" $ragged --warmup 1 --repeats "$repeats" >>"$log"

@@ -9,9 +9,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use virnucpro_assets::load::load_embedding_model;
-use virnucpro_kernels::{self as kernels, AttentionImpl, GemmFallback, KernelOptions};
+use virnucpro_kernels::{self as kernels, AttentionImpl, CpuMatmul, GemmFallback, KernelOptions};
 use virnucpro_models::config::ModelFamily;
-use virnucpro_models::device::{int8_model_options, resolve_dtype, DTypeSpec};
+use virnucpro_models::device::{cpu_model_options, precision_label, resolve_dtype, DTypeSpec};
 use virnucpro_models::dnabert::{DnaBert, DnaBertConfig};
 use virnucpro_models::embed::{LoadOptions, RandomModel, DNABERT_S_CONFIG};
 use virnucpro_models::esm::{Esm, EsmConfig};
@@ -71,8 +71,8 @@ pub struct BenchModel {
     pub encoder: Box<dyn Encoder>,
     pub family: ModelFamily,
     pub dtype: DType,
-    /// Built with int8 linear layers (`--dtype int8` on a CPU with SIMD int8).
-    pub int8: bool,
+    /// The CPU matrix path it was built with (f32, int8, bf16).
+    pub cpu_matmul: CpuMatmul,
     pub source: String,
     /// The attention implementation it was built with.
     pub attention: AttentionImpl,
@@ -109,8 +109,8 @@ pub fn build_model(
     options: &ModelOptions,
 ) -> Result<BenchModel> {
     let attention = options.kernels.attention;
-    let options = &int8_model_options(dtype, device, options)?;
-    let int8 = options.kernels.cpu_int8;
+    let options = &cpu_model_options(dtype, device, options)?;
+    let cpu_matmul = options.kernels.cpu_matmul;
     const SEED: u64 = 0x5eed;
     // ESM alphabet: <cls>=0 <pad>=1 <eos>=2, residues from 4; DNABERT-S: [CLS]=1 [SEP]=2
     // [PAD]=3, k-mers from 5.
@@ -130,7 +130,7 @@ pub fn build_model(
                 encoder: Box::new(enc),
                 family: ModelFamily::Esm,
                 dtype: dt,
-                int8,
+                cpu_matmul,
                 source: format!("random-weights:{spec}"),
                 attention,
                 specials: esm_ids,
@@ -146,7 +146,7 @@ pub fn build_model(
                 encoder: Box::new(enc),
                 family: ModelFamily::DnaBert,
                 dtype: dt,
-                int8,
+                cpu_matmul,
                 source: "random-weights:dnabert-s".into(),
                 attention,
                 specials: (1, 2, 3, 5, cfg.vocab_size as u32),
@@ -170,7 +170,7 @@ pub fn build_model(
                 encoder: m.encoder,
                 family: m.family,
                 dtype: m.dtype,
-                int8: m.options.kernels.cpu_int8,
+                cpu_matmul: m.options.kernels.cpu_matmul,
                 source: m.source,
                 attention,
                 specials,
@@ -298,11 +298,7 @@ pub fn run_model(
         family: first.family.to_string(),
         hidden: first.encoder.hidden_size(),
         device: virnucpro_models::device::device_name(device),
-        dtype: if first.int8 {
-            format!("{:?} with int8 linear layers", first.dtype).to_lowercase()
-        } else {
-            format!("{:?}", first.dtype).to_lowercase()
-        },
+        dtype: precision_label(first.dtype, first.cpu_matmul).to_lowercase(),
         rows,
     })
 }
@@ -1011,7 +1007,7 @@ mod tests {
             )?),
             family: ModelFamily::Esm,
             dtype: DType::F32,
-            int8: false,
+            cpu_matmul: CpuMatmul::F32,
             source: "tiny".into(),
             attention: AttentionImpl::Auto,
             specials: (0, 2, 1, 4, 24),

@@ -243,9 +243,15 @@ fn check_on_cpu(run: &mut Checkup, opts: &DoctorOptions) -> Result<()> {
     } else {
         format!("none ({}: --dtype int8 keeps f32)", isa.kernel)
     };
+    let bf16 = kernels::cpu_bf16_isa();
+    let bf16 = if bf16.amx {
+        format!("{} (AMX; the CPU default, --dtype auto)", bf16.kernel)
+    } else {
+        "emulated (no AMX: slower than f32, which stays the default)".to_string()
+    };
     let summary = format!(
         "virnucpro {} built with features: {feats}; CPU int8 matrix path (--dtype int8): \
-         {int8}{}",
+         {int8}; CPU bf16 matrix path (--dtype bf16): {bf16}{}",
         run.rep.version,
         if kernels::CUDA_BUILT {
             format!(". {CUDA_BUILD_NOTE}")
@@ -1016,6 +1022,7 @@ mod tests {
             sent[1]
         );
         assert!(sent[0].contains("CPU int8 matrix path"), "{}", sent[0]);
+        assert!(sent[0].contains("CPU bf16 matrix path"), "{}", sent[0]);
         assert!(progress.notes.is_empty(), "{}", progress.notes);
     }
 }

@@ -35,7 +35,7 @@ use virnucpro_kernels::KernelOptions;
 use virnucpro_models::classifier::Classifier;
 use virnucpro_models::config::ModelFamily;
 use virnucpro_models::device::{
-    device_kind, device_name, resolve_dtype, select_devices, DTypeSpec, DeviceList,
+    device_kind, device_name, dtype_label, select_devices, DTypeSpec, DeviceList,
 };
 use virnucpro_models::embed::{
     is_out_of_memory, load_from_files, tokenize_sequences, BatchFailure, DeviceRows,
@@ -856,16 +856,9 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
             (None, None)
         }
     };
-    // int8 computes in f32 around int8 linear layers: named, so that a resumed run cannot mix
-    // its results with f32's.
-    let dtype = |family| {
-        let d = format!("{:?}", resolve_dtype(req.dtype, family, &devices[0]));
-        if req.dtype == DTypeSpec::Int8 {
-            format!("{d} with int8 linear layers")
-        } else {
-            d
-        }
-    };
+    // CPU int8 / bf16 compute in f32 around int8 / bf16 linear layers, named with their kernel,
+    // so that a resumed run cannot mix its results with another precision's.
+    let dtype = |family| dtype_label(req.dtype, family, &devices[0]);
     fp.set("device", &kinds[0])
         .set(
             "dtype",

@@ -91,7 +91,7 @@ impl std::fmt::Debug for Int8Linear {
 }
 
 /// A tensor's values as f32, row-major; borrowed when it already is contiguous f32 on the CPU.
-fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+pub(crate) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
     if !t.device().is_cpu() {
         bail!(
             "the int8 linear runs on the CPU only (got a tensor on {:?})",

@@ -23,6 +23,7 @@
 //! [`materialized_attention`] is the reference: `softmax(scale * Q K^T + bias + mask) V` with the
 //! scores in device memory, run through candle's ordinary ops on any device and dtype.
 
+mod bf16;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -35,6 +36,7 @@ mod reference;
 pub mod rotary;
 pub mod selftest;
 
+pub use bf16::{cpu_bf16_isa, Bf16Linear, CpuBf16Isa};
 pub use cpu::{cpu_int8_isa, CpuInt8Isa, Int8Linear};
 #[cfg(feature = "cuda")]
 pub use cuda::hold_pool_memory;
@@ -44,7 +46,7 @@ pub use gemm::{gpu_key, AlgoConfig, TunedCandidate, TunedEntry};
 #[cfg(feature = "cuda")]
 pub use ops::tune_linear;
 pub use ops::{gated_gelu, gather_rows, layer_norm, linear, rotary_qk, weighted_pool};
-pub use options::{GemmFallback, KernelOptions};
+pub use options::{CpuMatmul, GemmFallback, KernelOptions};
 
 pub use reference::{alibi_bias, alibi_slopes, key_padding_mask, materialized_attention, row_mask};
 

@@ -34,11 +34,24 @@ pub struct KernelOptions {
     /// touches and waits on the buffers' earlier events, on the same single stream: several
     /// driver calls per kernel on the host, and a wait before each kernel on the device.
     pub event_tracking: bool,
-    /// The linear layers of a model built on the CPU as [`crate::Int8Linear`]: int8 weights per
-    /// output channel, packed once at load, activations quantized per row (`--dtype int8`).
-    /// Embeddings, layer norms and attention stay f32; ignored on other devices (the caller
-    /// refuses int8 there).
-    pub cpu_int8: bool,
+    /// How the linear layers of a model built on the CPU multiply; ignored on other devices.
+    pub cpu_matmul: CpuMatmul,
+}
+
+/// The matrix products of a CPU model's linear layers. Embeddings, layer norms, attention and
+/// the residual stream are f32 in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuMatmul {
+    /// candle's f32 GEMM: exact.
+    #[default]
+    F32,
+    /// [`crate::Int8Linear`]: int8 weights per output channel, packed once at load, activations
+    /// quantized per row (`--dtype int8`).
+    Int8,
+    /// [`crate::Bf16Linear`]: operands rounded to bf16, sums in f32; on AMX where the CPU has it
+    /// (`--dtype bf16`, and `auto` on AMX CPUs).
+    Bf16,
 }
 
 impl Default for KernelOptions {
@@ -49,7 +62,7 @@ impl Default for KernelOptions {
             gelu_epilogue: true,
             batch_invariant: false,
             event_tracking: false,
-            cpu_int8: false,
+            cpu_matmul: CpuMatmul::F32,
         }
     }
 }

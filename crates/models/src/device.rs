@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use anyhow::bail;
 use candle_core::{DType, Device};
-use virnucpro_kernels::{open_cuda, KernelOptions};
+use virnucpro_kernels::{open_cuda, CpuMatmul, KernelOptions};
 
 use crate::config::ModelFamily;
 
@@ -264,15 +264,16 @@ impl fmt::Display for DTypeSpec {
     }
 }
 
-/// The compute dtype. `Auto`: f32 on the CPU (half precision is slow there and f32 is exact);
-/// f16 on a GPU for both families (FastESM2 ships in f16; DNABERT-S is post-LayerNorm, so its
-/// activations stay small). An overflow would show as non-finite embeddings, which
-/// [`crate::embed`] refuses with a message that suggests `--dtype bf16`. `Int8`: f32 activations
-/// (its int8 is in the linear layers' weights, [`int8_model_options`]).
+/// The compute dtype of the activations. `Auto`: f32 on the CPU (its matrix products may run in
+/// bf16, [`cpu_matmul`]); f16 on a GPU for both families (FastESM2 ships in f16; DNABERT-S is
+/// post-LayerNorm, so its activations stay small). An overflow would show as non-finite
+/// embeddings, which [`crate::embed`] refuses with a message that suggests `--dtype bf16`.
+/// `Int8` and `Bf16` on the CPU: f32 activations around int8 or bf16 matrix products.
 pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> DType {
     match spec {
         DTypeSpec::F32 | DTypeSpec::Int8 => DType::F32,
         DTypeSpec::F16 => DType::F16,
+        DTypeSpec::Bf16 if device.is_cpu() => DType::F32,
         DTypeSpec::Bf16 => DType::BF16,
         DTypeSpec::Auto => match (device, family) {
             (Device::Cpu, _) => DType::F32,
@@ -284,33 +285,69 @@ pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> D
     }
 }
 
-/// The model options for `spec` on `device`: with `--dtype int8` on the CPU, the int8 linear
-/// layers on ([`virnucpro_kernels::KernelOptions::cpu_int8`]); elsewhere an error that says so.
-/// A CPU without SIMD int8 instructions keeps f32, with a warning. Other dtypes: `options`.
-pub fn int8_model_options(
+/// How the linear layers multiply on `device` for `spec`: on the CPU, `int8` and `bf16` as
+/// asked, and `auto` bf16 where the CPU has AMX-BF16 (it passes the same parity gate as the
+/// GPU's f16: docs/ARCHITECTURE.md, "CPU matrix kernels"), else f32. Other devices: f32 (their
+/// dtype is the model's).
+pub fn cpu_matmul(spec: DTypeSpec, device: &Device) -> CpuMatmul {
+    if !device.is_cpu() {
+        return CpuMatmul::F32;
+    }
+    match spec {
+        DTypeSpec::Int8 if virnucpro_kernels::cpu_int8_isa().simd => CpuMatmul::Int8,
+        DTypeSpec::Bf16 => CpuMatmul::Bf16,
+        DTypeSpec::Auto if virnucpro_kernels::cpu_bf16_isa().amx => CpuMatmul::Bf16,
+        _ => CpuMatmul::F32,
+    }
+}
+
+/// The precision of a model of `family` on `device` for `spec`, for logs and the run's
+/// fingerprint, e.g. `F16`, `F32`, `F32 with bf16 linear layers (avx512amx_mmm_f32_16x16)`:
+/// the kernel is named because two CPU kernels of one precision differ in the last bits.
+pub fn dtype_label(spec: DTypeSpec, family: ModelFamily, device: &Device) -> String {
+    precision_label(
+        resolve_dtype(spec, family, device),
+        cpu_matmul(spec, device),
+    )
+}
+
+/// [`dtype_label`] of a model built with activations `dtype` and CPU matrix path `path`.
+pub fn precision_label(dtype: DType, path: CpuMatmul) -> String {
+    match path {
+        CpuMatmul::F32 => format!("{dtype:?}"),
+        CpuMatmul::Int8 => format!(
+            "{dtype:?} with int8 linear layers ({})",
+            virnucpro_kernels::cpu_int8_isa().kernel
+        ),
+        CpuMatmul::Bf16 => format!(
+            "{dtype:?} with bf16 linear layers ({})",
+            virnucpro_kernels::cpu_bf16_isa().kernel
+        ),
+    }
+}
+
+/// The model options for `spec` on `device`: [`cpu_matmul`]'s choice in the kernel options;
+/// `--dtype int8` off the CPU is an error that says so, and a CPU without SIMD int8
+/// instructions keeps f32, with a warning.
+pub fn cpu_model_options(
     spec: DTypeSpec,
     device: &Device,
     options: &crate::options::ModelOptions,
 ) -> candle_core::Result<crate::options::ModelOptions> {
     let mut options = options.clone();
-    if spec != DTypeSpec::Int8 {
-        return Ok(options);
-    }
-    if !device.is_cpu() {
+    if spec == DTypeSpec::Int8 && !device.is_cpu() {
         candle_core::bail!(
             "--dtype int8 runs on the CPU only (here: {}); on a GPU use --dtype f16, bf16 or \
              f32 (or auto)",
             device_name(device)
         );
     }
-    let isa = virnucpro_kernels::cpu_int8_isa();
-    if isa.simd {
-        options.kernels.cpu_int8 = true;
-    } else {
+    options.kernels.cpu_matmul = cpu_matmul(spec, device);
+    if spec == DTypeSpec::Int8 && options.kernels.cpu_matmul != CpuMatmul::Int8 {
         tracing::warn!(
             "--dtype int8: this CPU has no SIMD int8 matrix instructions (kernel {}); the \
              linear layers stay f32",
-            isa.kernel
+            virnucpro_kernels::cpu_int8_isa().kernel
         );
     }
     Ok(options)
@@ -372,14 +409,15 @@ mod tests {
             resolve_dtype(DTypeSpec::Auto, ModelFamily::Esm, &Device::Cpu),
             DType::F32
         );
+        // bf16 on the CPU: f32 activations, bf16 products.
         assert_eq!(
             resolve_dtype(DTypeSpec::Bf16, ModelFamily::Esm, &Device::Cpu),
-            DType::BF16
+            DType::F32
         );
     }
 
     #[test]
-    fn int8_is_f32_activations_with_int8_linears_on_the_cpu() {
+    fn cpu_matrix_paths_follow_the_dtype_and_the_cpu() {
         assert_eq!("INT8".parse::<DTypeSpec>(), Ok(DTypeSpec::Int8));
         assert_eq!(DTypeSpec::Int8.to_string(), "int8");
         assert!("int4".parse::<DTypeSpec>().unwrap_err().contains("int8"));
@@ -388,11 +426,31 @@ mod tests {
             DType::F32
         );
         let base = crate::options::ModelOptions::default();
-        let o = int8_model_options(DTypeSpec::Int8, &Device::Cpu, &base).unwrap();
-        assert_eq!(o.kernels.cpu_int8, virnucpro_kernels::cpu_int8_isa().simd);
-        for spec in [DTypeSpec::Auto, DTypeSpec::F32, DTypeSpec::F16] {
-            let o = int8_model_options(spec, &Device::Cpu, &base).unwrap();
-            assert!(!o.kernels.cpu_int8);
-        }
+        let path = |spec| {
+            cpu_model_options(spec, &Device::Cpu, &base)
+                .unwrap()
+                .kernels
+                .cpu_matmul
+        };
+        let int8 = if virnucpro_kernels::cpu_int8_isa().simd {
+            CpuMatmul::Int8
+        } else {
+            CpuMatmul::F32
+        };
+        assert_eq!(path(DTypeSpec::Int8), int8);
+        assert_eq!(path(DTypeSpec::Bf16), CpuMatmul::Bf16);
+        assert_eq!(path(DTypeSpec::F32), CpuMatmul::F32);
+        assert_eq!(path(DTypeSpec::F16), CpuMatmul::F32);
+        // The dispatcher's choice: bf16 by default only where the CPU has AMX.
+        let amx = virnucpro_kernels::cpu_bf16_isa().amx;
+        let auto = if amx { CpuMatmul::Bf16 } else { CpuMatmul::F32 };
+        assert_eq!(path(DTypeSpec::Auto), auto);
+        let label = dtype_label(DTypeSpec::Auto, ModelFamily::Esm, &Device::Cpu);
+        assert_eq!(label.contains("avx512amx"), amx, "{label}");
+        let label = dtype_label(DTypeSpec::Bf16, ModelFamily::Esm, &Device::Cpu);
+        assert!(
+            label.starts_with("F32 with bf16 linear layers ("),
+            "{label}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::config::{ModelConfig, ModelFamily};
-use crate::device::{device_name, int8_model_options, resolve_dtype, DTypeSpec};
+use crate::device::{cpu_model_options, device_name, resolve_dtype, DTypeSpec};
 use crate::dnabert::{DnaBert, DnaBertConfig, DnaBertTokenizer};
 use crate::esm::{Esm, EsmConfig, TokenDropout};
 use crate::files::ModelFiles;
@@ -93,7 +93,7 @@ pub fn load_from_files(
     options: &LoadOptions,
 ) -> anyhow::Result<EmbeddingModel> {
     let family = files.family();
-    let model_options = int8_model_options(dtype, device, &options.model)?;
+    let model_options = cpu_model_options(dtype, device, &options.model)?;
     let options = &LoadOptions {
         model: model_options,
         ..options.clone()
@@ -221,7 +221,7 @@ pub fn random_embedding_model(
 ) -> anyhow::Result<EmbeddingModel> {
     const SEED: u64 = 0x5eed;
     let source = format!("random-weights:{kind}");
-    let model_options = int8_model_options(dtype, device, &options.model)?;
+    let model_options = cpu_model_options(dtype, device, &options.model)?;
     let options = &LoadOptions {
         model: model_options,
         ..options.clone()
@@ -907,39 +907,44 @@ mod tests {
         oracle_model("esm2", weights, "vocab.txt", "proteins.fa", dtype)
     }
 
-    /// `--dtype int8` (CPU): every embedding within cosine 0.999 of f32's, for both families,
-    /// and the int8 linears really ran (the embeddings differ from f32's).
+    /// `--dtype int8` and `bf16` (CPU): every embedding within cosine 0.999 of f32's (the gate),
+    /// for both families, and the int8 / bf16 linears really ran (the embeddings differ from
+    /// f32's). bf16 runs the path of this CPU: AMX where it has it, else the emulation.
     #[test]
-    fn int8_embeddings_match_f32_on_the_oracle_models() {
-        if !virnucpro_kernels::cpu_int8_isa().simd {
-            return; // int8 keeps f32 on this CPU
-        }
+    fn int8_and_bf16_embeddings_match_f32_on_the_oracle_models() {
+        use virnucpro_kernels::CpuMatmul;
         type Loader = fn(DTypeSpec) -> (EmbeddingModel, Vec<(String, Vec<u8>)>);
         for (name, load) in [
             ("esm2", oracle_esm2_as as Loader),
             ("dnabert", oracle_dnabert_as as Loader),
         ] {
             let (f32_model, recs) = load(DTypeSpec::F32);
-            let (int8_model, _) = load(DTypeSpec::Int8);
-            assert!(int8_model.options.kernels.cpu_int8);
-            assert!(!f32_model.options.kernels.cpu_int8);
+            assert_eq!(f32_model.options.kernels.cpu_matmul, CpuMatmul::F32);
             let want = embed_sequences(&f32_model, &recs, 4096).unwrap();
-            let got = embed_sequences(&int8_model, &recs, 4096).unwrap();
-            let (want, got) = (
-                want.embeddings.to_vec2::<f32>().unwrap(),
-                got.embeddings.to_vec2::<f32>().unwrap(),
-            );
-            assert_ne!(want, got, "{name}: int8 ran as f32");
-            let mut min_cos = 1f64;
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                let dot: f64 = a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum();
-                let na: f64 = a.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
-                let nb: f64 = b.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
-                let cos = dot / (na * nb);
-                assert!(cos >= 0.999, "{name} record {i}: cosine {cos}");
-                min_cos = min_cos.min(cos);
+            let want = want.embeddings.to_vec2::<f32>().unwrap();
+            for (spec, path) in [
+                (DTypeSpec::Int8, CpuMatmul::Int8),
+                (DTypeSpec::Bf16, CpuMatmul::Bf16),
+            ] {
+                if path == CpuMatmul::Int8 && !virnucpro_kernels::cpu_int8_isa().simd {
+                    continue; // int8 keeps f32 on this CPU
+                }
+                let (model, _) = load(spec);
+                assert_eq!(model.options.kernels.cpu_matmul, path);
+                let got = embed_sequences(&model, &recs, 4096).unwrap();
+                let got = got.embeddings.to_vec2::<f32>().unwrap();
+                assert_ne!(want, got, "{name}: {spec} ran as f32");
+                let mut min_cos = 1f64;
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    let dot: f64 = a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum();
+                    let na: f64 = a.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+                    let nb: f64 = b.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+                    let cos = dot / (na * nb);
+                    assert!(cos >= 0.999, "{name} {spec} record {i}: cosine {cos}");
+                    min_cos = min_cos.min(cos);
+                }
+                eprintln!("{name}: {spec} vs f32, lowest cosine {min_cos:.6}");
             }
-            eprintln!("{name}: int8 vs f32, lowest cosine {min_cos:.6}");
         }
     }
 

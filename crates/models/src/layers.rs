@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use virnucpro_kernels::KernelOptions;
+use virnucpro_kernels::{CpuMatmul, KernelOptions};
 
 use crate::options::Ctx;
 
@@ -57,15 +57,22 @@ impl Embedding {
 
 /// `y = x W^T + b`, weights as stored by PyTorch (`[out, in]`).
 ///
-/// A model built on the CPU with [`KernelOptions::cpu_int8`] also keeps the weight quantized to
-/// int8 and packed ([`virnucpro_kernels::Int8Linear`], made once here at load), and its forward
-/// runs on that; the f32 weight stays (1.25x the f32 weights in all) for [`Self::out_dim`] and
-/// the fused q/k/v stacking.
+/// A model built on the CPU with [`KernelOptions::cpu_matmul`] int8 or bf16 also keeps the
+/// weight in that form, packed once here at load ([`virnucpro_kernels::Int8Linear`],
+/// [`virnucpro_kernels::Bf16Linear`]), and its forward runs on that; the f32 weight stays
+/// (1.25x or 1.5x the f32 weights in all) for [`Self::out_dim`].
+/// A linear layer's weight in the form of its CPU matrix path.
+#[derive(Debug)]
+enum CpuLinear {
+    Int8(virnucpro_kernels::Int8Linear),
+    Bf16(virnucpro_kernels::Bf16Linear),
+}
+
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    int8: Option<std::sync::Arc<virnucpro_kernels::Int8Linear>>,
+    cpu: Option<std::sync::Arc<CpuLinear>>,
     ctx: Ctx,
     span: tracing::Span,
 }
@@ -73,16 +80,22 @@ pub struct Linear {
 impl Linear {
     /// Fails only where the int8 weights cannot be built (a CPU int8 model).
     pub fn new(weight: Tensor, bias: Option<Tensor>, ctx: &Ctx) -> Result<Self> {
-        let int8 = if ctx.kernels().cpu_int8 && weight.device().is_cpu() {
-            let q = virnucpro_kernels::Int8Linear::new(&weight, bias.as_ref())?;
-            Some(std::sync::Arc::new(q))
-        } else {
-            None
+        let cpu = match ctx.kernels().cpu_matmul {
+            _ if !weight.device().is_cpu() => None,
+            CpuMatmul::F32 => None,
+            CpuMatmul::Int8 => Some(CpuLinear::Int8(virnucpro_kernels::Int8Linear::new(
+                &weight,
+                bias.as_ref(),
+            )?)),
+            CpuMatmul::Bf16 => Some(CpuLinear::Bf16(virnucpro_kernels::Bf16Linear::new(
+                &weight,
+                bias.as_ref(),
+            )?)),
         };
         Ok(Self {
             weight,
             bias,
-            int8,
+            cpu: cpu.map(std::sync::Arc::new),
             ctx: ctx.clone(),
             span: tracing::span!(tracing::Level::TRACE, "linear"),
         })
@@ -150,9 +163,13 @@ impl Linear {
             Some(r) => Some(r.reshape((rows, self.out_dim()))?),
             None => None,
         };
-        if let Some(q) = &self.int8 {
-            // CPU int8: bias inside, the exact GELU and the residual add in f32 after.
-            let y = q.forward(&x2)?.reshape(out_dims)?;
+        if let Some(cpu) = &self.cpu {
+            // CPU int8 / bf16: bias inside, the exact GELU and the residual add in f32 after.
+            let y = match &**cpu {
+                CpuLinear::Int8(q) => q.forward(&x2)?,
+                CpuLinear::Bf16(l) => l.forward(&x2)?,
+            };
+            let y = y.reshape(out_dims)?;
             let y = match act {
                 Act::Identity => y,
                 Act::GeluErf => y.gelu_erf()?,

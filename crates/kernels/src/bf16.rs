@@ -1,0 +1,422 @@
+//! The CPU bf16 linear layer (`--dtype bf16` on the CPU, and `--dtype auto` where the CPU has
+//! AMX): `y = x W^T + b` with both operands rounded to bf16 (round to nearest even) and the
+//! products summed in f32. Activations, layer norms, attention and the residual stream stay f32.
+//!
+//! On a CPU with Intel AMX-BF16 (Sapphire Rapids and later) the product runs on tract-linalg's
+//! `avx512amx_mmm_f32_16x16` kernel (`TDPBF16PS` tiles: bf16 x bf16 -> f32), with the weight
+//! rounded and packed once, when the layer is built. Elsewhere the same rounding runs through
+//! candle's f32 GEMM on the rounded operands: the same numbers up to the order of the f32 sums,
+//! slower than plain f32, there so that `--dtype bf16` means one precision on every CPU and CI
+//! (no AMX) tests it.
+//!
+//! Why this precision: on the oracle models the whole pipeline with bf16 products differs from
+//! the original by at most 2.3e-3 in score (gate: 5e-3, no call changed), where int8 differs by
+//! 2.3e-2 (docs/ARCHITECTURE.md, "CPU matrix kernels").
+//!
+//! A row's result depends only on that row: rows are split between threads in whole AMX tiles
+//! of the one kernel, which sums every output in the same order whatever the split. So the
+//! layer is batch invariant bit for bit.
+
+use candle_core::{DType, Result, Tensor};
+
+/// What the CPU bf16 path runs on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuBf16Isa {
+    /// `avx512amx_mmm_f32_16x16` (tract-linalg, AMX) or `emulated` (candle's f32 GEMM on
+    /// bf16-rounded operands).
+    pub kernel: &'static str,
+    /// Whether the bf16 products run on matrix instructions (faster than f32); only then is
+    /// bf16 the CPU's `--dtype auto`.
+    pub amx: bool,
+}
+
+/// The CPU bf16 matrix path of this machine (for `doctor` and `--dtype auto`).
+pub fn cpu_bf16_isa() -> CpuBf16Isa {
+    if amx::kernel().is_some() {
+        CpuBf16Isa {
+            kernel: amx::KERNEL,
+            amx: true,
+        }
+    } else {
+        CpuBf16Isa {
+            kernel: "emulated",
+            amx: false,
+        }
+    }
+}
+
+/// `t` with every value rounded to bf16 (round to nearest even) and widened back to f32.
+fn round_to_bf16(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::BF16)?.to_dtype(DType::F32)
+}
+
+/// A bf16 linear layer: the weight rounded to bf16 (and packed for AMX) at construction.
+pub struct Bf16Linear {
+    imp: Imp,
+    bias: Option<Tensor>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+enum Imp {
+    #[cfg(target_arch = "x86_64")]
+    Amx(amx::Packed),
+    /// The weight rounded to bf16, kept as f32 `[out, in]`.
+    Emulated(Tensor),
+}
+
+impl std::fmt::Debug for Bf16Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kernel = match &self.imp {
+            #[cfg(target_arch = "x86_64")]
+            Imp::Amx(_) => amx::KERNEL,
+            Imp::Emulated(_) => "emulated",
+        };
+        f.debug_struct("Bf16Linear")
+            .field("in_dim", &self.in_dim)
+            .field("out_dim", &self.out_dim)
+            .field("bias", &self.bias.is_some())
+            .field("kernel", &kernel)
+            .finish()
+    }
+}
+
+impl Bf16Linear {
+    /// Rounds (and, with AMX, packs) `weight` `[out, in]` (PyTorch's layout); keeps `bias`
+    /// `[out]` in f32.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        Self::with_kernel(weight, bias, true)
+    }
+
+    /// [`Self::new`], with the AMX kernel only where `use_amx` (tests compare the two).
+    pub fn with_kernel(weight: &Tensor, bias: Option<&Tensor>, use_amx: bool) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        if !weight.device().is_cpu() {
+            candle_core::bail!("the bf16 linear layer runs on the CPU only");
+        }
+        let weight = weight.to_dtype(DType::F32)?;
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        let imp = match amx::kernel().filter(|_| use_amx) {
+            #[cfg(target_arch = "x86_64")]
+            Some(k) => Imp::Amx(amx::Packed::new(k, &weight, bias.as_ref())?),
+            #[cfg(not(target_arch = "x86_64"))]
+            Some(never) => match *never {},
+            None => Imp::Emulated(round_to_bf16(&weight)?),
+        };
+        Ok(Self {
+            imp,
+            bias,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// Whether this layer runs on AMX.
+    pub fn is_amx(&self) -> bool {
+        !matches!(self.imp, Imp::Emulated(_))
+    }
+
+    /// `x` `[rows, in]` (f32 or anything that widens to it) -> `[rows, out]` f32, bias added.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, k) = x.dims2()?;
+        if k != self.in_dim {
+            candle_core::bail!(
+                "bf16 linear: input has {k} columns, the layer takes {}",
+                self.in_dim
+            );
+        }
+        match &self.imp {
+            #[cfg(target_arch = "x86_64")]
+            Imp::Amx(p) => p.forward(x, rows),
+            Imp::Emulated(w) => {
+                let x = round_to_bf16(&x.to_dtype(DType::F32)?)?;
+                let y = x.matmul(&w.t()?)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::sync::OnceLock;
+
+    use candle_core::{Result, Tensor};
+    use rayon::prelude::*;
+    use tract_data::internal::{DatumType, Tensor as TractTensor};
+    use tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul};
+    use tract_linalg::BinOp;
+
+    use crate::cpu::with_f32_slice;
+
+    /// The tract-linalg kernel, found by name in its registry (it is declared only where its
+    /// build could assemble AMX, so it has no path to name here).
+    pub const KERNEL: &str = "avx512amx_mmm_f32_16x16";
+    /// Its packing that rounds f32 operands to bf16 (`f32f32_bf16`).
+    const PACKING: usize = 1;
+    /// Rows of one block: whole 16-row tiles, enough blocks for every thread, and at most 256
+    /// rows so that blocks stay many on long batches (each block reads the whole packed weight).
+    fn row_block(rows: usize) -> usize {
+        let per_thread = rows.div_ceil(rayon::current_num_threads().max(1));
+        per_thread.div_ceil(16).clamp(1, 16) * 16
+    }
+
+    pub struct Kernel(Box<dyn MatMatMul>);
+
+    /// The AMX kernel, where this CPU has AMX-BF16 and the OS lets this process use the tiles
+    /// (Linux grants that per process: tract-linalg asks with `arch_prctl`).
+    pub fn kernel() -> Option<&'static Kernel> {
+        static KERNEL_CELL: OnceLock<Option<Kernel>> = OnceLock::new();
+        KERNEL_CELL
+            .get_or_init(|| {
+                if !tract_linalg::x86_64::amx_bf16::has_amx_bf16() {
+                    return None;
+                }
+                tract_linalg::mmm_routines::declared()
+                    .map(|r| (r.make)())
+                    .find(|k| k.name() == KERNEL && k.built() && k.runnable())
+                    .map(Kernel)
+            })
+            .as_ref()
+    }
+
+    fn tract_err(e: impl std::fmt::Display) -> candle_core::Error {
+        candle_core::Error::Msg(format!("AMX bf16 linear: {e}"))
+    }
+
+    /// The weight rounded to bf16 and packed as the kernel's B operand, once.
+    pub struct Packed {
+        kernel: &'static Kernel,
+        b: Box<dyn MMMInputValue>,
+        bias: Option<TractTensor>,
+        in_dim: usize,
+        out_dim: usize,
+    }
+
+    impl Packed {
+        pub fn new(
+            kernel: &'static Kernel,
+            weight: &Tensor,
+            bias: Option<&Tensor>,
+        ) -> Result<Self> {
+            let (out_dim, in_dim) = weight.dims2()?;
+            // [in, out]: the packer then reads each k row along contiguous outputs.
+            let wt = weight.t()?.contiguous()?;
+            let b = with_f32_slice(&wt, |w| {
+                let t = TractTensor::from_shape(&[in_dim, out_dim], w).map_err(tract_err)?;
+                kernel.0.packings()[PACKING]
+                    .1
+                    .prepare_one(&t, 0, 1)
+                    .map_err(tract_err)
+            })?;
+            let bias = bias
+                .map(|b| {
+                    with_f32_slice(b, |v| {
+                        TractTensor::from_shape(&[out_dim], v).map_err(tract_err)
+                    })
+                })
+                .transpose()?;
+            Ok(Self {
+                kernel,
+                b,
+                bias,
+                in_dim,
+                out_dim,
+            })
+        }
+
+        pub fn forward(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
+            let (k, n) = (self.in_dim, self.out_dim);
+            let mut out = vec![0f32; rows * n];
+            with_f32_slice(x, |x| {
+                let block = row_block(rows);
+                out.par_chunks_mut(block * n)
+                    .zip(x.par_chunks(block * k))
+                    .try_for_each(|(y, x)| self.block(x, y, x.len() / k.max(1)))
+            })?;
+            Tensor::from_vec(out, (rows, n), x.device())
+        }
+
+        /// One block of `m` rows: pack them, multiply, add the bias, copy the result out.
+        fn block(&self, x: &[f32], y: &mut [f32], m: usize) -> Result<()> {
+            let (k, n) = (self.in_dim, self.out_dim);
+            let mmm = &*self.kernel.0;
+            let a = TractTensor::from_shape(&[m, k], x).map_err(tract_err)?;
+            let a = mmm.packings()[PACKING]
+                .0
+                .prepare_one(&a, 1, 0)
+                .map_err(tract_err)?;
+            // SAFETY: every element is written by the Store below before it is read.
+            let mut c = unsafe { TractTensor::uninitialized_dt(DatumType::F32, &[m, n]) }
+                .map_err(tract_err)?;
+            // SAFETY: the store spec describes `c` (`[m, n]`, rows along axis 0), which lives
+            // until the run returns; the packed inputs come from this kernel's own packing.
+            unsafe {
+                let store = mmm.c_view(Some(0), Some(1)).wrap(&c.view());
+                let mut specs = vec![FusedSpec::AddMatMul {
+                    a: AsInputValue::Borrowed(&*a),
+                    b: AsInputValue::Borrowed(&*self.b),
+                    packing: PACKING,
+                }];
+                if let Some(bias) = &self.bias {
+                    specs.push(FusedSpec::BinPerCol(bias.view(), BinOp::Add));
+                }
+                specs.push(FusedSpec::Store(store));
+                let mut scratch = mmm.allocate_scratch_space();
+                mmm.run_with_scratch_space(m, n, &mut *scratch, &specs)
+                    .map_err(tract_err)?;
+            }
+            let plain = c.try_as_plain_ram_mut().map_err(tract_err)?;
+            y.copy_from_slice(plain.as_slice::<f32>().map_err(tract_err)?);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub const KERNEL: &str = "none";
+    pub enum Kernel {}
+    pub fn kernel() -> Option<&'static Kernel> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn randn(shape: (usize, usize), std: f64, seed: u64) -> Tensor {
+        // Small LCG so the test needs no RNG crate and is the same everywhere.
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = ((s >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0;
+                (u * std * 1.7) as f32
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// f64 sums of the bf16-rounded operands: what both kernels approximate in f32.
+    fn bf16_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Vec<f32> {
+        let r = |t: &Tensor| -> Vec<f32> {
+            round_to_bf16(t)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (rows, k) = x.dims2().unwrap();
+        let n = w.dims2().unwrap().0;
+        let (x, w, b) = (r(x), r(w), b.to_vec1::<f32>().unwrap());
+        let mut y = vec![0f32; rows * n];
+        for i in 0..rows {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|l| f64::from(x[i * k + l]) * f64::from(w[j * k + l]))
+                    .sum();
+                y[i * n + j] = (s + f64::from(b[j])) as f32;
+            }
+        }
+        y
+    }
+
+    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    #[test]
+    fn both_kernels_give_the_bf16_rounded_product() {
+        // 70 rows: one whole 64-row block and a ragged one; 40 and 50: not multiples of the
+        // kernel's 16 x 16 tile or of its 32-deep k step.
+        let (x, w, b) = (
+            randn((70, 40), 1.0, 1),
+            randn((50, 40), 0.2, 2),
+            randn((1, 50), 0.1, 3).flatten_all().unwrap(),
+        );
+        let want = bf16_reference(&x, &w, &b);
+        let f32_product: Vec<f32> = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // The rounding is there: f32 products are measurably off the bf16 ones.
+        assert!(max_rel(&f32_product, &want) > 1e-4);
+        for amx in [false, true] {
+            let layer = Bf16Linear::with_kernel(&w, Some(&b), amx).unwrap();
+            if amx && !layer.is_amx() {
+                continue; // no AMX here: the device run covers it (scripts/gpu-bench.sh cpu)
+            }
+            let got: Vec<f32> = layer
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let err = max_rel(&got, &want);
+            assert!(err < 1e-5, "amx {amx}: max relative error {err:e}");
+        }
+    }
+
+    #[test]
+    fn a_row_is_the_same_alone_and_in_any_batch() {
+        let (x, w) = (randn((150, 96), 1.0, 4), randn((80, 96), 0.1, 5));
+        for amx in [false, true] {
+            let layer = Bf16Linear::with_kernel(&w, None, amx).unwrap();
+            if amx && !layer.is_amx() {
+                continue;
+            }
+            let all = layer.forward(&x).unwrap();
+            // At least 4 rows: candle's GEMM (the emulated path, like the f32 one) sums
+            // differently for 1 to 3 rows (measured); a model's batch has more.
+            for (start, len) in [(0, 4), (5, 9), (3, 17), (63, 70), (140, 10)] {
+                let part = layer.forward(&x.narrow(0, start, len).unwrap()).unwrap();
+                let same = all.narrow(0, start, len).unwrap();
+                let diff = (part - same)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert_eq!(diff, 0.0, "amx {amx}: rows {start}..+{len} differ");
+            }
+        }
+    }
+
+    #[test]
+    fn reports_the_kernel() {
+        let isa = cpu_bf16_isa();
+        assert_eq!(isa.amx, isa.kernel != "emulated");
+        #[cfg(not(target_arch = "x86_64"))]
+        assert!(!isa.amx);
+    }
+}
