@@ -57,6 +57,7 @@ pub fn model_options(attention: AttentionImpl) -> ModelOptions {
         kernels: kernel_options(attention),
         inject_oom_above_rows: oom_tokens(),
         profiler: None,
+        ..ModelOptions::default()
     }
 }
 

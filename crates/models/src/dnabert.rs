@@ -417,9 +417,13 @@ impl DnaBertMlp {
         let gated = self.ctx.section("dnabert gated gelu", dev, || {
             virnucpro_kernels::gated_gelu(&g, self.intermediate, self.ctx.kernels())
         })?;
+        // Dead activations go at once (the device's peak is what lives together): the
+        // `[tokens, 2 * intermediate]` projection is the layer's largest.
+        drop(g);
         let y = self.ctx.section("dnabert wo linear+res", dev, || {
             self.wo.forward_with(&gated, Act::Identity, Some(x))
         })?;
+        drop(gated);
         self.ctx.section("dnabert layer_norm", dev, || {
             self.layer_norm.forward(&y, None)
         })
@@ -459,10 +463,19 @@ pub struct DnaBert {
     device: Device,
     /// Compute dtype of the weights.
     dtype: DType,
+    /// The most padded tokens run at once ([`ModelOptions::sub_batch_bytes`]).
+    sub_batch_tokens: Option<usize>,
     ctx: Ctx,
 }
 
 impl DnaBert {
+    /// Bytes of activations a layer keeps alive per padded token at its peak, the gated GELU
+    /// pass: the layer's input, the attention block's output, the gated projection
+    /// (`2 * intermediate`) and its GELU product (`intermediate`).
+    fn bytes_per_token(cfg: &DnaBertConfig, dtype: DType) -> usize {
+        (2 * cfg.hidden_size + 3 * cfg.intermediate_size) * dtype.size_in_bytes()
+    }
+
     /// Loads the weights; `vb` is rooted so that `embeddings.word_embeddings.weight` resolves.
     /// Every tensor is requested with its expected shape, so a config/weights mismatch errors
     /// with the tensor's name. `options` are kept by the model and its layers.
@@ -482,6 +495,7 @@ impl DnaBert {
             cfg: cfg.clone(),
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            sub_batch_tokens: ctx.sub_batch_tokens(Self::bytes_per_token(cfg, vb.dtype())),
             ctx,
         })
     }
@@ -514,6 +528,29 @@ impl DnaBert {
             x = layer.forward(&x, Rows::Padded(&bias))?;
         }
         Ok(x)
+    }
+
+    /// [`Encoder::forward_pooled`] on padded rows (what GPUs run), by sub-batches within
+    /// [`ModelOptions::sub_batch_bytes`], each pooled before the next runs: DNABERT-S in f16
+    /// keeps 21 KiB per token alive, ~590 MiB for a whole batch of the default budget, more than
+    /// ESM2-3B's sub-batches.
+    fn forward_pooled_padded(&self, batch: &TokenBatch) -> Result<Tensor> {
+        self.check_batch(batch)?;
+        batch.by_sub_batches(self.sub_batch_tokens, |rows| {
+            let hidden = self.forward_hidden(rows)?;
+            let _span = tracing::trace_span!("dnabert-pool").entered();
+            let dev = hidden.device().clone();
+            // One batched product with per-row weights 1/len on real tokens (a loop of per-row
+            // means cost three launches per row on a GPU).
+            let l = rows.max_len;
+            let mut w = vec![0f32; rows.batch_size() * l];
+            for (row, &len) in rows.lengths.iter().enumerate() {
+                w[row * l..row * l + len].fill(1.0 / len as f32);
+            }
+            self.ctx.section("dnabert pool", &dev, || {
+                super::layers::weighted_pool(&hidden, w, self.ctx.kernels())
+            })
+        })
     }
 
     /// The pooled embeddings of [`Encoder::forward_pooled`] computed on packed rows
@@ -585,19 +622,7 @@ impl Encoder for DnaBert {
         if self.device.is_cpu() {
             return self.forward_pooled_packed(batch);
         }
-        let hidden = self.forward_hidden(batch)?;
-        let _span = tracing::trace_span!("dnabert-pool").entered();
-        let dev = hidden.device().clone();
-        // One batched product with per-row weights 1/len on real tokens (a loop of per-row
-        // means cost three launches per row on a GPU).
-        let l = batch.max_len;
-        let mut w = vec![0f32; batch.batch_size() * l];
-        for (row, &len) in batch.lengths.iter().enumerate() {
-            w[row * l..row * l + len].fill(1.0 / len as f32);
-        }
-        self.ctx.section("dnabert pool", &dev, || {
-            super::layers::weighted_pool(&hidden, w, self.ctx.kernels())
-        })
+        self.forward_pooled_padded(batch)
     }
 }
 
@@ -718,14 +743,13 @@ mod tests {
     }
 
     fn load_model() -> DnaBert {
+        load_model_with(&ModelOptions::default())
+    }
+
+    fn load_model_with(options: &ModelOptions) -> DnaBert {
         let dir = oracle().join("dnabert");
         let cfg = DnaBertConfig::from_file(dir.join("config.json")).unwrap();
-        DnaBert::load(
-            vb_for(&dir.join("pytorch_model.bin")),
-            &cfg,
-            &ModelOptions::default(),
-        )
-        .unwrap()
+        DnaBert::load(vb_for(&dir.join("pytorch_model.bin")), &cfg, options).unwrap()
     }
 
     fn model_max_length() -> usize {
@@ -925,6 +949,56 @@ mod tests {
             .unwrap();
         for (a, b) in other_pad.iter().zip(&batched) {
             assert!(rel_err(a, b) <= 1e-6);
+        }
+    }
+
+    /// The default budget runs DNABERT-S's default GPU batches as two sub-batches (otherwise
+    /// its activations would be the peak of a run with ESM2-3B).
+    #[test]
+    fn dnabert_s_default_batches_run_as_two_sub_batches() {
+        let cfg: DnaBertConfig = serde_json::from_str(crate::embed::DNABERT_S_CONFIG).unwrap();
+        let t = ModelContext::new(&ModelOptions::default())
+            .sub_batch_tokens(DnaBert::bytes_per_token(&cfg, DType::F16))
+            .unwrap();
+        let budget = crate::embed::DEFAULT_BATCH_TOKENS_GPU;
+        assert!(t < budget && 2 * t >= budget, "{t}");
+    }
+
+    /// The padded path (what GPUs run) by sub-batches gives the whole batch's pooled rows to the
+    /// bit.
+    #[test]
+    fn dnabert_padded_sub_batches_give_the_whole_batch_bits() {
+        let tok = load_tokenizer(model_max_length());
+        let records = read_fasta(&oracle().join("inputs/dna.fa"));
+        let tokens: Vec<Vec<u32>> = records
+            .iter()
+            .map(|(id, seq)| tok.encode(id, seq).unwrap())
+            .collect();
+        // Mixed lengths side by side.
+        let order = [0usize, 3, 1, 4, 2, 0];
+        let rows: Vec<Vec<u32>> = order.iter().map(|&i| tokens[i].clone()).collect();
+        let batch = make_batch(&rows, tok.pad_id());
+        let bits = |m: &DnaBert| -> Vec<u32> {
+            let t = m.forward_pooled_padded(&batch).unwrap();
+            assert_eq!(t.dims(), &[rows.len(), m.hidden_size()]);
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let want = bits(&load_model_with(&ModelOptions {
+            sub_batch_bytes: None,
+            ..ModelOptions::default()
+        }));
+        let cfg = DnaBertConfig::from_file(oracle().join("dnabert/config.json")).unwrap();
+        let per_token = DnaBert::bytes_per_token(&cfg, DType::F32);
+        let l = batch.max_len;
+        for tokens in [1, 2 * l, 4 * l] {
+            assert!(batch.sub_batches(Some(tokens)).len() > 1, "{tokens}");
+            let model = load_model_with(&ModelOptions {
+                sub_batch_bytes: Some(tokens * per_token),
+                ..ModelOptions::default()
+            });
+            assert_eq!(model.sub_batch_tokens, Some(tokens));
+            assert!(bits(&model) == want, "{tokens}: pooled rows");
         }
     }
 

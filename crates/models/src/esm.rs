@@ -399,11 +399,22 @@ pub struct Esm {
     mask_token_id: u32,
     device: Device,
     dtype: DType,
+    /// The most padded tokens run at once ([`ModelOptions::sub_batch_bytes`]).
+    sub_batch_tokens: Option<usize>,
     ctx: Ctx,
     span: tracing::Span,
 }
 
 impl Esm {
+    /// Bytes of activations a layer keeps alive per padded token at its peak, the feed-forward
+    /// pass: its input, its layer norm and the GELU intermediate (then the input, the
+    /// intermediate and the output). The attention block holds 5 rows of `hidden` with the
+    /// fused kernel (input, layer norm, q/k/v), fewer than the `2 + 4` of ESM2's feed-forward;
+    /// the unfused path's rotated q and k add 2 more.
+    fn bytes_per_token(cfg: &EsmConfig, dtype: DType) -> usize {
+        (2 * cfg.hidden_size + cfg.intermediate_size) * dtype.size_in_bytes()
+    }
+
     /// Builds the encoder from `vb` (rooted where the `esm.` prefix has been stripped);
     /// `token_dropout` is the resolved choice (see [`TokenDropout::resolve`]); `options` are kept
     /// by the model and its layers.
@@ -450,6 +461,7 @@ impl Esm {
             mask_token_id: cfg.mask_token_id.unwrap_or(DEFAULT_MASK_TOKEN_ID),
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            sub_batch_tokens: ctx.sub_batch_tokens(Self::bytes_per_token(cfg, vb.dtype())),
             ctx,
             span: tracing::span!(tracing::Level::TRACE, "esm"),
         })
@@ -496,12 +508,27 @@ impl Esm {
         f
     }
 
-    /// `last_hidden_state` `[batch, len, hidden]` in the compute dtype.
+    /// `last_hidden_state` `[batch, len, hidden]` in the compute dtype, computed by sub-batches
+    /// within [`ModelOptions::sub_batch_bytes`].
     pub fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let (b, l) = (batch.batch_size(), batch.max_len);
         check_batch(batch)?;
-        let has_mask = self.token_dropout && batch.ids.contains(&self.mask_token_id);
+        let has_mask = self.has_mask(batch);
+        batch.by_sub_batches(self.sub_batch_tokens, |rows| {
+            self.forward_rows(rows, has_mask)
+        })
+    }
+
+    /// Whether the embeddings take the general path (some `<mask>` to rescale) rather than the
+    /// pre-multiplied table. Decided once for the whole batch, so that its sub-batches run the
+    /// very ops of the whole batch.
+    fn has_mask(&self, batch: &TokenBatch) -> bool {
+        self.token_dropout && batch.ids.contains(&self.mask_token_id)
+    }
+
+    /// [`Self::forward`] of one (sub-)batch, all at once; `has_mask`: see [`Self::has_mask`].
+    fn forward_rows(&self, batch: &TokenBatch, has_mask: bool) -> Result<Tensor> {
+        let (b, l) = (batch.batch_size(), batch.max_len);
         let mut x = if has_mask {
             let ids = Tensor::from_slice(&batch.ids, (b, l), &self.device)?;
             let factors = Tensor::from_vec(self.embedding_factors(batch), (b, l, 1), &self.device)?
@@ -527,6 +554,26 @@ impl Esm {
         self.emb_layer_norm_after.forward(&x, None)
     }
 
+    /// [`Encoder::forward_pooled`] on padded rows (what GPUs run): each sub-batch is pooled as
+    /// soon as it is computed, so only its `[rows, hidden]` pooled result outlives it.
+    fn forward_pooled_padded(&self, batch: &TokenBatch) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        check_batch(batch)?;
+        let has_mask = self.has_mask(batch);
+        batch.by_sub_batches(self.sub_batch_tokens, |rows| {
+            let hidden = self.forward_rows(rows, has_mask)?;
+            let l = rows.max_len;
+            let mut w = vec![0f32; rows.batch_size() * l];
+            for (b, &len) in rows.lengths.iter().enumerate() {
+                let residues = len - 2;
+                for j in 1..=residues {
+                    w[b * l + j] = 1.0 / residues as f32;
+                }
+            }
+            weighted_pool(&hidden, w, self.ctx.kernels())
+        })
+    }
+
     /// The pooled embeddings of [`Encoder::forward_pooled`] computed on packed rows
     /// ([`Packing`]): what the CPU runs.
     fn forward_pooled_packed(&self, batch: &TokenBatch) -> Result<Tensor> {
@@ -536,8 +583,7 @@ impl Esm {
         let packing = Packing::new(&batch.lengths);
         let t = packing.total();
         let ids = Tensor::from_vec(packing.pack(&batch.ids, l), (1, t), &self.device)?;
-        let has_mask = self.token_dropout && batch.ids.contains(&self.mask_token_id);
-        let mut x = if has_mask {
+        let mut x = if self.has_mask(batch) {
             let factors = packing.pack(&self.embedding_factors(batch), l);
             let factors =
                 Tensor::from_vec(factors, (1, t, 1), &self.device)?.to_dtype(self.dtype)?;
@@ -590,15 +636,129 @@ impl Encoder for Esm {
         if self.device.is_cpu() {
             return self.forward_pooled_packed(batch);
         }
-        let hidden = self.forward(batch)?;
-        let l = batch.max_len;
-        let mut w = vec![0f32; batch.batch_size() * l];
-        for (b, &len) in batch.lengths.iter().enumerate() {
-            let residues = len - 2;
-            for j in 1..=residues {
-                w[b * l + j] = 1.0 / residues as f32;
-            }
+        self.forward_pooled_padded(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::tokenize::EsmTokenizer;
+    use crate::weights::{Checkpoint, WeightFiles, WeightsFormat};
+    use crate::SeqTokenizer;
+
+    fn oracle_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/oracle")
+    }
+
+    fn oracle_config() -> EsmConfig {
+        let cfg = std::fs::read_to_string(oracle_dir().join("esm2/config.json")).unwrap();
+        serde_json::from_str(&cfg).unwrap()
+    }
+
+    /// The oracle's tiny ESM2 (`tests/data/oracle/esm2`) on the CPU in f32, built with `options`.
+    fn oracle_esm(options: &ModelOptions) -> Esm {
+        let dir = oracle_dir().join("esm2");
+        let cfg = oracle_config();
+        let files = WeightFiles {
+            format: WeightsFormat::Safetensors,
+            files: vec![dir.join("model.safetensors")],
+        };
+        let vb = Checkpoint::open(&files, "esm.", "oracle esm2")
+            .unwrap()
+            .into_var_builder(DType::F32, &Device::Cpu);
+        let (token_dropout, _) = TokenDropout::Auto.resolve(&cfg);
+        Esm::load(vb, &cfg, token_dropout, options).unwrap()
+    }
+
+    /// The oracle's protein records as one padded batch, in file order (long and short rows
+    /// side by side), one residue of the longest row made `<mask>` so that the
+    /// token-dropout path runs too.
+    fn oracle_batch() -> TokenBatch {
+        let tok = EsmTokenizer::from_file(&oracle_dir().join("esm2/vocab.txt")).unwrap();
+        let fasta = std::fs::read_to_string(oracle_dir().join("inputs/proteins.fa")).unwrap();
+        let mut rows: Vec<Vec<u32>> = fasta
+            .split('>')
+            .skip(1)
+            .map(|rec| {
+                let (id, seq) = rec.split_once('\n').unwrap_or((rec, ""));
+                let seq: String = seq.split_whitespace().collect();
+                tok.encode(id, seq.as_bytes()).unwrap()
+            })
+            .collect();
+        let longest = (0..rows.len()).max_by_key(|&i| rows[i].len()).unwrap();
+        rows[longest][5] = DEFAULT_MASK_TOKEN_ID;
+        let max_len = rows.iter().map(Vec::len).max().unwrap();
+        let mut ids = Vec::new();
+        for r in &rows {
+            ids.extend_from_slice(r);
+            ids.resize(ids.len() + max_len - r.len(), tok.pad_id());
         }
-        weighted_pool(&hidden, w, self.ctx.kernels())
+        TokenBatch {
+            ids,
+            lengths: rows.iter().map(Vec::len).collect(),
+            max_len,
+        }
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The default budget splits ESM2-3B's default GPU batches in two (the memory target of
+    /// issue 29) and leaves ESM2-650M's whole.
+    #[test]
+    fn default_sub_batches_split_only_the_3b_default_batch() {
+        let ctx = ModelContext::new(&ModelOptions::default());
+        let tokens = |cfg: &EsmConfig| {
+            ctx.sub_batch_tokens(Esm::bytes_per_token(cfg, DType::F16))
+                .unwrap()
+        };
+        let budget = crate::embed::DEFAULT_BATCH_TOKENS_GPU;
+        let (t3b, t650m) = (
+            tokens(&EsmConfig::esm2_3b()),
+            tokens(&EsmConfig::esm2_650m()),
+        );
+        assert!(t3b < budget && 2 * t3b >= budget, "{t3b}");
+        assert!(t650m >= budget, "{t650m}");
+    }
+
+    /// The padded path (what GPUs run) by sub-batches gives the whole batch's hidden states
+    /// and pooled rows to the bit: a sub-batch put back in the wrong place, a row cut off or
+    /// padded otherwise would show.
+    #[test]
+    fn padded_sub_batches_give_the_whole_batch_bits() {
+        let batch = oracle_batch();
+        let (b, l) = (batch.batch_size(), batch.max_len);
+        assert!(b >= 5 && batch.lengths.iter().min() < batch.lengths.iter().max());
+        let whole = oracle_esm(&ModelOptions {
+            sub_batch_bytes: None,
+            ..ModelOptions::default()
+        });
+        let want_hidden = whole.forward(&batch).unwrap();
+        assert_eq!(want_hidden.dims(), &[b, l, whole.hidden_size]);
+        let want_hidden = bits(&want_hidden);
+        let want_pooled = bits(&whole.forward_pooled_padded(&batch).unwrap());
+        let per_token = Esm::bytes_per_token(&oracle_config(), DType::F32);
+        // Every row alone, pairs, and two sub-batches of unequal lengths' rows.
+        for tokens in [1, 2 * l, 4 * l] {
+            let model = oracle_esm(&ModelOptions {
+                sub_batch_bytes: Some(tokens * per_token),
+                ..ModelOptions::default()
+            });
+            assert_eq!(model.sub_batch_tokens, Some(tokens));
+            assert!(
+                batch.sub_batches(Some(tokens)).len() > 1,
+                "{tokens}: not split"
+            );
+            let hidden = model.forward(&batch).unwrap();
+            assert_eq!(hidden.dims(), &[b, l, whole.hidden_size]);
+            assert!(bits(&hidden) == want_hidden, "{tokens}: hidden states");
+            let pooled = bits(&model.forward_pooled_padded(&batch).unwrap());
+            assert!(pooled == want_pooled, "{tokens}: pooled rows");
+        }
     }
 }
