@@ -15,6 +15,9 @@ pub const FUSED_OPS: &str = "VIRNUCPRO_FUSED_OPS";
 pub const GELU_EPILOGUE: &str = "VIRNUCPRO_GELU_EPILOGUE";
 /// `VIRNUCPRO_EVENT_TRACKING=1`: keep cudarc's per-buffer CUDA events.
 pub const EVENT_TRACKING: &str = "VIRNUCPRO_EVENT_TRACKING";
+/// `VIRNUCPRO_SUB_BATCH_MIB=N`: the activation memory of one padded sub-batch (0: whole
+/// batches), to compare against the default ([`virnucpro_models::options::DEFAULT_SUB_BATCH_BYTES`]).
+pub const SUB_BATCH_MIB: &str = "VIRNUCPRO_SUB_BATCH_MIB";
 /// `VIRNUCPRO_PROFILE=1`: `bench` times each section of a layer.
 pub const PROFILE: &str = "VIRNUCPRO_PROFILE";
 /// `VIRNUCPRO_TEST_OOM_TOKENS=T`: a linear layer on more than T tokens fails as out of memory.
@@ -57,7 +60,16 @@ pub fn model_options(attention: AttentionImpl) -> ModelOptions {
         kernels: kernel_options(attention),
         inject_oom_above_rows: oom_tokens(),
         profiler: None,
-        ..ModelOptions::default()
+        sub_batch_bytes: sub_batch_bytes(),
+    }
+}
+
+/// `VIRNUCPRO_SUB_BATCH_MIB` in bytes (`None` for 0), else the default.
+pub fn sub_batch_bytes() -> Option<usize> {
+    match var(SUB_BATCH_MIB).and_then(|v| v.parse::<usize>().ok()) {
+        Some(0) => None,
+        Some(mib) => Some(mib << 20),
+        None => ModelOptions::default().sub_batch_bytes,
     }
 }
 

@@ -71,7 +71,7 @@ pub fn run(args: Args, attention: AttentionImpl) -> anyhow::Result<()> {
         kernels: virnucpro::env::kernel_options(attention),
         profiler: virnucpro::env::profiler(),
         inject_oom_above_rows: None,
-        ..virnucpro_models::options::ModelOptions::default()
+        sub_batch_bytes: virnucpro::env::sub_batch_bytes(),
     };
     let device = select_device(args.device, &model_options.kernels)?;
     if let Some(rows) = args.tune_gemm {
