@@ -35,7 +35,7 @@ use virnucpro_kernels::KernelOptions;
 use virnucpro_models::classifier::Classifier;
 use virnucpro_models::config::ModelFamily;
 use virnucpro_models::device::{
-    device_kind, device_name, dtype_label, select_devices, DTypeSpec, DeviceList,
+    device_kind, device_name, dtype_label, precision_label, select_devices, DTypeSpec, DeviceList,
 };
 use virnucpro_models::embed::{
     is_out_of_memory, load_from_files, tokenize_sequences, BatchFailure, DeviceRows,
@@ -964,13 +964,13 @@ fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models
             }
         };
         tracing::info!(
-            "models: {} ({}, {:?}) + {} ({}, {:?}) -> classifier {} ({} inputs) on {}",
+            "models: {} ({}, {}) + {} ({}, {}) -> classifier {} ({} inputs) on {}",
             req.dnabert,
             dnabert.hidden_size,
-            dnabert.dtype,
+            precision_label(dnabert.dtype, dnabert.options.kernels.cpu_matmul),
             req.esm,
             esm.hidden_size,
-            esm.dtype,
+            precision_label(esm.dtype, esm.options.kernels.cpu_matmul),
             if req.random_weights.is_some() {
                 "random".to_string()
             } else {
