@@ -177,18 +177,59 @@ mod amx {
     /// The AMX kernel, where this CPU has AMX-BF16 and the OS lets this process use the tiles
     /// (Linux grants that per process: tract-linalg asks with `arch_prctl`).
     pub fn kernel() -> Option<&'static Kernel> {
-        static KERNEL_CELL: OnceLock<Option<Kernel>> = OnceLock::new();
-        KERNEL_CELL
-            .get_or_init(|| {
-                if !tract_linalg::x86_64::amx_bf16::has_amx_bf16() {
-                    return None;
+        static KERNEL_CELL: OnceLock<Option<&'static Kernel>> = OnceLock::new();
+        *KERNEL_CELL.get_or_init(|| {
+            if !tract_linalg::x86_64::amx_bf16::has_amx_bf16() {
+                return None;
+            }
+            let kernel = tract_linalg::mmm_routines::declared()
+                .map(|r| (r.make)())
+                .find(|k| k.name() == KERNEL && k.built() && k.runnable())?;
+            // Leaked once, so that layers can keep a `'static` reference.
+            let kernel: &'static Kernel = Box::leak(Box::new(Kernel(kernel)));
+            match self_check(kernel) {
+                Ok(()) => Some(kernel),
+                Err(e) => {
+                    tracing::warn!("{KERNEL} failed its check on this CPU ({e}); bf16 is emulated");
+                    None
                 }
-                tract_linalg::mmm_routines::declared()
-                    .map(|r| (r.make)())
-                    .find(|k| k.name() == KERNEL && k.built() && k.runnable())
-                    .map(Kernel)
-            })
-            .as_ref()
+            }
+        })
+    }
+
+    /// One small product on the kernel, against the same rounding in f64: a kernel that runs but
+    /// computes something else (a CPU or OS this path was not measured on) is not used.
+    fn self_check(kernel: &'static Kernel) -> Result<()> {
+        let (m, k, n) = (37, 70, 33);
+        let val = |i: usize, s: f32| ((i * 7919 % 263) as f32 / 131.0 - 1.0) * s;
+        let x: Vec<f32> = (0..m * k).map(|i| val(i, 1.0)).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| val(i + 11, 0.3)).collect();
+        let b: Vec<f32> = (0..n).map(|i| val(i + 5, 0.1)).collect();
+        let dev = candle_core::Device::Cpu;
+        let packed = Packed::new(
+            kernel,
+            &Tensor::from_slice(&w, (n, k), &dev)?,
+            Some(&Tensor::from_slice(&b, n, &dev)?),
+        )?;
+        let y: Vec<f32> = packed
+            .forward(&Tensor::from_slice(&x, (m, k), &dev)?, m)?
+            .flatten_all()?
+            .to_vec1()?;
+        let r = |v: f32| f64::from(half::bf16::from_f32(v).to_f32());
+        let mut worst = 0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k)
+                    .map(|l| r(x[i * k + l]) * r(w[j * k + l]))
+                    .sum::<f64>()
+                    + f64::from(b[j]);
+                worst = worst.max((f64::from(y[i * n + j]) - want).abs());
+            }
+        }
+        if worst > 1e-4 {
+            candle_core::bail!("largest difference {worst:e} from the bf16 product");
+        }
+        Ok(())
     }
 
     fn tract_err(e: impl std::fmt::Display) -> candle_core::Error {
