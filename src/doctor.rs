@@ -245,9 +245,9 @@ fn check_on_cpu(run: &mut Checkup, opts: &DoctorOptions) -> Result<()> {
     };
     let bf16 = kernels::cpu_bf16_isa();
     let bf16 = if bf16.amx {
-        format!("{} (AMX; the CPU default, --dtype auto)", bf16.kernel)
+        format!("{} (AMX)", bf16.kernel)
     } else {
-        "emulated (no AMX: slower than f32, which stays the default)".to_string()
+        "emulated (no AMX: slower than f32)".to_string()
     };
     let summary = format!(
         "virnucpro {} built with features: {feats}; CPU int8 matrix path (--dtype int8): \

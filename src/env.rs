@@ -15,8 +15,9 @@ pub const FUSED_OPS: &str = "VIRNUCPRO_FUSED_OPS";
 pub const GELU_EPILOGUE: &str = "VIRNUCPRO_GELU_EPILOGUE";
 /// `VIRNUCPRO_EVENT_TRACKING=1`: keep cudarc's per-buffer CUDA events.
 pub const EVENT_TRACKING: &str = "VIRNUCPRO_EVENT_TRACKING";
-/// `VIRNUCPRO_SUB_BATCH_MIB=N`: the activation memory of one padded sub-batch (0: whole
-/// batches), to compare against the default ([`virnucpro_models::options::DEFAULT_SUB_BATCH_BYTES`]).
+/// `VIRNUCPRO_SUB_BATCH_MIB=N`: the activation memory of one padded sub-batch (0 or unset: whole
+/// batches, the default), to measure sub-batches
+/// ([`virnucpro_models::options::SUGGESTED_SUB_BATCH_BYTES`]) against whole batches.
 pub const SUB_BATCH_MIB: &str = "VIRNUCPRO_SUB_BATCH_MIB";
 /// `VIRNUCPRO_PROFILE=1`: `bench` times each section of a layer.
 pub const PROFILE: &str = "VIRNUCPRO_PROFILE";

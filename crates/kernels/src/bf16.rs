@@ -1,6 +1,5 @@
-//! The CPU bf16 linear layer (`--dtype bf16` on the CPU, and `--dtype auto` where the CPU has
-//! AMX): `y = x W^T + b` with both operands rounded to bf16 (round to nearest even) and the
-//! products summed in f32. Activations, layer norms, attention and the residual stream stay f32.
+//! The CPU bf16 linear layer (`--dtype bf16` on the CPU): `y = x W^T + b` with both operands
+//! rounded to bf16 (round to nearest even) and the products summed in f32. Activations, layer norms, attention and the residual stream stay f32.
 //!
 //! On a CPU with Intel AMX-BF16 (Sapphire Rapids and later) the product runs on tract-linalg's
 //! `avx512amx_mmm_f32_16x16` kernel (`TDPBF16PS` tiles: bf16 x bf16 -> f32), with the weight
@@ -25,12 +24,12 @@ pub struct CpuBf16Isa {
     /// `avx512amx_mmm_f32_16x16` (tract-linalg, AMX) or `emulated` (candle's f32 GEMM on
     /// bf16-rounded operands).
     pub kernel: &'static str,
-    /// Whether the bf16 products run on matrix instructions (faster than f32); only then is
-    /// bf16 the CPU's `--dtype auto`.
+    /// Whether the bf16 products run on matrix instructions (AMX); only such a path could be
+    /// the CPU's default.
     pub amx: bool,
 }
 
-/// The CPU bf16 matrix path of this machine (for `doctor` and `--dtype auto`).
+/// The CPU bf16 matrix path of this machine (for `doctor` and the choice at load).
 pub fn cpu_bf16_isa() -> CpuBf16Isa {
     if amx::kernel().is_some() {
         CpuBf16Isa {

@@ -50,7 +50,7 @@ pub enum CpuMatmul {
     /// quantized per row (`--dtype int8`).
     Int8,
     /// [`crate::Bf16Linear`]: operands rounded to bf16, sums in f32; on AMX where the CPU has it
-    /// (`--dtype bf16`, and `auto` on AMX CPUs).
+    /// (`--dtype bf16`).
     Bf16,
 }
 

@@ -957,9 +957,12 @@ mod tests {
     #[test]
     fn dnabert_s_default_batches_run_as_two_sub_batches() {
         let cfg: DnaBertConfig = serde_json::from_str(crate::embed::DNABERT_S_CONFIG).unwrap();
-        let t = ModelContext::new(&ModelOptions::default())
-            .sub_batch_tokens(DnaBert::bytes_per_token(&cfg, DType::F16))
-            .unwrap();
+        let t = ModelContext::new(&ModelOptions {
+            sub_batch_bytes: Some(crate::options::SUGGESTED_SUB_BATCH_BYTES),
+            ..ModelOptions::default()
+        })
+        .sub_batch_tokens(DnaBert::bytes_per_token(&cfg, DType::F16))
+        .unwrap();
         let budget = crate::embed::DEFAULT_BATCH_TOKENS_GPU;
         assert!(t < budget && 2 * t >= budget, "{t}");
     }

@@ -712,7 +712,10 @@ mod tests {
     /// issue 29) and leaves ESM2-650M's whole.
     #[test]
     fn default_sub_batches_split_only_the_3b_default_batch() {
-        let ctx = ModelContext::new(&ModelOptions::default());
+        let ctx = ModelContext::new(&ModelOptions {
+            sub_batch_bytes: Some(crate::options::SUGGESTED_SUB_BATCH_BYTES),
+            ..ModelOptions::default()
+        });
         let tokens = |cfg: &EsmConfig| {
             ctx.sub_batch_tokens(Esm::bytes_per_token(cfg, DType::F16))
                 .unwrap()

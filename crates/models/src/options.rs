@@ -10,7 +10,10 @@ use virnucpro_kernels::{GemmFallback, KernelError, KernelOptions};
 
 use crate::profile::Profiler;
 
-/// Default of [`ModelOptions::sub_batch_bytes`]: 512 MiB. ESM2-3B in f16 keeps ~30 KiB per
+/// The sub-batch budget to try ([`ModelOptions::sub_batch_bytes`], `VIRNUCPRO_SUB_BATCH_MIB=512`):
+/// 512 MiB. Off by default until its speed has been measured on a GPU (the run's speed must not
+/// drop; a whole batch of 14 336 tokens, which is what such sub-batches are for the encoder, ran
+/// 557 frames/s against 584 at 28 672). ESM2-3B in f16 keeps ~30 KiB per
 /// padded token alive (a layer's input, its layer norm and the `[tokens, 10240]` GELU
 /// intermediate): sub-batches of at most 17 476 tokens, so a batch of the GPU's default budget
 /// (28 672) runs as two of at most 14 336 tokens, ~420 MiB of activations instead of ~840.
@@ -21,7 +24,7 @@ use crate::profile::Profiler;
 /// whole sequences allow, so the GEMMs mostly keep 8 192 rows or more (the rows the cuBLASLt
 /// algorithms were chosen at); a smaller budget would save more memory but risk the speed that
 /// smaller batches lose.
-pub const DEFAULT_SUB_BATCH_BYTES: usize = 512 << 20;
+pub const SUGGESTED_SUB_BATCH_BYTES: usize = 512 << 20;
 
 /// What a model is built with besides its weights and config.
 #[derive(Debug, Clone)]
@@ -50,7 +53,7 @@ impl Default for ModelOptions {
             kernels: KernelOptions::default(),
             profiler: None,
             inject_oom_above_rows: None,
-            sub_batch_bytes: Some(DEFAULT_SUB_BATCH_BYTES),
+            sub_batch_bytes: None,
         }
     }
 }
