@@ -452,5 +452,6 @@ mod tests {
             label.starts_with("F32 with bf16 linear layers ("),
             "{label}"
         );
+        assert_eq!(label.contains("avx512amx"), amx, "{label}");
     }
 }

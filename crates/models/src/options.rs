@@ -27,7 +27,7 @@ use crate::profile::Profiler;
 pub const SUGGESTED_SUB_BATCH_BYTES: usize = 512 << 20;
 
 /// What a model is built with besides its weights and config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ModelOptions {
     pub kernels: KernelOptions,
     /// Times the encoders' sections into this profiler (the caller keeps a clone and takes the
@@ -45,17 +45,6 @@ pub struct ModelOptions {
     /// batch's ([`crate::TokenBatch::by_sub_batches`]). `None`: the whole batch at once. The
     /// CPU's packed rows are never split.
     pub sub_batch_bytes: Option<usize>,
-}
-
-impl Default for ModelOptions {
-    fn default() -> Self {
-        Self {
-            kernels: KernelOptions::default(),
-            profiler: None,
-            inject_oom_above_rows: None,
-            sub_batch_bytes: None,
-        }
-    }
 }
 
 /// What the layers of one model share: its options, and what it learned at run time about
