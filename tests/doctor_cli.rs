@@ -220,3 +220,38 @@ fn verbose_shows_the_library_crates_debug_logs() {
         .success()
         .stderr(predicate::str::contains(debug_line).not());
 }
+
+/// A reader that closes the pipe before the report is written (`virnucpro bench --json | head`)
+/// ends the command quietly: no panic, no error, exit 0.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    use std::process::{Command as StdCommand, Stdio};
+    let mut child = StdCommand::new(BIN)
+        .args([
+            "bench",
+            "--model",
+            &format!("{O}/fastesm"),
+            "--device",
+            "cpu",
+        ])
+        .args([
+            "--shapes",
+            "2x8",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the model is even loaded: the report's write fails with a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("error:"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}

@@ -60,9 +60,9 @@ pub fn run(args: Args, attention: AttentionImpl) -> anyhow::Result<()> {
     if !args.input.is_empty() {
         let r = virnucpro_core::input::units::measure_input(&args.input, args.repeats.max(1))?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?)?;
         } else {
-            println!("{r}");
+            outln!("{r}")?;
         }
         return Ok(());
     }
@@ -80,7 +80,7 @@ pub fn run(args: Args, attention: AttentionImpl) -> anyhow::Result<()> {
             let family = virnucpro_models::config::ModelFamily::Esm;
             let dtype = virnucpro_models::device::resolve_dtype(args.dtype, family, &device);
             let table = bench::tune_gemm(&device, dtype, rows)?;
-            println!("{}", serde_json::to_string_pretty(&table)?);
+            outln!("{}", serde_json::to_string_pretty(&table)?)?;
             return Ok(());
         }
         #[cfg(not(feature = "cuda"))]
@@ -124,19 +124,21 @@ pub fn run(args: Args, attention: AttentionImpl) -> anyhow::Result<()> {
             &mut super::Console,
         )?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         } else {
-            println!(
+            outln!(
                 "ops of one {} layer at {}x{} in {dtype:?}",
-                opts.model, opts.shapes[0].0, opts.shapes[0].1
-            );
+                opts.model,
+                opts.shapes[0].0,
+                opts.shapes[0].1
+            )?;
             print!("{}", bench::op_table(&rows));
         }
         return Ok(());
     }
     let report = bench::run(&opts, &device, &mut super::Console)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         print!("{}", bench::table(&report));
     }

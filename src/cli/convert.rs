@@ -124,26 +124,26 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(h)) => format!("unnamed (hidden {h})"),
         (None, None) => "not recorded".to_owned(),
     };
-    println!(
+    outln!(
         "wrote {}: classifier {} -> {} -> 2, BatchNorm eps {:e}, from {} ({source})",
         args.out.display(),
         m.input_dim,
         m.hidden_dim,
         m.bn_eps,
         args.classifier.display()
-    );
-    println!(
+    )?;
+    outln!(
         "  nucleotide model: {}",
         model(&m.dnabert_model, m.dnabert_hidden)
-    );
-    println!("  protein model:    {}", model(&m.esm_model, m.esm_hidden));
-    println!(
+    )?;
+    outln!("  protein model:    {}", model(&m.esm_model, m.esm_hidden))?;
+    outln!(
         "  chunk length:     {}",
         m.chunk_len
             .map_or_else(|| "not recorded".to_owned(), |c| c.to_string())
-    );
+    )?;
     if m.dnabert_model.is_none() || m.esm_model.is_none() || m.chunk_len.is_none() {
-        println!("  (predict checks only what is recorded; add the rest with --dnabert-model, --esm-model, --chunk-len)");
+        outln!("  (predict checks only what is recorded; add the rest with --dnabert-model, --esm-model, --chunk-len)")?;
     }
     Ok(())
 }

@@ -141,7 +141,7 @@ pub fn run(args: Args, attention: virnucpro_kernels::AttentionImpl) -> anyhow::R
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("doctor: all checks passed");
+    outln!("doctor: all checks passed")?;
     Ok(())
 }
 

@@ -32,11 +32,11 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let report = evaluate(&args.features, &args.classifier, args.plots.as_deref())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         print!("{}", report_table(&report));
         for p in &report.plots {
-            println!("wrote {p}");
+            outln!("wrote {p}")?;
         }
     }
     Ok(())

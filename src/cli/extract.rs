@@ -75,7 +75,7 @@ pub fn run(args: Args, attention: virnucpro_kernels::AttentionImpl) -> anyhow::R
     };
     let report = extract(&opts)?;
     let m = &report.manifest;
-    println!(
+    outln!(
         "{} frames x {} features ({} + {}) in {} shards: {} computed ({} of them recomputed), {} \
          kept{}",
         m.rows,
@@ -90,7 +90,7 @@ pub fn run(args: Args, attention: virnucpro_kernels::AttentionImpl) -> anyhow::R
             .frames_per_s()
             .map(|r| format!("; {r:.1} frames/s"))
             .unwrap_or_default()
-    );
-    println!("wrote {}", opts.out.join("manifest.json").display());
+    )?;
+    outln!("wrote {}", opts.out.join("manifest.json").display())?;
     Ok(())
 }

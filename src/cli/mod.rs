@@ -3,6 +3,15 @@
 
 use clap::{Parser, Subcommand};
 
+/// `println!` that returns the write's error instead of panicking: a reader that goes away
+/// (`virnucpro bench --json | head`) ends the command, and `main` exits quietly on that.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod bench;
 mod convert;
 mod doctor;

@@ -29,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|| PathBuf::from("."))
     });
     for p in plot_predictions(&args.results, &out)? {
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display())?;
     }
     Ok(())
 }

@@ -75,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let report = train_to_file(&args.features, &args.out, &opts)?;
     let best = report.best();
-    println!(
+    outln!(
         "best epoch {} of {}{}: val loss {:.5}, accuracy {:.4}, F1 {:.4}, AUROC {}; {:.0} samples/s",
         report.best_epoch,
         report.epochs_run,
@@ -85,19 +85,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         best.val.f1,
         best.val.auroc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
         report.samples_per_s
-    );
+    )?;
     match &report.preset_file {
-        Some(preset) => println!(
+        Some(preset) => outln!(
             "wrote {}, {} and {}",
             args.out.display(),
             log_path(&args.out).display(),
             preset.display()
-        ),
-        None => println!(
+        )?,
+        None => outln!(
             "wrote {} and {}",
             args.out.display(),
             log_path(&args.out).display()
-        ),
+        )?,
     }
     Ok(())
 }
