@@ -13,8 +13,8 @@
 #   ESMCPP_MODEL     where the checkpoint is written once (default ~/.cache/virnucpro-esmcpp/esm2-650m)
 #   THREADS          threads for both engines (default: all cores)
 #   ESMCPP_MODES     esm.cpp's modes to time (default "fp32 int8")
-#   ESMCPP_WHEELS    a folder of wheels (esm-cpp, numpy<2) to install from, for a machine
-#                    without PyPI
+#   ESMCPP_WHEELS    a folder of wheels (esm-cpp, numpy<2, and safetensors where the system
+#                    Python lacks it) to install from, for a machine without PyPI
 #   REPEATS          timed passes per engine, shape and round (default 5; the median is used)
 # Shapes: 8 sequences of 168 tokens, and 16 ragged sequences of 125-250 tokens (lengths drawn
 # between T/2 and T by each engine with its own seed: compare tokens/s, not milliseconds).
@@ -37,6 +37,8 @@ if [ ! -x "$venv/bin/python" ]; then
     # Offline: the wheels given, plus what the system Python has (safetensors).
     python3 -m venv --system-site-packages "$venv"
     "$venv/bin/pip" install -q --no-index --find-links "$ESMCPP_WHEELS" "esm-cpp==0.2.1" "numpy<2"
+    "$venv/bin/python" -c "import safetensors" 2> /dev/null ||
+      "$venv/bin/pip" install -q --no-index --find-links "$ESMCPP_WHEELS" safetensors
   else
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "esm-cpp==0.2.1" "numpy<2" safetensors

@@ -481,6 +481,11 @@ struct OpInputs {
 }
 
 impl OpInputs {
+    /// Whether these rows run on the CPU in f32, where the CPU kernels apply.
+    fn cpu_f32(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
+    }
+
     fn new(
         device: &Device,
         dtype: DType,
@@ -716,7 +721,26 @@ fn time_attention_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
         attn_flops,
         flops,
         &mut || virnucpro_models::layers::attention(q, k, v, mask, scale, &naive).map(drop),
-    )
+    )?;
+    if x.cpu_f32() {
+        // What the CPU's packed batches run: rotary, scores, softmax and output per (row, head).
+        let spans: Vec<(usize, usize)> = (0..b).map(|i| (i * t, t)).collect();
+        let (cos, sin) = x.rotary.cpu_tables(t)?;
+        let qkv = x.qkv.reshape((1, b * t, 3 * heads * d))?;
+        tm.time(
+            "attention packed, CPU kernel (+rotary)",
+            attn_flops,
+            flops,
+            &mut || {
+                let pos = kernels::PositionBias::Rotary {
+                    cos: &cos,
+                    sin: &sin,
+                };
+                kernels::cpu_packed_attention(&qkv, &spans, heads, d, scale as f32, pos).map(drop)
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// The output projection, the residual add and LayerNorm in its three forms.
@@ -806,9 +830,10 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
     }
     if ffn_in == 2 * ffn_out {
         let g = x.rnd(&[n, ffn_in])?;
-        // Off CUDA, kernels::gated_gelu is candle's narrow + GELU + multiply.
         let name = if x.fused {
             "gated_gelu fused [N,2F]->[N,F]"
+        } else if x.cpu_f32() {
+            "gated_gelu CPU kernel [N,2F]->[N,F]"
         } else {
             "gated_gelu (candle ops) [N,2F]->[N,F]"
         };
@@ -817,12 +842,30 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
         })?;
     }
     tm.time(
-        "gelu_erf [N,F]",
+        "gelu_erf [N,F] (candle op)",
         x.bytes(2 * n * ffn_out),
         "GB/s",
         &mut || h1.gelu_erf().map(drop),
     )?;
     let b1 = x.rnd(&[ffn_out])?;
+    if x.cpu_f32() {
+        tm.time(
+            "bias+gelu CPU kernel [N,F]",
+            x.bytes(2 * n * ffn_out),
+            "GB/s",
+            &mut || kernels::bias_act(h1, &b1, kernels::Act::GeluErf, None).map(drop),
+        )?;
+        if x.kernels.cpu_matmul == CpuMatmul::Bf16 {
+            let l1 = kernels::Bf16Linear::new(w1, Some(&b1))?;
+            let name = format!(
+                "linear ffn1 bf16 ({}) [N,H]x[H,F]",
+                kernels::cpu_bf16_isa().kernel
+            );
+            tm.time(&name, mm(n, hidden, ffn_in), flops, &mut || {
+                l1.forward(xs).map(drop)
+            })?;
+        }
+    }
     if x.lt_runs(xs, w1, Some(&b1), None, true)? {
         tm.time(
             "linear ffn1 +bias+gelu(tanh) epilogue",
@@ -1067,7 +1110,9 @@ mod tests {
             "matmul qkv",
             "attention naive",
             "matmul ffn2",
-            "gated_gelu (candle ops)",
+            "gated_gelu CPU kernel",
+            "attention packed, CPU kernel",
+            "bias+gelu CPU kernel",
         ] {
             assert!(
                 names.iter().any(|n| n.starts_with(must)),

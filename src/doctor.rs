@@ -245,14 +245,16 @@ fn check_on_cpu(run: &mut Checkup, opts: &DoctorOptions) -> Result<()> {
     };
     let bf16 = kernels::cpu_bf16_isa();
     let bf16 = if bf16.amx {
-        format!("{} (AMX)", bf16.kernel)
+        format!("{} (AMX; the CPU default, --dtype auto)", bf16.kernel)
     } else {
-        "emulated (no AMX: slower than f32)".to_string()
+        "emulated (no AMX: slower than f32; the CPU default is f32)".to_string()
     };
     let summary = format!(
         "virnucpro {} built with features: {feats}; CPU int8 matrix path (--dtype int8): \
-         {int8}; CPU bf16 matrix path (--dtype bf16): {bf16}{}",
+         {int8}; CPU bf16 matrix path (--dtype bf16): {bf16}; element-wise and attention \
+         kernels: {}{}",
         run.rep.version,
+        kernels::cpu_elementwise_isa(),
         if kernels::CUDA_BUILT {
             format!(". {CUDA_BUILD_NOTE}")
         } else {
@@ -1023,6 +1025,12 @@ mod tests {
         );
         assert!(sent[0].contains("CPU int8 matrix path"), "{}", sent[0]);
         assert!(sent[0].contains("CPU bf16 matrix path"), "{}", sent[0]);
+        let isa = kernels::cpu_elementwise_isa();
+        assert!(
+            sent[0].contains(&format!("element-wise and attention kernels: {isa}")),
+            "{}",
+            sent[0]
+        );
         assert!(progress.notes.is_empty(), "{}", progress.notes);
     }
 }

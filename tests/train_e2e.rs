@@ -151,6 +151,9 @@ fn extract(run: &Run, rows_per_shard: &str) -> assert_cmd::assert::Assert {
             "extract",
             "--device",
             "cpu",
+            // f32, as the rows are compared with below (`auto` is bf16 on an AMX CPU).
+            "--dtype",
+            "f32",
             "--rows-per-shard",
             rows_per_shard,
         ])

@@ -19,8 +19,8 @@ pub struct Args {
     /// Where to run: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// Compute precision: auto (f32 on CPU, f16 on a GPU), f32, f16,
-    /// bf16.
+    /// Compute precision: auto (f16 on a GPU; on the CPU bf16 products where it has AMX, else
+    /// f32), f32, f16, bf16, int8 (CPU).
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeSpec,
     /// Batch x padded length shapes, comma-separated.
@@ -113,7 +113,9 @@ pub fn run(args: Args, attention: AttentionImpl) -> anyhow::Result<()> {
             virnucpro_models::config::ModelFamily::Esm
         };
         let dtype = virnucpro_models::device::resolve_dtype(opts.dtype, family, &device);
-        let kernels = &opts.model_options.kernels;
+        let options =
+            virnucpro_models::device::cpu_model_options(opts.dtype, &device, &opts.model_options)?;
+        let kernels = &options.kernels;
         let rows = bench::op_profile(
             &device,
             dtype,

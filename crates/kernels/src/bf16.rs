@@ -125,7 +125,13 @@ impl Bf16Linear {
 
     /// `x` `[rows, in]` (f32 or anything that widens to it) -> `[rows, out]` f32, bias added.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, k) = x.dims2()?;
+        self.forward_act(x, false)
+    }
+
+    /// [`Self::forward`], with the exact GELU applied where `gelu` (on AMX inside each row
+    /// block, while its results are in cache).
+    pub fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        let (_, k) = x.dims2()?;
         if k != self.in_dim {
             candle_core::bail!(
                 "bf16 linear: input has {k} columns, the layer takes {}",
@@ -134,12 +140,18 @@ impl Bf16Linear {
         }
         match &self.imp {
             #[cfg(target_arch = "x86_64")]
-            Imp::Amx(p) => p.forward(x, rows),
+            Imp::Amx(p) => p.forward(x, x.dim(0)?, gelu),
             Imp::Emulated(w) => {
                 let x = round_to_bf16(&x.to_dtype(DType::F32)?)?;
                 let y = x.matmul(&w.t()?)?;
+                let act = if gelu {
+                    crate::Act::GeluErf
+                } else {
+                    crate::Act::Identity
+                };
                 match &self.bias {
-                    Some(b) => y.broadcast_add(b),
+                    Some(b) => crate::bias_act(&y, b, act, None),
+                    None if gelu => crate::gelu_erf(&y),
                     None => Ok(y),
                 }
             }
@@ -211,7 +223,7 @@ mod amx {
             Some(&Tensor::from_slice(&b, n, &dev)?),
         )?;
         let y: Vec<f32> = packed
-            .forward(&Tensor::from_slice(&x, (m, k), &dev)?, m)?
+            .forward(&Tensor::from_slice(&x, (m, k), &dev)?, m, false)?
             .flatten_all()?
             .to_vec1()?;
         let r = |v: f32| f64::from(half::bf16::from_f32(v).to_f32());
@@ -276,14 +288,20 @@ mod amx {
             })
         }
 
-        pub fn forward(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
+        pub fn forward(&self, x: &Tensor, rows: usize, gelu: bool) -> Result<Tensor> {
             let (k, n) = (self.in_dim, self.out_dim);
             let mut out = vec![0f32; rows * n];
             with_f32_slice(x, |x| {
                 let block = row_block(rows);
                 out.par_chunks_mut(block * n)
                     .zip(x.par_chunks(block * k))
-                    .try_for_each(|(y, x)| self.block(x, y, x.len() / k.max(1)))
+                    .try_for_each(|(y, x)| {
+                        self.block(x, y, x.len() / k.max(1))?;
+                        if gelu {
+                            crate::cpu_ops::gelu_in_place(y);
+                        }
+                        Ok(())
+                    })
             })?;
             Tensor::from_vec(out, (rows, n), x.device())
         }
@@ -383,6 +401,26 @@ mod tests {
     fn max_rel(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// The GELU inside the layer is the GELU of its output, to the bit, on both kernels.
+    #[test]
+    fn the_fused_gelu_is_the_gelu_of_the_output() {
+        let (x, w, b) = (
+            randn((70, 40), 1.0, 4),
+            randn((50, 40), 0.2, 5),
+            randn((1, 50), 0.1, 6).flatten_all().unwrap(),
+        );
+        for use_amx in [false, true] {
+            let l = Bf16Linear::with_kernel(&w, Some(&b), use_amx).unwrap();
+            let fused = l.forward_act(&x, true).unwrap();
+            let after = crate::gelu_erf(&l.forward(&x).unwrap()).unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                v.into_iter().map(f32::to_bits).collect()
+            };
+            assert_eq!(bits(&fused), bits(&after), "AMX: {}", l.is_amx());
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 mod bf16;
 mod cpu;
+mod cpu_ops;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod error;
@@ -38,6 +39,9 @@ pub mod selftest;
 
 pub use bf16::{cpu_bf16_isa, Bf16Linear, CpuBf16Isa};
 pub use cpu::{cpu_int8_isa, CpuInt8Isa, Int8Linear};
+pub use cpu_ops::{
+    cpu_elementwise_isa, cpu_f32_values, cpu_gelu_erf, cpu_packed_attention, PositionBias,
+};
 #[cfg(feature = "cuda")]
 pub use cuda::hold_pool_memory;
 pub use error::{anyhow_is_out_of_memory, is_out_of_memory, kernel_error, KernelError};
@@ -648,14 +652,30 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, act: Act, residual: Option<&Tensor>) 
         };
         return x.apply_op2_no_bwd(&bias.contiguous()?, &op);
     }
+    if cpu_ops::is_cpu_f32(x)
+        && cpu_ops::is_cpu_f32(bias)
+        && residual.is_none_or(|r| cpu_ops::is_cpu_f32(r) && r.dims() == x.dims())
+    {
+        return cpu_ops::cpu_bias_act(x, bias, act == Act::GeluErf, residual);
+    }
     let y = x.broadcast_add(bias)?;
     let y = match act {
         Act::Identity => y,
-        Act::GeluErf => y.gelu_erf()?,
+        Act::GeluErf => gelu_erf(&y)?,
     };
     match residual {
         Some(r) => y + r,
         None => Ok(y),
+    }
+}
+
+/// Exact (erf) GELU: the CPU's multi-threaded, vectorized pass for f32 on the CPU
+/// ([`cpu_gelu_erf`]), candle's op elsewhere.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if cpu_ops::is_cpu_f32(x) {
+        cpu_gelu_erf(x)
+    } else {
+        x.gelu_erf()
     }
 }
 

@@ -176,6 +176,9 @@ pub fn gated_gelu(g: &Tensor, inter: usize, options: &KernelOptions) -> Result<T
     {
         return g.contiguous()?.apply_op1_no_bwd(&GatedGelu { inter });
     }
+    if crate::cpu_ops::is_cpu_f32(g) {
+        return crate::cpu_ops::cpu_gated_gelu(g, inter);
+    }
     let d = candle_core::D::Minus1;
     let gate = g.narrow(d, 0, inter)?.gelu_erf()?;
     gate * g.narrow(d, inter, inter)?

@@ -94,6 +94,20 @@ impl Rotary {
             .map(|(c, s)| (c, s))
     }
 
+    /// The tables as f32 values `[len, head_dim / 2]` (cos, sin), for the CPU's attention
+    /// ([`crate::cpu_packed_attention`]).
+    pub fn cpu_tables(&self, len: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (cos, sin) = if len <= self.cos.dim(0)? {
+            (self.cos.narrow(0, 0, len)?, self.sin.narrow(0, 0, len)?)
+        } else {
+            Self::tables(self.head_dim, self.base, len, DType::F32, &Device::Cpu)?
+        };
+        Ok((
+            crate::cpu_f32_values(&cos.to_device(&Device::Cpu)?)?,
+            crate::cpu_f32_values(&sin.to_device(&Device::Cpu)?)?,
+        ))
+    }
+
     /// `x`: `[batch, heads, len, head_dim]` -> same shape, rotated.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let len = x.dim(2)?;

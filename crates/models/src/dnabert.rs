@@ -27,7 +27,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use virnucpro_kernels::KernelOptions;
+use virnucpro_kernels::{KernelOptions, PositionBias};
 
 use super::layers::{split_qkv, split_qkv_views, Act, Embedding, LayerNorm, Linear, Packing};
 use super::options::{Ctx, ModelContext, ModelOptions};
@@ -210,9 +210,10 @@ impl AttentionBias {
 enum Rows<'a> {
     /// `[batch, max_len, hidden]`, one bias for the batch (padding masked).
     Padded(&'a AttentionBias),
-    /// `[1, total, hidden]` end to end (the CPU's layout), with the bias of one unpadded sequence
-    /// of each length present.
-    Packed(&'a Packing, &'a HashMap<usize, AttentionBias>),
+    /// `[1, total, hidden]` end to end (the CPU's layout), with the ALiBi slopes, and the bias of
+    /// one unpadded sequence of each length present (none for f32, whose attention kernel adds
+    /// ALiBi itself).
+    Packed(&'a Packing, &'a HashMap<usize, AttentionBias>, &'a [f32]),
 }
 
 /// Scaled dot-product attention with an additive bias.
@@ -316,7 +317,9 @@ impl DnaBertAttention {
     fn forward(&self, x: &Tensor, rows: Rows) -> Result<Tensor> {
         match rows {
             Rows::Padded(bias) => self.forward_padded(x, bias),
-            Rows::Packed(packing, biases) => self.forward_packed(x, packing, biases),
+            Rows::Packed(packing, biases, slopes) => {
+                self.forward_packed(x, packing, biases, slopes)
+            }
         }
     }
 
@@ -327,6 +330,7 @@ impl DnaBertAttention {
         x: &Tensor,
         packing: &Packing,
         biases: &HashMap<usize, AttentionBias>,
+        slopes: &[f32],
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("dnabert-attention").entered();
         let h = x.dim(2)?;
@@ -335,6 +339,25 @@ impl DnaBertAttention {
             .ctx
             .section("dnabert qkv linear", dev, || self.wqkv.forward(x))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if dev.is_cpu() && qkv.dtype() == DType::F32 {
+            let ctx = self.ctx.section("dnabert attention", dev, || {
+                virnucpro_kernels::cpu_packed_attention(
+                    &qkv,
+                    packing.spans(),
+                    self.num_heads,
+                    self.head_dim,
+                    scale as f32,
+                    PositionBias::Alibi { slopes },
+                )
+            })?;
+            drop(qkv);
+            let out = self.ctx.section("dnabert out linear+res", dev, || {
+                self.output.forward_with(&ctx, Act::Identity, Some(x))
+            })?;
+            return self.ctx.section("dnabert layer_norm", dev, || {
+                self.layer_norm.forward(&out, None)
+            });
+        }
         let ctx = self.ctx.section("dnabert attention", dev, || {
             packing.per_sequence(&qkv, |len, rows| {
                 let (q, k, v) = split_qkv(rows, self.num_heads, self.head_dim)?;
@@ -562,7 +585,8 @@ impl DnaBert {
         let ids = packing.pack(&batch.ids, batch.max_len);
         let ids = Tensor::from_vec(ids, (1, packing.total()), &self.device)?;
         let mut biases = HashMap::new();
-        for &len in &batch.lengths {
+        let kernel_adds_alibi = self.device.is_cpu() && self.dtype == DType::F32;
+        for &len in batch.lengths.iter().filter(|_| !kernel_adds_alibi) {
             if let std::collections::hash_map::Entry::Vacant(e) = biases.entry(len) {
                 e.insert(AttentionBias::new(&self.slopes, &[len], len, &self.device)?);
             }
@@ -571,7 +595,7 @@ impl DnaBert {
             self.embeddings.forward(&ids)
         })?;
         for layer in &self.layers {
-            x = layer.forward(&x, Rows::Packed(&packing, &biases))?;
+            x = layer.forward(&x, Rows::Packed(&packing, &biases, &self.slopes))?;
         }
         let _span = tracing::trace_span!("dnabert-pool").entered();
         // Every real token, `[CLS]` and `[SEP]` included.

@@ -18,6 +18,7 @@ use super::layers::{
 };
 use super::options::{Ctx, ModelContext, ModelOptions};
 use super::{Encoder, TokenBatch};
+use virnucpro_kernels::PositionBias;
 
 /// `config.json` of an ESM2-family checkpoint (the fields this encoder reads).
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +268,27 @@ impl EsmAttention {
             .section("esm qkv linear", dev, || self.qkv.forward(&normed))?;
         drop(normed);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if dev.is_cpu() && qkv.dtype() == DType::F32 {
+            let ctx = self.ctx.section("esm attention", dev, || {
+                let longest = packing.spans().iter().map(|s| s.1).max().unwrap_or(0);
+                let (cos, sin) = rotary.cpu_tables(longest)?;
+                virnucpro_kernels::cpu_packed_attention(
+                    &qkv,
+                    packing.spans(),
+                    self.heads,
+                    self.head_dim,
+                    scale as f32,
+                    PositionBias::Rotary {
+                        cos: &cos,
+                        sin: &sin,
+                    },
+                )
+            })?;
+            drop(qkv);
+            return self.ctx.section("esm out linear+res", dev, || {
+                self.out.forward_with(&ctx, Act::Identity, Some(x))
+            });
+        }
         let ctx = self.ctx.section("esm attention", dev, || {
             packing.per_sequence(&qkv, |len, rows| {
                 let (q, k, v) = split_qkv(rows, self.heads, self.head_dim)?;

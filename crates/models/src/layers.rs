@@ -164,16 +164,15 @@ impl Linear {
             None => None,
         };
         if let Some(cpu) = &self.cpu {
-            // CPU int8 / bf16: bias inside, the exact GELU and the residual add in f32 after.
+            // CPU int8 / bf16: bias inside, the exact GELU (inside too for bf16) and the residual
+            // add in f32 after.
+            let gelu = act == Act::GeluErf;
             let y = match &**cpu {
+                CpuLinear::Int8(q) if gelu => virnucpro_kernels::gelu_erf(&q.forward(&x2)?)?,
                 CpuLinear::Int8(q) => q.forward(&x2)?,
-                CpuLinear::Bf16(l) => l.forward(&x2)?,
+                CpuLinear::Bf16(l) => l.forward_act(&x2, gelu)?,
             };
             let y = y.reshape(out_dims)?;
-            let y = match act {
-                Act::Identity => y,
-                Act::GeluErf => y.gelu_erf()?,
-            };
             return match residual {
                 Some(r) => y + r,
                 None => Ok(y),
@@ -211,7 +210,7 @@ impl Linear {
             None => {
                 let y = match act {
                     Act::Identity => y,
-                    Act::GeluErf => y.gelu_erf()?,
+                    Act::GeluErf => virnucpro_kernels::gelu_erf(&y)?,
                 };
                 match residual {
                     Some(r) => y + r,
@@ -298,7 +297,7 @@ impl LayerNorm {
 
 /// Exact (erf) GELU, as PyTorch's default `nn.GELU()` / `F.gelu`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    virnucpro_kernels::gelu_erf(x)
 }
 
 /// Which keys each query may attend to, plus an optional additive score bias.
@@ -464,6 +463,11 @@ impl Packing {
             })
             .collect();
         Self { spans, total }
+    }
+
+    /// `(first token, length)` of each sequence, in batch order.
+    pub fn spans(&self) -> &[(usize, usize)] {
+        &self.spans
     }
 
     /// Tokens of all sequences.
