@@ -129,6 +129,9 @@ pub struct PredictRequest {
     /// Kernel choices (`--attention`, ...). `run` always adds batch invariance: units are
     /// batched by budget and split on out-of-memory failures, and no bit may depend on it.
     pub kernels: KernelOptions,
+    /// The activation memory one sub-batch of a padded (GPU) batch may take; `None`: whole
+    /// batches ([`ModelOptions::sub_batch_bytes`]). Results do not depend on it.
+    pub sub_batch_bytes: Option<usize>,
     pub test_hooks: TestHooks,
 }
 
@@ -163,7 +166,18 @@ impl PredictRequest {
             progress: false,
             random_weights: None,
             kernels: KernelOptions::default(),
+            sub_batch_bytes: ModelOptions::default().sub_batch_bytes,
             test_hooks: TestHooks::default(),
+        }
+    }
+
+    /// The options every model of the run is built with.
+    fn model_options(&self) -> ModelOptions {
+        ModelOptions {
+            kernels: self.run_kernels(),
+            inject_oom_above_rows: self.test_hooks.oom_above_tokens,
+            sub_batch_bytes: self.sub_batch_bytes,
+            ..ModelOptions::default()
         }
     }
 
@@ -920,11 +934,7 @@ fn set_up(req: &PredictRequest) -> anyhow::Result<Setup> {
 fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models>> {
     let options = LoadOptions {
         esm_token_dropout: req.esm_token_dropout,
-        model: ModelOptions {
-            kernels: req.run_kernels(),
-            inject_oom_above_rows: req.test_hooks.oom_above_tokens,
-            ..ModelOptions::default()
-        },
+        model: req.model_options(),
     };
     let load_one = |device: &Device| -> anyhow::Result<Models> {
         let (dnabert, esm, classifier) = match (&setup.dnabert, &setup.esm) {
@@ -1503,5 +1513,31 @@ impl Progress {
 
     fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request's sub-batch budget and test hooks reach the models (the sub-batch budget
+    /// once stopped at the command line, so `VIRNUCPRO_SUB_BATCH_MIB` changed nothing).
+    #[test]
+    fn models_are_built_with_the_requests_options() {
+        let mut req = PredictRequest::new(
+            vec![],
+            60,
+            "clf.pth".into(),
+            "dnabert".into(),
+            "esm".into(),
+            "out".into(),
+        );
+        assert_eq!(req.model_options().sub_batch_bytes, None);
+        req.sub_batch_bytes = Some(512 << 20);
+        req.test_hooks.oom_above_tokens = Some(100);
+        let options = req.model_options();
+        assert_eq!(options.sub_batch_bytes, Some(512 << 20));
+        assert_eq!(options.inject_oom_above_rows, Some(100));
+        assert!(options.kernels.batch_invariant);
     }
 }

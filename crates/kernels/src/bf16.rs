@@ -1,5 +1,6 @@
-//! The CPU bf16 linear layer (`--dtype bf16` on the CPU): `y = x W^T + b` with both operands
-//! rounded to bf16 (round to nearest even) and the products summed in f32. Activations, layer norms, attention and the residual stream stay f32.
+//! The CPU bf16 linear layer (`--dtype bf16` on the CPU, and `auto` on an AMX CPU):
+//! `y = x W^T + b` with both operands rounded to bf16 (round to nearest even) and the products
+//! summed in f32. Activations, layer norms, attention and the residual stream stay f32.
 //!
 //! On a CPU with Intel AMX-BF16 (Sapphire Rapids and later) the product runs on tract-linalg's
 //! `avx512amx_mmm_f32_16x16` kernel (`TDPBF16PS` tiles: bf16 x bf16 -> f32), with the weight
