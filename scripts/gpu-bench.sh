@@ -31,6 +31,9 @@
 #            attn    PAIRS more pairs doctor --skip-models / bench_torch.py --skip-models, alternating
 #            large   predict --random-weights esm2-3b on RECORDS_3B genomes, 2 runs, peak memory
 #            bench   bench esm2-3b (fused vs naive) and bench --ops esm2-650m
+#            subbatch  predict (esm2-3b) with whole padded batches and with 512 MiB sub-batches
+#                    (VIRNUCPRO_SUB_BATCH_MIB), alternating, 2 runs each: speed, peak memory,
+#                    files identical
 #            invariance  predict (esm2-650m) with three --batch-tokens: files must be identical
 #            resume  predict (esm2-650m) killed with -9 halfway, rerun: files identical to an
 #                    uninterrupted run, the log names the reused units
@@ -277,6 +280,32 @@ run() {
             fits large 90 || continue
             predict_runs esm2-3b "$RECORDS_3B" "$RUNS_3B" "$OUT/predict.log"
             ;;
+        subbatch)
+            fits subbatch 150 || continue
+            local g
+            g=$(genome "$RECORDS_3B")
+            {
+                local r mode
+                # Alternated, each from an empty out-dir: whole padded batches, then sub-batches
+                # of whole sequences within a 512 MiB activation budget.
+                for r in 1 2; do
+                    for mode in whole sub; do
+                        rm -rf "/tmp/virnucpro-sb-$mode-$r"
+                        echo "-- esm2-3b, $mode batches, run $r"
+                        if [ "$mode" = sub ]; then
+                            # shellcheck disable=SC2046
+                            with_peak_memory "$OUT/checks.log" env VIRNUCPRO_SUB_BATCH_MIB=512 \
+                                timeout "$(left)" $(predict_cmd esm2-3b "$g" "/tmp/virnucpro-sb-$mode-$r") -v
+                        else
+                            # shellcheck disable=SC2046
+                            with_peak_memory "$OUT/checks.log" \
+                                timeout "$(left)" $(predict_cmd esm2-3b "$g" "/tmp/virnucpro-sb-$mode-$r") -v
+                        fi
+                    done
+                done
+            } >> "$OUT/checks.log" 2>&1
+            echo "sub-batches vs whole: $(same_results /tmp/virnucpro-sb-whole-1 /tmp/virnucpro-sb-sub-1)" >> "$OUT/checks.log"
+            ;;
         invariance)
             fits invariance 90 || continue
             local g
@@ -392,7 +421,7 @@ PY
                 timeout 60 "$V" bench --model esm2-650m --device cuda --ops --shapes 512x168 2>/dev/null
             } > "$OUT/bench.log" 2>&1
             ;;
-        *) echo "unknown step $step (tests doctor torch predict attn large bench)" ;;
+        *) echo "unknown step $step (tests doctor torch predict attn large bench subbatch invariance resume multi oom)" ;;
         esac
     done
 
