@@ -19,7 +19,8 @@
 #
 # `run` writes at most 9 files under $OUT (default /tmp/virnucpro-gpu-out): tests.log (machine
 # and GPU tests), doctor.log, doctor.json, attn.log, torch.log, torch.json, predict.log,
-# bench.log, checks.log (invariance, resume, multi, oom), and ends its output with a summary.
+# bench.log, checks.log (subbatch, invariance, resume, multi, oom), and ends its output with a
+# summary.
 # Environment:
 #   STEPS    steps in order (default "tests doctor torch predict attn large bench"; also
 #            invariance, resume, multi, oom, which check large-run behaviour on the GPU):
