@@ -94,7 +94,7 @@ impl std::fmt::Debug for Int8Linear {
 pub(crate) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
     if !t.device().is_cpu() {
         bail!(
-            "the int8 linear runs on the CPU only (got a tensor on {:?})",
+            "this CPU kernel takes tensors on the CPU (got one on {:?})",
             t.device().location()
         );
     }
@@ -102,12 +102,12 @@ pub(crate) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>)
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        bail!("the int8 linear runs on the CPU only");
+        bail!("this CPU kernel takes tensors on the CPU");
     };
     let data = cpu.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => f(&data[start..end]),
-        None => bail!("int8 linear: a contiguous tensor has no contiguous offsets"),
+        None => bail!("CPU kernel: a contiguous tensor has no contiguous offsets"),
     }
 }
 

@@ -14,7 +14,7 @@
 //! code path the CPU takes, never on the batch or the thread split, so the CPU stays batch
 //! invariant bit for bit.
 
-use candle_core::{bail, DType, Result, Storage, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::with_f32_slice;
@@ -259,13 +259,13 @@ pub(crate) fn is_cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-/// A copy of `x` (f32, CPU) as a vector, contiguous.
-fn to_vec(x: &Tensor) -> Result<Vec<f32>> {
+/// A copy of `x` (on the CPU, widened to f32) as a contiguous vector.
+pub(crate) fn to_vec(x: &Tensor) -> Result<Vec<f32>> {
     with_f32_slice(x, |v| Ok(v.to_vec()))
 }
 
 /// Exact (erf) GELU of an f32 CPU tensor, over every thread.
-pub fn cpu_gelu_erf(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn cpu_gelu_erf(x: &Tensor) -> Result<Tensor> {
     let mut v = to_vec(x)?;
     v.par_chunks_mut(CHUNK).for_each(simd::gelu);
     Tensor::from_vec(v, x.shape(), x.device())
@@ -464,31 +464,21 @@ impl HeadTask<'_> {
         let (l, d) = (self.len, self.head_dim);
         let (q, k) = self.q_k(position);
         let mut scores = vec![0f32; l * l];
-        // SAFETY: the strides describe `q` `[l, d]`, `k` read as `k^T` `[d, l]` and `scores`
-        // `[l, l]`, all row-major and in bounds.
+        // SAFETY: `q` is `[l, d]`, `k` read as `k^T` `[d, l]` (element (c, j) at `j * d + c`),
+        // `scores` `[l, l]`, all in bounds.
         unsafe {
-            gemm::gemm(
+            product(
                 l,
                 l,
                 d,
                 scores.as_mut_ptr(),
-                1,
-                l as isize,
-                false,
+                l,
                 q.as_ptr(),
-                1,
-                d as isize,
+                d,
                 k.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+                (d, 1),
+            )
+        };
         if let PositionBias::Alibi { slopes } = position {
             let slope = slopes[self.head];
             for (i, row) in scores.chunks_exact_mut(l).enumerate() {
@@ -505,28 +495,61 @@ impl HeadTask<'_> {
         // SAFETY: v is `[l, d]` with row stride 3 * hidden inside `qkv`; the output block is
         // `[l, d]` with row stride `hidden`, owned by this task (the caller's contract).
         unsafe {
-            gemm::gemm(
+            product(
                 l,
                 d,
                 l,
                 out.0.offset(o0),
-                1,
-                self.hidden as isize,
-                false,
+                self.hidden,
                 scores.as_ptr(),
-                1,
-                l as isize,
+                l,
                 self.qkv.as_ptr().offset(v0),
-                1,
-                3 * self.hidden as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+                (1, 3 * self.hidden),
+            )
+        };
+    }
+}
+
+/// `dst = lhs · rhs` on this thread (the `gemm` crate): `dst` `[m, n]` and `lhs` `[m, k]` with
+/// unit column stride and the given row strides, `rhs` `[k, n]` with strides `(column, row)`.
+///
+/// # Safety
+/// Every element the strides address must be in bounds, and `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: *const f32,
+    (rhs_cs, rhs_rs): (usize, usize),
+) {
+    // SAFETY: the caller's contract; read_dst false with beta 1: dst = lhs · rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            1,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
 
@@ -539,22 +562,6 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
         o1[i] = x1[i] * cos[i] - x2[i] * sin[i];
         o2[i] = x2[i] * cos[i] + x1[i] * sin[i];
     }
-}
-
-/// The raw values of an f32 CPU tensor (for tables the kernels read).
-pub fn cpu_f32_values(t: &Tensor) -> Result<Vec<f32>> {
-    if !t.device().is_cpu() {
-        bail!("expected a tensor on the CPU");
-    }
-    let t = t.to_dtype(DType::F32)?.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        bail!("expected a tensor on the CPU");
-    };
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("no contiguous offsets".into()))?;
-    Ok(cpu.as_slice::<f32>()?[a..b].to_vec())
 }
 
 #[cfg(test)]

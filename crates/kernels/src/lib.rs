@@ -39,9 +39,7 @@ pub mod selftest;
 
 pub use bf16::{cpu_bf16_isa, Bf16Linear, CpuBf16Isa};
 pub use cpu::{cpu_int8_isa, CpuInt8Isa, Int8Linear};
-pub use cpu_ops::{
-    cpu_elementwise_isa, cpu_f32_values, cpu_gelu_erf, cpu_packed_attention, PositionBias,
-};
+pub use cpu_ops::{cpu_elementwise_isa, cpu_packed_attention, PositionBias};
 #[cfg(feature = "cuda")]
 pub use cuda::hold_pool_memory;
 pub use error::{anyhow_is_out_of_memory, is_out_of_memory, kernel_error, KernelError};
@@ -670,10 +668,10 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, act: Act, residual: Option<&Tensor>) 
 }
 
 /// Exact (erf) GELU: the CPU's multi-threaded, vectorized pass for f32 on the CPU
-/// ([`cpu_gelu_erf`]), candle's op elsewhere.
+/// (`cpu_ops`), candle's op elsewhere.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if cpu_ops::is_cpu_f32(x) {
-        cpu_gelu_erf(x)
+        cpu_ops::cpu_gelu_erf(x)
     } else {
         x.gelu_erf()
     }

@@ -102,10 +102,7 @@ impl Rotary {
         } else {
             Self::tables(self.head_dim, self.base, len, DType::F32, &Device::Cpu)?
         };
-        Ok((
-            crate::cpu_f32_values(&cos.to_device(&Device::Cpu)?)?,
-            crate::cpu_f32_values(&sin.to_device(&Device::Cpu)?)?,
-        ))
+        Ok((crate::cpu_ops::to_vec(&cos)?, crate::cpu_ops::to_vec(&sin)?))
     }
 
     /// `x`: `[batch, heads, len, head_dim]` -> same shape, rotated.
