@@ -64,16 +64,20 @@ for r in $(seq "$rounds"); do
 print(json.dumps({"engine": "virnucpro " + d["dtype"], "batch": r["batch"], "len": r["len"],
   "ragged": r["ragged"], "real_tokens": r["real_tokens"], "tokens_per_s": r["tokens_per_s"]}))' >>"$log"
     for mode in $modes; do
-      # esm.cpp's thread pool is OpenMP's.
-      OMP_NUM_THREADS="$threads" "$py" scripts/esmcpp_bench.py esmcpp "$model" --mode "$mode" \
+      # esm.cpp sizes its own thread pool from ESM_NUM_THREADS (not OpenMP's variable), at the
+      # first load; without it, it takes every physical core. The summary checks the size.
+      ESM_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" "$py" scripts/esmcpp_bench.py esmcpp "$model" --mode "$mode" \
         --shapes "$shape" $ragged --warmup 1 --repeats "$repeats" >>"$log"
     done
   done
   echo "esmcpp-bench: round $r of $rounds done" >&2
 done
-"$py" - "$log" <<'EOF'
+"$py" - "$log" "$threads" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+wrong = {r["threads"] for r in rows if "threads" in r and r["threads"] != int(sys.argv[2])}
+if wrong:
+    sys.exit(f"esmcpp-bench: esm.cpp ran {sorted(wrong)} threads, not {sys.argv[2]}: no ratio")
 by = {}
 for r in rows:
     by.setdefault((r["batch"], r["len"], r["ragged"]), {}).setdefault(r["engine"], []).append(r["tokens_per_s"])
