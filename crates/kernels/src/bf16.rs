@@ -2,10 +2,9 @@
 //! `y = x W^T + b` with both operands rounded to bf16 (round to nearest even) and the products
 //! summed in f32. Activations, layer norms, attention and the residual stream stay f32.
 //!
-//! On a CPU with Intel AMX-BF16 (Sapphire Rapids and later) the product runs on tract-linalg's
-//! `avx512amx_mmm_f32_16x16` kernel (`TDPBF16PS` tiles: bf16 x bf16 -> f32), with the weight
-//! rounded and packed once, when the layer is built. Elsewhere the same rounding runs through
-//! candle's f32 GEMM on the rounded operands: the same numbers up to the order of the f32 sums,
+//! On a CPU with Intel AMX-BF16 (Sapphire Rapids and later) the product runs on our AMX kernel
+//! (`crate::amx`: `TDPBF16PS` tiles, bf16 x bf16 -> f32), with the weight rounded and packed
+//! once, when the layer is built. Elsewhere the same rounding runs through candle's f32 GEMM on the rounded operands: the same numbers up to the order of the f32 sums,
 //! slower than plain f32, there so that `--dtype bf16` means one precision on every CPU and CI
 //! (no AMX) tests it.
 //!
@@ -22,7 +21,7 @@ use candle_core::{DType, Result, Tensor};
 /// What the CPU bf16 path runs on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuBf16Isa {
-    /// `avx512amx_mmm_f32_16x16` (tract-linalg, AMX) or `emulated` (candle's f32 GEMM on
+    /// `amx-bf16 32x32` (AMX) or `emulated` (candle's f32 GEMM on
     /// bf16-rounded operands).
     pub kernel: &'static str,
     /// Whether the bf16 products run on matrix instructions (AMX); only such a path could be
@@ -98,9 +97,9 @@ impl Bf16Linear {
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
         let imp = match amx::kernel().filter(|_| use_amx) {
             #[cfg(target_arch = "x86_64")]
-            Some(k) => Imp::Amx(amx::Packed::new(k, &weight, bias.as_ref())?),
+            Some(k) => Imp::Amx(amx::pack(k, &weight, bias.as_ref())?),
             #[cfg(not(target_arch = "x86_64"))]
-            Some(never) => match *never {},
+            Some(never) => match never {},
             None => Imp::Emulated(round_to_bf16(&weight)?),
         };
         Ok(Self {
@@ -132,16 +131,39 @@ impl Bf16Linear {
     /// [`Self::forward`], with the exact GELU applied where `gelu` (on AMX inside each row
     /// block, while its results are in cache).
     pub fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
-        let (_, k) = x.dims2()?;
+        self.forward_with(x, gelu, None)
+    }
+
+    /// `act(x W^T + b)`, or `x W^T + b + residual` (`[rows, out]`); on AMX the GELU or the
+    /// residual add happens inside each row block.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        gelu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if gelu && residual.is_some() {
+            candle_core::bail!("bf16 linear: a GELU and a residual add in one layer");
+        }
+        let (rows, k) = x.dims2()?;
         if k != self.in_dim {
             candle_core::bail!(
                 "bf16 linear: input has {k} columns, the layer takes {}",
                 self.in_dim
             );
         }
+        if let Some(r) = residual {
+            if r.dims() != [rows, self.out_dim] {
+                candle_core::bail!(
+                    "bf16 linear: residual {:?}, the output is [{rows}, {}]",
+                    r.dims(),
+                    self.out_dim
+                );
+            }
+        }
         match &self.imp {
             #[cfg(target_arch = "x86_64")]
-            Imp::Amx(p) => p.forward(x, x.dim(0)?, gelu),
+            Imp::Amx(p) => amx::forward(p, x, gelu, residual),
             Imp::Emulated(w) => {
                 let x = round_to_bf16(&x.to_dtype(DType::F32)?)?;
                 let y = x.matmul(&w.t()?)?;
@@ -150,10 +172,11 @@ impl Bf16Linear {
                 } else {
                     crate::Act::Identity
                 };
-                match &self.bias {
-                    Some(b) => crate::bias_act(&y, b, act, None),
-                    None if gelu => crate::gelu_erf(&y),
-                    None => Ok(y),
+                match (&self.bias, residual) {
+                    (Some(b), _) => crate::bias_act(&y, b, act, residual),
+                    (None, _) if gelu => crate::gelu_erf(&y),
+                    (None, Some(r)) => y + r,
+                    (None, None) => Ok(y),
                 }
             }
         }
@@ -165,42 +188,27 @@ mod amx {
     use std::sync::OnceLock;
 
     use candle_core::{Result, Tensor};
-    use rayon::prelude::*;
-    use tract_data::internal::{DatumType, Tensor as TractTensor};
-    use tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul};
-    use tract_linalg::BinOp;
 
+    pub use crate::amx::Packed;
     use crate::cpu::with_f32_slice;
 
-    /// The tract-linalg kernel, found by name in its registry (it is declared only where its
-    /// build could assemble AMX, so it has no path to name here).
-    pub const KERNEL: &str = "avx512amx_mmm_f32_16x16";
-    /// Its packing that rounds f32 operands to bf16 (`f32f32_bf16`).
-    const PACKING: usize = 1;
-    /// Rows of one block: whole 16-row tiles, enough blocks for every thread, and at most 256
-    /// rows so that blocks stay many on long batches (each block reads the whole packed weight).
-    fn row_block(rows: usize) -> usize {
-        let per_thread = rows.div_ceil(rayon::current_num_threads().max(1));
-        per_thread.div_ceil(16).clamp(1, 16) * 16
-    }
+    /// Our AMX kernel (`crate::amx`): 2 x 2 tiles of `TDPBF16PS`.
+    pub const KERNEL: &str = "amx-bf16 32x32";
 
-    pub struct Kernel(Box<dyn MatMatMul>);
+    /// Proof that this CPU runs the kernel and that it computed the right thing once.
+    #[derive(Clone, Copy)]
+    pub struct Kernel(());
 
-    /// The AMX kernel, where this CPU has AMX-BF16 and the OS lets this process use the tiles
-    /// (Linux grants that per process: tract-linalg asks with `arch_prctl`).
-    pub fn kernel() -> Option<&'static Kernel> {
-        static KERNEL_CELL: OnceLock<Option<&'static Kernel>> = OnceLock::new();
+    /// The AMX kernel, where this CPU has AMX-BF16, the OS lets this process use the tiles,
+    /// and the kernel passes its check.
+    pub fn kernel() -> Option<Kernel> {
+        static KERNEL_CELL: OnceLock<Option<Kernel>> = OnceLock::new();
         *KERNEL_CELL.get_or_init(|| {
-            if !tract_linalg::x86_64::amx_bf16::has_amx_bf16() {
+            if !crate::amx::usable() {
                 return None;
             }
-            let kernel = tract_linalg::mmm_routines::declared()
-                .map(|r| (r.make)())
-                .find(|k| k.name() == KERNEL && k.built() && k.runnable())?;
-            // Leaked once, so that layers can keep a `'static` reference.
-            let kernel: &'static Kernel = Box::leak(Box::new(Kernel(kernel)));
-            match self_check(kernel) {
-                Ok(()) => Some(kernel),
+            match self_check() {
+                Ok(()) => Some(Kernel(())),
                 Err(e) => {
                     tracing::warn!("{KERNEL} failed its check on this CPU ({e}); bf16 is emulated");
                     None
@@ -211,22 +219,15 @@ mod amx {
 
     /// One small product on the kernel, against the same rounding in f64: a kernel that runs but
     /// computes something else (a CPU or OS this path was not measured on) is not used.
-    fn self_check(kernel: &'static Kernel) -> Result<()> {
+    fn self_check() -> Result<()> {
         let (m, k, n) = (37, 70, 33);
         let val = |i: usize, s: f32| ((i * 7919 % 263) as f32 / 131.0 - 1.0) * s;
         let x: Vec<f32> = (0..m * k).map(|i| val(i, 1.0)).collect();
         let w: Vec<f32> = (0..n * k).map(|i| val(i + 11, 0.3)).collect();
         let b: Vec<f32> = (0..n).map(|i| val(i + 5, 0.1)).collect();
-        let dev = candle_core::Device::Cpu;
-        let packed = Packed::new(
-            kernel,
-            &Tensor::from_slice(&w, (n, k), &dev)?,
-            Some(&Tensor::from_slice(&b, n, &dev)?),
-        )?;
-        let y: Vec<f32> = packed
-            .forward(&Tensor::from_slice(&x, (m, k), &dev)?, m, false)?
-            .flatten_all()?
-            .to_vec1()?;
+        let packed = Packed::new(&w, n, k, Some(&b));
+        // SAFETY: `usable()` was checked by the caller.
+        let y = unsafe { packed.forward(&x, m, false, None) };
         let r = |v: f32| f64::from(half::bf16::from_f32(v).to_f32());
         let mut worst = 0f64;
         for i in 0..m {
@@ -244,110 +245,39 @@ mod amx {
         Ok(())
     }
 
-    fn tract_err(e: impl std::fmt::Display) -> candle_core::Error {
-        candle_core::Error::Msg(format!("AMX bf16 linear: {e}"))
+    /// The weight rounded and packed once.
+    pub fn pack(_: Kernel, weight: &Tensor, bias: Option<&Tensor>) -> Result<Packed> {
+        let (n, k) = weight.dims2()?;
+        let bias = bias.map(crate::cpu_ops::to_vec).transpose()?;
+        with_f32_slice(&weight.contiguous()?, |w| {
+            Ok(Packed::new(w, n, k, bias.as_deref()))
+        })
     }
 
-    /// The weight rounded to bf16 and packed as the kernel's B operand, once.
-    pub struct Packed {
-        kernel: &'static Kernel,
-        b: Box<dyn MMMInputValue>,
-        bias: Option<TractTensor>,
-        in_dim: usize,
-        out_dim: usize,
-    }
-
-    impl Packed {
-        pub fn new(
-            kernel: &'static Kernel,
-            weight: &Tensor,
-            bias: Option<&Tensor>,
-        ) -> Result<Self> {
-            let (out_dim, in_dim) = weight.dims2()?;
-            // [in, out]: the packer then reads each k row along contiguous outputs.
-            let wt = weight.t()?.contiguous()?;
-            let b = with_f32_slice(&wt, |w| {
-                let t = TractTensor::from_shape(&[in_dim, out_dim], w).map_err(tract_err)?;
-                kernel.0.packings()[PACKING]
-                    .1
-                    .prepare_one(&t, 0, 1)
-                    .map_err(tract_err)
-            })?;
-            let bias = bias
-                .map(|b| {
-                    with_f32_slice(b, |v| {
-                        TractTensor::from_shape(&[out_dim], v).map_err(tract_err)
-                    })
-                })
-                .transpose()?;
-            Ok(Self {
-                kernel,
-                b,
-                bias,
-                in_dim,
-                out_dim,
-            })
-        }
-
-        pub fn forward(&self, x: &Tensor, rows: usize, gelu: bool) -> Result<Tensor> {
-            let (k, n) = (self.in_dim, self.out_dim);
-            let mut out = vec![0f32; rows * n];
-            with_f32_slice(x, |x| {
-                let block = row_block(rows);
-                out.par_chunks_mut(block * n)
-                    .zip(x.par_chunks(block * k))
-                    .try_for_each(|(y, x)| {
-                        self.block(x, y, x.len() / k.max(1))?;
-                        if gelu {
-                            crate::cpu_ops::gelu_in_place(y);
-                        }
-                        Ok(())
-                    })
-            })?;
-            Tensor::from_vec(out, (rows, n), x.device())
-        }
-
-        /// One block of `m` rows: pack them, multiply, add the bias, copy the result out.
-        fn block(&self, x: &[f32], y: &mut [f32], m: usize) -> Result<()> {
-            let (k, n) = (self.in_dim, self.out_dim);
-            let mmm = &*self.kernel.0;
-            let a = TractTensor::from_shape(&[m, k], x).map_err(tract_err)?;
-            let a = mmm.packings()[PACKING]
-                .0
-                .prepare_one(&a, 1, 0)
-                .map_err(tract_err)?;
-            // SAFETY: every element is written by the Store below before it is read.
-            let mut c = unsafe { TractTensor::uninitialized_dt(DatumType::F32, &[m, n]) }
-                .map_err(tract_err)?;
-            // SAFETY: the store spec describes `c` (`[m, n]`, rows along axis 0), which lives
-            // until the run returns; the packed inputs come from this kernel's own packing.
-            unsafe {
-                let store = mmm.c_view(Some(0), Some(1)).wrap(&c.view());
-                let mut specs = vec![FusedSpec::AddMatMul {
-                    a: AsInputValue::Borrowed(&*a),
-                    b: AsInputValue::Borrowed(&*self.b),
-                    packing: PACKING,
-                }];
-                if let Some(bias) = &self.bias {
-                    specs.push(FusedSpec::BinPerCol(bias.view(), BinOp::Add));
-                }
-                specs.push(FusedSpec::Store(store));
-                let mut scratch = mmm.allocate_scratch_space();
-                mmm.run_with_scratch_space(m, n, &mut *scratch, &specs)
-                    .map_err(tract_err)?;
-            }
-            let plain = c.try_as_plain_ram_mut().map_err(tract_err)?;
-            y.copy_from_slice(plain.as_slice::<f32>().map_err(tract_err)?);
-            Ok(())
-        }
+    pub fn forward(
+        p: &Packed,
+        x: &Tensor,
+        gelu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (m, _) = x.dims2()?;
+        let residual = residual.map(|r| r.contiguous()).transpose()?;
+        let y = with_f32_slice(&x.contiguous()?, |x| match &residual {
+            // SAFETY (both): a `Packed` is only built with a `Kernel`, which exists only where
+            // `usable()` held.
+            Some(r) => with_f32_slice(r, |r| Ok(unsafe { p.forward(x, m, gelu, Some(r)) })),
+            None => Ok(unsafe { p.forward(x, m, gelu, None) }),
+        })?;
+        Tensor::from_vec(y, (m, p.out_dim()), x.device())
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod amx {
     pub const KERNEL: &str = "none";
+    #[derive(Clone, Copy)]
     pub enum Kernel {}
-    pub fn kernel() -> Option<&'static Kernel> {
+    pub fn kernel() -> Option<Kernel> {
         None
     }
 }
@@ -406,21 +336,26 @@ mod tests {
 
     /// The GELU inside the layer is the GELU of its output, to the bit, on both kernels.
     #[test]
-    fn the_fused_gelu_is_the_gelu_of_the_output() {
-        let (x, w, b) = (
+    fn the_fused_gelu_and_residual_are_those_of_the_output() {
+        let (x, w, b, r) = (
             randn((70, 40), 1.0, 4),
             randn((50, 40), 0.2, 5),
             randn((1, 50), 0.1, 6).flatten_all().unwrap(),
+            randn((70, 50), 1.0, 7),
         );
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
         for use_amx in [false, true] {
             let l = Bf16Linear::with_kernel(&w, Some(&b), use_amx).unwrap();
+            let plain = l.forward(&x).unwrap();
             let fused = l.forward_act(&x, true).unwrap();
-            let after = crate::gelu_erf(&l.forward(&x).unwrap()).unwrap();
-            let bits = |t: &Tensor| -> Vec<u32> {
-                let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-                v.into_iter().map(f32::to_bits).collect()
-            };
-            assert_eq!(bits(&fused), bits(&after), "AMX: {}", l.is_amx());
+            let after = crate::gelu_erf(&plain).unwrap();
+            assert_eq!(bits(&fused), bits(&after), "GELU, AMX: {}", l.is_amx());
+            let fused = l.forward_with(&x, false, Some(&r)).unwrap();
+            let after = (&plain + &r).unwrap();
+            assert_eq!(bits(&fused), bits(&after), "residual, AMX: {}", l.is_amx());
         }
     }
 

@@ -23,6 +23,8 @@
 //! [`materialized_attention`] is the reference: `softmax(scale * Q K^T + bias + mask) V` with the
 //! scores in device memory, run through candle's ordinary ops on any device and dtype.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod bf16;
 mod cpu;
 mod cpu_ops;

@@ -305,7 +305,7 @@ pub fn cpu_matmul(spec: DTypeSpec, device: &Device) -> CpuMatmul {
 }
 
 /// The precision of a model of `family` on `device` for `spec`, for logs and the run's
-/// fingerprint, e.g. `F16`, `F32`, `F32 with bf16 linear layers (avx512amx_mmm_f32_16x16)`:
+/// fingerprint, e.g. `F16`, `F32`, `F32 with bf16 linear layers (amx-bf16 32x32)`:
 /// the kernel is named because two CPU kernels of one precision differ in the last bits.
 pub fn dtype_label(spec: DTypeSpec, family: ModelFamily, device: &Device) -> String {
     precision_label(
@@ -455,6 +455,6 @@ mod tests {
             label.starts_with("F32 with bf16 linear layers ("),
             "{label}"
         );
-        assert_eq!(label.contains("avx512amx"), amx, "{label}");
+        assert_eq!(label.contains("amx-bf16"), amx, "{label}");
     }
 }

@@ -164,18 +164,26 @@ impl Linear {
             None => None,
         };
         if let Some(cpu) = &self.cpu {
-            // CPU int8 / bf16: bias inside, the exact GELU (inside too for bf16) and the residual
-            // add in f32 after.
+            // CPU int8 / bf16: bias inside; the exact GELU and the residual add inside too for
+            // bf16, in f32 after for int8.
             let gelu = act == Act::GeluErf;
-            let y = match &**cpu {
-                CpuLinear::Int8(q) if gelu => virnucpro_kernels::gelu_erf(&q.forward(&x2)?)?,
-                CpuLinear::Int8(q) => q.forward(&x2)?,
-                CpuLinear::Bf16(l) => l.forward_act(&x2, gelu)?,
-            };
-            let y = y.reshape(out_dims)?;
-            return match residual {
-                Some(r) => y + r,
-                None => Ok(y),
+            return match &**cpu {
+                CpuLinear::Int8(q) => {
+                    let y = q.forward(&x2)?;
+                    let y = if gelu {
+                        virnucpro_kernels::gelu_erf(&y)?
+                    } else {
+                        y
+                    };
+                    let y = y.reshape(out_dims)?;
+                    match residual {
+                        Some(r) => y + r,
+                        None => Ok(y),
+                    }
+                }
+                CpuLinear::Bf16(l) => l
+                    .forward_with(&x2, gelu, lt_res.as_ref())?
+                    .reshape(out_dims),
             };
         }
         // Bias + GELU (tanh approximation) in the cuBLASLt epilogue: see
