@@ -889,6 +889,16 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
         &mut || h1.matmul(&w2.t()?).map(drop),
     )?;
     let b2 = x.rnd(&[hidden])?;
+    if x.cpu_f32() && x.kernels.cpu_matmul == CpuMatmul::Bf16 {
+        let l2 = kernels::Bf16Linear::new(w2, Some(&b2))?;
+        let name = format!(
+            "linear ffn2 bf16 ({}) (+bias+res) [N,F]x[F,H]",
+            kernels::cpu_bf16_isa().kernel
+        );
+        tm.time(&name, mm(n, ffn_out, hidden), flops, &mut || {
+            l2.forward_with(h1, false, Some(xs)).map(drop)
+        })?;
+    }
     if x.lt_runs(h1, w2, Some(&b2), Some(xs), false)? {
         tm.time(
             "linear ffn2 cuBLASLt (+bias+res) [N,F]x[F,H]",
