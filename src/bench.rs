@@ -585,6 +585,26 @@ fn mm(m: usize, k: usize, n: usize) -> f64 {
     2.0 * (m * k * n) as f64
 }
 
+/// The CPU bf16 kernels to time: every one this CPU runs (a Sapphire Rapids has AMX and
+/// AVX512-BF16), or the emulation where it runs none.
+fn bf16_kernels() -> Vec<&'static str> {
+    let all = kernels::cpu_bf16_kernels();
+    if all.is_empty() {
+        vec![kernels::cpu_bf16_isa().kernel]
+    } else {
+        all
+    }
+}
+
+/// A bf16 layer on `kernel`, one of [`bf16_kernels`].
+fn bf16_layer(w: &Tensor, b: &Tensor, kernel: &str) -> Result<kernels::Bf16Linear> {
+    Ok(if kernels::cpu_bf16_kernels().is_empty() {
+        kernels::Bf16Linear::new(w, Some(b))?
+    } else {
+        kernels::Bf16Linear::on_kernel(w, Some(b), kernel)?
+    })
+}
+
 /// Times one operation after another and keeps their rows.
 struct OpTimer<'a> {
     device: &'a Device,
@@ -856,14 +876,13 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
             &mut || kernels::bias_act(h1, &b1, kernels::Act::GeluErf, None).map(drop),
         )?;
         if x.kernels.cpu_matmul == CpuMatmul::Bf16 {
-            let l1 = kernels::Bf16Linear::new(w1, Some(&b1))?;
-            let name = format!(
-                "linear ffn1 bf16 ({}) [N,H]x[H,F]",
-                kernels::cpu_bf16_isa().kernel
-            );
-            tm.time(&name, mm(n, hidden, ffn_in), flops, &mut || {
-                l1.forward(xs).map(drop)
-            })?;
+            for kernel in bf16_kernels() {
+                let l1 = bf16_layer(w1, &b1, kernel)?;
+                let name = format!("linear ffn1 bf16 ({kernel}) [N,H]x[H,F]");
+                tm.time(&name, mm(n, hidden, ffn_in), flops, &mut || {
+                    l1.forward(xs).map(drop)
+                })?;
+            }
         }
     }
     if x.lt_runs(xs, w1, Some(&b1), None, true)? {
@@ -890,14 +909,13 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
     )?;
     let b2 = x.rnd(&[hidden])?;
     if x.cpu_f32() && x.kernels.cpu_matmul == CpuMatmul::Bf16 {
-        let l2 = kernels::Bf16Linear::new(w2, Some(&b2))?;
-        let name = format!(
-            "linear ffn2 bf16 ({}) (+bias+res) [N,F]x[F,H]",
-            kernels::cpu_bf16_isa().kernel
-        );
-        tm.time(&name, mm(n, ffn_out, hidden), flops, &mut || {
-            l2.forward_with(h1, false, Some(xs)).map(drop)
-        })?;
+        for kernel in bf16_kernels() {
+            let l2 = bf16_layer(w2, &b2, kernel)?;
+            let name = format!("linear ffn2 bf16 ({kernel}) (+bias+res) [N,F]x[F,H]");
+            tm.time(&name, mm(n, ffn_out, hidden), flops, &mut || {
+                l2.forward_with(h1, false, Some(xs)).map(drop)
+            })?;
+        }
     }
     if x.lt_runs(h1, w2, Some(&b2), Some(xs), false)? {
         tm.time(

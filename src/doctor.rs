@@ -244,14 +244,25 @@ fn check_on_cpu(run: &mut Checkup, opts: &DoctorOptions) -> Result<()> {
         format!("none ({}: --dtype int8 keeps f32)", isa.kernel)
     };
     let bf16 = kernels::cpu_bf16_isa();
-    let bf16 = if bf16.amx {
-        format!("{} (AMX; the CPU default, --dtype auto)", bf16.kernel)
+    let others: Vec<&str> = kernels::cpu_bf16_kernels().into_iter().skip(1).collect();
+    let others = if others.is_empty() {
+        String::new()
     } else {
-        "emulated (no AMX: slower than f32; the CPU default is f32)".to_string()
+        format!(", also runs {} (bench --ops times each)", others.join(", "))
+    };
+    let bf16 = if bf16.default {
+        format!("{} (the CPU default, --dtype auto)", bf16.kernel)
+    } else if bf16.matrix {
+        format!(
+            "{} (not yet timed against f32 on this CPU kind: the CPU default is f32)",
+            bf16.kernel
+        )
+    } else {
+        "emulated (no AMX or Arm BF16: slower than f32; the CPU default is f32)".to_string()
     };
     let summary = format!(
         "virnucpro {} built with features: {feats}; CPU int8 matrix path (--dtype int8): \
-         {int8}; CPU bf16 matrix path (--dtype bf16): {bf16}; element-wise and attention \
+         {int8}; CPU bf16 matrix path (--dtype bf16): {bf16}{others}; element-wise and attention \
          kernels: {}{}",
         run.rep.version,
         kernels::cpu_elementwise_isa(),

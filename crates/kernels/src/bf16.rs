@@ -2,46 +2,59 @@
 //! `y = x W^T + b` with both operands rounded to bf16 (round to nearest even) and the products
 //! summed in f32. Activations, layer norms, attention and the residual stream stay f32.
 //!
-//! On a CPU with Intel AMX-BF16 (Sapphire Rapids and later) the product runs on our AMX kernel
-//! (`crate::amx`: `TDPBF16PS` tiles, bf16 x bf16 -> f32), with the weight rounded and packed
-//! once, when the layer is built. Elsewhere the same rounding runs through candle's f32 GEMM on the rounded operands: the same numbers up to the order of the f32 sums,
-//! slower than plain f32, there so that `--dtype bf16` means one precision on every CPU and CI
-//! (no AMX) tests it.
+//! Where the CPU has bf16 matrix instructions the product runs on our kernel for them, with the
+//! weight rounded and packed once, when the layer is built (`crate::bf16_gemm`): Intel AMX-BF16
+//! (`TDPBF16PS`, Sapphire Rapids and later, `crate::amx`) or Arm's `BFMMLA` (`FEAT_BF16`:
+//! Neoverse V1/V2, Grace, Graviton 3, Apple M2 and later, `crate::neon`). Elsewhere the same
+//! rounding runs through candle's f32 GEMM on the rounded operands: the same numbers up to the
+//! order of the f32 sums, slower than plain f32, there so that `--dtype bf16` means one precision
+//! on every CPU and CI (neither AMX nor Arm) tests it.
 //!
 //! Why this precision: on the oracle models the whole pipeline with bf16 products differs from
 //! the original by at most 2.3e-3 in score (gate: 5e-3, no call changed), where int8 differs by
 //! 2.3e-2 (docs/ARCHITECTURE.md, "CPU matrix kernels").
 //!
-//! A row's result depends only on that row: rows are split between threads in whole AMX tiles
-//! of the one kernel, which sums every output in the same order whatever the split. So the
-//! layer is batch invariant bit for bit.
+//! A row's result depends only on that row: rows are split between threads in whole blocks of
+//! the one kernel, which sums every output in the same order whatever the split. So the layer
+//! is batch invariant bit for bit.
 
 use candle_core::{DType, Result, Tensor};
 
 /// What the CPU bf16 path runs on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuBf16Isa {
-    /// `amx-bf16 32x32` (AMX) or `emulated` (candle's f32 GEMM on
-    /// bf16-rounded operands).
+    /// `amx-bf16 32x32` (AMX), `avx512-bf16 16x16` (AVX512-BF16), `neon-bfmmla 8x8` (Arm
+    /// `BFMMLA`) or `emulated` (candle's f32 GEMM on bf16-rounded operands).
     pub kernel: &'static str,
-    /// Whether the bf16 products run on matrix instructions (AMX); only such a path could be
-    /// the CPU's default.
-    pub amx: bool,
+    /// Whether the bf16 products run on the CPU's bf16 instructions.
+    pub matrix: bool,
+    /// Whether this path is the CPU's default (`--dtype auto`): only a kernel measured faster
+    /// than f32 on its CPU kind. AMX is (3x, docs/BENCHMARKS.md); the AVX-512 and Arm kernels
+    /// have not been timed on their CPUs, so there bf16 stays opt-in.
+    pub default: bool,
 }
 
 /// The CPU bf16 matrix path of this machine (for `doctor` and the choice at load).
 pub fn cpu_bf16_isa() -> CpuBf16Isa {
-    if amx::kernel().is_some() {
+    if let Some(k) = fast::kernel() {
         CpuBf16Isa {
-            kernel: amx::KERNEL,
-            amx: true,
+            kernel: k.name(),
+            matrix: true,
+            default: k.is_default(),
         }
     } else {
         CpuBf16Isa {
             kernel: "emulated",
-            amx: false,
+            matrix: false,
+            default: false,
         }
     }
+}
+
+/// The names of every bf16 kernel this CPU runs, the preferred (the one [`cpu_bf16_isa`] names)
+/// first; empty where bf16 is emulated. `bench --ops` times each.
+pub fn cpu_bf16_kernels() -> Vec<&'static str> {
+    fast::kernels().iter().map(|k| k.name()).collect()
 }
 
 /// `t` with every value rounded to bf16 (round to nearest even) and widened back to f32.
@@ -49,7 +62,8 @@ fn round_to_bf16(t: &Tensor) -> Result<Tensor> {
     t.to_dtype(DType::BF16)?.to_dtype(DType::F32)
 }
 
-/// A bf16 linear layer: the weight rounded to bf16 (and packed for AMX) at construction.
+/// A bf16 linear layer: the weight rounded to bf16 (and packed for the CPU's bf16 matrix
+/// instructions) at construction.
 pub struct Bf16Linear {
     imp: Imp,
     bias: Option<Tensor>,
@@ -58,8 +72,9 @@ pub struct Bf16Linear {
 }
 
 enum Imp {
-    #[cfg(target_arch = "x86_64")]
-    Amx(amx::Packed),
+    /// Packed for the CPU's bf16 matrix kernel.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    Matrix(fast::Packed),
     /// The weight rounded to bf16, kept as f32 `[out, in]`.
     Emulated(Tensor),
 }
@@ -67,8 +82,8 @@ enum Imp {
 impl std::fmt::Debug for Bf16Linear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kernel = match &self.imp {
-            #[cfg(target_arch = "x86_64")]
-            Imp::Amx(_) => amx::KERNEL,
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Imp::Matrix(p) => p.kernel_name(),
             Imp::Emulated(_) => "emulated",
         };
         f.debug_struct("Bf16Linear")
@@ -81,24 +96,41 @@ impl std::fmt::Debug for Bf16Linear {
 }
 
 impl Bf16Linear {
-    /// Rounds (and, with AMX, packs) `weight` `[out, in]` (PyTorch's layout); keeps `bias`
-    /// `[out]` in f32.
+    /// Rounds (and, for a matrix kernel, packs) `weight` `[out, in]` (PyTorch's layout);
+    /// keeps `bias` `[out]` in f32.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         Self::with_kernel(weight, bias, true)
     }
 
-    /// [`Self::new`], with the AMX kernel only where `use_amx` (tests compare the two).
-    pub fn with_kernel(weight: &Tensor, bias: Option<&Tensor>, use_amx: bool) -> Result<Self> {
+    /// [`Self::new`], with the CPU's matrix kernel only where `use_matrix` (tests compare the
+    /// kernel with the emulation).
+    pub fn with_kernel(weight: &Tensor, bias: Option<&Tensor>, use_matrix: bool) -> Result<Self> {
+        Self::build(weight, bias, fast::kernel().filter(|_| use_matrix))
+    }
+
+    /// [`Self::new`] on the kernel named `kernel` (one of [`cpu_bf16_kernels`]), for timing the
+    /// kernels of one CPU against each other.
+    pub fn on_kernel(weight: &Tensor, bias: Option<&Tensor>, kernel: &str) -> Result<Self> {
+        let Some(&k) = fast::kernels().iter().find(|k| k.name() == kernel) else {
+            candle_core::bail!(
+                "no bf16 kernel {kernel:?} on this CPU (it runs: {:?})",
+                cpu_bf16_kernels()
+            );
+        };
+        Self::build(weight, bias, Some(k))
+    }
+
+    fn build(weight: &Tensor, bias: Option<&Tensor>, kernel: Option<fast::Kernel>) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
         if !weight.device().is_cpu() {
             candle_core::bail!("the bf16 linear layer runs on the CPU only");
         }
         let weight = weight.to_dtype(DType::F32)?;
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
-        let imp = match amx::kernel().filter(|_| use_amx) {
-            #[cfg(target_arch = "x86_64")]
-            Some(k) => Imp::Amx(amx::pack(k, &weight, bias.as_ref())?),
-            #[cfg(not(target_arch = "x86_64"))]
+        let imp = match kernel {
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Some(k) => Imp::Matrix(fast::pack(k, &weight, bias.as_ref())?),
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
             Some(never) => match never {},
             None => Imp::Emulated(round_to_bf16(&weight)?),
         };
@@ -118,8 +150,8 @@ impl Bf16Linear {
         self.out_dim
     }
 
-    /// Whether this layer runs on AMX.
-    pub fn is_amx(&self) -> bool {
+    /// Whether this layer runs on the CPU's bf16 matrix kernel (else it is emulated).
+    pub fn is_matrix(&self) -> bool {
         !matches!(self.imp, Imp::Emulated(_))
     }
 
@@ -128,14 +160,14 @@ impl Bf16Linear {
         self.forward_act(x, false)
     }
 
-    /// [`Self::forward`], with the exact GELU applied where `gelu` (on AMX inside each row
-    /// block, while its results are in cache).
+    /// [`Self::forward`], with the exact GELU applied where `gelu` (on a matrix kernel inside
+    /// each row block, while its results are in cache).
     pub fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
         self.forward_with(x, gelu, None)
     }
 
-    /// `act(x W^T + b)`, or `x W^T + b + residual` (`[rows, out]`); on AMX the GELU or the
-    /// residual add happens inside each row block.
+    /// `act(x W^T + b)`, or `x W^T + b + residual` (`[rows, out]`); on a matrix kernel the GELU
+    /// or the residual add happens inside each row block.
     pub fn forward_with(
         &self,
         x: &Tensor,
@@ -162,8 +194,8 @@ impl Bf16Linear {
             }
         }
         match &self.imp {
-            #[cfg(target_arch = "x86_64")]
-            Imp::Amx(p) => amx::forward(p, x, gelu, residual),
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Imp::Matrix(p) => fast::forward(p, x, gelu, residual),
             Imp::Emulated(w) => {
                 let x = round_to_bf16(&x.to_dtype(DType::F32)?)?;
                 let y = x.matmul(&w.t()?)?;
@@ -183,62 +215,66 @@ impl Bf16Linear {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod amx {
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod fast {
     use std::sync::OnceLock;
 
     use candle_core::{Result, Tensor};
 
-    pub use crate::amx::Packed;
+    pub use crate::bf16_gemm::Packed;
+    use crate::bf16_gemm::{check_operands, rounded_reference, Micro, KERNELS};
     use crate::cpu::with_f32_slice;
-
-    /// Our AMX kernel (`crate::amx`): 2 x 2 tiles of `TDPBF16PS`.
-    pub const KERNEL: &str = "amx-bf16 32x32";
 
     /// Proof that this CPU runs the kernel and that it computed the right thing once.
     #[derive(Clone, Copy)]
-    pub struct Kernel(());
+    pub struct Kernel(Micro);
 
-    /// The AMX kernel, where this CPU has AMX-BF16, the OS lets this process use the tiles,
-    /// and the kernel passes its check.
-    pub fn kernel() -> Option<Kernel> {
-        static KERNEL_CELL: OnceLock<Option<Kernel>> = OnceLock::new();
-        *KERNEL_CELL.get_or_init(|| {
-            if !crate::amx::usable() {
-                return None;
-            }
-            match self_check() {
-                Ok(()) => Some(Kernel(())),
-                Err(e) => {
-                    tracing::warn!("{KERNEL} failed its check on this CPU ({e}); bf16 is emulated");
-                    None
-                }
-            }
+    impl Kernel {
+        pub fn name(self) -> &'static str {
+            self.0.name()
+        }
+
+        pub fn is_default(self) -> bool {
+            self.0.is_default()
+        }
+    }
+
+    /// The bf16 kernels this CPU runs (for AMX, where the OS lets this process use the tiles)
+    /// that pass their check, the preferred first.
+    pub fn kernels() -> &'static [Kernel] {
+        static KERNELS_CELL: OnceLock<Vec<Kernel>> = OnceLock::new();
+        KERNELS_CELL.get_or_init(|| {
+            KERNELS
+                .iter()
+                .filter(|m| m.usable())
+                .filter_map(|&m| match self_check(m) {
+                    Ok(()) => Some(Kernel(m)),
+                    Err(e) => {
+                        tracing::warn!("{} failed its check on this CPU ({e}); not used", m.name());
+                        None
+                    }
+                })
+                .collect()
         })
+    }
+
+    /// The preferred one of [`kernels`].
+    pub fn kernel() -> Option<Kernel> {
+        kernels().first().copied()
     }
 
     /// One small product on the kernel, against the same rounding in f64: a kernel that runs but
     /// computes something else (a CPU or OS this path was not measured on) is not used.
-    fn self_check() -> Result<()> {
+    fn self_check(micro: Micro) -> Result<()> {
         let (m, k, n) = (37, 70, 33);
-        let val = |i: usize, s: f32| ((i * 7919 % 263) as f32 / 131.0 - 1.0) * s;
-        let x: Vec<f32> = (0..m * k).map(|i| val(i, 1.0)).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| val(i + 11, 0.3)).collect();
-        let b: Vec<f32> = (0..n).map(|i| val(i + 5, 0.1)).collect();
-        let packed = Packed::new(&w, n, k, Some(&b));
-        // SAFETY: `usable()` was checked by the caller.
+        let (x, w, b) = check_operands(m, k, n);
+        let packed = Packed::new(&w, n, k, Some(&b), micro);
+        // SAFETY: the caller checked `micro.usable()`.
         let y = unsafe { packed.forward(&x, m, false, None) };
-        let r = |v: f32| f64::from(half::bf16::from_f32(v).to_f32());
-        let mut worst = 0f64;
-        for i in 0..m {
-            for j in 0..n {
-                let want: f64 = (0..k)
-                    .map(|l| r(x[i * k + l]) * r(w[j * k + l]))
-                    .sum::<f64>()
-                    + f64::from(b[j]);
-                worst = worst.max((f64::from(y[i * n + j]) - want).abs());
-            }
-        }
+        let want = rounded_reference(&x, &w, &b, m, k);
+        let worst = y.iter().zip(&want).fold(0f64, |worst, (&got, &want)| {
+            worst.max((f64::from(got) - want).abs())
+        });
         if worst > 1e-4 {
             candle_core::bail!("largest difference {worst:e} from the bf16 product");
         }
@@ -246,11 +282,11 @@ mod amx {
     }
 
     /// The weight rounded and packed once.
-    pub fn pack(_: Kernel, weight: &Tensor, bias: Option<&Tensor>) -> Result<Packed> {
-        let (n, k) = weight.dims2()?;
+    pub fn pack(k: Kernel, weight: &Tensor, bias: Option<&Tensor>) -> Result<Packed> {
+        let (n, in_dim) = weight.dims2()?;
         let bias = bias.map(crate::cpu_ops::to_vec).transpose()?;
         with_f32_slice(&weight.contiguous()?, |w| {
-            Ok(Packed::new(w, n, k, bias.as_deref()))
+            Ok(Packed::new(w, n, in_dim, bias.as_deref(), k.0))
         })
     }
 
@@ -264,7 +300,7 @@ mod amx {
         let residual = residual.map(|r| r.contiguous()).transpose()?;
         let y = with_f32_slice(&x.contiguous()?, |x| match &residual {
             // SAFETY (both): a `Packed` is only built with a `Kernel`, which exists only where
-            // `usable()` held.
+            // its kernel is usable.
             Some(r) => with_f32_slice(r, |r| Ok(unsafe { p.forward(x, m, gelu, Some(r)) })),
             None => Ok(unsafe { p.forward(x, m, gelu, None) }),
         })?;
@@ -272,11 +308,21 @@ mod amx {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-mod amx {
-    pub const KERNEL: &str = "none";
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod fast {
     #[derive(Clone, Copy)]
     pub enum Kernel {}
+    pub fn kernels() -> &'static [Kernel] {
+        &[]
+    }
+    impl Kernel {
+        pub fn name(self) -> &'static str {
+            match self {}
+        }
+        pub fn is_default(self) -> bool {
+            match self {}
+        }
+    }
     pub fn kernel() -> Option<Kernel> {
         None
     }
@@ -347,15 +393,15 @@ mod tests {
             let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
             v.into_iter().map(f32::to_bits).collect()
         };
-        for use_amx in [false, true] {
-            let l = Bf16Linear::with_kernel(&w, Some(&b), use_amx).unwrap();
+        for use_matrix in [false, true] {
+            let l = Bf16Linear::with_kernel(&w, Some(&b), use_matrix).unwrap();
             let plain = l.forward(&x).unwrap();
             let fused = l.forward_act(&x, true).unwrap();
             let after = crate::gelu_erf(&plain).unwrap();
-            assert_eq!(bits(&fused), bits(&after), "GELU, AMX: {}", l.is_amx());
+            assert_eq!(bits(&fused), bits(&after), "GELU, {l:?}");
             let fused = l.forward_with(&x, false, Some(&r)).unwrap();
             let after = (&plain + &r).unwrap();
-            assert_eq!(bits(&fused), bits(&after), "residual, AMX: {}", l.is_amx());
+            assert_eq!(bits(&fused), bits(&after), "residual, {l:?}");
         }
     }
 
@@ -380,10 +426,12 @@ mod tests {
             .unwrap();
         // The rounding is there: f32 products are measurably off the bf16 ones.
         assert!(max_rel(&f32_product, &want) > 1e-4);
-        for amx in [false, true] {
-            let layer = Bf16Linear::with_kernel(&w, Some(&b), amx).unwrap();
-            if amx && !layer.is_amx() {
-                continue; // no AMX here: the device run covers it (scripts/gpu-bench.sh cpu)
+        for matrix in [false, true] {
+            let layer = Bf16Linear::with_kernel(&w, Some(&b), matrix).unwrap();
+            if matrix && !layer.is_matrix() {
+                // No AMX or BFMMLA here: the device run (scripts/gpu-bench.sh cpu) and
+                // scripts/aarch64-qemu.sh cover them.
+                continue;
             }
             let got: Vec<f32> = layer
                 .forward(&x)
@@ -393,16 +441,16 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let err = max_rel(&got, &want);
-            assert!(err < 1e-5, "amx {amx}: max relative error {err:e}");
+            assert!(err < 1e-5, "{layer:?}: max relative error {err:e}");
         }
     }
 
     #[test]
     fn a_row_is_the_same_alone_and_in_any_batch() {
         let (x, w) = (randn((150, 96), 1.0, 4), randn((80, 96), 0.1, 5));
-        for amx in [false, true] {
-            let layer = Bf16Linear::with_kernel(&w, None, amx).unwrap();
-            if amx && !layer.is_amx() {
+        for matrix in [false, true] {
+            let layer = Bf16Linear::with_kernel(&w, None, matrix).unwrap();
+            if matrix && !layer.is_matrix() {
                 continue;
             }
             let all = layer.forward(&x).unwrap();
@@ -421,7 +469,7 @@ mod tests {
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();
-                assert_eq!(diff, 0.0, "amx {amx}: rows {start}..+{len} differ");
+                assert_eq!(diff, 0.0, "{layer:?}: rows {start}..+{len} differ");
             }
         }
     }
@@ -429,8 +477,37 @@ mod tests {
     #[test]
     fn reports_the_kernel() {
         let isa = cpu_bf16_isa();
-        assert_eq!(isa.amx, isa.kernel != "emulated");
-        #[cfg(not(target_arch = "x86_64"))]
-        assert!(!isa.amx);
+        assert_eq!(isa.matrix, isa.kernel != "emulated", "{isa:?}");
+        // Only AMX is measured faster than f32, so only AMX is a default.
+        assert_eq!(isa.default, isa.kernel.starts_with("amx"), "{isa:?}");
+        #[cfg(target_arch = "x86_64")]
+        if !isa.matrix {
+            assert!(
+                !std::arch::is_x86_feature_detected!("avx512bf16"),
+                "{isa:?}"
+            );
+        }
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(
+            isa.matrix,
+            std::arch::is_aarch64_feature_detected!("bf16"),
+            "{isa:?}"
+        );
+        let all = cpu_bf16_kernels();
+        assert_eq!(
+            all.first().copied(),
+            isa.matrix.then_some(isa.kernel),
+            "{all:?}"
+        );
+        let (w, b) = (
+            randn((20, 40), 0.2, 8),
+            randn((1, 20), 0.1, 9).flatten_all().unwrap(),
+        );
+        for name in &all {
+            let layer = Bf16Linear::on_kernel(&w, Some(&b), name).unwrap();
+            assert!(format!("{layer:?}").contains(name), "{layer:?}");
+        }
+        let err = Bf16Linear::on_kernel(&w, Some(&b), "no such kernel").unwrap_err();
+        assert!(err.to_string().contains("no bf16 kernel"), "{err}");
     }
 }

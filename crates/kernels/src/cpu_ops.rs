@@ -248,8 +248,8 @@ pub fn cpu_elementwise_isa() -> &'static str {
     }
 }
 
-/// Exact (erf) GELU in place, on this thread (the AMX layer's epilogue).
-#[cfg(target_arch = "x86_64")]
+/// Exact (erf) GELU in place, on this thread (the bf16 kernels' epilogue).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) fn gelu_in_place(xs: &mut [f32]) {
     simd::gelu(xs)
 }

@@ -25,7 +25,11 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod bf16;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod bf16_gemm;
 mod cpu;
 mod cpu_ops;
 #[cfg(feature = "cuda")]
@@ -33,13 +37,15 @@ mod cuda;
 mod error;
 #[cfg(feature = "cuda")]
 mod gemm;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod ops;
 mod options;
 mod reference;
 pub mod rotary;
 pub mod selftest;
 
-pub use bf16::{cpu_bf16_isa, Bf16Linear, CpuBf16Isa};
+pub use bf16::{cpu_bf16_isa, cpu_bf16_kernels, Bf16Linear, CpuBf16Isa};
 pub use cpu::{cpu_int8_isa, CpuInt8Isa, Int8Linear};
 pub use cpu_ops::{cpu_elementwise_isa, cpu_packed_attention, PositionBias};
 #[cfg(feature = "cuda")]

@@ -286,12 +286,12 @@ pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> D
 }
 
 /// How the linear layers multiply on `device` for `spec`: on the CPU, `int8` and `bf16` as
-/// asked; `auto` takes bf16 where the CPU has AMX ([`virnucpro_kernels::cpu_bf16_isa`]), else
-/// f32. Other devices: f32 (their dtype is the model's).
+/// asked; `auto` takes bf16 where the CPU's bf16 kernel is measured faster than f32 (AMX,
+/// [`virnucpro_kernels::cpu_bf16_isa`]), else f32. Other devices: f32 (their dtype is the model's).
 ///
 /// bf16 passes the parity gate of the GPU's f16 and runs ~3x f32's speed on AMX
-/// (docs/ARCHITECTURE.md, "CPU matrix kernels"); emulated, it is slower than f32, so `auto`
-/// takes it only on AMX.
+/// (docs/ARCHITECTURE.md, "CPU matrix kernels"); emulated, it is slower than f32, and Arm's
+/// `BFMMLA` kernel has not been timed on an Arm CPU, so `auto` takes it only on AMX.
 pub fn cpu_matmul(spec: DTypeSpec, device: &Device) -> CpuMatmul {
     if !device.is_cpu() {
         return CpuMatmul::F32;
@@ -299,7 +299,7 @@ pub fn cpu_matmul(spec: DTypeSpec, device: &Device) -> CpuMatmul {
     match spec {
         DTypeSpec::Int8 if virnucpro_kernels::cpu_int8_isa().simd => CpuMatmul::Int8,
         DTypeSpec::Bf16 => CpuMatmul::Bf16,
-        DTypeSpec::Auto if virnucpro_kernels::cpu_bf16_isa().amx => CpuMatmul::Bf16,
+        DTypeSpec::Auto if virnucpro_kernels::cpu_bf16_isa().default => CpuMatmul::Bf16,
         _ => CpuMatmul::F32,
     }
 }
@@ -445,7 +445,9 @@ mod tests {
         assert_eq!(path(DTypeSpec::F32), CpuMatmul::F32);
         assert_eq!(path(DTypeSpec::F16), CpuMatmul::F32);
         // The dispatcher's choice: bf16 products where the CPU has AMX, else f32.
-        let amx = virnucpro_kernels::cpu_bf16_isa().amx;
+        let isa = virnucpro_kernels::cpu_bf16_isa();
+        let amx = isa.kernel.starts_with("amx");
+        assert_eq!(isa.default, amx, "{isa:?}");
         let auto = if amx { CpuMatmul::Bf16 } else { CpuMatmul::F32 };
         assert_eq!(path(DTypeSpec::Auto), auto);
         let label = dtype_label(DTypeSpec::Auto, ModelFamily::Esm, &Device::Cpu);
