@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CPU bf16 path (`--dtype bf16`: bf16 products on AMX where the CPU has it) on this CPU, in one
 # go: which path `doctor` reports, the oracle gate (scores within 5e-3 of the original pipeline,
-# no call changed), and `bench` tokens/s of bf16, int8 and f32 at 8x168 (ESM2-650M shape) and of
-# bf16 and f32 for DNABERT-S. Meant for an AMX machine (e.g. the GPU machine's Xeon), with a
+# no call changed), `bench` tokens/s of bf16, int8 and f32 at 8x168 (ESM2-650M shape) and of
+# bf16 and f32 for DNABERT-S, and the FFN products on every bf16 kernel the CPU runs (AMX and
+# AVX512-BF16 on a Sapphire Rapids) beside candle's f32 matmul (`bench --ops`). Meant for an AMX machine (e.g. the GPU machine's Xeon), with a
 # binary built elsewhere; esm.cpp on the same machine: scripts/esmcpp-bench.sh.
 #
 # Usage (from the repository root):
@@ -59,4 +60,9 @@ for j in "${threads[@]}"; do
     echo "== bench, $j threads"
     for dt in bf16 int8 f32; do bench --model esm2-650m --dtype "$dt" -j "$j" --shapes 8x168; done
     for dt in bf16 f32; do bench --model dnabert-s --dtype "$dt" -j "$j" --shapes 32x128 --ragged; done
+done
+for j in "${threads[@]}"; do
+    echo "== bench --ops: FFN products, every bf16 kernel vs f32, $j threads, 8x168"
+    "$bin" bench --model esm2-650m --device cpu --dtype bf16 --ops --shapes 8x168 -j "$j" 2>&1 |
+        grep -E "^(matmul|linear) ffn" || true
 done
