@@ -596,15 +596,6 @@ fn bf16_kernels() -> Vec<&'static str> {
     }
 }
 
-/// A bf16 layer on `kernel`, one of [`bf16_kernels`].
-fn bf16_layer(w: &Tensor, b: &Tensor, kernel: &str) -> Result<kernels::Bf16Linear> {
-    Ok(if kernels::cpu_bf16_kernels().is_empty() {
-        kernels::Bf16Linear::new(w, Some(b))?
-    } else {
-        kernels::Bf16Linear::on_kernel(w, Some(b), kernel)?
-    })
-}
-
 /// Times one operation after another and keeps their rows.
 struct OpTimer<'a> {
     device: &'a Device,
@@ -877,7 +868,7 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
         )?;
         if x.kernels.cpu_matmul == CpuMatmul::Bf16 {
             for kernel in bf16_kernels() {
-                let l1 = bf16_layer(w1, &b1, kernel)?;
+                let l1 = kernels::Bf16Linear::on_kernel(w1, Some(&b1), kernel)?;
                 let name = format!("linear ffn1 bf16 ({kernel}) [N,H]x[H,F]");
                 tm.time(&name, mm(n, hidden, ffn_in), flops, &mut || {
                     l1.forward(xs).map(drop)
@@ -910,7 +901,7 @@ fn time_ffn_ops(tm: &mut OpTimer, x: &OpInputs) -> Result<()> {
     let b2 = x.rnd(&[hidden])?;
     if x.cpu_f32() && x.kernels.cpu_matmul == CpuMatmul::Bf16 {
         for kernel in bf16_kernels() {
-            let l2 = bf16_layer(w2, &b2, kernel)?;
+            let l2 = kernels::Bf16Linear::on_kernel(w2, Some(&b2), kernel)?;
             let name = format!("linear ffn2 bf16 ({kernel}) (+bias+res) [N,F]x[F,H]");
             tm.time(&name, mm(n, ffn_out, hidden), flops, &mut || {
                 l2.forward_with(h1, false, Some(xs)).map(drop)

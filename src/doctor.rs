@@ -258,7 +258,8 @@ fn check_on_cpu(run: &mut Checkup, opts: &DoctorOptions) -> Result<()> {
             bf16.kernel
         )
     } else {
-        "emulated (no AMX or Arm BF16: slower than f32; the CPU default is f32)".to_string()
+        "emulated (no AMX, AVX512-BF16 or Arm BF16: slower than f32; the CPU default is f32)"
+            .to_string()
     };
     let summary = format!(
         "virnucpro {} built with features: {feats}; CPU int8 matrix path (--dtype int8): \

@@ -108,9 +108,12 @@ impl Bf16Linear {
         Self::build(weight, bias, fast::kernel().filter(|_| use_matrix))
     }
 
-    /// [`Self::new`] on the kernel named `kernel` (one of [`cpu_bf16_kernels`]), for timing the
-    /// kernels of one CPU against each other.
+    /// [`Self::new`] on the kernel named `kernel` (one of [`cpu_bf16_kernels`], or `emulated`),
+    /// for timing the kernels of one CPU against each other.
     pub fn on_kernel(weight: &Tensor, bias: Option<&Tensor>, kernel: &str) -> Result<Self> {
+        if kernel == "emulated" {
+            return Self::build(weight, bias, None);
+        }
         let Some(&k) = fast::kernels().iter().find(|k| k.name() == kernel) else {
             candle_core::bail!(
                 "no bf16 kernel {kernel:?} on this CPU (it runs: {:?})",
@@ -507,6 +510,8 @@ mod tests {
             let layer = Bf16Linear::on_kernel(&w, Some(&b), name).unwrap();
             assert!(format!("{layer:?}").contains(name), "{layer:?}");
         }
+        let emulated = Bf16Linear::on_kernel(&w, Some(&b), "emulated").unwrap();
+        assert!(!emulated.is_matrix(), "{emulated:?}");
         let err = Bf16Linear::on_kernel(&w, Some(&b), "no such kernel").unwrap_err();
         assert!(err.to_string().contains("no bf16 kernel"), "{err}");
     }
