@@ -35,6 +35,9 @@
 #            subbatch  predict (esm2-3b) with whole padded batches and with 512 MiB sub-batches
 #                    (VIRNUCPRO_SUB_BATCH_MIB), alternating, 2 runs each: speed, peak memory,
 #                    files identical
+#            pool    predict (POOL_SHAPES) under each memory-pool policy of POOL_VARIANTS (after a
+#                    first default run that warms the machine, and a default run last): speed,
+#                    peak memory, the pool's use after the first groups, files identical
 #            invariance  predict (esm2-650m) with three --batch-tokens: files must be identical
 #            resume  predict (esm2-650m) killed with -9 halfway, rerun: files identical to an
 #                    uninterrupted run, the log names the reused units
@@ -50,7 +53,8 @@
 #   PAIRS (2), RECORDS (4000: ~40 000 frames), RECORDS_3B (1000), RUNS (3), RUNS_3B (2),
 #   RECORDS_CHECK (1000: the genome of invariance/resume), RECORDS_OOM (400), HOG_FREE_MB (9000:
 #   what the memory hog of `oom` leaves free), RECORDS_MULTI (32000: ~320 000 frames),
-#   MULTI_SHAPE (esm2-650m)
+#   MULTI_SHAPE (esm2-650m), POOL_SHAPES (esm2-3b), POOL_VARIANTS ("dna256 pfirst dna256-pfirst
+#   default"; each a name the pool step knows: dna256, dna128, sub512, pfirst, dna256-pfirst, default)
 set -u
 
 die() { echo "gpu-bench.sh: $*" >&2; exit 1; }
@@ -209,6 +213,8 @@ run() {
     HOG_FREE_MB=${HOG_FREE_MB:-9000}
     RECORDS_MULTI=${RECORDS_MULTI:-32000}
     MULTI_SHAPE=${MULTI_SHAPE:-esm2-650m}
+    POOL_SHAPES=${POOL_SHAPES:-esm2-3b}
+    POOL_VARIANTS=${POOL_VARIANTS:-dna256 pfirst dna256-pfirst default}
     SKIPPED=""
     mkdir -p "$OUT"
     if python3 -c 'import nvidia.cu13' 2> /dev/null; then
@@ -306,6 +312,37 @@ run() {
                 done
             } >> "$OUT/checks.log" 2>&1
             echo "sub-batches vs whole: $(same_results /tmp/virnucpro-sb-whole-1 /tmp/virnucpro-sb-sub-1)" >> "$OUT/checks.log"
+            ;;
+        pool)
+            local shape variant
+            for shape in $POOL_SHAPES; do
+                local g records=$RECORDS_3B
+                [ "$shape" = esm2-3b ] || records=$RECORDS
+                g=$(genome "$records")
+                for variant in default $POOL_VARIANTS; do
+                    fits "pool-$shape-$variant" 40 || continue
+                    local vars=()
+                    case $variant in
+                    default) vars=() ;;
+                    dna256) vars=(VIRNUCPRO_DNA_SUB_BATCH_MIB=256) ;;
+                    dna128) vars=(VIRNUCPRO_DNA_SUB_BATCH_MIB=128) ;;
+                    sub512) vars=(VIRNUCPRO_SUB_BATCH_MIB=512) ;;
+                    pfirst) vars=(VIRNUCPRO_PROTEIN_FIRST=1) ;;
+                    dna256-pfirst) vars=(VIRNUCPRO_DNA_SUB_BATCH_MIB=256 VIRNUCPRO_PROTEIN_FIRST=1) ;;
+                    *) echo "pool: unknown variant $variant" >> "$OUT/checks.log"; continue ;;
+                    esac
+                    local o=/tmp/virnucpro-pool-$shape-$variant
+                    [ -d "$o" ] && o=$o-again
+                    rm -rf "$o"
+                    echo "-- $shape, pool variant $variant (${vars[*]:-defaults})" >> "$OUT/checks.log"
+                    # shellcheck disable=SC2046
+                    with_peak_memory "$OUT/checks.log" env "${vars[@]}" \
+                        timeout "$(left)" $(predict_cmd "$shape" "$g" "$o") -v
+                    grep -o "after group [0-9]*:.*" /tmp/virnucpro-cmd.log | head -n 6 | tr '\n' ';' >> "$OUT/checks.log"
+                    echo >> "$OUT/checks.log"
+                    echo "$variant vs default: $(same_results "/tmp/virnucpro-pool-$shape-default" "$o")" >> "$OUT/checks.log"
+                done
+            done
             ;;
         invariance)
             fits invariance 90 || continue
@@ -422,7 +459,7 @@ PY
                 timeout 60 "$V" bench --model esm2-650m --device cuda --ops --shapes 512x168 2>/dev/null
             } > "$OUT/bench.log" 2>&1
             ;;
-        *) echo "unknown step $step (tests doctor torch predict attn large bench subbatch invariance resume multi oom)" ;;
+        *) echo "unknown step $step (tests doctor torch predict attn large bench subbatch pool invariance resume multi oom)" ;;
         esac
     done
 

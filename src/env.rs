@@ -19,6 +19,11 @@ pub const EVENT_TRACKING: &str = "VIRNUCPRO_EVENT_TRACKING";
 /// batches, the default), to measure sub-batches
 /// ([`virnucpro_models::options::SUGGESTED_SUB_BATCH_BYTES`]) against whole batches.
 pub const SUB_BATCH_MIB: &str = "VIRNUCPRO_SUB_BATCH_MIB";
+/// `VIRNUCPRO_DNA_SUB_BATCH_MIB=N`: DNABERT-S's own sub-batch budget in `predict` (0: whole
+/// batches), in place of `VIRNUCPRO_SUB_BATCH_MIB`'s.
+pub const DNA_SUB_BATCH_MIB: &str = "VIRNUCPRO_DNA_SUB_BATCH_MIB";
+/// `VIRNUCPRO_PROTEIN_FIRST=1`: `predict` runs the protein model before DNABERT-S in a group.
+pub const PROTEIN_FIRST: &str = "VIRNUCPRO_PROTEIN_FIRST";
 /// `VIRNUCPRO_PROFILE=1`: `bench` times each section of a layer.
 pub const PROFILE: &str = "VIRNUCPRO_PROFILE";
 /// `VIRNUCPRO_TEST_OOM_TOKENS=T`: a linear layer on more than T tokens fails as out of memory.
@@ -71,6 +76,20 @@ pub fn sub_batch_bytes() -> Option<usize> {
         Some(0) => None,
         Some(mib) => Some(mib << 20),
         None => ModelOptions::default().sub_batch_bytes,
+    }
+}
+
+/// `predict`'s GPU memory-pool policy from `VIRNUCPRO_DNA_SUB_BATCH_MIB` and
+/// `VIRNUCPRO_PROTEIN_FIRST` (unset: the defaults).
+pub fn pool_policy() -> virnucpro_core::predict::PoolPolicy {
+    let mib = |name| {
+        var(name)
+            .and_then(|v| v.parse::<usize>().ok())
+            .map(|m| m << 20)
+    };
+    virnucpro_core::predict::PoolPolicy {
+        dna_sub_batch_bytes: mib(DNA_SUB_BATCH_MIB),
+        protein_first: on_if_one(PROTEIN_FIRST),
     }
 }
 

@@ -184,6 +184,7 @@ pub fn run(args: Args, attention: virnucpro_kernels::AttentionImpl) -> anyhow::R
         random_weights: args.random_weights,
         kernels: virnucpro::env::kernel_options(attention),
         sub_batch_bytes: virnucpro::env::sub_batch_bytes(),
+        pool: virnucpro::env::pool_policy(),
         test_hooks: virnucpro::env::predict_test_hooks(),
     };
     let report = predict::run(&req)?;

@@ -132,7 +132,20 @@ pub struct PredictRequest {
     /// The activation memory one sub-batch of a padded (GPU) batch may take; `None`: whole
     /// batches ([`ModelOptions::sub_batch_bytes`]). Results do not depend on it.
     pub sub_batch_bytes: Option<usize>,
+    /// How the GPU's memory pool is used; results never depend on it.
+    pub pool: PoolPolicy,
     pub test_hooks: TestHooks,
+}
+
+/// Device-memory choices of a GPU run that change its peak memory and speed, never its results:
+/// the peak a run reaches is the pool's largest reservation, which exceeds the live activations
+/// when freed blocks do not fit the next request (docs/GPU.md, "Memory").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolPolicy {
+    /// DNABERT-S's own sub-batch budget, in place of [`PredictRequest::sub_batch_bytes`].
+    pub dna_sub_batch_bytes: Option<usize>,
+    /// Run the protein model before DNABERT-S in each group.
+    pub protein_first: bool,
 }
 
 impl PredictRequest {
@@ -167,6 +180,7 @@ impl PredictRequest {
             random_weights: None,
             kernels: KernelOptions::default(),
             sub_batch_bytes: ModelOptions::default().sub_batch_bytes,
+            pool: PoolPolicy::default(),
             test_hooks: TestHooks::default(),
         }
     }
@@ -179,6 +193,16 @@ impl PredictRequest {
             sub_batch_bytes: self.sub_batch_bytes,
             ..ModelOptions::default()
         }
+    }
+
+    /// The options DNABERT-S is built with: [`Self::model_options`] with the pool policy's own
+    /// sub-batch budget, if it has one (0: whole batches).
+    fn dna_model_options(&self) -> ModelOptions {
+        let mut options = self.model_options();
+        if let Some(bytes) = self.pool.dna_sub_batch_bytes {
+            options.sub_batch_bytes = (bytes > 0).then_some(bytes);
+        }
+        options
     }
 
     /// The kernel options of the run: the request's, batch-invariant.
@@ -308,18 +332,26 @@ impl Models {
     /// Enqueues all the device work of a prepared unit (both models, the merged features, the
     /// classifier and a per-row sum for the finiteness check) without waiting for the device;
     /// [`PendingScores::finish`] collects the result.
-    fn launch(&self, prepared: Prepared, units: &[usize]) -> anyhow::Result<PendingScores<'_>> {
+    fn launch(
+        &self,
+        prepared: Prepared,
+        units: &[usize],
+        protein_first: bool,
+    ) -> anyhow::Result<PendingScores<'_>> {
         if prepared.dna.is_empty() {
             return Ok(PendingScores { work: None });
         }
-        let dna = prepared
-            .dna
-            .enqueue(&self.dnabert, &mut |_| {})?
-            .into_device_rows()?;
-        let protein = prepared
-            .protein
-            .enqueue(&self.esm, &mut |_| {})?
-            .into_device_rows()?;
+        let Prepared { dna, protein } = prepared;
+        fn run(tokens: Tokenized, model: &EmbeddingModel) -> anyhow::Result<DeviceRows<'_>> {
+            tokens.enqueue(model, &mut |_| {})?.into_device_rows()
+        }
+        let (dna, protein) = if protein_first {
+            let protein = run(protein, &self.esm)?;
+            (run(dna, &self.dnabert)?, protein)
+        } else {
+            let dna = run(dna, &self.dnabert)?;
+            (dna, run(protein, &self.esm)?)
+        };
         // Merged feature = [nucleotide | protein] (docs/PIPELINE.md §4).
         let features = Tensor::cat(&[&dna.rows, &protein.rows], 1)?.to_device(&self.device)?;
         // The classifier runs on each work unit's rows alone, as when units come one by one:
@@ -360,7 +392,7 @@ impl Models {
             let attempt = self
                 .prepare(frames, budget)
                 .map_err(input_fault)
-                .and_then(|p| self.launch(p, units))
+                .and_then(|p| self.launch(p, units, false))
                 .and_then(PendingScores::finish);
             match attempt {
                 Err(e) if is_out_of_memory(&e) => error = e,
@@ -548,6 +580,7 @@ struct DeviceWorker {
     /// not depend on its batch; one on the CPU, where it can in the last bits (except for tests
     /// of the grouping itself, [`TestHooks::group_units`]).
     max_group: usize,
+    pool: PoolPolicy,
 }
 
 impl DeviceWorker {
@@ -599,6 +632,7 @@ impl Worker<UnitJob, UnitResult> for DeviceWorker {
             let finished = match in_flight.take() {
                 Some((done, pending)) => {
                     let scores = self.wait_for(&done, pending, &mut clock)?;
+                    self.log_pool(clock.groups);
                     Some((done, scores))
                 }
                 None => None,
@@ -606,7 +640,7 @@ impl Worker<UnitJob, UnitResult> for DeviceWorker {
             clock.groups += 1;
             let launched = clock.time(
                 |c| &mut c.launch,
-                || models.launch(prepared, &group.sizes()),
+                || models.launch(prepared, &group.sizes(), self.pool.protein_first),
             );
             // The previous group's rows are formatted while the device runs this one.
             if let Some((done, scores)) = finished {
@@ -733,6 +767,23 @@ impl DeviceWorker {
             );
         }
         Ok(Some(group))
+    }
+
+    /// Logs the device's memory pool between the first groups, with nothing on the device: how
+    /// the pool grows while the live memory stays the weights'.
+    fn log_pool(&self, groups: u64) {
+        let device = &self.models.device;
+        if groups > 8 {
+            return;
+        }
+        if let Some((used, held)) = virnucpro_kernels::pool_now(device) {
+            tracing::debug!(
+                "{}: after group {groups}: {} MiB in use, {} MiB held by the pool",
+                device_name(device),
+                used >> 20,
+                held >> 20
+            );
+        }
     }
 
     /// Waits for a launched group's scores (backing off if the device ran out of memory).
@@ -936,15 +987,19 @@ fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models
         esm_token_dropout: req.esm_token_dropout,
         model: req.model_options(),
     };
+    let dna_options = LoadOptions {
+        model: req.dna_model_options(),
+        ..options.clone()
+    };
     let load_one = |device: &Device| -> anyhow::Result<Models> {
         let (dnabert, esm, classifier) = match (&setup.dnabert, &setup.esm) {
             (Some(d), Some(e)) => {
                 // The two models load side by side: each mostly waits on its file.
                 let (dnabert, esm) = std::thread::scope(|s| {
                     let dnabert = s.spawn(|| {
-                        load_from_files(d.clone(), device, req.dtype, &options).with_context(|| {
-                            format!("cannot load the nucleotide model `{}`", req.dnabert)
-                        })
+                        load_from_files(d.clone(), device, req.dtype, &dna_options).with_context(
+                            || format!("cannot load the nucleotide model `{}`", req.dnabert),
+                        )
                     });
                     let esm = load_from_files(e.clone(), device, req.dtype, &options)
                         .with_context(|| format!("cannot load the protein model `{}`", req.esm));
@@ -966,7 +1021,7 @@ fn load_models(req: &PredictRequest, setup: &Setup) -> anyhow::Result<Vec<Models
                     Some(&req.dnabert),
                     device,
                     req.dtype,
-                    &options,
+                    &dna_options,
                 )?;
                 let esm = random_embedding_model(protein, None, device, req.dtype, &options)?;
                 let classifier = random_classifier(dnabert.hidden_size + esm.hidden_size, device)?;
@@ -1243,6 +1298,7 @@ fn execute(
             budget: budget.clone(),
             output,
             fail_at: injected_failure(&req.test_hooks, i),
+            pool: req.pool,
         })
         .collect();
     let n_devices = workers.len();
@@ -1539,5 +1595,13 @@ mod tests {
         assert_eq!(options.sub_batch_bytes, Some(512 << 20));
         assert_eq!(options.inject_oom_above_rows, Some(100));
         assert!(options.kernels.batch_invariant);
+        assert_eq!(req.dna_model_options().sub_batch_bytes, Some(512 << 20));
+        // DNABERT-S's own budget replaces the shared one for it alone; 0 means whole batches.
+        req.pool.dna_sub_batch_bytes = Some(256 << 20);
+        assert_eq!(req.dna_model_options().sub_batch_bytes, Some(256 << 20));
+        assert_eq!(req.model_options().sub_batch_bytes, Some(512 << 20));
+        req.pool.dna_sub_batch_bytes = Some(0);
+        assert_eq!(req.dna_model_options().sub_batch_bytes, None);
+        assert_eq!(req.dna_model_options().inject_oom_above_rows, Some(100));
     }
 }

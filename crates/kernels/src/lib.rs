@@ -73,6 +73,16 @@ pub fn pool_high_water(device: &Device) -> Option<(u64, u64)> {
     None
 }
 
+/// The CUDA memory pool's `(in use, reserved)` bytes now; `None` on other devices.
+pub fn pool_now(device: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        return cuda::pool_now(dev).ok();
+    }
+    let _ = device;
+    None
+}
+
 /// On a CUDA device, returns the memory pool's unused memory to the driver (the f32 staging
 /// copies of loaded weights leave holes that later batches may not fit) and restarts the
 /// [`pool_high_water`] marks; nothing elsewhere.
