@@ -17,9 +17,6 @@ use std::sync::OnceLock;
 
 use crate::bf16_gemm::Layout;
 
-/// bf16 values in one tile (16 rows x 32).
-const TILE: usize = 512;
-
 /// The operands' layout of [`block`].
 pub(crate) const LAYOUT: Layout = Layout {
     block: 32,
@@ -100,24 +97,42 @@ impl Drop for Tiles {
     }
 }
 
-/// One 32 x 32 block of the product into `c` (row stride 32 f32): `a` points at the first of
-/// two consecutive 16-row panels, `b` at the first of two consecutive 16-column panels, each
-/// panel `ksteps` tiles.
+/// `steps` k steps of one 32 x 32 block of the product, added to the partial sums in `c` (row
+/// stride 32 f32) where `accumulate`, else from zero; the sums are stored back to `c`. `a`
+/// points at the first of the steps in the first of two 16-row panels, `b` likewise in the
+/// first of two 16-column panels; each second panel is `panel_len` bf16 further.
 ///
 /// # Safety
-/// Tiles configured as [`TileConfig::new`] on this thread; `a` and `b` valid for two panels of
-/// `ksteps >= 1` tiles, `c` for 1024 f32.
+/// Tiles configured as [`TileConfig::new`] on this thread; `a` and `b` valid for `steps >= 1`
+/// tiles from each of the two panels, `c` for 1024 f32.
 #[inline]
-pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut f32) {
-    let panel = ksteps * TILE;
+pub(crate) unsafe fn block(
+    a: *const u16,
+    b: *const u16,
+    panel_len: usize,
+    steps: usize,
+    c: *mut f32,
+    accumulate: bool,
+) {
     // SAFETY: per the function's contract; every tile load and store stays inside the panels
     // and `c` (16 rows at the given stride from each start).
     unsafe {
         asm!(
+            "mov {s}, 128",
+            "test {acc}, {acc}",
+            "jz 3f",
+            "tileloadd tmm0, [{c} + {s}*1]",
+            "tileloadd tmm1, [{c} + {s}*1 + 64]",
+            "tileloadd tmm2, [{c} + {s}*1 + 2048]",
+            "tileloadd tmm3, [{c} + {s}*1 + 2112]",
+            "jmp 4f",
+            "3:",
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
+            "4:",
+            "mov {s}, 64",
             "2:",
             "tileloadd tmm4, [{a0} + {s}*1]",
             "tileloadd tmm6, [{b0} + {s}*1]",
@@ -139,11 +154,12 @@ pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut 
             "tilestored [{c} + {s}*1 + 2048], tmm2",
             "tilestored [{c} + {s}*1 + 2112], tmm3",
             a0 = inout(reg) a => _,
-            a1 = inout(reg) a.add(panel) => _,
+            a1 = inout(reg) a.add(panel_len) => _,
             b0 = inout(reg) b => _,
-            b1 = inout(reg) b.add(panel) => _,
-            s = inout(reg) 64usize => _,
-            n = inout(reg) ksteps => _,
+            b1 = inout(reg) b.add(panel_len) => _,
+            s = out(reg) _,
+            n = inout(reg) steps => _,
+            acc = in(reg) usize::from(accumulate),
             c = in(reg) c,
             options(nostack),
         );

@@ -36,19 +36,46 @@ pub fn usable() -> bool {
     })
 }
 
-/// One 16 x 16 block of the product into `c` (row-major, row stride 16): `a` and `b` point at
-/// one panel each of `ksteps` steps of 32 bf16.
+/// `steps` k steps of one 16 x 16 block of the product, added to the partial sums in `c`
+/// (row-major, row stride 16) where `accumulate`, else from zero; the sums are stored back to
+/// `c`. `a` and `b` point at the first of the steps (32 bf16 each) in one panel each.
 ///
 /// # Safety
-/// The CPU has AVX512-BF16 ([`usable`]); `a` and `b` valid for `ksteps >= 1` steps, `c` for
+/// The CPU has AVX512-BF16 ([`usable`]); `a` and `b` valid for `steps >= 1` steps, `c` for
 /// 256 f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut f32) {
+pub(crate) unsafe fn block(
+    a: *const u16,
+    b: *const u16,
+    steps: usize,
+    c: *mut f32,
+    accumulate: bool,
+) {
     // SAFETY: per the function's contract; the loads read `ksteps` steps of 64 bytes from `a`
     // and `b`, the stores write 256 f32 to `c`.
     unsafe {
         asm!(
+            "test {acc}, {acc}",
+            "jz 3f",
+            "vmovups zmm0, zmmword ptr [{c} + 0]",
+            "vmovups zmm1, zmmword ptr [{c} + 64]",
+            "vmovups zmm2, zmmword ptr [{c} + 128]",
+            "vmovups zmm3, zmmword ptr [{c} + 192]",
+            "vmovups zmm4, zmmword ptr [{c} + 256]",
+            "vmovups zmm5, zmmword ptr [{c} + 320]",
+            "vmovups zmm6, zmmword ptr [{c} + 384]",
+            "vmovups zmm7, zmmword ptr [{c} + 448]",
+            "vmovups zmm8, zmmword ptr [{c} + 512]",
+            "vmovups zmm9, zmmword ptr [{c} + 576]",
+            "vmovups zmm10, zmmword ptr [{c} + 640]",
+            "vmovups zmm11, zmmword ptr [{c} + 704]",
+            "vmovups zmm12, zmmword ptr [{c} + 768]",
+            "vmovups zmm13, zmmword ptr [{c} + 832]",
+            "vmovups zmm14, zmmword ptr [{c} + 896]",
+            "vmovups zmm15, zmmword ptr [{c} + 960]",
+            "jmp 4f",
+            "3:",
             "vpxord zmm0, zmm0, zmm0",
             "vpxord zmm1, zmm1, zmm1",
             "vpxord zmm2, zmm2, zmm2",
@@ -65,6 +92,7 @@ pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut 
             "vpxord zmm13, zmm13, zmm13",
             "vpxord zmm14, zmm14, zmm14",
             "vpxord zmm15, zmm15, zmm15",
+            "4:",
             "2:",
             "vmovups zmm16, zmmword ptr [{b}]",
             "vdpbf16ps zmm0, zmm16, dword ptr [{a} + 0]{{1to16}}",
@@ -105,7 +133,8 @@ pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut 
             "vmovups zmmword ptr [{c} + 960], zmm15",
             a = inout(reg) a => _,
             b = inout(reg) b => _,
-            n = inout(reg) ksteps => _,
+            n = inout(reg) steps => _,
+            acc = in(reg) usize::from(accumulate),
             c = in(reg) c,
             out("zmm0") _,
             out("zmm1") _,

@@ -15,17 +15,19 @@
 //! what `BFMMLA` reads) or pair-interleaved (`(k / 2) * 2 * panel + col * 2 + k % 2`, what
 //! `TDPBF16PS` reads). Rows, columns and depth are padded with zeros to whole blocks and steps.
 //!
-//! Every output is the sum of the same products in the same order (k steps in order, from zero)
-//! whatever the batch and the split between threads: the layer is batch invariant bit for bit.
+//! A task walks the depth in passes of [`PASS_DEPTH`]: a block's f32 sums are stored after one
+//! pass and loaded again for the next, which is exact, so the passes change no bit. Every output
+//! is the sum of the same products in the same order (k steps in order, from zero) whatever the
+//! batch and the split between threads: the layer is batch invariant bit for bit.
 
 use rayon::prelude::*;
 
-/// Bytes of B a task keeps in the L2 cache while it walks its row blocks.
-const B_CHUNK_BYTES: usize = 512 * 1024;
-/// Rows of one task at most.
-const MAX_GROUP_ROWS: usize = 256;
-/// f32 of the largest block (AMX's 32 x 32).
-const MAX_BLOCK_VALUES: usize = 32 * 32;
+/// Depth (bf16 values) of one pass over a task's blocks: one block's slice of B in a pass is
+/// `block x 512` bf16 (32 KiB for AMX's 32 columns), so it stays in L1 while the task walks its
+/// row blocks, and the task's A slices stay in L2, whatever the layer's depth.
+const PASS_DEPTH: usize = 512;
+/// Rows, and columns, of one task at most: its f32 partial sums (256 KiB) stay in L2.
+const MAX_TASK: usize = 256;
 
 /// How one kernel's operands lie in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +202,8 @@ pub struct Packed {
     ksteps: usize,
     n_pad: usize,
     micro: Micro,
+    /// k steps of one pass.
+    pass_steps: usize,
 }
 
 impl Packed {
@@ -234,6 +238,7 @@ impl Packed {
             ksteps,
             n_pad,
             micro,
+            pass_steps: (PASS_DEPTH / l.kstep).max(1),
         }
     }
 
@@ -264,17 +269,18 @@ impl Packed {
             return y;
         }
         let a = pack_a(x, m, k, ksteps, l);
+        let panel_len = ksteps * l.step_len();
         let block_len = bk * ksteps * l.kstep;
+        let block_values = bk * bk;
         let row_blocks = m.div_ceil(bk);
         let col_blocks = self.n_pad / bk;
         let threads = rayon::current_num_threads().max(1);
-        // Tasks: groups of row blocks x chunks of column blocks; a chunk's B stays in L2 while
-        // the task walks its rows. At least as many tasks as threads where the shape allows.
-        let mut chunk = (B_CHUNK_BYTES / (block_len * 2)).clamp(1, col_blocks);
-        let group = row_blocks
-            .div_ceil(threads)
-            .clamp(1, (MAX_GROUP_ROWS / bk).max(1));
+        // Tasks: groups of row blocks x chunks of column blocks, at least as many as threads
+        // where the shape allows.
+        let most = (MAX_TASK / bk).max(1);
+        let group = row_blocks.div_ceil(threads).clamp(1, most);
         let groups = row_blocks.div_ceil(group);
+        let mut chunk = col_blocks.clamp(1, most);
         while groups * col_blocks.div_ceil(chunk) < threads && chunk > 1 {
             chunk = chunk.div_ceil(2);
         }
@@ -286,27 +292,38 @@ impl Packed {
             let (g, ch) = (task / chunks, task % chunks);
             let rb = g * group..((g + 1) * group).min(row_blocks);
             let cb = ch * chunk..((ch + 1) * chunk).min(col_blocks);
+            let nc = cb.len();
             // SAFETY: per `forward`'s contract the CPU has AMX; the tiles are released when
             // `_tiles` drops.
             #[cfg(target_arch = "x86_64")]
             let _tiles =
                 (self.micro == Micro::Amx).then(|| unsafe { crate::amx::Tiles::load(&cfg) });
-            let mut c = Scratch([0f32; MAX_BLOCK_VALUES]);
-            for r in rb {
+            let mut sums = vec![0f32; rb.len() * nc * block_values];
+            for k0 in (0..ksteps).step_by(self.pass_steps) {
+                let steps = self.pass_steps.min(ksteps - k0);
+                for (j, cbk) in cb.clone().enumerate() {
+                    let b = &self.b[cbk * block_len + k0 * l.step_len()..];
+                    for (i, r) in rb.clone().enumerate() {
+                        let a = &a[r * block_len + k0 * l.step_len()..];
+                        let c = &mut sums[(i * nc + j) * block_values..][..block_values];
+                        // SAFETY: `a` and `b` start at step `k0` of one block's first panel,
+                        // whose other panels follow at `panel_len`, each with `steps` more steps;
+                        // `c` holds a whole block; the CPU runs the kernel (`forward`'s
+                        // contract) and, for AMX, the tiles are configured (above).
+                        unsafe { block(self.micro, a, b, panel_len, steps, c, k0 > 0) };
+                    }
+                }
+            }
+            for (i, r) in rb.clone().enumerate() {
                 let rows = r * bk..((r + 1) * bk).min(m);
-                let a = &a[r * block_len..(r + 1) * block_len];
-                for cbk in cb.clone() {
-                    let b = &self.b[cbk * block_len..(cbk + 1) * block_len];
-                    // SAFETY: `a` and `b` are one block's panels of `ksteps` steps each, `c`
-                    // holds a whole block, the CPU runs the kernel (`forward`'s contract) and,
-                    // for AMX, the tiles are configured (above).
-                    unsafe { block(self.micro, a, b, ksteps, &mut c.0) };
+                for (j, cbk) in cb.clone().enumerate() {
+                    let c = &sums[(i * nc + j) * block_values..][..block_values];
                     let cols = cbk * bk..((cbk + 1) * bk).min(n);
                     let bias = &self.bias[cols.clone()];
-                    for (i, row) in rows.clone().enumerate() {
+                    for (row_in, row) in rows.clone().enumerate() {
                         // SAFETY: this task alone writes rows `rb` x columns `cb` of `y`.
                         let dst = unsafe { out.row(row * n + cols.start, cols.len()) };
-                        let src = &c.0[i * bk..i * bk + cols.len()];
+                        let src = &c[row_in * bk..row_in * bk + cols.len()];
                         match residual {
                             Some(res) => {
                                 let res = &res[row * n + cols.start..row * n + cols.end];
@@ -336,55 +353,71 @@ impl Packed {
     }
 }
 
-/// One block of the product into `c` (row-major, row stride `block`).
+/// `steps` k steps of one block of the product, added to the block's partial sums in `c`
+/// (row-major, row stride `block`) where `accumulate`, else from zero; the sums are stored back
+/// to `c`. `a` and `b` start at the first of the steps in the block's first panel; its other
+/// panels follow at `panel_len` bf16.
 ///
 /// # Safety
 /// The CPU runs `micro` (for AMX, with the tiles configured on this thread); `a` and `b` hold
-/// one block's panels of `ksteps` steps; `c` holds `block * block` values.
+/// `steps >= 1` steps of each of the block's panels; `c` holds `block * block` values.
 #[inline]
-unsafe fn block(micro: Micro, a: &[u16], b: &[u16], ksteps: usize, c: &mut [f32]) {
+unsafe fn block(
+    micro: Micro,
+    a: &[u16],
+    b: &[u16],
+    panel_len: usize,
+    steps: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) {
     let l = micro.layout();
-    debug_assert!(a.len() >= l.block * ksteps * l.kstep && b.len() >= a.len());
+    let reach = (l.block / l.panel - 1) * panel_len + steps * l.step_len();
+    debug_assert!(steps >= 1 && a.len() >= reach && b.len() >= reach);
     debug_assert!(c.len() >= l.block * l.block);
     match micro {
-        // SAFETY: per this function's contract.
+        // SAFETY (each kernel): per this function's contract.
         #[cfg(target_arch = "x86_64")]
-        Micro::Amx => unsafe { crate::amx::block(a.as_ptr(), b.as_ptr(), ksteps, c.as_mut_ptr()) },
-        // SAFETY: per this function's contract.
+        Micro::Amx => unsafe {
+            let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            crate::amx::block(a, b, panel_len, steps, c, accumulate)
+        },
         #[cfg(target_arch = "x86_64")]
         Micro::Avx512 => unsafe {
-            crate::avx512::block(a.as_ptr(), b.as_ptr(), ksteps, c.as_mut_ptr())
+            crate::avx512::block(a.as_ptr(), b.as_ptr(), steps, c.as_mut_ptr(), accumulate)
         },
-        // SAFETY: per this function's contract.
         #[cfg(target_arch = "aarch64")]
         Micro::Neon => unsafe {
-            crate::neon::block(a.as_ptr(), b.as_ptr(), ksteps, c.as_mut_ptr())
+            crate::neon::block(a.as_ptr(), b.as_ptr(), steps, c.as_mut_ptr(), accumulate)
         },
         #[cfg(test)]
-        Micro::Scalar(l) => block_scalar(l, a, b, ksteps, c),
+        Micro::Scalar(l) => block_scalar(l, a, b, panel_len, steps, c, accumulate),
     }
 }
 
 /// [`block`]'s arithmetic in plain code.
 #[cfg(test)]
-fn block_scalar(l: Layout, a: &[u16], b: &[u16], ksteps: usize, c: &mut [f32]) {
+fn block_scalar(
+    l: Layout,
+    a: &[u16],
+    b: &[u16],
+    panel_len: usize,
+    steps: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) {
     let f = |v: u16| half::bf16::from_bits(v).to_f32();
-    let panel_len = ksteps * l.step_len();
     for (i, cv) in c[..l.block * l.block].iter_mut().enumerate() {
         let (row, col) = (i / l.block, i % l.block);
         let a = &a[(row / l.panel) * panel_len..];
         let b = &b[(col / l.panel) * panel_len..];
-        let mut sum = 0f32;
-        for kk in 0..ksteps * l.kstep {
+        let mut sum = if accumulate { *cv } else { 0.0 };
+        for kk in 0..steps * l.kstep {
             sum += f(a[l.a_index(row, kk)]) * f(b[l.b_index(col, kk)]);
         }
         *cv = sum;
     }
 }
-
-/// One block's results, 64-byte aligned for AMX's tile stores.
-#[repr(C, align(64))]
-struct Scratch([f32; MAX_BLOCK_VALUES]);
 
 /// `y`'s pointer, shared by tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
@@ -562,6 +595,29 @@ mod tests {
                         "{name}: rows {start}..+{len} alone"
                     );
                 }
+            }
+        }
+    }
+
+    /// Splitting the depth into passes (f32 partial sums stored and loaded again) changes no
+    /// bit, for each layout's model and each kernel this CPU runs.
+    #[test]
+    fn depth_passes_change_no_bit() {
+        let (m, k, n) = (70, 300, 96);
+        let (x, w, b) = check_operands(m, k, n);
+        let usable = KERNELS.iter().copied().filter(|m| m.usable());
+        for micro in LAYOUTS.map(Micro::Scalar).into_iter().chain(usable) {
+            let mut p = Packed::new(&w, n, k, Some(&b), micro);
+            let bits = |p: &Packed| -> Vec<u32> {
+                // SAFETY: the scalar model runs anywhere; the others are `usable()`.
+                let y = unsafe { p.forward(&x, m, false, None) };
+                y.into_iter().map(f32::to_bits).collect()
+            };
+            p.pass_steps = p.ksteps;
+            let whole = bits(&p);
+            for pass in [1, 3, 7] {
+                p.pass_steps = pass;
+                assert_eq!(bits(&p), whole, "{}: passes of {pass} steps", micro.name());
             }
         }
     }

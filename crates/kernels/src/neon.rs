@@ -33,19 +33,55 @@ pub fn usable() -> bool {
     *USABLE.get_or_init(|| std::arch::is_aarch64_feature_detected!("bf16"))
 }
 
-/// One 8 x 8 block of the product into `c` (row-major, row stride 8): `a` and `b` point at one
-/// panel each of `ksteps` steps of 32 bf16.
+/// `steps` k steps of one 8 x 8 block of the product, added to the partial sums in `c`
+/// (row-major, row stride 8) where `accumulate`, else from zero; the sums are stored back to
+/// `c`. `a` and `b` point at the first of the steps (32 bf16 each) in one panel each.
 ///
 /// # Safety
-/// The CPU has `FEAT_BF16` ([`usable`]); `a` and `b` valid for `ksteps >= 1` steps, `c` for 64
+/// The CPU has `FEAT_BF16` ([`usable`]); `a` and `b` valid for `steps >= 1` steps, `c` for 64
 /// f32.
 #[inline]
 #[target_feature(enable = "bf16")]
-pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut f32) {
+pub(crate) unsafe fn block(
+    a: *const u16,
+    b: *const u16,
+    steps: usize,
+    c: *mut f32,
+    accumulate: bool,
+) {
     // SAFETY: per the function's contract; the loads read `ksteps` steps of 64 bytes from `a`
     // and `b`, the stores write 64 f32 to `c`.
     unsafe {
         asm!(
+            // Accumulator 4i + j holds rows 2i, 2i + 1 x columns 2j, 2j + 1 (one row per
+            // 64-bit half): from the stored rows, or zero.
+            "cbz {acc}, 3f",
+            "ldp q24, q25, [{c}, #0]",
+            "ldp q26, q27, [{c}, #32]",
+            "zip1 v0.2d, v24.2d, v26.2d",
+            "zip2 v1.2d, v24.2d, v26.2d",
+            "zip1 v2.2d, v25.2d, v27.2d",
+            "zip2 v3.2d, v25.2d, v27.2d",
+            "ldp q24, q25, [{c}, #64]",
+            "ldp q26, q27, [{c}, #96]",
+            "zip1 v4.2d, v24.2d, v26.2d",
+            "zip2 v5.2d, v24.2d, v26.2d",
+            "zip1 v6.2d, v25.2d, v27.2d",
+            "zip2 v7.2d, v25.2d, v27.2d",
+            "ldp q24, q25, [{c}, #128]",
+            "ldp q26, q27, [{c}, #160]",
+            "zip1 v8.2d, v24.2d, v26.2d",
+            "zip2 v9.2d, v24.2d, v26.2d",
+            "zip1 v10.2d, v25.2d, v27.2d",
+            "zip2 v11.2d, v25.2d, v27.2d",
+            "ldp q24, q25, [{c}, #192]",
+            "ldp q26, q27, [{c}, #224]",
+            "zip1 v12.2d, v24.2d, v26.2d",
+            "zip2 v13.2d, v24.2d, v26.2d",
+            "zip1 v14.2d, v25.2d, v27.2d",
+            "zip2 v15.2d, v25.2d, v27.2d",
+            "b 4f",
+            "3:",
             "movi v0.16b, #0",
             "movi v1.16b, #0",
             "movi v2.16b, #0",
@@ -62,6 +98,7 @@ pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut 
             "movi v13.16b, #0",
             "movi v14.16b, #0",
             "movi v15.16b, #0",
+            "4:",
             "2:",
             "ldp q16, q17, [{a}], #32",
             "ldp q18, q19, [{a}], #32",
@@ -85,8 +122,7 @@ pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut 
             "bfmmla v15.4s, v19.8h, v23.8h",
             "subs {n}, {n}, #1",
             "b.ne 2b",
-            // Accumulator 4i + j holds rows 2i, 2i + 1 x columns 2j, 2j + 1 (one row per
-            // 64-bit half): zip the halves into whole rows.
+            // Back to whole rows.
             "zip1 v24.2d, v0.2d, v1.2d",
             "zip1 v25.2d, v2.2d, v3.2d",
             "zip2 v26.2d, v0.2d, v1.2d",
@@ -113,7 +149,8 @@ pub(crate) unsafe fn block(a: *const u16, b: *const u16, ksteps: usize, c: *mut 
             "stp q26, q27, [{c}], #32",
             a = inout(reg) a => _,
             b = inout(reg) b => _,
-            n = inout(reg) ksteps => _,
+            n = inout(reg) steps => _,
+            acc = in(reg) usize::from(accumulate),
             c = inout(reg) c => _,
             out("v0") _,
             out("v1") _,
