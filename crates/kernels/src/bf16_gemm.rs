@@ -29,6 +29,12 @@ const PASS_DEPTH: usize = 512;
 /// Rows, and columns, of one task at most: its f32 partial sums (256 KiB) stay in L2.
 const MAX_TASK: usize = 256;
 
+thread_local! {
+    /// A task's f32 partial sums, kept by each thread between tasks and calls (up to 256 KiB):
+    /// no allocation per task. A task runs no rayon work, so a thread never holds it twice.
+    static TASK_SUMS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How one kernel's operands lie in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -298,56 +304,64 @@ impl Packed {
             #[cfg(target_arch = "x86_64")]
             let _tiles =
                 (self.micro == Micro::Amx).then(|| unsafe { crate::amx::Tiles::load(&cfg) });
-            let mut sums = vec![0f32; rb.len() * nc * block_values];
-            for k0 in (0..ksteps).step_by(self.pass_steps) {
-                let steps = self.pass_steps.min(ksteps - k0);
-                for (j, cbk) in cb.clone().enumerate() {
-                    let b = &self.b[cbk * block_len + k0 * l.step_len()..];
-                    for (i, r) in rb.clone().enumerate() {
-                        let a = &a[r * block_len + k0 * l.step_len()..];
-                        let c = &mut sums[(i * nc + j) * block_values..][..block_values];
-                        // SAFETY: `a` and `b` start at step `k0` of one block's first panel,
-                        // whose other panels follow at `panel_len`, each with `steps` more steps;
-                        // `c` holds a whole block; the CPU runs the kernel (`forward`'s
-                        // contract) and, for AMX, the tiles are configured (above).
-                        unsafe { block(self.micro, a, b, panel_len, steps, c, k0 > 0) };
+            TASK_SUMS.with_borrow_mut(|sums| {
+                // Every value is written by the first pass (from zero) before it is read: the
+                // thread's buffer is reused as it is, not cleared.
+                if sums.len() < rb.len() * nc * block_values {
+                    sums.resize(rb.len() * nc * block_values, 0.0);
+                }
+                for k0 in (0..ksteps).step_by(self.pass_steps) {
+                    let steps = self.pass_steps.min(ksteps - k0);
+                    for (j, cbk) in cb.clone().enumerate() {
+                        let b = &self.b[cbk * block_len + k0 * l.step_len()..];
+                        for (i, r) in rb.clone().enumerate() {
+                            let a = &a[r * block_len + k0 * l.step_len()..];
+                            let c = &mut sums[(i * nc + j) * block_values..][..block_values];
+                            // SAFETY: `a` and `b` start at step `k0` of one block's first panel,
+                            // whose other panels follow at `panel_len`, each with `steps` more steps;
+                            // `c` holds a whole block; the CPU runs the kernel (`forward`'s
+                            // contract) and, for AMX, the tiles are configured (above).
+                            unsafe { block(self.micro, a, b, panel_len, steps, c, k0 > 0) };
+                        }
                     }
                 }
-            }
-            for (i, r) in rb.clone().enumerate() {
-                let rows = r * bk..((r + 1) * bk).min(m);
-                for (j, cbk) in cb.clone().enumerate() {
-                    let c = &sums[(i * nc + j) * block_values..][..block_values];
-                    let cols = cbk * bk..((cbk + 1) * bk).min(n);
-                    let bias = &self.bias[cols.clone()];
-                    for (row_in, row) in rows.clone().enumerate() {
-                        // SAFETY: this task alone writes rows `rb` x columns `cb` of `y`.
-                        let dst = unsafe { out.row(row * n + cols.start, cols.len()) };
-                        let src = &c[row_in * bk..row_in * bk + cols.len()];
-                        match residual {
-                            Some(res) => {
-                                let res = &res[row * n + cols.start..row * n + cols.end];
-                                for (((d, s), b), r) in dst.iter_mut().zip(src).zip(bias).zip(res) {
-                                    *d = s + b + r;
+                for (i, r) in rb.clone().enumerate() {
+                    let rows = r * bk..((r + 1) * bk).min(m);
+                    for (j, cbk) in cb.clone().enumerate() {
+                        let c = &sums[(i * nc + j) * block_values..][..block_values];
+                        let cols = cbk * bk..((cbk + 1) * bk).min(n);
+                        let bias = &self.bias[cols.clone()];
+                        for (row_in, row) in rows.clone().enumerate() {
+                            // SAFETY: this task alone writes rows `rb` x columns `cb` of `y`.
+                            let dst = unsafe { out.row(row * n + cols.start, cols.len()) };
+                            let src = &c[row_in * bk..row_in * bk + cols.len()];
+                            match residual {
+                                Some(res) => {
+                                    let res = &res[row * n + cols.start..row * n + cols.end];
+                                    for (((d, s), b), r) in
+                                        dst.iter_mut().zip(src).zip(bias).zip(res)
+                                    {
+                                        *d = s + b + r;
+                                    }
                                 }
-                            }
-                            None => {
-                                for ((d, s), b) in dst.iter_mut().zip(src).zip(bias) {
-                                    *d = s + b;
+                                None => {
+                                    for ((d, s), b) in dst.iter_mut().zip(src).zip(bias) {
+                                        *d = s + b;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                if gelu {
-                    let start = cb.start * bk;
-                    let len = (cb.end * bk).min(n) - start;
-                    for row in rows {
-                        // SAFETY: as above.
-                        crate::cpu_ops::gelu_in_place(unsafe { out.row(row * n + start, len) });
+                    if gelu {
+                        let start = cb.start * bk;
+                        let len = (cb.end * bk).min(n) - start;
+                        for row in rows {
+                            // SAFETY: as above.
+                            crate::cpu_ops::gelu_in_place(unsafe { out.row(row * n + start, len) });
+                        }
                     }
                 }
-            }
+            });
         });
         y
     }
