@@ -22,10 +22,12 @@
 
 use rayon::prelude::*;
 
-/// Depth (bf16 values) of one pass over a task's blocks: one block's slice of B in a pass is
-/// `block x 512` bf16 (32 KiB for AMX's 32 columns), so it stays in L1 while the task walks its
-/// row blocks, and the task's A slices stay in L2, whatever the layer's depth.
-const PASS_DEPTH: usize = 512;
+/// Depth (bf16 values) of one pass over a task's blocks. Passes bound a task's A and B slices for
+/// very deep layers only: on the AMX Xeon, the four products of an ESM2-650M layer (depths 1280
+/// and 5120) took 52-59 ms with the whole depth in one pass against 83-84 ms with passes of 512
+/// and 66 ms with passes of 1024 (docs/ARCHITECTURE.md, "CPU matrix kernels"): the tiles keep
+/// the sums over the whole depth, and the hardware prefetcher streams A and B from L2.
+const PASS_DEPTH: usize = 8192;
 /// Rows, and columns, of one task at most: its f32 partial sums (256 KiB) stay in L2.
 const MAX_TASK: usize = 256;
 
