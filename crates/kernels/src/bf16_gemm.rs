@@ -272,10 +272,12 @@ impl Packed {
     ) -> Vec<f32> {
         let l = self.micro.layout();
         let (k, n, ksteps, bk) = (self.k, self.n, self.ksteps, l.block);
-        let mut y = vec![0f32; m * n];
         if m == 0 || n == 0 {
-            return y;
+            return vec![0f32; m * n];
         }
+        // Every element is written once by a task's epilogue below: no zeroing pass first (a
+        // single-threaded memset of up to tens of MB per call).
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
         let a = pack_a(x, m, k, ksteps, l);
         let panel_len = ksteps * l.step_len();
         let block_len = bk * ksteps * l.kstep;
@@ -293,7 +295,7 @@ impl Packed {
             chunk = chunk.div_ceil(2);
         }
         let chunks = col_blocks.div_ceil(chunk);
-        let out = SharedOut(y.as_mut_ptr());
+        let out = SharedOut(y.spare_capacity_mut().as_mut_ptr().cast());
         #[cfg(target_arch = "x86_64")]
         let cfg = crate::amx::TileConfig::new();
         (0..groups * chunks).into_par_iter().for_each(|task| {
@@ -335,7 +337,7 @@ impl Packed {
                         let bias = &self.bias[cols.clone()];
                         for (row_in, row) in rows.clone().enumerate() {
                             // SAFETY: this task alone writes rows `rb` x columns `cb` of `y`.
-                            let dst = unsafe { out.row(row * n + cols.start, cols.len()) };
+                            let dst = unsafe { out.row_uninit(row * n + cols.start, cols.len()) };
                             let src = &c[row_in * bk..row_in * bk + cols.len()];
                             match residual {
                                 Some(res) => {
@@ -343,12 +345,12 @@ impl Packed {
                                     for (((d, s), b), r) in
                                         dst.iter_mut().zip(src).zip(bias).zip(res)
                                     {
-                                        *d = s + b + r;
+                                        d.write(s + b + r);
                                     }
                                 }
                                 None => {
                                     for ((d, s), b) in dst.iter_mut().zip(src).zip(bias) {
-                                        *d = s + b;
+                                        d.write(s + b);
                                     }
                                 }
                             }
@@ -358,13 +360,15 @@ impl Packed {
                         let start = cb.start * bk;
                         let len = (cb.end * bk).min(n) - start;
                         for row in rows {
-                            // SAFETY: as above.
+                            // SAFETY: as above; the row's columns `cb` were written just above.
                             crate::cpu_ops::gelu_in_place(unsafe { out.row(row * n + start, len) });
                         }
                     }
                 }
             });
         });
+        // SAFETY: the tasks cover rows 0..m x columns 0..n and each wrote all of its part.
+        unsafe { y.set_len(m * n) };
         y
     }
 }
@@ -444,6 +448,14 @@ unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// # Safety
+    /// `start..start + len` is inside `y`'s allocation and no other task touches it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row_uninit(&self, start: usize, len: usize) -> &mut [std::mem::MaybeUninit<f32>] {
+        // SAFETY: per the contract; `MaybeUninit` makes no claim about the contents.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start).cast(), len) }
+    }
+
+    /// # Safety
     /// `start..start + len` is inside `y` and no other task touches it meanwhile.
     #[allow(clippy::mut_from_ref)]
     unsafe fn row(&self, start: usize, len: usize) -> &mut [f32] {
@@ -456,10 +468,17 @@ impl SharedOut {
 fn pack_a(x: &[f32], m: usize, k: usize, ksteps: usize, l: Layout) -> Vec<u16> {
     let panels = m.div_ceil(l.block) * (l.block / l.panel);
     let panel_len = ksteps * l.step_len();
-    let mut a = vec![0u16; panels * panel_len];
-    a.par_chunks_mut(panel_len)
+    // Each panel is zeroed (the padding) and filled by its own task: no single-threaded zeroing
+    // of the whole buffer first.
+    let mut a: Vec<u16> = Vec::with_capacity(panels * panel_len);
+    a.spare_capacity_mut()[..panels * panel_len]
+        .par_chunks_mut(panel_len)
         .enumerate()
         .for_each(|(p, panel)| {
+            panel.fill(std::mem::MaybeUninit::new(0));
+            // SAFETY: every element was initialized just above.
+            let panel: &mut [u16] =
+                unsafe { &mut *(panel as *mut [std::mem::MaybeUninit<u16>] as *mut [u16]) };
             for r in 0..l.panel {
                 let row = p * l.panel + r;
                 if row >= m {
@@ -474,6 +493,8 @@ fn pack_a(x: &[f32], m: usize, k: usize, ksteps: usize, l: Layout) -> Vec<u16> {
                 }
             }
         });
+    // SAFETY: every panel was initialized by its task.
+    unsafe { a.set_len(panels * panel_len) };
     a
 }
 
