@@ -69,6 +69,8 @@ print(json.dumps({"engine": "virnucpro " + d["dtype"], "batch": r["batch"], "len
       ESM_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" "$py" scripts/esmcpp_bench.py esmcpp "$model" --mode "$mode" \
         --shapes "$shape" $ragged --warmup 1 --repeats "$repeats" >>"$log"
     done
+    # Each row as it comes: a run cut short still shows what it measured.
+    tail -n $((1 + $(echo $modes | wc -w))) "$log" >&2
   done
   echo "esmcpp-bench: round $r of $rounds done" >&2
 done
