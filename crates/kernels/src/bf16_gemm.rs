@@ -23,10 +23,9 @@
 use rayon::prelude::*;
 
 /// Depth (bf16 values) of one pass over a task's blocks. Passes bound a task's A and B slices for
-/// very deep layers only: on the AMX Xeon, the four products of an ESM2-650M layer (depths 1280
-/// and 5120) took 52-59 ms with the whole depth in one pass against 83-84 ms with passes of 512
-/// and 66 ms with passes of 1024 (docs/ARCHITECTURE.md, "CPU matrix kernels"): the tiles keep
-/// the sums over the whole depth, and the hardware prefetcher streams A and B from L2.
+/// very deep layers only: on the AMX Xeon, an ESM2-650M layer's four products (depths 1280 and
+/// 5120) took a pooled median of 68 ms with the whole depth in one pass against 90 ms with
+/// passes of 512, on a noisy host (docs/ARCHITECTURE.md, "CPU matrix kernels").
 const PASS_DEPTH: usize = 8192;
 /// Rows, and columns, of one task at most: its f32 partial sums (256 KiB) stay in L2.
 const MAX_TASK: usize = 256;
