@@ -1206,45 +1206,38 @@ pub fn hold_pool_memory(dev: &CudaDevice) -> Result<()> {
 /// first is the largest amount of live device memory (weights included) and the second what the
 /// pool held from the driver at its largest (the excess is fragmentation).
 pub fn pool_high_water(dev: &CudaDevice) -> Result<(u64, u64)> {
-    use candle_core::cuda_backend::cudarc::driver::sys as dsys;
-    Ok((
-        pool_attribute(
-            dev,
-            dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-        )?,
-        pool_attribute(
-            dev,
-            dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
-        )?,
-    ))
+    pool_pair(
+        dev,
+        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+    )
 }
 
 /// The device's default memory pool now, in bytes: `(in use, reserved)`.
 pub fn pool_now(dev: &CudaDevice) -> Result<(u64, u64)> {
-    use candle_core::cuda_backend::cudarc::driver::sys as dsys;
-    Ok((
-        pool_attribute(
-            dev,
-            dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
-        )?,
-        pool_attribute(
-            dev,
-            dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
-        )?,
-    ))
+    pool_pair(
+        dev,
+        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+    )
 }
 
-fn pool_attribute(
+/// The pool's `(in use, reserved)` pair of attributes.
+fn pool_pair(
     dev: &CudaDevice,
-    attr: candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute,
-) -> Result<u64> {
-    use candle_core::cuda_backend::cudarc::driver::result as dres;
+    used: sys::CUmemPool_attribute,
+    reserved: sys::CUmemPool_attribute,
+) -> Result<(u64, u64)> {
+    Ok((pool_attribute(dev, used)?, pool_attribute(dev, reserved)?))
+}
+
+fn pool_attribute(dev: &CudaDevice, attr: sys::CUmemPool_attribute) -> Result<u64> {
     let cu_dev = dev.cuda_stream().context().cu_device();
     let mut value: u64 = 0;
     // SAFETY: `cu_dev` is the device of a live context; the attribute is a u64.
     unsafe {
-        let pool = dres::device::get_default_mem_pool(cu_dev).w()?;
-        dres::mem_pool::get_attribute(pool, attr, &mut value as *mut u64 as *mut std::ffi::c_void)
+        let pool = drv::device::get_default_mem_pool(cu_dev).w()?;
+        drv::mem_pool::get_attribute(pool, attr, &mut value as *mut u64 as *mut std::ffi::c_void)
             .w()?;
     }
     Ok(value)
