@@ -264,9 +264,10 @@ fn check_on_cpu(run: &mut Checkup, opts: &DoctorOptions) -> Result<()> {
     let summary = format!(
         "virnucpro {} built with features: {feats}; CPU int8 matrix path (--dtype int8): \
          {int8}; CPU bf16 matrix path (--dtype bf16): {bf16}{others}; element-wise and attention \
-         kernels: {}{}",
+         kernels: {}; memory allocator: {}{}",
         run.rep.version,
         kernels::cpu_elementwise_isa(),
+        crate::memory::freed_memory(),
         if kernels::CUDA_BUILT {
             format!(". {CUDA_BUILD_NOTE}")
         } else {

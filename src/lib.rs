@@ -7,7 +7,8 @@
 //! - [`timing`]: measuring GPU work for both;
 //! - [`progress`]: where both send their text as they run (the command line prints it);
 //! - [`logging`]: which crates' log events the command line shows;
-//! - [`env`]: the environment variables, read here only and passed to the crates as options.
+//! - [`env`]: the environment variables, read here only and passed to the crates as options;
+//! - [`memory`]: the allocator's setting (the binary's allocator is mimalloc).
 //!
 //! The library crates, lowest layer first (docs/ARCHITECTURE.md): `virnucpro-kernels`,
 //! `virnucpro-atomic`, `virnucpro-models`, `virnucpro-assets`, `virnucpro-core` (the prediction
@@ -17,5 +18,6 @@ pub mod bench;
 pub mod doctor;
 pub mod env;
 pub mod logging;
+pub mod memory;
 pub mod progress;
 pub mod timing;

@@ -6,9 +6,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc, told to keep freed memory (`virnucpro::memory` says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    let freed = virnucpro::memory::keep_freed_memory();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.quiet);
+    tracing::debug!("memory allocator: {freed}");
     if let Err(err) = cli::set_threads(args.threads) {
         eprintln!("error: {err:#}");
         return ExitCode::FAILURE;
