@@ -120,10 +120,11 @@ fn int8_predict_runs_int8_and_stays_near_the_original_pipeline() {
     }
 }
 
-/// `--dtype bf16` on the CPU (the default where the CPU has AMX) passes the gate of the GPU's
-/// f16: every score within 5e-3 of the original pipeline's and every call the same, for both
-/// protein models; and it really ran bf16 (the scores are not f32's). This CPU's bf16 path runs:
-/// AMX where present, else the emulation (the same rounding, f32 sums in another order).
+/// `--dtype bf16` on the CPU (the default where it has AMX or AVX512-BF16) passes the gate of
+/// the GPU's f16: every score within 5e-3 of the original pipeline's and every call the same,
+/// for both protein models; and it really ran bf16 (the scores are not f32's). This CPU's bf16
+/// path runs: AMX, else AVX512-BF16, else the emulation (the same rounding, f32 sums in another
+/// order).
 #[test]
 fn bf16_predict_passes_the_gate_against_the_original_pipeline() {
     let tmp = tempfile::tempdir().unwrap();

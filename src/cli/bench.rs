@@ -19,8 +19,8 @@ pub struct Args {
     /// Where to run: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// Compute precision: auto (f16 on a GPU; on the CPU bf16 products where it has AMX, else
-    /// f32), f32, f16, bf16, int8 (CPU).
+    /// Compute precision: auto (f16 on a GPU; on the CPU bf16 products where it has AMX or
+    /// AVX512-BF16, else f32), f32, f16, bf16, int8 (CPU).
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeSpec,
     /// Batch x padded length shapes, comma-separated.

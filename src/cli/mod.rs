@@ -120,9 +120,10 @@ pub struct ComputeArgs {
 /// devices, the others one, so the device is not part of it).
 #[derive(clap::Args, Debug, Clone)]
 pub struct PrecisionArgs {
-    /// Compute precision: auto (f16 on a GPU; on the CPU bf16 where it has AMX, else f32), f32,
-    /// f16, bf16 (on the CPU: f32 with the linear layers' products in bf16, on the CPU's bf16
-    /// instructions (AMX, AVX512-BF16, Arm BF16) where it has them, emulated elsewhere), or int8 (CPU only, opt-in: the linear layers with int8
+    /// Compute precision: auto (f16 on a GPU; on the CPU bf16 where it has AMX or AVX512-BF16,
+    /// else f32), f32, f16, bf16 (on the CPU: f32 with the linear layers' products in bf16, on
+    /// the CPU's bf16 instructions (AMX, AVX512-BF16, Arm BF16) where it has them, emulated
+    /// elsewhere), or int8 (CPU only, opt-in: the linear layers with int8
     /// weights and per-row int8 activations, close to f32 but not equal). Outputs are always
     /// written as f32.
     #[arg(

@@ -116,14 +116,15 @@ impl Micro {
     }
 
     /// Whether the kernel may be the CPU's default (`--dtype auto`): only one measured faster
-    /// than f32 on its CPU kind. AMX is (3x, docs/BENCHMARKS.md, "CPU encoders"); the others
-    /// have not been timed on their CPUs yet, so there bf16 stays opt-in.
+    /// than f32 on its CPU kind. AMX is (3x on a Xeon) and AVX512-BF16 is (2.8x on an AMD Zen 5,
+    /// docs/BENCHMARKS.md, "CPU encoders"); Arm's has not been timed on an Arm CPU yet, so there
+    /// bf16 stays opt-in.
     pub fn is_default(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
             Micro::Amx => true,
             #[cfg(target_arch = "x86_64")]
-            Micro::Avx512 => false,
+            Micro::Avx512 => true,
             #[cfg(target_arch = "aarch64")]
             Micro::Neon => false,
             #[cfg(test)]

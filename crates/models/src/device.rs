@@ -289,9 +289,10 @@ pub fn resolve_dtype(spec: DTypeSpec, family: ModelFamily, device: &Device) -> D
 /// asked; `auto` takes bf16 where the CPU's bf16 kernel is measured faster than f32 (AMX,
 /// [`virnucpro_kernels::cpu_bf16_isa`]), else f32. Other devices: f32 (their dtype is the model's).
 ///
-/// bf16 passes the parity gate of the GPU's f16 and runs ~3x f32's speed on AMX
-/// (docs/ARCHITECTURE.md, "CPU matrix kernels"); emulated, it is slower than f32, and Arm's
-/// `BFMMLA` kernel has not been timed on an Arm CPU, so `auto` takes it only on AMX.
+/// bf16 passes the parity gate of the GPU's f16 and runs ~3x f32's speed on AMX and with
+/// AVX512-BF16 (docs/ARCHITECTURE.md, "CPU matrix kernels"); emulated, it is slower than f32,
+/// and Arm's `BFMMLA` kernel has not been timed on an Arm CPU, so `auto` takes it only on
+/// x86-64's two kernels.
 pub fn cpu_matmul(spec: DTypeSpec, device: &Device) -> CpuMatmul {
     if !device.is_cpu() {
         return CpuMatmul::F32;
@@ -444,14 +445,19 @@ mod tests {
         assert_eq!(path(DTypeSpec::Bf16), CpuMatmul::Bf16);
         assert_eq!(path(DTypeSpec::F32), CpuMatmul::F32);
         assert_eq!(path(DTypeSpec::F16), CpuMatmul::F32);
-        // The dispatcher's choice: bf16 products where the CPU has AMX, else f32.
+        // The dispatcher's choice: bf16 products where the CPU has AMX or AVX512-BF16, else f32.
         let isa = virnucpro_kernels::cpu_bf16_isa();
         let amx = isa.kernel.starts_with("amx");
-        assert_eq!(isa.default, amx, "{isa:?}");
-        let auto = if amx { CpuMatmul::Bf16 } else { CpuMatmul::F32 };
+        let fast = amx || isa.kernel.starts_with("avx512");
+        assert_eq!(isa.default, fast, "{isa:?}");
+        let auto = if fast {
+            CpuMatmul::Bf16
+        } else {
+            CpuMatmul::F32
+        };
         assert_eq!(path(DTypeSpec::Auto), auto);
         let label = dtype_label(DTypeSpec::Auto, ModelFamily::Esm, &Device::Cpu);
-        assert_eq!(label == "F32", !amx, "{label}");
+        assert_eq!(label == "F32", !fast, "{label}");
         let label = dtype_label(DTypeSpec::Bf16, ModelFamily::Esm, &Device::Cpu);
         assert!(
             label.starts_with("F32 with bf16 linear layers ("),
