@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// mimalloc, told to keep freed memory (`virnucpro::memory` says why).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -27,6 +27,8 @@ const DEFAULT_PURGE_DELAY: c_long = 1000;
 pub enum FreedMemory {
     /// Kept for reuse (the purge delay set to -1).
     Kept,
+    /// The build uses the system's malloc (`--features system-alloc`): nothing was changed.
+    System,
     /// Left as it was: the purge delay held this (ms) instead of mimalloc's default, because
     /// `MIMALLOC_PURGE_DELAY` set it (or this mimalloc numbers its options differently).
     Left(c_long),
@@ -36,6 +38,7 @@ impl std::fmt::Display for FreedMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FreedMemory::Kept => write!(f, "mimalloc, freed memory kept for reuse"),
+            FreedMemory::System => write!(f, "the system's (built with --features system-alloc)"),
             FreedMemory::Left(ms) => write!(
                 f,
                 "mimalloc, freed memory returned to the OS after {ms} ms (MIMALLOC_PURGE_DELAY, \
@@ -47,6 +50,9 @@ impl std::fmt::Display for FreedMemory {
 
 /// Tells mimalloc to keep freed memory; call it first thing in `main`.
 pub fn keep_freed_memory() -> FreedMemory {
+    if cfg!(feature = "system-alloc") {
+        return FreedMemory::System;
+    }
     // SAFETY: reading and setting an option of mimalloc's is safe at any time; the option index
     // is checked against its known default first.
     unsafe {
@@ -61,6 +67,9 @@ pub fn keep_freed_memory() -> FreedMemory {
 
 /// What the allocator does with freed memory now (for `doctor`).
 pub fn freed_memory() -> FreedMemory {
+    if cfg!(feature = "system-alloc") {
+        return FreedMemory::System;
+    }
     // SAFETY: as in `keep_freed_memory`.
     match unsafe { mi_option_get(PURGE_DELAY) } {
         -1 => FreedMemory::Kept,
@@ -68,7 +77,7 @@ pub fn freed_memory() -> FreedMemory {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, target_os = "linux", not(feature = "system-alloc")))]
 mod tests {
     use super::*;
     use libmimalloc_sys::{mi_collect, mi_free, mi_malloc};
